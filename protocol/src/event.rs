@@ -1,0 +1,410 @@
+//! The event stream: dom0 → sd-dev → host, one JSON object per line (NDJSON).
+//!
+//! ```text
+//! {"v":1,"seq":0,"ts_ms":1732800000000,"kind":{"type":"step_started","step":0,"name":"os-release","argv":["cat","/etc/os-release"]}}
+//! {"v":1,"seq":1,"ts_ms":1732800000003,"kind":{"type":"log","step":0,"text":"NAME=Fedora"}}
+//! {"v":1,"seq":2,"ts_ms":1732800000004,"kind":{"type":"step_finished","step":0,"status":0,"timed_out":false,"duration_ms":4}}
+//! {"v":1,"seq":3,"ts_ms":1732800000005,"kind":{"type":"result","outcome":"success","reason":"all 1 steps passed"}}
+//! ```
+//!
+//! Invariants:
+//! - `seq` starts at 0 and grows by one per event from one writer; receivers deduplicate by it.
+//! - Log text never carries control characters other than tab: they are shown as `\xNN`
+//!   ([`sanitize_text`]), on encode *and* on decode, so a hostile stream cannot drive a terminal
+//!   or a log viewer.
+//! - No line is longer than [`MAX_EVENT_LINE`]; [`EventReader`] refuses longer or torn lines with
+//!   an error after reading at most that many bytes, never panicking or allocating without bound.
+
+use crate::outcome::Outcome;
+use crate::ProtocolError;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+
+/// Event format version carried in every line's `v`.
+pub const EVENT_VERSION: u32 = 1;
+/// The longest line (without its newline) a reader accepts.
+pub const MAX_EVENT_LINE: usize = 64 * 1024;
+/// Log text longer than this is cut (with a marker) before encoding, so lines stay under the cap.
+pub const MAX_LOG_TEXT: usize = 8 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub v: u32,
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch, stamped by the writer.
+    pub ts_ms: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EventKind {
+    /// Step `step` (0-based index into the job's steps) began.
+    StepStarted {
+        step: u32,
+        name: String,
+        argv: Vec<String>,
+    },
+    /// One line of output. `step` is `None` for the service's own messages (unpacking, refusals).
+    Log { step: Option<u32>, text: String },
+    /// Step `step` ended. `status` is the exit code, or 128+signal for a signal death.
+    StepFinished {
+        step: u32,
+        status: i32,
+        timed_out: bool,
+        duration_ms: u64,
+    },
+    /// The job's end, always the last event of a stream.
+    Result { outcome: Outcome, reason: String },
+}
+
+impl Event {
+    /// Encodes as one line, including the trailing `\n`.
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(&self.clone().sanitized()).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// Decodes one line (without or with its newline).
+    pub fn from_line(line: &[u8]) -> Result<Self, ProtocolError> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        if line.len() > MAX_EVENT_LINE {
+            return Err(ProtocolError::LineTooLong {
+                limit: MAX_EVENT_LINE,
+            });
+        }
+        let ev: Event =
+            serde_json::from_slice(line).map_err(|e| ProtocolError::Json(e.to_string()))?;
+        if ev.v != EVENT_VERSION {
+            return Err(ProtocolError::UnsupportedVersion {
+                found: ev.v,
+                supported: EVENT_VERSION,
+            });
+        }
+        Ok(ev.sanitized())
+    }
+
+    fn sanitized(mut self) -> Self {
+        if let EventKind::Log { text, .. } = &mut self.kind {
+            *text = sanitize_text(text);
+        }
+        self
+    }
+}
+
+/// Shows every control character except tab as `\xNN` (C0, DEL) or `\u{NN}` (C1), and cuts
+/// text longer than [`MAX_LOG_TEXT`] bytes. Idempotent.
+pub fn sanitize_text(text: &str) -> String {
+    const MARK: &str = "…[truncated]";
+    let (body, cut) = if text.len() > MAX_LOG_TEXT && !text.ends_with(MARK) {
+        let mut end = MAX_LOG_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        (&text[..end], true)
+    } else {
+        (text, false)
+    };
+    let mut out = String::with_capacity(body.len());
+    for c in body.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    if cut {
+        out.push_str(MARK);
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Writes events as NDJSON, numbering them from 0 and flushing after each line.
+pub struct EventWriter<W: Write> {
+    out: W,
+    next_seq: u64,
+}
+
+impl<W: Write> EventWriter<W> {
+    pub fn new(out: W) -> Self {
+        Self { out, next_seq: 0 }
+    }
+
+    /// Stamps, numbers and writes one event; returns it as written.
+    pub fn emit(&mut self, kind: EventKind) -> std::io::Result<Event> {
+        let ev = Event {
+            v: EVENT_VERSION,
+            seq: self.next_seq,
+            ts_ms: now_ms(),
+            kind,
+        };
+        // The sequence number is used even if the write fails, so numbers stay unique.
+        self.next_seq += 1;
+        self.out.write_all(ev.to_line().as_bytes())?;
+        self.out.flush()?;
+        Ok(ev)
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+/// Reads NDJSON events from any `BufRead`, with a bounded line buffer.
+///
+/// After the first error the reader is finished: it yields `None` from then on, because a stream
+/// that lied once is not trusted for the rest.
+pub struct EventReader<R: BufRead> {
+    input: R,
+    line: Vec<u8>,
+    done: bool,
+}
+
+impl<R: BufRead> EventReader<R> {
+    pub fn new(input: R) -> Self {
+        Self {
+            input,
+            line: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The next event, `Ok(None)` at a clean end of stream (after a newline), or an error.
+    pub fn next_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        if self.done {
+            return Ok(None);
+        }
+        let r = self.read_line();
+        if !matches!(r, Ok(Some(_))) {
+            self.done = true;
+        }
+        r
+    }
+
+    fn read_line(&mut self) -> Result<Option<Event>, ProtocolError> {
+        self.line.clear();
+        loop {
+            let buf = match self.input.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ProtocolError::Io(e.to_string())),
+            };
+            if buf.is_empty() {
+                return if self.line.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ProtocolError::TornLine {
+                        len: self.line.len(),
+                    })
+                };
+            }
+            let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            if self.line.len() + chunk.len() > MAX_EVENT_LINE {
+                return Err(ProtocolError::LineTooLong {
+                    limit: MAX_EVENT_LINE,
+                });
+            }
+            self.line.extend_from_slice(chunk);
+            let used = found.unwrap_or(buf.len());
+            self.input.consume(used);
+            if found.is_some() {
+                return Event::from_line(&self.line).map(Some);
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for EventReader<R> {
+    type Item = Result<Event, ProtocolError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_event().transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn log(text: &str) -> EventKind {
+        EventKind::Log {
+            step: Some(1),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn writer_numbers_events_and_reader_reads_them_back() {
+        let mut w = EventWriter::new(Vec::new());
+        w.emit(EventKind::StepStarted {
+            step: 0,
+            name: "os".into(),
+            argv: vec!["cat".into()],
+        })
+        .unwrap();
+        w.emit(log("hello")).unwrap();
+        w.emit(EventKind::Result {
+            outcome: Outcome::Success,
+            reason: "ok".into(),
+        })
+        .unwrap();
+        let bytes = w.into_inner();
+        let events: Vec<Event> = EventReader::new(&bytes[..]).map(|e| e.unwrap()).collect();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(events[1].kind, log("hello"));
+    }
+
+    #[test]
+    fn control_characters_other_than_tab_are_escaped() {
+        let ev = Event {
+            v: 1,
+            seq: 0,
+            ts_ms: 0,
+            kind: log("\x1b[31mred\x1b[0m\tok\r\u{85}\u{7f}"),
+        };
+        let back = Event::from_line(ev.to_line().as_bytes()).unwrap();
+        assert_eq!(
+            back.kind,
+            log("\\x1b[31mred\\x1b[0m\tok\\x0d\\u{85}\\x7f")
+        );
+    }
+
+    #[test]
+    fn decoding_also_escapes_raw_control_characters() {
+        let line = br#"{"v":1,"seq":0,"ts_ms":0,"kind":{"type":"log","step":null,"text":"a\u001bb"}}"#;
+        let ev = Event::from_line(line).unwrap();
+        assert_eq!(
+            ev.kind,
+            EventKind::Log {
+                step: None,
+                text: "a\\x1bb".into()
+            }
+        );
+    }
+
+    #[test]
+    fn long_log_text_is_cut_so_lines_stay_under_the_cap() {
+        let ev = Event {
+            v: 1,
+            seq: 0,
+            ts_ms: 0,
+            kind: log(&"\x01".repeat(100_000)),
+        };
+        let line = ev.to_line();
+        assert!(line.len() < MAX_EVENT_LINE, "{}", line.len());
+        assert!(Event::from_line(line.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn oversized_line_is_an_error_not_an_allocation() {
+        let mut big = vec![b'x'; MAX_EVENT_LINE + 1];
+        big.push(b'\n');
+        let mut r = EventReader::new(&big[..]);
+        assert_eq!(
+            r.next_event(),
+            Err(ProtocolError::LineTooLong {
+                limit: MAX_EVENT_LINE
+            })
+        );
+        assert_eq!(r.next_event(), Ok(None), "reader is finished after an error");
+    }
+
+    #[test]
+    fn torn_last_line_is_an_error() {
+        let mut w = EventWriter::new(Vec::new());
+        w.emit(log("a")).unwrap();
+        let mut bytes = w.into_inner();
+        bytes.extend_from_slice(br#"{"v":1,"seq":1"#);
+        let mut r = EventReader::new(&bytes[..]);
+        assert!(r.next_event().unwrap().is_some());
+        assert!(matches!(r.next_event(), Err(ProtocolError::TornLine { .. })));
+    }
+
+    #[test]
+    fn unknown_event_fields_and_versions_are_rejected() {
+        let extra = br#"{"v":1,"seq":0,"ts_ms":0,"kind":{"type":"log","step":1,"text":"a","x":1}}"#;
+        assert!(Event::from_line(extra).is_err());
+        let v2 = br#"{"v":2,"seq":0,"ts_ms":0,"kind":{"type":"log","step":1,"text":"a"}}"#;
+        assert_eq!(
+            Event::from_line(v2),
+            Err(ProtocolError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            })
+        );
+    }
+
+    fn arb_outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            Just(Outcome::Success),
+            Just(Outcome::Failure),
+            Just(Outcome::Error)
+        ]
+    }
+
+    fn arb_kind() -> impl Strategy<Value = EventKind> {
+        prop_oneof![
+            (any::<u32>(), ".*", proptest::collection::vec(".*", 0..4))
+                .prop_map(|(step, name, argv)| EventKind::StepStarted { step, name, argv }),
+            (proptest::option::of(any::<u32>()), ".*").prop_map(|(step, text)| EventKind::Log {
+                step,
+                text: sanitize_text(&text)
+            }),
+            (any::<u32>(), any::<i32>(), any::<bool>(), any::<u64>()).prop_map(
+                |(step, status, timed_out, duration_ms)| EventKind::StepFinished {
+                    step,
+                    status,
+                    timed_out,
+                    duration_ms
+                }
+            ),
+            (arb_outcome(), ".*").prop_map(|(outcome, reason)| EventKind::Result { outcome, reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_valid_event_survives_encode_decode(seq in any::<u64>(), ts_ms in any::<u64>(), kind in arb_kind()) {
+            let ev = Event { v: EVENT_VERSION, seq, ts_ms, kind };
+            let line = ev.to_line();
+            prop_assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+            prop_assert_eq!(Event::from_line(line.as_bytes()).unwrap(), ev);
+        }
+
+        #[test]
+        fn any_bytes_yield_events_or_an_error_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let mut n = 0;
+            for item in EventReader::new(&bytes[..]) {
+                n += 1;
+                if item.is_err() { break; }
+            }
+            prop_assert!(n <= bytes.len() + 1);
+        }
+
+        #[test]
+        fn sanitize_is_idempotent_and_leaves_no_controls(text in ".*") {
+            let once = sanitize_text(&text);
+            prop_assert_eq!(sanitize_text(&once), once.clone());
+            prop_assert!(once.chars().all(|c| c == '\t' || !c.is_control()));
+        }
+    }
+}

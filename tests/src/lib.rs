@@ -1,0 +1,23 @@
+//! Shared test machinery for cross-program tests: locating the workspace's binaries, and (as
+//! their issues land) the vSphere simulator, the Qubes stand-ins and the GitHub stand-in.
+
+use std::path::PathBuf;
+
+/// The workspace root (the folder holding the top `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Path of a workspace binary built into the same target directory as the running test.
+///
+/// Cross-program tests call this after `cargo build --workspace --bins` (the README's test
+/// command does that first), so they run the real binaries, not copies.
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("debug").join(name)
+}
