@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sdci-dom0", version, about = "sdci in dom0: the qrexec service sdci.Run and the job launcher")]
+#[command(
+    name = "sdci-dom0",
+    version,
+    about = "sdci in dom0: the qrexec service sdci.Run and the job launcher"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sdci-host", version, about = "sdci orchestrator: webhooks, queue, VM pools, logs")]
+#[command(
+    name = "sdci-host",
+    version,
+    about = "sdci orchestrator: webhooks, queue, VM pools, logs"
+)]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short, default_value = "/etc/sdci/host.toml", global = true)]

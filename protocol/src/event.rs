@@ -282,15 +282,13 @@ mod tests {
             kind: log("\x1b[31mred\x1b[0m\tok\r\u{85}\u{7f}"),
         };
         let back = Event::from_line(ev.to_line().as_bytes()).unwrap();
-        assert_eq!(
-            back.kind,
-            log("\\x1b[31mred\\x1b[0m\tok\\x0d\\u{85}\\x7f")
-        );
+        assert_eq!(back.kind, log("\\x1b[31mred\\x1b[0m\tok\\x0d\\u{85}\\x7f"));
     }
 
     #[test]
     fn decoding_also_escapes_raw_control_characters() {
-        let line = br#"{"v":1,"seq":0,"ts_ms":0,"kind":{"type":"log","step":null,"text":"a\u001bb"}}"#;
+        let line =
+            br#"{"v":1,"seq":0,"ts_ms":0,"kind":{"type":"log","step":null,"text":"a\u001bb"}}"#;
         let ev = Event::from_line(line).unwrap();
         assert_eq!(
             ev.kind,
@@ -325,7 +323,11 @@ mod tests {
                 limit: MAX_EVENT_LINE
             })
         );
-        assert_eq!(r.next_event(), Ok(None), "reader is finished after an error");
+        assert_eq!(
+            r.next_event(),
+            Ok(None),
+            "reader is finished after an error"
+        );
     }
 
     #[test]
@@ -336,7 +338,10 @@ mod tests {
         bytes.extend_from_slice(br#"{"v":1,"seq":1"#);
         let mut r = EventReader::new(&bytes[..]);
         assert!(r.next_event().unwrap().is_some());
-        assert!(matches!(r.next_event(), Err(ProtocolError::TornLine { .. })));
+        assert!(matches!(
+            r.next_event(),
+            Err(ProtocolError::TornLine { .. })
+        ));
     }
 
     #[test]
@@ -377,7 +382,8 @@ mod tests {
                     duration_ms
                 }
             ),
-            (arb_outcome(), ".*").prop_map(|(outcome, reason)| EventKind::Result { outcome, reason }),
+            (arb_outcome(), ".*")
+                .prop_map(|(outcome, reason)| EventKind::Result { outcome, reason }),
         ]
     }
 

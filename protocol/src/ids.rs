@@ -105,7 +105,9 @@ impl FromStr for CommitSha {
         if (s.len() == 40 || s.len() == 64) && hex {
             Ok(Self(s.to_owned()))
         } else {
-            Err(ProtocolError::InvalidSha { value: s.to_owned() })
+            Err(ProtocolError::InvalidSha {
+                value: s.to_owned(),
+            })
         }
     }
 }
@@ -142,7 +144,9 @@ impl FromStr for RepoName {
         if owner.is_empty() || owner.len() > 39 {
             return fail("owner must be 1-39 characters");
         }
-        if !owner.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        if !owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             || owner.starts_with('-')
             || owner.ends_with('-')
             || owner.contains("--")

@@ -317,12 +317,20 @@ mod tests {
     #[test]
     fn agent_job_round_trips_through_json() {
         let agent = sample().agent;
-        assert_eq!(AgentJob::from_json(agent.to_json().as_bytes()).unwrap(), agent);
+        assert_eq!(
+            AgentJob::from_json(agent.to_json().as_bytes()).unwrap(),
+            agent
+        );
     }
 
     #[test]
     fn unknown_fields_are_rejected_at_every_level() {
-        for (pointer, field) in [("", "extra"), ("/spec", "extra"), ("/agent", "x"), ("/spec/steps/0", "shell")] {
+        for (pointer, field) in [
+            ("", "extra"),
+            ("/spec", "extra"),
+            ("/agent", "x"),
+            ("/spec/steps/0", "shell"),
+        ] {
             let mut v = serde_json::to_value(sample()).unwrap();
             v.pointer_mut(pointer)
                 .unwrap()
@@ -330,7 +338,10 @@ mod tests {
                 .unwrap()
                 .insert(field.into(), serde_json::json!(1));
             let err = JobFile::from_json(v.to_string().as_bytes()).unwrap_err();
-            assert!(matches!(err, ProtocolError::Json(ref m) if m.contains("unknown field")), "{pointer}: {err}");
+            assert!(
+                matches!(err, ProtocolError::Json(ref m) if m.contains("unknown field")),
+                "{pointer}: {err}"
+            );
         }
     }
 
@@ -340,7 +351,13 @@ mod tests {
         v["version"] = serde_json::json!(2);
         v["new_thing"] = serde_json::json!(true);
         let err = JobFile::from_json(v.to_string().as_bytes()).unwrap_err();
-        assert_eq!(err, ProtocolError::UnsupportedVersion { found: 2, supported: 1 });
+        assert_eq!(
+            err,
+            ProtocolError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            }
+        );
     }
 
     #[test]
@@ -361,7 +378,10 @@ mod tests {
     #[test]
     fn secrets_never_appear_in_debug_output() {
         let shown = format!("{:?}", sample());
-        assert!(!shown.contains("ghs_secret") && !shown.contains("per-job"), "{shown}");
+        assert!(
+            !shown.contains("ghs_secret") && !shown.contains("per-job"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -68,7 +68,10 @@ impl std::fmt::Display for ProtocolError {
                 write!(f, "event line longer than {limit} bytes; stream refused")
             }
             Self::TornLine { len } => {
-                write!(f, "event stream ended inside a line ({len} bytes without a newline)")
+                write!(
+                    f,
+                    "event stream ended inside a line ({len} bytes without a newline)"
+                )
             }
             Self::Io(e) => write!(f, "reading the event stream failed: {e}"),
         }

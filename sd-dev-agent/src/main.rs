@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sdci-agent", version, about = "sdci agent: GitHub gateway, checkout, tarball, relay")]
+#[command(
+    name = "sdci-agent",
+    version,
+    about = "sdci agent: GitHub gateway, checkout, tarball, relay"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

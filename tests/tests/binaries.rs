@@ -15,13 +15,22 @@ fn help(bin: &str) -> String {
 #[test]
 fn each_program_lists_its_subcommands_in_help() {
     for (bin, subcommands) in [
-        ("sdci-host", &["serve", "run", "jobs", "vms", "nightly", "save"][..]),
+        (
+            "sdci-host",
+            &["serve", "run", "jobs", "vms", "nightly", "save"][..],
+        ),
         ("sdci-dom0", &["run", "launch"][..]),
-        ("sdci-agent", &["status", "token", "head", "ci-config", "run"][..]),
+        (
+            "sdci-agent",
+            &["status", "token", "head", "ci-config", "run"][..],
+        ),
     ] {
         let text = help(bin);
         for sub in subcommands {
-            assert!(text.contains(sub), "{bin} --help does not list {sub}:\n{text}");
+            assert!(
+                text.contains(sub),
+                "{bin} --help does not list {sub}:\n{text}"
+            );
         }
     }
 }
@@ -29,7 +38,10 @@ fn each_program_lists_its_subcommands_in_help() {
 #[test]
 fn each_program_reports_its_version() {
     for bin in ["sdci-host", "sdci-dom0", "sdci-agent"] {
-        let out = Command::new(sdci_tests::binary(bin)).arg("--version").output().unwrap();
+        let out = Command::new(sdci_tests::binary(bin))
+            .arg("--version")
+            .output()
+            .unwrap();
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
     }
