@@ -25,7 +25,19 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Diagnostics go to stderr (the journal, for a qrexec service); stdout carries events.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SDCI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let cli = Cli::parse();
-    let _ = &cli.command;
-    anyhow::bail!("sdci-dom0: not implemented yet (see the open issues)")
+    let code = match cli.command {
+        Command::Run { job_id } => sdci_dom0::service::run(job_id),
+        Command::Launch { jobfile } => sdci_dom0::launch::launch(&jobfile),
+    };
+    std::process::exit(code)
 }

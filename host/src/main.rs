@@ -1,6 +1,10 @@
 //! Command-line entry point of `sdci-host`. Thin: parses arguments and calls the library.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sdci_host::config::Config;
+use sdci_host::{cli, server};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -25,9 +29,12 @@ enum Command {
         /// Qubes version pool, e.g. 4.2.
         #[arg(long)]
         version: String,
-        /// Commit to test.
+        /// Commit to test (full id).
         #[arg(long)]
         commit: String,
+        /// Repository (owner/name); default: default_repo from the config.
+        #[arg(long)]
+        repo: Option<String>,
         /// Revert to this snapshot instead of the pool's golden one.
         #[arg(long)]
         snapshot: Option<String>,
@@ -36,9 +43,15 @@ enum Command {
         update: bool,
     },
     /// List, show or cancel jobs.
-    Jobs,
+    Jobs {
+        #[command(subcommand)]
+        action: Option<JobsAction>,
+    },
     /// Show the VM pools and their states.
-    Vms,
+    Vms {
+        #[command(subcommand)]
+        action: Option<VmsAction>,
+    },
     /// Queue a nightly job for a branch.
     Nightly {
         #[arg(long)]
@@ -55,8 +68,132 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum JobsAction {
+    /// Recent jobs, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One job with its history and statuses.
+    Show { id: String },
+    /// Cancel a queued or running job.
+    Cancel { id: String },
+}
+
+#[derive(Subcommand)]
+enum VmsAction {
+    /// Lift a VM's quarantine.
+    Unquarantine { name: String },
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _ = (&cli.config, &cli.command);
-    anyhow::bail!("sdci-host: this subcommand is not implemented yet (see the open issues)")
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = Config::load(&cli.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(cfg).await,
+            Command::Run {
+                version,
+                commit,
+                repo,
+                snapshot,
+                update,
+            } => {
+                let id = cli::run(
+                    &cfg,
+                    repo.as_deref(),
+                    &version,
+                    &commit,
+                    snapshot.as_deref(),
+                    update,
+                )?;
+                cli::wake(&cfg).await;
+                println!("{id}");
+                Ok(())
+            }
+            Command::Jobs { action } => {
+                match action.unwrap_or(JobsAction::List { limit: 50 }) {
+                    JobsAction::List { limit } => print!("{}", cli::list(&cfg, limit)?),
+                    JobsAction::Show { id } => print!("{}", cli::show(&cfg, &id)?),
+                    JobsAction::Cancel { id } => {
+                        let now = cli::cancel(&cfg, &id)?;
+                        let told = cli::wake(&cfg).await;
+                        match (now, told) {
+                            (true, _) => println!("{id}: canceled"),
+                            (false, true) => println!("{id}: stop requested"),
+                            (false, false) => println!(
+                                "{id}: stop requested; no running service answered, it takes \
+                                 effect when sdci-host serve runs"
+                            ),
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Command::Vms { action } => {
+                match action {
+                    None => print!("{}", cli::vms(&cfg)?),
+                    Some(VmsAction::Unquarantine { name }) => {
+                        cli::unquarantine(&cfg, &name)?;
+                        cli::wake(&cfg).await;
+                        println!("{name}: back in its pool");
+                    }
+                }
+                Ok(())
+            }
+            Command::Nightly { branch } => {
+                let store = sdci_host::store::Store::open(&cfg.db_path())?;
+                let id = sdci_host::nightly::queue(&cfg, &store, &branch).await?;
+                cli::wake(&cfg).await;
+                println!("{id}");
+                Ok(())
+            }
+            Command::Save {
+                version,
+                update,
+                snapshot,
+            } => {
+                let req = sdci_host::rotation::SaveRequest {
+                    version,
+                    update,
+                    base: snapshot,
+                };
+                let report = sdci_host::rotation::save_from_cli(&cfg, &req).await?;
+                cli::wake(&cfg).await;
+                print!("{}", report.to_text());
+                anyhow::ensure!(
+                    report.moved,
+                    "the rotation failed and the golden snapshot is unchanged; see the log above"
+                );
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let vcfg = cli::vsphere_config(&cfg)?;
+    let auth = server::guest_auth(&cfg)?;
+    let listen = cfg.listen;
+    let hub = server::hub_from_config(cfg)?;
+    let hv = sdci_vsphere::VsphereClient::connect(vcfg)
+        .await
+        .context("connecting to vSphere (check [vsphere] in the host config)")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    server::run(hub, Arc::new(hv), auth, listener, server::Parts::ALL).await?;
+    Ok(())
 }

@@ -1,6 +1,28 @@
 //! `sdci-agent`: the only program that talks to GitHub.
 //!
-//! In sd-dev it fetches the commit, streams a zstd tarball to dom0 over qrexec and relays the
-//! events to the host; on the host it is the GitHub gateway `sdci-host` runs for statuses.
+//! In sd-dev (`run`) it fetches the commit, streams a zstd tarball to dom0 over qrexec and
+//! relays the events to the host; on the host (`status`, `token`, `head`, `ci-config`) it is
+//! the GitHub gateway `sdci-host` runs. Modules:
 //!
-//! Status: skeleton. The modules arrive with their issue (see ARCHITECTURE.md).
+//! - [`config`]: the TOML file, environment overrides, secret files.
+//! - [`github`]: the REST client (statuses, contents, branches, installation tokens), retries
+//!   and rate limits; [`app_jwt`]: the App's RS256 JWT.
+//! - [`gateway`]: the host-side subcommands.
+//! - [`run`]: one job in sd-dev, using [`checkout`] (git fetch of one commit), [`archive`]
+//!   (streamed tar.zst), [`dom0_call`] (the qrexec call) and [`relay`] (events to the host).
+//! - [`ci_config`]: `qubes:` from `.github/workstation-ci.yml`.
+//! - [`error`]: the crate's error type and its exit codes.
+
+pub mod app_jwt;
+pub mod archive;
+pub mod checkout;
+pub mod ci_config;
+pub mod config;
+pub mod dom0_call;
+pub mod error;
+pub mod gateway;
+pub mod github;
+pub mod relay;
+pub mod run;
+
+pub use error::{AgentError, Result};

@@ -1,14 +1,25 @@
 //! Command-line entry point of `sdci-agent`. Thin: parses arguments and calls the library.
 
 use clap::{Parser, Subcommand};
+use sdci_agent::config::Config;
+use sdci_agent::error::{EXIT_INFRA, EXIT_USAGE};
+use sdci_agent::{gateway, run, AgentError};
+use sdci_protocol::AgentJob;
+use std::io::Read;
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
     name = "sdci-agent",
     version,
-    about = "sdci agent: GitHub gateway, checkout, tarball, relay"
+    about = "sdci agent: GitHub gateway, checkout, tarball, relay",
+    after_help = "Exit codes: 0 ok; run: 0/1/2 = success/failure/error; 2 GitHub unreachable; \
+                  3 ci-config file or key missing; 64 usage; 78 configuration or request refused."
 )]
 struct Cli {
+    /// Configuration file [default: $SDCI_AGENT_CONFIG, else /etc/sdci/agent.toml]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,12 +32,17 @@ enum Command {
         repo: String,
         #[arg(long)]
         sha: String,
+        /// pending, success, failure or error
         #[arg(long)]
         state: String,
+        /// Cut to 140 characters.
         #[arg(long)]
         description: String,
         #[arg(long)]
         target_url: Option<String>,
+        /// Status context [default: the configured context, sd-ci-runner]
+        #[arg(long)]
+        context: Option<String>,
     },
     /// Print a short-lived installation token (GitHub App mode) as JSON.
     Token {
@@ -47,15 +63,101 @@ enum Command {
         #[arg(long)]
         sha: String,
     },
-    /// Run a job in sd-dev (job JSON from FILE, or - for stdin).
+    /// Run a job in sd-dev (job JSON from FILE, or - for stdin); exit code = outcome.
     Run {
         #[arg(long)]
         job: String,
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let _ = &cli.command;
-    anyhow::bail!("sdci-agent: not implemented yet (see the open issues)")
+fn read_job(arg: &str) -> anyhow::Result<AgentJob> {
+    let mut bytes = Vec::new();
+    if arg == "-" {
+        std::io::stdin().read_to_end(&mut bytes)?;
+    } else {
+        bytes = std::fs::read(arg)
+            .map_err(|e| anyhow::anyhow!("cannot read the job file {arg}: {e}"))?;
+    }
+    Ok(AgentJob::from_json(&bytes)?)
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, (i32, String)> {
+    let fail = |e: AgentError| (e.exit_code(), e.to_string());
+    if let Command::Run { job } = &cli.command {
+        // Every failure of `run` is the job's infrastructure error (exit 2).
+        let job = read_job(job).map_err(|e| (EXIT_INFRA, format!("{e:#}")))?;
+        let cfg = Config::load(cli.config.as_deref()).map_err(|e| (EXIT_INFRA, e.to_string()))?;
+        let outcome = run::run_job(job, &cfg)
+            .await
+            .map_err(|e| (EXIT_INFRA, e.to_string()))?;
+        return Ok(outcome.exit_code());
+    }
+    let cfg = Config::load(cli.config.as_deref()).map_err(fail)?;
+    let out = match cli.command {
+        Command::Status {
+            repo,
+            sha,
+            state,
+            description,
+            target_url,
+            context,
+        } => gateway::status(
+            &cfg,
+            &repo,
+            &sha,
+            &state,
+            &description,
+            target_url.as_deref(),
+            context.as_deref(),
+        )
+        .await
+        .map(|()| None),
+        Command::Token { repo } => gateway::token(&cfg, &repo).await.map(Some),
+        Command::Head { repo, branch } => gateway::head(&cfg, &repo, &branch).await.map(Some),
+        Command::CiConfig { repo, sha } => gateway::ci_config(&cfg, &repo, &sha).await.map(Some),
+        Command::Run { .. } => unreachable!("handled above"),
+    }
+    .map_err(fail)?;
+    if let Some(line) = out {
+        println!("{line}");
+    }
+    Ok(0)
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sdci-agent: cannot start the async runtime: {e}");
+            std::process::exit(EXIT_INFRA);
+        }
+    };
+    let code = match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err((code, msg)) => {
+            eprintln!("sdci-agent: {msg}");
+            code
+        }
+    };
+    drop(rt);
+    std::process::exit(code);
 }

@@ -1,6 +1,17 @@
 //! Shared test machinery for cross-program tests: locating the workspace's binaries, and (as
 //! their issues land) the vSphere simulator, the Qubes stand-ins and the GitHub stand-in.
 
+pub mod fixture;
+
+pub mod github;
+
+pub mod qubes_world;
+
+/// Slack incoming-webhook stand-in (issue 8).
+pub mod slack;
+
+pub mod vsphere_sim;
+
 use std::path::PathBuf;
 
 /// The workspace root (the folder holding the top `Cargo.toml`).

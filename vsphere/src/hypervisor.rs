@@ -115,20 +115,24 @@ pub enum VsphereError {
     Protocol { method: String, message: String },
     #[error("{what} timed out after {waited:?}")]
     Timeout { what: String, waited: Duration },
+    #[error("the vSphere configuration is not usable: {message}")]
+    Config { message: String },
 }
 
 impl VsphereError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::LoginRefused { .. } | Self::VmNotFound { .. } | Self::SnapshotNotFound { .. } => {
-                ErrorClass::GiveUp
-            }
+            Self::LoginRefused { .. }
+            | Self::VmNotFound { .. }
+            | Self::SnapshotNotFound { .. }
+            | Self::Config { .. } => ErrorClass::GiveUp,
             Self::ToolsNotReady { .. }
             | Self::ShutdownTimeout { .. }
             | Self::VmQuestion { .. }
             | Self::Timeout { .. } => ErrorClass::RetryOtherVm,
             Self::Fault { kind, .. } => match kind.as_str() {
-                "NotAuthenticated" | "InvalidLogin" | "NoPermission" => ErrorClass::GiveUp,
+                "NotAuthenticated" | "InvalidLogin" | "NoPermission" | "InvalidGuestLogin"
+                | "InvalidArgument" => ErrorClass::GiveUp,
                 "HostCommunication" | "HostNotConnected" | "RequestCanceled" => {
                     ErrorClass::RetryLater
                 }
@@ -148,6 +152,9 @@ impl VsphereError {
 
 pub type Result<T> = std::result::Result<T, VsphereError>;
 
+/// The longest pause between two process-state reads in [`Hypervisor::wait_program`].
+pub const PROGRAM_POLL_MAX: Duration = Duration::from_millis(500);
+
 /// Everything the scheduler asks of the hypervisor. Implemented by the vim25 client; the
 /// scheduler is generic over it.
 pub trait Hypervisor: Send + Sync + 'static {
@@ -166,6 +173,24 @@ pub trait Hypervisor: Send + Sync + 'static {
         description: &str,
     ) -> impl Future<Output = Result<()>> + Send;
     fn remove_snapshot(&self, vm: &str, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes the oldest snapshots whose name starts with `prefix` until only the newest `keep`
+    /// of them remain; other snapshots are not touched. Returns the removed names, oldest first.
+    fn prune_snapshots(
+        &self,
+        vm: &str,
+        prefix: &str,
+        keep: usize,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send {
+        async move {
+            let tree = self.snapshots(vm).await?;
+            let mut removed = Vec::new();
+            for s in crate::snapshots::to_prune(&tree, prefix, keep) {
+                self.remove_snapshot(vm, &s.name).await?;
+                removed.push(s.name);
+            }
+            Ok(removed)
+        }
+    }
 
     /// Powers on and waits for the task; an already-on VM is success.
     fn power_on(&self, vm: &str) -> impl Future<Output = Result<()>> + Send;
@@ -193,6 +218,37 @@ pub trait Hypervisor: Send + Sync + 'static {
         auth: &GuestAuth,
         pid: i64,
     ) -> impl Future<Output = Result<ProcessState>> + Send;
+    /// Waits until the program ends (or its pid is lost), within `timeout`. Guest processes have
+    /// no change notification, so this polls [`Hypervisor::process_state`] with a backoff from
+    /// 20 ms up to [`PROGRAM_POLL_MAX`]: a short program is seen ending within milliseconds.
+    fn wait_program(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        pid: i64,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ProcessState>> + Send {
+        async move {
+            let started = tokio::time::Instant::now();
+            let deadline = started + timeout;
+            let mut delay = Duration::from_millis(20);
+            loop {
+                match self.process_state(vm, auth, pid).await? {
+                    ProcessState::Running => {}
+                    done => return Ok(done),
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(VsphereError::Timeout {
+                        what: format!("guest program {pid} on {vm}"),
+                        waited: now - started,
+                    });
+                }
+                tokio::time::sleep(delay.min(deadline - now)).await;
+                delay = (delay * 2).min(PROGRAM_POLL_MAX);
+            }
+        }
+    }
     fn terminate(
         &self,
         vm: &str,

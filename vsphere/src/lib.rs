@@ -1,13 +1,31 @@
-//! `sdci-vsphere`: everything sdci asks of VMware ESXi / vCenter.
+//! `sdci-vsphere`: everything sdci asks of VMware ESXi / vCenter, as a thin vim25 SOAP client
+//! over reqwest (rustls) and quick-xml.
 //!
 //! - [`hypervisor`]: the [`Hypervisor`] trait the host's scheduler is written against, its value
 //!   types and the one error type [`VsphereError`] with its retry [`ErrorClass`].
-//!
-//! Status: the trait is the contract; the vim25 SOAP client implementing it lands with the
-//! "vSphere client" issue.
+//! - [`client`]: [`VsphereClient`], the implementation; [`config`]: [`VsphereConfig`] as the host's
+//!   TOML holds it.
+//! - Layers below, each owning one part of the protocol: [`xmltree`] (answers as element trees),
+//!   [`soap`] (envelopes, faults), [`tls`] (trust), [`session`] (cookie, login, retries),
+//!   [`inventory`] (property reads, container views), [`wait`] (WaitForUpdatesEx waiters),
+//!   [`tasks`], [`snapshots`], [`power`], [`guest`].
 
+pub mod client;
+pub mod config;
+pub mod guest;
 pub mod hypervisor;
+pub mod inventory;
+pub mod power;
+pub mod session;
+pub mod snapshots;
+pub mod soap;
+pub mod tasks;
+pub mod tls;
+pub mod wait;
+pub mod xmltree;
 
+pub use client::VsphereClient;
+pub use config::{Timeouts, TlsPolicy, VsphereConfig};
 pub use hypervisor::{
     ErrorClass, GuestAuth, GuestProgram, Hypervisor, PowerState, ProcessState, SnapshotInfo,
     VmInfo, VsphereError,

@@ -1,0 +1,56 @@
+//! Fuzzes the hardened unpacker: the input is a tar stream (compressed here, so the fuzzer
+//! explores tar structure rather than zstd's checksums), or, when the first byte is odd, raw
+//! bytes handed to the zstd decoder. Properties: no panic; a refusal leaves no tree; an accepted
+//! tree contains only files, directories and relative symlinks that resolve inside it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sdci_dom0::unpack::{unpack, Limits};
+use std::os::unix::fs::PermissionsExt;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let input = if mode & 1 == 0 {
+        match zstd::encode_all(rest, 1) {
+            Ok(c) => c,
+            Err(_) => return,
+        }
+    } else {
+        rest.to_vec()
+    };
+    let Ok(tmp) = tempfile::tempdir() else { return };
+    let dest = tmp.path().join("tree");
+    let limits = Limits {
+        max_entries: 64,
+        max_unpacked_bytes: 16 << 20,
+        min_free_bytes: 0,
+        ..Limits::default()
+    };
+    match unpack(&input[..], &dest, &limits) {
+        Err(_) => assert!(!dest.exists(), "refused but the tree is still there"),
+        Ok(_) => {
+            let root = std::fs::canonicalize(&dest).expect("tree exists");
+            let mut stack = vec![dest.clone()];
+            while let Some(dir) = stack.pop() {
+                for e in std::fs::read_dir(&dir).expect("readable") {
+                    let p = e.expect("entry").path();
+                    let md = std::fs::symlink_metadata(&p).expect("metadata");
+                    assert_eq!(md.permissions().mode() & 0o7000, 0, "special bits on {p:?}");
+                    let ft = md.file_type();
+                    if ft.is_symlink() {
+                        assert!(std::fs::read_link(&p).expect("link").is_relative());
+                        if let Ok(real) = std::fs::canonicalize(&p) {
+                            assert!(real.starts_with(&root), "{p:?} escapes to {real:?}");
+                        }
+                    } else if ft.is_dir() {
+                        stack.push(p);
+                    } else {
+                        assert!(ft.is_file(), "{p:?} is not a regular file");
+                    }
+                }
+            }
+        }
+    }
+    let beside = std::fs::read_dir(tmp.path()).map(|r| r.count()).unwrap_or(0);
+    assert!(beside <= 1, "something appeared beside the tree");
+});

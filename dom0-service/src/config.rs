@@ -1,0 +1,296 @@
+//! `sdci-dom0`'s configuration: where jobs and the checkout live, which user to run as, the
+//! unpacking limits and the commands `launch` uses.
+//!
+//! Found at `$SDCI_DOM0_CONFIG` if set, else `$HOME/.sdci/dom0.toml` if present, else built-in
+//! defaults (README.md, "dom0 configuration", lists every option). Unknown keys are errors, so a
+//! typo never silently drops a limit. Paths must be absolute; defaults are under `$HOME`.
+
+use crate::error::{Error, Result};
+use crate::unpack::Limits;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "SDCI_DOM0_CONFIG";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where the host uploads jobs: `<jobs_dir>/<id>/job.json`, and where logs go.
+    pub jobs_dir: PathBuf,
+    /// Where the tree is moved into place (SDW's Makefile expects `~/securedrop-workstation`).
+    pub checkout_dir: PathBuf,
+    /// The user to switch to when started as root (Qubes 4.1). `None`: the first member of the
+    /// group `qubes`, else `user`.
+    pub user: Option<String>,
+    /// After SIGTERM at a step's timeout, how long before SIGKILL.
+    pub kill_grace: Duration,
+    /// After a step's main process exits, how long to wait for output from processes that left
+    /// its process group before moving on.
+    pub drain: Duration,
+    /// Command (argv prefix; the path is appended) that removes a previous checkout the dom0
+    /// user cannot remove alone (root-owned files left by sudo steps).
+    pub privileged_remove: Vec<String>,
+    pub limits: Limits,
+    pub launch: LaunchConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub qvm_start: String,
+    pub qvm_run: String,
+    /// The shell-string command run in the dev VM (contracts §4).
+    pub agent_command: String,
+    /// How long to wait for the started dev VM to answer `qvm-run … true`.
+    pub ready_timeout: Duration,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    jobs_dir: Option<PathBuf>,
+    checkout_dir: Option<PathBuf>,
+    user: Option<String>,
+    kill_grace_secs: Option<u64>,
+    drain_secs: Option<u64>,
+    privileged_remove: Option<Vec<String>>,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    launch: LaunchFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_compressed_bytes: Option<u64>,
+    max_unpacked_bytes: Option<u64>,
+    max_entries: Option<u64>,
+    max_path_bytes: Option<usize>,
+    max_depth: Option<usize>,
+    zstd_window_log_max: Option<u32>,
+    read_timeout_secs: Option<u64>,
+    min_free_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LaunchFile {
+    qvm_start: Option<String>,
+    qvm_run: Option<String>,
+    agent_command: Option<String>,
+    ready_timeout_secs: Option<u64>,
+}
+
+impl Config {
+    /// Built-in defaults for a home directory.
+    pub fn defaults(home: &Path) -> Self {
+        Self {
+            jobs_dir: home.join(".sdci/jobs"),
+            checkout_dir: home.join("securedrop-workstation"),
+            user: None,
+            kill_grace: Duration::from_secs(10),
+            drain: Duration::from_secs(5),
+            privileged_remove: ["sudo", "-n", "rm", "-rf", "--one-file-system", "--"]
+                .map(String::from)
+                .to_vec(),
+            limits: Limits::default(),
+            launch: LaunchConfig {
+                qvm_start: "qvm-start".into(),
+                qvm_run: "qvm-run".into(),
+                agent_command: "sdci-agent run --job -".into(),
+                ready_timeout: Duration::from_secs(120),
+            },
+        }
+    }
+
+    /// Loads the configuration the way the contract says: `$SDCI_DOM0_CONFIG`, else
+    /// `$HOME/.sdci/dom0.toml` if it exists, else defaults.
+    pub fn load_from_env() -> Result<Self> {
+        let home = home_dir()?;
+        match std::env::var_os(CONFIG_ENV) {
+            Some(p) if !p.is_empty() => Self::load_file(Path::new(&p), &home),
+            _ => {
+                let p = home.join(".sdci/dom0.toml");
+                if p.exists() {
+                    Self::load_file(&p, &home)
+                } else {
+                    Ok(Self::defaults(&home))
+                }
+            }
+        }
+    }
+
+    pub fn load_file(path: &Path, home: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            why: format!("cannot read it: {e}"),
+        })?;
+        Self::parse(&text, home).map_err(|why| Error::Config {
+            path: path.to_owned(),
+            why,
+        })
+    }
+
+    /// Parses TOML text over the defaults for `home`.
+    pub fn parse(text: &str, home: &Path) -> std::result::Result<Self, String> {
+        let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut c = Self::defaults(home);
+        let abs = |name: &str, p: PathBuf| {
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Err(format!("{name} must be an absolute path, got {p:?}"))
+            }
+        };
+        if let Some(p) = f.jobs_dir {
+            c.jobs_dir = abs("jobs_dir", p)?;
+        }
+        if let Some(p) = f.checkout_dir {
+            c.checkout_dir = abs("checkout_dir", p)?;
+        }
+        if let Some(u) = f.user {
+            if u.is_empty() {
+                return Err("user must not be empty".into());
+            }
+            c.user = Some(u);
+        }
+        if let Some(s) = f.kill_grace_secs {
+            c.kill_grace = Duration::from_secs(s);
+        }
+        if let Some(s) = f.drain_secs {
+            c.drain = Duration::from_secs(s);
+        }
+        if let Some(v) = f.privileged_remove {
+            if v.is_empty() {
+                return Err("privileged_remove must name a program".into());
+            }
+            c.privileged_remove = v;
+        }
+        let l = &mut c.limits;
+        let lf = f.limits;
+        macro_rules! set {
+            ($field:ident) => {
+                if let Some(v) = lf.$field {
+                    l.$field = v;
+                }
+            };
+        }
+        set!(max_compressed_bytes);
+        set!(max_unpacked_bytes);
+        set!(max_entries);
+        set!(max_path_bytes);
+        set!(max_depth);
+        set!(zstd_window_log_max);
+        set!(min_free_bytes);
+        if let Some(s) = lf.read_timeout_secs {
+            l.read_timeout = Duration::from_secs(s);
+        }
+        if !(10..=31).contains(&l.zstd_window_log_max) {
+            return Err("limits.zstd_window_log_max must be between 10 and 31".into());
+        }
+        if l.read_timeout.is_zero() {
+            return Err("limits.read_timeout_secs must be at least 1".into());
+        }
+        let lc = f.launch;
+        if let Some(v) = lc.qvm_start {
+            c.launch.qvm_start = v;
+        }
+        if let Some(v) = lc.qvm_run {
+            c.launch.qvm_run = v;
+        }
+        if let Some(v) = lc.agent_command {
+            c.launch.agent_command = v;
+        }
+        if let Some(s) = lc.ready_timeout_secs {
+            c.launch.ready_timeout = Duration::from_secs(s);
+        }
+        Ok(c)
+    }
+}
+
+/// `$HOME`, which must be an absolute path.
+pub fn home_dir() -> Result<PathBuf> {
+    match std::env::var_os("HOME") {
+        Some(h) if Path::new(&h).is_absolute() => Ok(PathBuf::from(h)),
+        _ => Err(Error::Config {
+            path: PathBuf::from("$HOME"),
+            why: "HOME is not set to an absolute path; set it or SDCI_DOM0_CONFIG".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = Config::parse("", Path::new("/home/user")).unwrap();
+        assert_eq!(c, Config::defaults(Path::new("/home/user")));
+        assert_eq!(c.jobs_dir, Path::new("/home/user/.sdci/jobs"));
+        assert_eq!(
+            c.checkout_dir,
+            Path::new("/home/user/securedrop-workstation")
+        );
+        assert_eq!(c.limits.max_entries, 20_000);
+        assert_eq!(c.launch.agent_command, "sdci-agent run --job -");
+    }
+
+    #[test]
+    fn every_option_can_be_set() {
+        let text = r#"
+            jobs_dir = "/j"
+            checkout_dir = "/c"
+            user = "alice"
+            kill_grace_secs = 3
+            drain_secs = 4
+            privileged_remove = ["doas", "rm", "-rf", "--"]
+            [limits]
+            max_compressed_bytes = 1
+            max_unpacked_bytes = 2
+            max_entries = 3
+            max_path_bytes = 4
+            max_depth = 5
+            zstd_window_log_max = 20
+            read_timeout_secs = 6
+            min_free_bytes = 7
+            [launch]
+            qvm_start = "/x/qvm-start"
+            qvm_run = "/x/qvm-run"
+            agent_command = "agent"
+            ready_timeout_secs = 8
+        "#;
+        let c = Config::parse(text, Path::new("/h")).unwrap();
+        assert_eq!(c.jobs_dir, Path::new("/j"));
+        assert_eq!(c.user.as_deref(), Some("alice"));
+        assert_eq!(c.drain, Duration::from_secs(4));
+        assert_eq!(c.privileged_remove[0], "doas");
+        assert_eq!(
+            (
+                c.limits.max_compressed_bytes,
+                c.limits.max_unpacked_bytes,
+                c.limits.max_entries
+            ),
+            (1, 2, 3)
+        );
+        assert_eq!((c.limits.max_path_bytes, c.limits.max_depth), (4, 5));
+        assert_eq!(c.limits.zstd_window_log_max, 20);
+        assert_eq!(c.limits.read_timeout, Duration::from_secs(6));
+        assert_eq!(c.limits.min_free_bytes, 7);
+        assert_eq!(c.launch.qvm_run, "/x/qvm-run");
+        assert_eq!(c.launch.ready_timeout, Duration::from_secs(8));
+    }
+
+    #[test]
+    fn unknown_keys_and_relative_paths_are_errors() {
+        assert!(Config::parse("job_dir = \"/x\"", Path::new("/h"))
+            .unwrap_err()
+            .contains("unknown field"));
+        assert!(Config::parse("[limits]\nmax_entrys = 1", Path::new("/h")).is_err());
+        assert!(Config::parse("jobs_dir = \"rel\"", Path::new("/h"))
+            .unwrap_err()
+            .contains("absolute"));
+        assert!(Config::parse("[limits]\nzstd_window_log_max = 40", Path::new("/h")).is_err());
+    }
+}

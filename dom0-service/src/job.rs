@@ -1,0 +1,106 @@
+//! dom0's own job files: `<jobs_dir>/<id>/job.json`, uploaded by the host (trusted), and the
+//! files the service keeps next to it (`log.txt`, the fresh `tree/`, the `run.started` marker).
+//!
+//! Invariant: a job id reaches the file system only as a validated [`JobId`], i.e. one path
+//! component of `[a-z0-9-]` under the configured jobs directory.
+
+use crate::error::{Error, Result};
+use sdci_protocol::{JobFile, JobId};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The largest job file accepted.
+pub const MAX_JOB_FILE: u64 = 1 << 20;
+
+/// The paths of one job in dom0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobPaths {
+    pub dir: PathBuf,
+}
+
+impl JobPaths {
+    pub fn new(jobs_dir: &Path, id: &JobId) -> Self {
+        Self {
+            dir: jobs_dir.join(id.as_str()),
+        }
+    }
+    pub fn job_file(&self) -> PathBuf {
+        self.dir.join("job.json")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("log.txt")
+    }
+    /// Where the archive is unpacked before it is moved into place.
+    pub fn tree(&self) -> PathBuf {
+        self.dir.join("tree")
+    }
+    /// Created (exclusively) when `sdci.Run` starts for this job: a job runs once.
+    pub fn started_marker(&self) -> PathBuf {
+        self.dir.join("run.started")
+    }
+}
+
+/// Reads and validates a job file (size-capped, not through a symlink).
+pub fn read_job_file(path: &Path) -> Result<JobFile> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |why: String| Error::JobFile {
+        path: path.to_owned(),
+        why,
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            fail(if e.kind() == std::io::ErrorKind::NotFound {
+                "not found: the host uploads it before the job starts".into()
+            } else {
+                format!("cannot open it: {e}")
+            })
+        })?;
+    let mut bytes = Vec::new();
+    f.take(MAX_JOB_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read it: {e}")))?;
+    if bytes.len() as u64 > MAX_JOB_FILE {
+        return Err(fail(format!("larger than {MAX_JOB_FILE} bytes")));
+    }
+    let file = JobFile::from_json(&bytes).map_err(|e| fail(e.to_string()))?;
+    if !valid_vm_name(&file.spec.dev_vm) {
+        return Err(fail(format!(
+            "dev_vm {:?} is not a valid qube name",
+            file.spec.dev_vm
+        )));
+    }
+    Ok(file)
+}
+
+/// A Qubes VM name: a letter, then up to 30 letters, digits, `-`, `_` or `.`.
+pub fn valid_vm_name(name: &str) -> bool {
+    let mut b = name.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic())
+        && name.len() <= 31
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_names_follow_qubes_rules() {
+        assert!(valid_vm_name("sd-dev"));
+        assert!(valid_vm_name("a.b_c-1"));
+        for bad in ["", "-x", "1vm", "sd dev", "a;b", &"a".repeat(32)] {
+            assert!(!valid_vm_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn paths_stay_inside_the_jobs_dir() {
+        let id: JobId = "job-1".parse().unwrap();
+        let p = JobPaths::new(Path::new("/h/.sdci/jobs"), &id);
+        assert_eq!(p.job_file(), Path::new("/h/.sdci/jobs/job-1/job.json"));
+        assert_eq!(p.log(), Path::new("/h/.sdci/jobs/job-1/log.txt"));
+    }
+}

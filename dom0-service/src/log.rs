@@ -1,0 +1,196 @@
+//! The job's record: timestamped lines appended to `<job dir>/log.txt`, and (for `sdci.Run`) the
+//! same content as `protocol` events on stdout for the dev VM.
+//!
+//! Invariants: the file is the authoritative copy (the host downloads it). If stdout breaks (the
+//! dev VM died), the first failure is noted in the file, events stop, and everything else goes
+//! on: a broken stdout never changes the job's outcome. Text is ANSI-stripped by the caller and
+//! control characters are escaped here (`sanitize_text`), in the file as in the events. Each line
+//! is appended with one `write` to an `O_APPEND` file, so `launch` and `run` can share the file.
+
+use crate::error::{Error, Result};
+use sdci_protocol::event::sanitize_text;
+use sdci_protocol::{EventKind, EventWriter, Outcome};
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub struct JobLog {
+    file: Option<File>,
+    events: Option<EventWriter<std::io::Stdout>>,
+    /// Also print plain lines on stdout (for `launch`, whose stdout nobody parses).
+    echo: bool,
+}
+
+impl JobLog {
+    /// A log appending to `path` (created if missing), with events on stdout if `events`.
+    pub fn open(path: &Path, events: bool) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening the job log {}", path.display()), e))?;
+        Ok(Self {
+            file: Some(file),
+            events: events.then(|| EventWriter::new(std::io::stdout())),
+            echo: !events,
+        })
+    }
+
+    /// Events on stdout only: for refusals before the job (and so its log file) is known.
+    pub fn events_only() -> Self {
+        Self {
+            file: None,
+            events: Some(EventWriter::new(std::io::stdout())),
+            echo: false,
+        }
+    }
+
+    /// A message from the service itself.
+    pub fn note(&mut self, text: &str) {
+        self.line(&format!("dom0: {text}"));
+        self.emit(EventKind::Log {
+            step: None,
+            text: text.to_owned(),
+        });
+    }
+
+    /// A line tagged with where it came from (`launch` uses `[agent]`, `[qvm-start]`…).
+    pub fn tagged(&mut self, tag: &str, text: &str) {
+        self.line(&format!("[{tag}] {text}"));
+    }
+
+    pub fn step_started(&mut self, index: u32, total: usize, name: &str, argv: &[String]) {
+        self.line(&format!(
+            "==> step {}/{total} {name}: {}",
+            index + 1,
+            argv.join(" ")
+        ));
+        self.emit(EventKind::StepStarted {
+            step: index,
+            name: name.to_owned(),
+            argv: argv.to_vec(),
+        });
+    }
+
+    pub fn step_line(&mut self, index: u32, name: &str, text: &str) {
+        self.line(&format!("[{name}] {text}"));
+        self.emit(EventKind::Log {
+            step: Some(index),
+            text: text.to_owned(),
+        });
+    }
+
+    pub fn step_finished(
+        &mut self,
+        index: u32,
+        name: &str,
+        status: i32,
+        timed_out: bool,
+        took: Duration,
+    ) {
+        let how = if timed_out {
+            format!("timed out, killed (status {status})")
+        } else {
+            format!("exit status {status}")
+        };
+        self.line(&format!(
+            "<== {name}: {how} after {:.1} s",
+            took.as_secs_f64()
+        ));
+        self.emit(EventKind::StepFinished {
+            step: index,
+            status,
+            timed_out,
+            duration_ms: took.as_millis().min(u128::from(u64::MAX)) as u64,
+        });
+    }
+
+    pub fn result(&mut self, outcome: Outcome, reason: &str) {
+        self.line(&format!("result: {} ({reason})", outcome.as_str()));
+        self.emit(EventKind::Result {
+            outcome,
+            reason: reason.to_owned(),
+        });
+    }
+
+    fn line(&mut self, text: &str) {
+        let line = format!("{} {}\n", timestamp(SystemTime::now()), sanitize_text(text));
+        if let Some(f) = &mut self.file {
+            if let Err(e) = f.write_all(line.as_bytes()) {
+                tracing::error!("writing the job log failed: {e}");
+            }
+        }
+        if self.echo {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+        }
+    }
+
+    fn emit(&mut self, kind: EventKind) {
+        let Some(w) = &mut self.events else { return };
+        if let Err(e) = w.emit(kind) {
+            self.events = None;
+            self.line(&format!(
+                "dom0: stdout to the dev VM is gone ({e}); continuing, this file has the rest"
+            ));
+        }
+    }
+}
+
+/// `2026-11-28T17:13:00.123Z`.
+pub fn timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, dd) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_886_980_123);
+        assert_eq!(timestamp(t), "2026-11-28T17:29:40.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn lines_are_sanitized_in_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("log.txt");
+        let mut log = JobLog::open(&p, false).unwrap();
+        log.echo = false;
+        log.tagged("agent", "bell\x07 and\nnewline");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.ends_with("[agent] bell\\x07 and\\x0anewline\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,545 @@
+//! A strict, streaming reader of tar archives (POSIX ustar/pax and GNU), with no file system
+//! access. [`TarStream::next_entry`] yields one member at a time with its name already resolved
+//! (PAX `path`/`linkpath`, GNU `L`/`K` records, ustar prefix), so policy checks in
+//! [`crate::unpack`] always see the name that would be used.
+//!
+//! Invariants:
+//! - Memory is bounded: extended headers (PAX, GNU long names) larger than [`MAX_EXT_BYTES`] are
+//!   refused before they are read; member data is only ever streamed through the caller's buffer.
+//! - Every header's checksum and magic is verified; numeric fields must parse completely.
+//! - The archive must end with two zero blocks, followed by nothing but zero padding (at most
+//!   [`MAX_TRAILING_ZEROS`] bytes) up to the end of the input. An input that ends anywhere else
+//!   is truncated and an error.
+//! - Member types are reported, not judged: the unpacker decides what is allowed.
+
+use std::io::{self, Read};
+
+/// The largest PAX extended header or GNU long-name record accepted.
+pub const MAX_EXT_BYTES: u64 = 64 * 1024;
+/// Zero padding accepted after the end-of-archive marker (GNU tar pads to 10 KiB records).
+pub const MAX_TRAILING_ZEROS: u64 = 1024 * 1024;
+
+const BLOCK: usize = 512;
+
+/// The kind of member, from the type flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    HardLink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    /// Contiguous file (`7`), GNU sparse (`S`), or any other type flag.
+    Other(u8),
+}
+
+/// One member's header, after extended headers were applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub path: String,
+    /// Symlink or hard-link target.
+    pub link: Option<String>,
+    pub kind: Kind,
+    /// Permission bits from the header (the low 12 bits, including setuid/setgid/sticky).
+    pub mode: u32,
+    /// Bytes of data that follow the header.
+    pub size: u64,
+}
+
+/// Why the tar layer refused the stream. The unpacker turns these into [`crate::Error`]s.
+#[derive(Debug)]
+pub enum TarError {
+    /// The input violates the format; the message says how.
+    Format(String),
+    /// A member's name could not be used (not UTF-8); carries the lossy name.
+    BadName { lossy: String, why: String },
+    /// Reading the input failed (including limits enforced by wrapping readers).
+    Io(io::Error),
+}
+
+impl From<io::Error> for TarError {
+    fn from(e: io::Error) -> Self {
+        TarError::Io(e)
+    }
+}
+
+type TResult<T> = Result<T, TarError>;
+
+fn format_err<T>(why: impl Into<String>) -> TResult<T> {
+    Err(TarError::Format(why.into()))
+}
+
+pub struct TarStream<R: Read> {
+    inner: R,
+    /// Data bytes of the current member not yet read.
+    remaining: u64,
+    /// Padding after the current member's data.
+    padding: u64,
+    done: bool,
+}
+
+#[derive(Default)]
+struct Pending {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    size: Option<u64>,
+    pax_seen: bool,
+    gnu_name_seen: bool,
+    gnu_link_seen: bool,
+}
+
+impl<R: Read> TarStream<R> {
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            remaining: 0,
+            padding: 0,
+            done: false,
+        }
+    }
+
+    /// The next member, or `None` after a clean end of archive (and of the input).
+    pub fn next_entry(&mut self) -> TResult<Option<Member>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.skip_rest()?;
+        let mut pending = Pending::default();
+        loop {
+            let Some(block) = self.read_block()? else {
+                return format_err(
+                    "the stream ends before the end-of-archive marker (truncated archive)",
+                );
+            };
+            if block.iter().all(|&b| b == 0) {
+                if pending.pax_seen || pending.gnu_name_seen || pending.gnu_link_seen {
+                    return format_err("an extended header is not followed by a member");
+                }
+                self.finish()?;
+                return Ok(None);
+            }
+            verify_checksum(&block)?;
+            let magic = &block[257..265];
+            let posix = &magic[..6] == b"ustar\0" && &magic[6..] == b"00";
+            let gnu = magic == b"ustar  \0";
+            if !posix && !gnu {
+                return format_err("header has no ustar/GNU magic (old or unknown tar format)");
+            }
+            let typeflag = block[156];
+            let size = parse_number(&block[124..136], "size")?;
+            match typeflag {
+                b'x' | b'g' | b'L' | b'K' => {
+                    if size > MAX_EXT_BYTES {
+                        return format_err(format!(
+                            "extended header of {size} bytes exceeds the {MAX_EXT_BYTES}-byte cap"
+                        ));
+                    }
+                    let data = self.read_member_data(size)?;
+                    match typeflag {
+                        b'x' => {
+                            if pending.pax_seen {
+                                return format_err("two PAX headers for one member");
+                            }
+                            pending.pax_seen = true;
+                            apply_pax(&data, &mut pending, false)?;
+                        }
+                        b'g' => {
+                            let mut global = Pending::default();
+                            apply_pax(&data, &mut global, true)?;
+                        }
+                        b'L' => {
+                            if pending.gnu_name_seen {
+                                return format_err("two GNU long names for one member");
+                            }
+                            pending.gnu_name_seen = true;
+                            // PAX takes precedence over a GNU long name, as in GNU tar.
+                            if pending.path.is_none() {
+                                pending.path = Some(cstr(&data).to_vec());
+                            }
+                        }
+                        _ => {
+                            if pending.gnu_link_seen {
+                                return format_err("two GNU long link names for one member");
+                            }
+                            pending.gnu_link_seen = true;
+                            if pending.link.is_none() {
+                                pending.link = Some(cstr(&data).to_vec());
+                            }
+                        }
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let kind = match typeflag {
+                b'0' | 0 => Kind::File,
+                b'5' => Kind::Dir,
+                b'2' => Kind::Symlink,
+                b'1' => Kind::HardLink,
+                b'3' => Kind::CharDevice,
+                b'4' => Kind::BlockDevice,
+                b'6' => Kind::Fifo,
+                other => Kind::Other(other),
+            };
+            let size = pending.size.unwrap_or(size);
+            // Some writers (the `tar` crate) include the file-type bits of st_mode; the type
+            // flag is what counts, so only the permission bits are kept.
+            let mode = parse_number(&block[100..108], "mode")? & 0o7777;
+            let header_name = {
+                let name = cstr(&block[0..100]);
+                let prefix = if posix {
+                    cstr(&block[345..500])
+                } else {
+                    &[][..]
+                };
+                if prefix.is_empty() {
+                    name.to_vec()
+                } else {
+                    [prefix, b"/", name].concat()
+                }
+            };
+            let raw_path = pending.path.take().unwrap_or(header_name);
+            let path = utf8(raw_path, "member name")?;
+            let link = match kind {
+                Kind::Symlink | Kind::HardLink => {
+                    let raw = pending
+                        .link
+                        .take()
+                        .unwrap_or_else(|| cstr(&block[157..257]).to_vec());
+                    Some(utf8(raw, "link target")?)
+                }
+                _ => None,
+            };
+            self.remaining = size;
+            self.padding = padding_for(size);
+            return Ok(Some(Member {
+                path,
+                link,
+                kind,
+                mode: mode as u32,
+                size,
+            }));
+        }
+    }
+
+    /// Reads the current member's data; `Ok(0)` at its end.
+    pub fn read_data(&mut self, buf: &mut [u8]) -> TResult<usize> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = read_retrying(&mut self.inner, &mut buf[..want])?;
+        if n == 0 {
+            return format_err("the stream ends inside a member's data (truncated archive)");
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+
+    /// Consumes the rest of the current member's data and its padding.
+    fn skip_rest(&mut self) -> TResult<()> {
+        let mut buf = [0u8; 8192];
+        while self.remaining > 0 {
+            self.read_data(&mut buf)?;
+        }
+        while self.padding > 0 {
+            let n = self.padding.min(buf.len() as u64) as usize;
+            self.read_exact_or_truncated(&mut buf[..n])?;
+            self.padding -= n as u64;
+        }
+        Ok(())
+    }
+
+    fn read_member_data(&mut self, size: u64) -> TResult<Vec<u8>> {
+        // `size` is at most MAX_EXT_BYTES here.
+        let mut data = vec![0u8; size as usize];
+        self.read_exact_or_truncated(&mut data)?;
+        let mut pad = vec![0u8; padding_for(size) as usize];
+        self.read_exact_or_truncated(&mut pad)?;
+        Ok(data)
+    }
+
+    /// After the first zero block: a second one, then only zeros to the end of the input.
+    fn finish(&mut self) -> TResult<()> {
+        match self.read_block()? {
+            Some(b) if b.iter().all(|&x| x == 0) => {}
+            Some(_) => return format_err("a lone zero block inside the archive"),
+            None => return format_err("the stream ends after one zero block (truncated archive)"),
+        }
+        let mut trailing = 0u64;
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = read_retrying(&mut self.inner, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            if buf[..n].iter().any(|&b| b != 0) {
+                return format_err("data after the end-of-archive marker");
+            }
+            trailing += n as u64;
+            if trailing > MAX_TRAILING_ZEROS {
+                return format_err(format!(
+                    "more than {MAX_TRAILING_ZEROS} bytes of padding after the end of the archive"
+                ));
+            }
+        }
+        self.done = true;
+        Ok(())
+    }
+
+    /// One header block, or `None` at a clean end of input (at a block boundary).
+    fn read_block(&mut self) -> TResult<Option<[u8; BLOCK]>> {
+        let mut block = [0u8; BLOCK];
+        let mut got = 0;
+        while got < BLOCK {
+            let n = read_retrying(&mut self.inner, &mut block[got..])?;
+            if n == 0 {
+                if got == 0 {
+                    return Ok(None);
+                }
+                return format_err("the stream ends inside a header (truncated archive)");
+            }
+            got += n;
+        }
+        Ok(Some(block))
+    }
+
+    fn read_exact_or_truncated(&mut self, buf: &mut [u8]) -> TResult<()> {
+        let mut got = 0;
+        while got < buf.len() {
+            let n = read_retrying(&mut self.inner, &mut buf[got..])?;
+            if n == 0 {
+                return format_err("the stream ends inside a member (truncated archive)");
+            }
+            got += n;
+        }
+        Ok(())
+    }
+}
+
+fn read_retrying<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn padding_for(size: u64) -> u64 {
+    (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
+}
+
+/// The bytes up to the first NUL.
+fn cstr(field: &[u8]) -> &[u8] {
+    field
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(field, |i| &field[..i])
+}
+
+fn utf8(raw: Vec<u8>, what: &str) -> TResult<String> {
+    String::from_utf8(raw).map_err(|e| TarError::BadName {
+        lossy: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        why: format!("{what} is not valid UTF-8"),
+    })
+}
+
+fn verify_checksum(block: &[u8; BLOCK]) -> TResult<()> {
+    let stored = parse_number(&block[148..156], "checksum")?;
+    let mut unsigned: u64 = 0;
+    let mut signed: i64 = 0;
+    for (i, &b) in block.iter().enumerate() {
+        let b = if (148..156).contains(&i) { b' ' } else { b };
+        unsigned += u64::from(b);
+        signed += i64::from(b as i8);
+    }
+    if stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed) {
+        Ok(())
+    } else {
+        format_err("header checksum mismatch (corrupt or not a tar archive)")
+    }
+}
+
+/// An octal field (leading spaces, digits, then NUL/space padding) or GNU base-256.
+fn parse_number(field: &[u8], what: &str) -> TResult<u64> {
+    if let Some(&first) = field.first() {
+        if first & 0x80 != 0 {
+            if first == 0xff {
+                return format_err(format!("negative {what} field"));
+            }
+            let mut v: u64 = u64::from(first & 0x7f);
+            for &b in &field[1..] {
+                v = v
+                    .checked_mul(256)
+                    .and_then(|v| v.checked_add(u64::from(b)))
+                    .ok_or_else(|| TarError::Format(format!("{what} field overflows")))?;
+            }
+            return Ok(v);
+        }
+    }
+    let s = field
+        .iter()
+        .skip_while(|&&b| b == b' ')
+        .take_while(|&&b| b != 0 && b != b' ')
+        .copied()
+        .collect::<Vec<u8>>();
+    let rest_ok = field
+        .iter()
+        .skip_while(|&&b| b == b' ')
+        .skip(s.len())
+        .all(|&b| b == 0 || b == b' ');
+    if s.is_empty() || !rest_ok || !s.iter().all(|b| (b'0'..=b'7').contains(b)) {
+        return format_err(format!("malformed {what} field"));
+    }
+    let mut v: u64 = 0;
+    for &d in &s {
+        v = v
+            .checked_mul(8)
+            .and_then(|v| v.checked_add(u64::from(d - b'0')))
+            .ok_or_else(|| TarError::Format(format!("{what} field overflows")))?;
+    }
+    Ok(v)
+}
+
+/// Applies PAX records (`"<len> <key>=<value>\n"`). Keys that name the member or its size are
+/// used; `GNU.sparse.*` is refused; everything else (times, owners, xattrs, comments) ignored.
+fn apply_pax(data: &[u8], p: &mut Pending, global: bool) -> TResult<()> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let sp = rest
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or_else(|| TarError::Format("malformed PAX record (no length)".into()))?;
+        let len: usize = std::str::from_utf8(&rest[..sp])
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| TarError::Format("malformed PAX record length".into()))?;
+        if len <= sp + 1 || len > rest.len() || rest[len - 1] != b'\n' {
+            return format_err("malformed PAX record (bad length)");
+        }
+        let record = &rest[sp + 1..len - 1];
+        let eq = record
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or_else(|| TarError::Format("malformed PAX record (no '=')".into()))?;
+        let (key, value) = (&record[..eq], &record[eq + 1..]);
+        let relevant = matches!(key, b"path" | b"linkpath" | b"size");
+        if key.starts_with(b"GNU.sparse.") {
+            return format_err("sparse files are not allowed");
+        }
+        if global && relevant {
+            return format_err(format!(
+                "a PAX global header sets {:?} (not supported)",
+                String::from_utf8_lossy(key)
+            ));
+        }
+        match key {
+            b"path" => p.path = Some(value.to_vec()),
+            b"linkpath" => p.link = Some(value.to_vec()),
+            b"size" => {
+                let v = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| TarError::Format("malformed PAX size".into()))?;
+                p.size = Some(v);
+            }
+            _ => {}
+        }
+        rest = &rest[len..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::TarBuilder;
+
+    fn members(bytes: &[u8]) -> TResult<Vec<(Member, Vec<u8>)>> {
+        let mut t = TarStream::new(bytes);
+        let mut out = Vec::new();
+        while let Some(m) = t.next_entry()? {
+            let mut data = Vec::new();
+            let mut buf = [0u8; 7];
+            loop {
+                let n = t.read_data(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+            }
+            out.push((m, data));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn reads_files_dirs_and_symlinks_with_their_data() {
+        let mut b = TarBuilder::new();
+        b.dir("d/", 0o755);
+        b.file("d/f", 0o644, b"hello");
+        b.symlink("d/l", "f");
+        let got = members(&b.finish()).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[1].0.path, "d/f");
+        assert_eq!(got[1].1, b"hello");
+        assert_eq!(got[2].0.kind, Kind::Symlink);
+        assert_eq!(got[2].0.link.as_deref(), Some("f"));
+    }
+
+    #[test]
+    fn pax_path_overrides_the_header_name() {
+        let mut b = TarBuilder::new();
+        b.pax(&[("path", "../evil")]);
+        b.file("innocent", 0o644, b"x");
+        let got = members(&b.finish()).unwrap();
+        assert_eq!(got[0].0.path, "../evil");
+    }
+
+    #[test]
+    fn gnu_long_names_are_applied() {
+        let long = format!("{}/file", "d".repeat(150));
+        let mut b = TarBuilder::new();
+        b.gnu_long_name(&long);
+        b.file("short", 0o644, b"");
+        assert_eq!(members(&b.finish()).unwrap()[0].0.path, long);
+    }
+
+    #[test]
+    fn truncation_anywhere_is_an_error() {
+        let mut b = TarBuilder::new();
+        b.file("a", 0o644, &[7u8; 1000]);
+        let full = b.finish();
+        assert!(members(&full).is_ok());
+        for cut in [0, 100, 512, 700, 1536, full.len() - 512] {
+            assert!(members(&full[..cut]).is_err(), "cut at {cut} accepted");
+        }
+    }
+
+    #[test]
+    fn corrupt_checksum_and_trailing_garbage_are_errors() {
+        let mut b = TarBuilder::new();
+        b.file("a", 0o644, b"x");
+        let mut bytes = b.finish();
+        let mut bad = bytes.clone();
+        bad[0] ^= 1;
+        assert!(matches!(members(&bad), Err(TarError::Format(m)) if m.contains("checksum")));
+        bytes.extend_from_slice(b"garbage");
+        assert!(members(&bytes).is_err());
+    }
+
+    #[test]
+    fn oversized_extended_header_is_refused_before_reading_it() {
+        let mut b = TarBuilder::new();
+        b.raw_header("././@LongLink", b'L', 0o644, MAX_EXT_BYTES + 1, "");
+        let err = members(&b.finish()).unwrap_err();
+        assert!(matches!(err, TarError::Format(m) if m.contains("cap")));
+    }
+}

@@ -1,0 +1,225 @@
+//! The subcommands other than `serve`: they work on the store file directly (SQLite serializes
+//! them with a running service) and then poke the service (`POST /api/v1/wake`) so it acts at
+//! once; when no service runs, the work waits in the store for the next `serve`.
+//!
+//! Invariants: a manual job goes through the same queue as a webhook's; canceling a queued job
+//! ends it at once (with its final status in the outbox), canceling an active one asks the service
+//! to stop it; output is plain text, one job or VM per line.
+
+use crate::config::Config;
+use crate::store::{JobState, NewJob, Store};
+use crate::{HostError, Result};
+use std::fmt::Write;
+
+fn open(cfg: &Config) -> Result<Store> {
+    Store::open(&cfg.db_path())
+}
+
+/// Asks a running service to look at the store now; silent when none runs.
+pub async fn wake(cfg: &Config) -> bool {
+    let url = format!("http://{}/api/v1/wake", cfg.listen);
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build();
+    match client {
+        Ok(c) => c.post(url).send().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// `sdci-host run`: queues a manual job; returns its id.
+pub fn run(
+    cfg: &Config,
+    repo: Option<&str>,
+    version: &str,
+    commit: &str,
+    snapshot: Option<&str>,
+    update: bool,
+) -> Result<String> {
+    let repo = repo
+        .map(str::to_owned)
+        .or_else(|| cfg.default_repo.clone())
+        .ok_or_else(|| {
+            HostError::Invalid(
+                "no repository: pass --repo OWNER/NAME or set default_repo in the host config"
+                    .into(),
+            )
+        })?;
+    repo.parse::<sdci_protocol::RepoName>()
+        .map_err(|e| HostError::Invalid(e.to_string()))?;
+    commit
+        .parse::<sdci_protocol::CommitSha>()
+        .map_err(|e| HostError::Invalid(format!("{e}; pass the full commit id")))?;
+    if !cfg.pools.contains_key(version) {
+        return Err(HostError::Invalid(format!(
+            "no pool for Qubes {version}: the host config has {:?}",
+            cfg.pools.keys().collect::<Vec<_>>()
+        )));
+    }
+    let clone_url = cfg
+        .agent
+        .clone_url_override
+        .clone()
+        .unwrap_or_else(|| format!("https://github.com/{repo}.git"));
+    open(cfg)?.insert_job(&NewJob {
+        repo,
+        sha: commit.to_owned(),
+        reason: "manual".into(),
+        branch: None,
+        supersede_key: None,
+        clone_url,
+        version: Some(version.to_owned()),
+        snapshot: snapshot.map(str::to_owned),
+        update_first: update,
+    })
+}
+
+/// `sdci-host jobs list`.
+pub fn list(cfg: &Config, limit: u32) -> Result<String> {
+    let mut out = String::new();
+    for j in open(cfg)?.recent_jobs(limit)? {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<10} {:<12} {:<40} {:<6} {:<16} {}",
+            j.id,
+            j.state.as_str(),
+            j.reason,
+            format!("{}@{}", j.repo, &j.sha[..j.sha.len().min(12)]),
+            j.version.as_deref().unwrap_or("?"),
+            j.vm.as_deref().unwrap_or("-"),
+            j.note.as_deref().unwrap_or("")
+        );
+    }
+    Ok(out)
+}
+
+/// `sdci-host jobs show ID`.
+pub fn show(cfg: &Config, id: &str) -> Result<String> {
+    let store = open(cfg)?;
+    let j = store
+        .job(id)?
+        .ok_or_else(|| HostError::NoSuchJob(id.to_owned()))?;
+    let mut out = format!(
+        "job {}\nstate {}\nrepo {}\ncommit {}\nbranch {}\nreason {}\nversion {}\nvm {}\n\
+         attempts {}\nnote {}\npage {}/jobs/{}\n\nhistory:\n",
+        j.id,
+        j.state.as_str(),
+        j.repo,
+        j.sha,
+        j.branch.as_deref().unwrap_or("-"),
+        j.reason,
+        j.version.as_deref().unwrap_or("?"),
+        j.vm.as_deref().unwrap_or("-"),
+        j.attempts,
+        j.note.as_deref().unwrap_or(""),
+        cfg.public_url,
+        j.id
+    );
+    for (at, from, to, note) in store.transitions(id)? {
+        let _ = writeln!(
+            out,
+            "  {at} {} -> {to} {}",
+            from.as_deref().unwrap_or("-"),
+            note.as_deref().unwrap_or("")
+        );
+    }
+    out.push_str("statuses:\n");
+    for (state, desc, posted) in store.statuses(id)? {
+        let p = match posted {
+            0 => "unposted",
+            1 => "posted",
+            _ => "skipped",
+        };
+        let _ = writeln!(out, "  {state:<8} {p:<8} {desc}");
+    }
+    Ok(out)
+}
+
+/// `sdci-host jobs cancel ID`: `true` if it ended at once (it was queued).
+pub fn cancel(cfg: &Config, id: &str) -> Result<bool> {
+    match open(cfg)?.request_cancel(id, "canceled by an operator")? {
+        None => Err(HostError::NoSuchJob(id.to_owned())),
+        Some(now) => Ok(now),
+    }
+}
+
+/// `sdci-host vms`: the pools as the store knows them.
+pub fn vms(cfg: &Config) -> Result<String> {
+    let store = open(cfg)?;
+    let mut out = String::new();
+    for (version, pool) in &cfg.pools {
+        let golden = store.golden_snapshot(version, &pool.golden_snapshot)?;
+        let _ = writeln!(
+            out,
+            "pool {version} (prefix {}, golden snapshot {golden})",
+            pool.prefix
+        );
+    }
+    for vm in store.vms()? {
+        let state = if vm.quarantined {
+            "QUARANTINED"
+        } else if vm.job_id.is_some() {
+            "leased"
+        } else {
+            "free"
+        };
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<6} {:<12} job {:<20} failures {} {}",
+            vm.name,
+            vm.pool,
+            state,
+            vm.job_id.as_deref().unwrap_or("-"),
+            vm.consecutive_failures,
+            vm.last_error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(out)
+}
+
+/// `sdci-host vms unquarantine NAME`.
+pub fn unquarantine(cfg: &Config, name: &str) -> Result<()> {
+    if open(cfg)?.unquarantine(name)? {
+        Ok(())
+    } else {
+        Err(HostError::Invalid(format!("no VM {name:?} in the store")))
+    }
+}
+
+/// The vSphere client's configuration, built from the host's (the password read from its file).
+pub fn vsphere_config(cfg: &Config) -> Result<sdci_vsphere::VsphereConfig> {
+    let v = &cfg.vsphere;
+    let bad = |m: String| HostError::Config {
+        path: "[vsphere]".into(),
+        message: m,
+    };
+    if v.url.is_empty() || v.user.is_empty() {
+        return Err(bad(
+            "vsphere.url and vsphere.user are required for serve".into()
+        ));
+    }
+    let password = crate::config::read_secret(&v.password_file, "vSphere password")?;
+    let mut t = toml::Table::new();
+    t.insert("url".into(), toml::Value::String(v.url.clone()));
+    t.insert("user".into(), toml::Value::String(v.user.clone()));
+    t.insert(
+        "password".into(),
+        toml::Value::String(password.expose().to_owned()),
+    );
+    t.insert("tls".into(), toml::Value::Table(v.tls.clone()));
+    t.insert("timeouts".into(), toml::Value::Table(v.timeouts.clone()));
+    if let Some(dcs) = &v.datacenters {
+        t.insert(
+            "datacenters".into(),
+            toml::Value::Array(dcs.iter().cloned().map(toml::Value::String).collect()),
+        );
+    }
+    toml::Value::Table(t)
+        .try_into()
+        .map_err(|e: toml::de::Error| bad(e.to_string()))
+}
+
+/// Whether a job state counts as finished, for the CLI's exit code.
+pub fn finished(state: JobState) -> bool {
+    state.is_terminal()
+}

@@ -1,0 +1,890 @@
+//! Golden-snapshot rotation: `sdci-host save --version V [--update] [--snapshot NAME]` and the
+//! `[[rotation.schedule]]` entries of `serve`.
+//!
+//! For every VM of the pool, each as soon as it is free: lease it in the store (so no job can
+//! claim it), revert to the base (the pool's current golden snapshot, or `--snapshot`), boot,
+//! apply the updates (`--update`), shut down, take `update_<UTC timestamp>`, and smoke-test it
+//! (revert to it, boot, dom0 answers guest operations, `sdci-dom0 --version` runs, the dev VM
+//! starts). Only when every VM passed does the pool's golden pointer in the store move to the new
+//! snapshot; then the `update_*` snapshots beyond the newest `rotation.keep` are removed, never the
+//! new golden nor the one before it. The leases are held until the pointer has moved, so a job
+//! queued meanwhile waits for the VM and then reverts to the new golden snapshot.
+//!
+//! Invariants:
+//! - A failure (update, snapshot, smoke test, a VM that stays busy or is quarantined) leaves the
+//!   pointer where it was, powers the VM off, removes the snapshot that failed, and is reported
+//!   in the log, in `rotation_runs` (read by `/metrics`) and to Slack.
+//! - A lease is the VM row's `job_id` set to the rotation's id (`rotation-…`), taken in one
+//!   `BEGIN IMMEDIATE` transaction only while no job holds the VM: the scheduler's claim skips
+//!   it. Leases are released on every path; a rotation whose process died (its pid is gone) or
+//!   whose deadline passed is released by [`release_stale`] (each `save` and every reconciler
+//!   pass call it), and [`holds`] tells the reconciler not to power off a VM being rotated.
+//! - Generic over [`Hypervisor`]: the vim25 client in production, the govmomi simulator through
+//!   the same client in tests.
+
+use crate::config::Config;
+use crate::notify::{self, RotationNotice};
+use crate::store::Store;
+use crate::updates::{self, GuestStep};
+use crate::{now_ms, HostError, Result};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use sdci_vsphere::{GuestAuth, Hypervisor, PowerState};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Names of the snapshots a rotation takes (`update_20261128170509`).
+pub const SNAPSHOT_PREFIX: &str = "update_";
+/// Store lease holders that are rotations, not jobs.
+pub const LEASE_PREFIX: &str = "rotation-";
+
+/// `[rotation]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotationConfig {
+    /// `update_*` snapshots kept per VM (the current and previous golden are kept regardless).
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// Seconds to wait for a busy VM to become free before the rotation fails.
+    #[serde(default = "default_wait_free")]
+    pub wait_free_secs: u64,
+    /// Seconds between looks at a busy VM.
+    #[serde(default = "default_poll")]
+    pub busy_poll_secs: u64,
+    /// Seconds each smoke-test command may take.
+    #[serde(default = "default_smoke")]
+    pub smoke_step_secs: u64,
+    /// Rotations on a schedule.
+    #[serde(default)]
+    pub schedule: Vec<RotationSchedule>,
+}
+
+/// `[[rotation.schedule]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotationSchedule {
+    pub version: String,
+    /// 5-field cron expression (see `nightly`).
+    pub cron: String,
+    /// `UTC` or a fixed offset such as `+02:00`.
+    pub time_zone: String,
+    /// Apply updates before the snapshot.
+    #[serde(default = "yes")]
+    pub update: bool,
+}
+
+fn default_keep() -> usize {
+    3
+}
+fn default_wait_free() -> u64 {
+    6 * 3600
+}
+fn default_poll() -> u64 {
+    10
+}
+fn default_smoke() -> u64 {
+    300
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every field of [rotation] has a default")
+    }
+}
+
+/// What to rotate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveRequest {
+    pub version: String,
+    pub update: bool,
+    /// Revert to this snapshot instead of the pool's current golden one.
+    pub base: Option<String>,
+}
+
+/// One VM's part of a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmResult {
+    pub vm: String,
+    pub ok: bool,
+    /// What happened (the failure, or "ok").
+    pub detail: String,
+    /// Snapshots removed after the pointer moved.
+    pub pruned: Vec<String>,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationReport {
+    pub id: String,
+    pub version: String,
+    /// The snapshot taken.
+    pub snapshot: String,
+    /// The golden snapshot before the rotation.
+    pub previous: String,
+    /// Whether the pool's golden pointer now names `snapshot`.
+    pub moved: bool,
+    pub vms: Vec<VmResult>,
+    /// Host-side log of the rotation (guest step output included).
+    pub log: PathBuf,
+    pub duration: Duration,
+}
+
+impl RotationReport {
+    /// Plain text for the CLI: one line for the rotation, one per VM.
+    pub fn to_text(&self) -> String {
+        let mut out = if self.moved {
+            format!(
+                "Qubes {}: golden snapshot is now {} (was {})\n",
+                self.version, self.snapshot, self.previous
+            )
+        } else {
+            format!(
+                "Qubes {}: rotation FAILED, golden snapshot stays {}\n",
+                self.version, self.previous
+            )
+        };
+        for v in &self.vms {
+            out.push_str(&format!("  {:<24} {}", v.vm, v.detail));
+            if !v.pruned.is_empty() {
+                out.push_str(&format!(" (removed {})", v.pruned.join(", ")));
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!("log: {}\n", self.log.display()));
+        out
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rotation_runs (
+    id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    from_snapshot TEXT NOT NULL,
+    base TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    started_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    result TEXT,
+    error TEXT
+);
+";
+
+fn open_db(path: &Path) -> Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(Duration::from_secs(10))?;
+    c.execute_batch(SCHEMA)?;
+    Ok(c)
+}
+
+fn pid_alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Releases the leases of rotations that can no longer be running (their process is gone, or
+/// their deadline passed) and marks those runs abandoned. Returns the VMs released.
+pub fn release_stale(db: &Path) -> Result<Vec<String>> {
+    let mut c = open_db(db)?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_ms();
+    let runs: Vec<(String, i64, i64)> = {
+        let mut st = tx.prepare(
+            "SELECT id, owner_pid, deadline_ms FROM rotation_runs WHERE ended_ms IS NULL",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut released = Vec::new();
+    for (id, pid, deadline) in runs {
+        let ours = i64::from(std::process::id()) == pid;
+        if (ours || pid_alive(pid)) && now <= deadline {
+            continue;
+        }
+        let why = if now > deadline {
+            "its deadline passed"
+        } else {
+            "its process is gone"
+        };
+        let vms: Vec<String> = {
+            let mut st = tx.prepare("SELECT name FROM vms WHERE job_id = ?1")?;
+            let rows = st.query_map(params![id], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        tx.execute(
+            "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE job_id = ?1",
+            params![id],
+        )?;
+        tx.execute(
+            "UPDATE rotation_runs SET ended_ms = ?1, result = 'abandoned', error = ?2 \
+             WHERE id = ?3",
+            params![now, why, id],
+        )?;
+        tracing::warn!(rotation = %id, ?vms, "released the leases of a rotation: {why}");
+        released.extend(vms);
+    }
+    tx.commit()?;
+    Ok(released)
+}
+
+/// Whether a live rotation holds `vm` (the reconciler must not power it off).
+pub fn holds(db: &Path, vm: &str) -> bool {
+    let Ok(c) = open_db(db) else { return false };
+    let row: Option<(i64, i64)> = c
+        .query_row(
+            "SELECT r.owner_pid, r.deadline_ms FROM vms v JOIN rotation_runs r ON r.id = v.job_id \
+             WHERE v.name = ?1 AND r.ended_ms IS NULL",
+            params![vm],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .ok()
+        .flatten();
+    row.is_some_and(|(pid, deadline)| pid_alive(pid) && now_ms() <= deadline)
+}
+
+/// Prometheus lines: rotations by version and result.
+pub fn metrics_text(db: &Path) -> String {
+    let mut out = String::from(
+        "# HELP sdci_rotations Golden-snapshot rotations in the store by version and result.\n\
+         # TYPE sdci_rotations gauge\n",
+    );
+    let Ok(c) = open_db(db) else { return out };
+    let rows: Vec<(String, String, i64)> = c
+        .prepare(
+            "SELECT version, COALESCE(result, 'running'), COUNT(*) FROM rotation_runs \
+             GROUP BY version, result",
+        )
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .unwrap_or_default();
+    for (v, r, n) in rows {
+        out.push_str(&format!(
+            "sdci_rotations{{version=\"{}\",result=\"{}\"}} {n}\n",
+            crate::web::escape(&v),
+            crate::web::escape(&r)
+        ));
+    }
+    out
+}
+
+/// Tries to lease `vm` for rotation `id`: only if no job or rotation holds it and it is not
+/// quarantined. `Err` with a message if it is quarantined (waiting cannot help).
+fn try_lease(db: &Path, vm: &str, id: &str) -> Result<bool> {
+    let mut c = open_db(db)?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let row: Option<(Option<String>, bool)> = tx
+        .query_row(
+            "SELECT job_id, quarantined FROM vms WHERE name = ?1",
+            params![vm],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let leased = match row {
+        None => {
+            return Err(HostError::Invalid(format!(
+                "{vm} is not registered in the store"
+            )))
+        }
+        Some((_, true)) => {
+            return Err(HostError::Invalid(format!(
+                "{vm} is quarantined: lift it (sdci-host vms unquarantine {vm}) or take it out \
+                 of the pool, then save again"
+            )))
+        }
+        Some((Some(_), false)) => false,
+        Some((None, false)) => {
+            tx.execute(
+                "UPDATE vms SET job_id = ?1, leased_ms = ?2 WHERE name = ?3 AND job_id IS NULL",
+                params![id, now_ms(), vm],
+            )? == 1
+        }
+    };
+    tx.commit()?;
+    Ok(leased)
+}
+
+fn release(db: &Path, id: &str, result: &str, error: Option<&str>) -> Result<()> {
+    let mut c = open_db(db)?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE job_id = ?1",
+        params![id],
+    )?;
+    tx.execute(
+        "UPDATE rotation_runs SET ended_ms = ?1, result = ?2, error = ?3 WHERE id = ?4",
+        params![now_ms(), result, error, id],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The golden snapshot a pool had before its last successful rotation (none before the first).
+pub fn previous_golden(db: &Path, version: &str) -> Result<Option<String>> {
+    let c = open_db(db)?;
+    Ok(c.query_row(
+        "SELECT from_snapshot FROM rotation_runs WHERE version = ?1 AND result = 'ok' \
+         ORDER BY ended_ms DESC LIMIT 1",
+        params![version],
+        |r| r.get(0),
+    )
+    .optional()?)
+}
+
+/// The `update_*` snapshots to remove so that the newest `keep` remain, never one in
+/// `protected`. Newest is by creation time, then by name (the name holds a UTC timestamp).
+pub fn to_prune(
+    tree: &[sdci_vsphere::SnapshotInfo],
+    keep: usize,
+    protected: &HashSet<String>,
+) -> Vec<String> {
+    let mut ours: Vec<&sdci_vsphere::SnapshotInfo> = tree
+        .iter()
+        .filter(|s| s.name.starts_with(SNAPSHOT_PREFIX))
+        .collect();
+    ours.sort_by(|a, b| (b.created, &b.name).cmp(&(a.created, &a.name)));
+    ours.into_iter()
+        .skip(keep)
+        .filter(|s| !protected.contains(&s.name) && !s.is_current)
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// Everything a rotation needs.
+pub struct Rotator<'a, H> {
+    pub cfg: &'a Config,
+    pub store: &'a Store,
+    pub hv: &'a H,
+    pub auth: &'a GuestAuth,
+}
+
+/// Appends to the rotation's host-side log.
+fn log_line(path: &Path, text: &str) {
+    use std::io::Write;
+    if let Some(d) = path.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+fn log_bytes(path: &Path, bytes: &[u8]) {
+    log_line(path, &String::from_utf8_lossy(bytes));
+}
+
+impl<H: Hypervisor> Rotator<'_, H> {
+    fn db(&self) -> PathBuf {
+        self.cfg.db_path()
+    }
+
+    /// A budget long enough for the slowest honest rotation, after which the lease is stale.
+    fn budget(&self, update: bool) -> Duration {
+        let d = &self.cfg.deadlines;
+        let r = &self.cfg.rotation;
+        let boot = d.revert_secs + d.power_on_secs + d.guest_ready_secs + d.shutdown_secs;
+        let updates = if update {
+            2 * self.cfg.updates.step_timeout_secs
+        } else {
+            0
+        };
+        Duration::from_secs(r.wait_free_secs + 2 * boot + updates + 2 * r.smoke_step_secs + 600)
+    }
+
+    /// Runs one rotation of the pool of `req.version`. `on_release` is called once the leases
+    /// are released (the service wakes its scheduler there).
+    pub async fn save(
+        &self,
+        req: &SaveRequest,
+        on_release: &(dyn Fn() + Sync),
+    ) -> Result<RotationReport> {
+        let started = Instant::now();
+        let pool = self.cfg.pools.get(&req.version).ok_or_else(|| {
+            HostError::Invalid(format!(
+                "no pool for Qubes {}: the host config has {:?}",
+                req.version,
+                self.cfg.pools.keys().collect::<Vec<_>>()
+            ))
+        })?;
+        let db = self.db();
+        release_stale(&db)?;
+        let current = self
+            .store
+            .golden_snapshot(&req.version, &pool.golden_snapshot)?;
+        let base = req.base.clone().unwrap_or_else(|| current.clone());
+        let now = now_ms();
+        let snapshot = format!(
+            "{SNAPSHOT_PREFIX}{}",
+            crate::nightly::utc_stamp(now.div_euclid(1000))
+        );
+        let id = format!("{LEASE_PREFIX}{}", crate::random_hex(6));
+        let log = self.cfg.log_dir().join(format!("{id}.log"));
+        let vms = self.hv.list_vms(&pool.prefix).await?;
+        if vms.is_empty() {
+            return Err(HostError::Invalid(format!(
+                "no VM named {}* in vSphere for Qubes {}",
+                pool.prefix, req.version
+            )));
+        }
+        let names: Vec<String> = vms.iter().map(|v| v.name.clone()).collect();
+        self.store.register_vms(&req.version, &names)?;
+        open_db(&db)?.execute(
+            "INSERT INTO rotation_runs (id, version, snapshot, from_snapshot, base, owner_pid, \
+             started_ms, deadline_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                id,
+                req.version,
+                snapshot,
+                current,
+                base,
+                i64::from(std::process::id()),
+                now,
+                now + self.budget(req.update).as_millis() as i64
+            ],
+        )?;
+        log_line(
+            &log,
+            &format!(
+                "=== rotation {id}: Qubes {} from {base}{} to {snapshot} on {}\n",
+                req.version,
+                if req.update { " with updates" } else { "" },
+                names.join(", ")
+            ),
+        );
+        tracing::info!(rotation = %id, version = %req.version, %base, %snapshot, "rotation started");
+
+        let per_vm = names
+            .iter()
+            .map(|vm| self.rotate_vm(vm, &id, &base, &snapshot, req.update, &log));
+        let mut results = futures::future::join_all(per_vm).await;
+
+        let all_ok = results.iter().all(|r| r.ok);
+        let mut moved = false;
+        let mut error = None;
+        if all_ok {
+            match self.store.set_golden_snapshot(&req.version, &snapshot) {
+                Ok(()) => moved = true,
+                Err(e) => error = Some(format!("moving the golden pointer: {e}")),
+            }
+        } else {
+            error = Some(
+                results
+                    .iter()
+                    .filter(|r| !r.ok)
+                    .map(|r| format!("{}: {}", r.vm, r.detail))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+        }
+        if moved {
+            let protected: HashSet<String> = [snapshot.clone(), current.clone()].into();
+            for r in &mut results {
+                match self.prune(&r.vm, &protected).await {
+                    Ok(p) => r.pruned = p,
+                    Err(e) => {
+                        tracing::warn!(vm = %r.vm, error = %e, "removing old update_* snapshots");
+                        r.detail
+                            .push_str(&format!("; removing old snapshots failed: {e}"));
+                    }
+                }
+            }
+        }
+        let result = if moved { "ok" } else { "failed" };
+        if let Err(e) = release(&db, &id, result, error.as_deref()) {
+            tracing::error!(rotation = %id, error = %e, "releasing the rotation's leases");
+        }
+        on_release();
+        log_line(
+            &log,
+            &format!(
+                "=== rotation {id}: {}\n",
+                if moved {
+                    format!("golden snapshot of Qubes {} is now {snapshot}", req.version)
+                } else {
+                    format!(
+                        "failed, golden snapshot stays {current}: {}",
+                        error.clone().unwrap_or_default()
+                    )
+                }
+            ),
+        );
+        if moved {
+            tracing::info!(rotation = %id, %snapshot, "rotation done: golden pointer moved");
+        } else {
+            tracing::error!(rotation = %id, error = ?error, "rotation failed: golden pointer kept");
+        }
+        let report = RotationReport {
+            id,
+            version: req.version.clone(),
+            snapshot,
+            previous: current,
+            moved,
+            vms: results,
+            log,
+            duration: started.elapsed(),
+        };
+        notify::rotation_result(
+            self.cfg,
+            &RotationNotice {
+                version: report.version.clone(),
+                ok: report.moved,
+                snapshot: report.snapshot.clone(),
+                previous: report.previous.clone(),
+                details: report
+                    .vms
+                    .iter()
+                    .map(|v| format!("{}: {}", v.vm, v.detail))
+                    .collect(),
+                duration: report.duration,
+            },
+        )
+        .await;
+        Ok(report)
+    }
+
+    /// Waits until `vm` is free and powered off, then leases it.
+    async fn acquire(&self, vm: &str, id: &str, log: &Path) -> std::result::Result<(), String> {
+        let db = self.db();
+        let limit = Duration::from_secs(self.cfg.rotation.wait_free_secs);
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            let off = matches!(self.hv.vm(vm).await, Ok(v) if v.power == PowerState::Off);
+            if off {
+                match try_lease(&db, vm, id) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            if started.elapsed() >= limit {
+                return Err(format!(
+                    "stayed busy for {}s (rotation.wait_free_secs)",
+                    limit.as_secs()
+                ));
+            }
+            if !told {
+                log_line(
+                    log,
+                    &format!("[{vm}] busy; waiting for it to become free\n"),
+                );
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_secs(self.cfg.rotation.busy_poll_secs.max(1))).await;
+        }
+    }
+
+    async fn rotate_vm(
+        &self,
+        vm: &str,
+        id: &str,
+        base: &str,
+        snapshot: &str,
+        update: bool,
+        log: &Path,
+    ) -> VmResult {
+        let fail = |detail: String| VmResult {
+            vm: vm.to_owned(),
+            ok: false,
+            detail,
+            pruned: Vec::new(),
+        };
+        if let Err(e) = self.acquire(vm, id, log).await {
+            log_line(log, &format!("[{vm}] not rotated: {e}\n"));
+            return fail(e);
+        }
+        let mut created = false;
+        let r = self
+            .update_and_test(vm, id, base, snapshot, update, log, &mut created)
+            .await;
+        match r {
+            Ok(()) => {
+                log_line(log, &format!("[{vm}] {snapshot} passed the smoke test\n"));
+                VmResult {
+                    vm: vm.to_owned(),
+                    ok: true,
+                    detail: "ok".into(),
+                    pruned: Vec::new(),
+                }
+            }
+            Err(e) => {
+                log_line(log, &format!("[{vm}] FAILED: {e}\n"));
+                tracing::error!(%vm, error = %e, "rotation of this VM failed");
+                self.power_off_quietly(vm).await;
+                if created {
+                    if let Err(e) = self.hv.remove_snapshot(vm, snapshot).await {
+                        tracing::warn!(%vm, error = %e, "removing the failed snapshot");
+                    }
+                }
+                fail(e)
+            }
+        }
+    }
+
+    async fn power_off_quietly(&self, vm: &str) {
+        let secs = self.cfg.deadlines.shutdown_secs;
+        match tokio::time::timeout(Duration::from_secs(secs), self.hv.power_off(vm)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%vm, error = %e, "power-off failed; the reconciler retries")
+            }
+            Err(_) => tracing::warn!(%vm, "power-off timed out; the reconciler retries"),
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        what: &str,
+        secs: u64,
+        fut: impl std::future::Future<Output = sdci_vsphere::hypervisor::Result<T>>,
+    ) -> std::result::Result<T, String> {
+        match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("{what}: {e}")),
+            Err(_) => Err(format!("{what} did not finish within {secs}s")),
+        }
+    }
+
+    async fn boot(&self, vm: &str, snapshot: &str) -> std::result::Result<(), String> {
+        let d = &self.cfg.deadlines;
+        self.timed(
+            &format!("reverting to {snapshot}"),
+            d.revert_secs,
+            self.hv.revert(vm, snapshot),
+        )
+        .await?;
+        self.timed("powering on", d.power_on_secs, self.hv.power_on(vm))
+            .await?;
+        let ready = Duration::from_secs(d.guest_ready_secs);
+        self.timed(
+            "waiting for dom0 to answer guest operations",
+            d.guest_ready_secs + 5,
+            self.hv.wait_guest_ready(vm, ready),
+        )
+        .await
+    }
+
+    async fn shutdown(&self, vm: &str) -> std::result::Result<(), String> {
+        let d = &self.cfg.deadlines;
+        let grace = Duration::from_secs(d.shutdown_grace_secs);
+        self.timed(
+            "shutting down",
+            d.shutdown_secs,
+            self.hv.shutdown(vm, grace),
+        )
+        .await
+    }
+
+    async fn steps(
+        &self,
+        vm: &str,
+        id: &str,
+        steps: &[GuestStep],
+        log: &Path,
+    ) -> std::result::Result<(), String> {
+        let log_dir = format!(".sdci/rotation/{id}");
+        let mut sink = |b: &[u8]| log_bytes(log, b);
+        updates::run_steps(self.hv, vm, self.auth, self.cfg, &log_dir, steps, &mut sink)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn update_and_test(
+        &self,
+        vm: &str,
+        id: &str,
+        base: &str,
+        snapshot: &str,
+        update: bool,
+        log: &Path,
+        created: &mut bool,
+    ) -> std::result::Result<(), String> {
+        log_line(log, &format!("[{vm}] leased; reverting to {base}\n"));
+        if update {
+            self.boot(vm, base).await?;
+            log_line(log, &format!("[{vm}] booted; applying updates\n"));
+            self.steps(vm, id, &updates::update_steps(&self.cfg.updates), log)
+                .await
+                .map_err(|e| format!("updates: {e}"))?;
+        } else {
+            self.timed(
+                &format!("reverting to {base}"),
+                self.cfg.deadlines.revert_secs,
+                self.hv.revert(vm, base),
+            )
+            .await?;
+        }
+        self.shutdown(vm).await?;
+        let description = format!(
+            "sdci rotation {id}: {base}{}",
+            if update { " + Qubes updates" } else { "" }
+        );
+        self.timed(
+            &format!("taking {snapshot}"),
+            self.cfg.deadlines.revert_secs,
+            self.hv.create_snapshot(vm, snapshot, &description),
+        )
+        .await?;
+        *created = true;
+        log_line(log, &format!("[{vm}] took {snapshot}; smoke test\n"));
+        self.boot(vm, snapshot)
+            .await
+            .map_err(|e| format!("smoke test: {e}"))?;
+        let smoke = updates::smoke_steps(
+            self.cfg,
+            Duration::from_secs(self.cfg.rotation.smoke_step_secs),
+        );
+        self.steps(vm, id, &smoke, log)
+            .await
+            .map_err(|e| format!("smoke test: {e}"))?;
+        self.shutdown(vm).await
+    }
+
+    async fn prune(
+        &self,
+        vm: &str,
+        protected: &HashSet<String>,
+    ) -> std::result::Result<Vec<String>, String> {
+        let tree = self.hv.snapshots(vm).await.map_err(|e| e.to_string())?;
+        let mut removed = Vec::new();
+        for name in to_prune(&tree, self.cfg.rotation.keep, protected) {
+            self.hv
+                .remove_snapshot(vm, &name)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+}
+
+/// `sdci-host save`: connects to vSphere with the host's configuration and runs one rotation.
+pub async fn save_from_cli(cfg: &Config, req: &SaveRequest) -> Result<RotationReport> {
+    let vcfg = crate::cli::vsphere_config(cfg)?;
+    let auth = crate::server::guest_auth(cfg)?;
+    let store = Store::open(&cfg.db_path())?;
+    let hv = sdci_vsphere::VsphereClient::connect(vcfg).await?;
+    let r = Rotator {
+        cfg,
+        store: &store,
+        hv: &hv,
+        auth: &auth,
+    };
+    r.save(req, &|| {}).await
+}
+
+/// The `serve` side: one task per `[[rotation.schedule]]`. Each run leases the pool's VMs like
+/// `sdci-host save`, wakes the scheduler when it releases them, and counts its result in the
+/// service's metrics.
+pub fn spawn_schedules<H: Hypervisor>(
+    hub: std::sync::Arc<crate::server::Hub>,
+    hv: std::sync::Arc<H>,
+    auth: GuestAuth,
+) {
+    for s in hub.cfg.rotation.schedule.clone() {
+        let schedule = match crate::nightly::Schedule::parse(&s.cron, &s.time_zone) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(version = %s.version, error = %e, "rotation schedule ignored");
+                continue;
+            }
+        };
+        let (hub, hv, auth) = (hub.clone(), hv.clone(), auth.clone());
+        let what = format!("rotation {}", s.version);
+        tokio::spawn(crate::nightly::every(schedule, what, move || {
+            let (hub, hv, auth, s) = (hub.clone(), hv.clone(), auth.clone(), s.clone());
+            async move {
+                let r = Rotator {
+                    cfg: &hub.cfg,
+                    store: &hub.store,
+                    hv: &*hv,
+                    auth: &auth,
+                };
+                let req = SaveRequest {
+                    version: s.version.clone(),
+                    update: s.update,
+                    base: None,
+                };
+                let wake = || hub.wake_all();
+                match r.save(&req, &wake).await {
+                    Ok(rep) if rep.moved => hub.metrics.count("rotations_ok"),
+                    Ok(_) => hub.metrics.count("rotations_failed"),
+                    Err(e) => {
+                        hub.metrics.count("rotations_failed");
+                        tracing::error!(version = %s.version, error = %e, "scheduled rotation");
+                    }
+                }
+            }
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sdci_vsphere::SnapshotInfo;
+    use std::time::UNIX_EPOCH;
+
+    fn snap(name: &str, secs: u64) -> SnapshotInfo {
+        SnapshotInfo {
+            name: name.into(),
+            moref: format!("snapshot-{secs}"),
+            created: Some(UNIX_EPOCH + Duration::from_secs(secs)),
+            parent: None,
+            is_current: false,
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_n_and_never_the_current_or_previous_golden() {
+        let tree = vec![
+            snap("golden", 1),
+            snap("update_1", 10),
+            snap("update_2", 20),
+            snap("update_3", 30),
+            snap("update_4", 40),
+            snap("update_5", 50),
+        ];
+        let protected: HashSet<String> = ["update_5".into(), "update_1".into()].into();
+        assert_eq!(to_prune(&tree, 3, &protected), vec!["update_2".to_string()]);
+        // keep = 1: everything older than the newest goes, except the protected one.
+        assert_eq!(
+            to_prune(&tree, 1, &protected),
+            vec!["update_4".to_string(), "update_3".into(), "update_2".into()]
+        );
+    }
+
+    #[test]
+    fn a_stale_lease_of_a_dead_process_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db.sqlite3");
+        let store = Store::open(&db).unwrap();
+        store.register_vms("4.2", &["a".into()]).unwrap();
+        let c = open_db(&db).unwrap();
+        // A pid that cannot exist (above the kernel's pid_max).
+        c.execute(
+            "INSERT INTO rotation_runs (id, version, snapshot, from_snapshot, base, owner_pid, \
+             started_ms, deadline_ms) VALUES ('rotation-x', '4.2', 'update_1', 'g', 'g', \
+             99999999, 0, ?1)",
+            params![now_ms() + 3_600_000],
+        )
+        .unwrap();
+        assert!(try_lease(&db, "a", "rotation-x").unwrap());
+        assert!(!try_lease(&db, "a", "rotation-y").unwrap(), "leased twice");
+        assert!(!holds(&db, "a"), "a dead rotation holds nothing");
+        assert_eq!(release_stale(&db).unwrap(), vec!["a".to_string()]);
+        assert_eq!(store.vms().unwrap()[0].job_id, None);
+    }
+}

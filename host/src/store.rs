@@ -1,0 +1,1318 @@
+//! The durable store: one SQLite file (WAL) holding everything the host must not forget.
+//!
+//! Tables: `jobs` (FIFO by `seq`), `transitions` (every state change with its time), `deliveries`
+//! (`X-GitHub-Delivery` ids), `vms` (leases, failure counts, quarantine), `attempts` (one row per
+//! try of a job on a VM), `step_timings`, `pools` (each version's golden snapshot) and `statuses`
+//! (the outbox of commit statuses still to post).
+//!
+//! Invariants:
+//! - Every change that must be atomic is one `BEGIN IMMEDIATE` transaction: a delivery and its job
+//!   (and the superseding of older jobs); a claim (job → assigned, VM leased); an ending (job
+//!   terminal, lease released, final status queued in the outbox). So a crash leaves either the
+//!   whole change or none of it, and two processes can never lease one VM twice.
+//! - A job in a terminal state always has a terminal status in the outbox: no commit stays
+//!   `pending` once its job has ended, whatever happens to the `sdci-agent` calls afterwards.
+//! - Schema changes are numbered migrations applied in order (`PRAGMA user_version`).
+
+use crate::{now_ms, HostError, Result};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Job states, as stored and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Queued,
+    Assigned,
+    Booting,
+    Running,
+    Finishing,
+    Success,
+    Failure,
+    Error,
+    Canceled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 9] = [
+        Self::Queued,
+        Self::Assigned,
+        Self::Booting,
+        Self::Running,
+        Self::Finishing,
+        Self::Success,
+        Self::Failure,
+        Self::Error,
+        Self::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Assigned => "assigned",
+            Self::Booting => "booting",
+            Self::Running => "running",
+            Self::Finishing => "finishing",
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Error => "error",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Success | Self::Failure | Self::Error | Self::Canceled
+        )
+    }
+
+    /// Holding a VM: between claim and the end of the attempt.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Self::Assigned | Self::Booting | Self::Running | Self::Finishing
+        )
+    }
+
+    /// The GitHub status state a terminal job reports (`canceled` is reported as `error`).
+    pub fn status_state(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Error | Self::Canceled => "error",
+            _ => "pending",
+        }
+    }
+}
+
+/// One job as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    pub seq: i64,
+    pub id: String,
+    pub repo: String,
+    pub sha: String,
+    pub reason: String,
+    pub branch: Option<String>,
+    pub supersede_key: Option<String>,
+    pub clone_url: String,
+    pub version: Option<String>,
+    pub snapshot: Option<String>,
+    pub update_first: bool,
+    pub state: JobState,
+    pub note: Option<String>,
+    pub attempts: u32,
+    pub vm: Option<String>,
+    pub pid: Option<i64>,
+    pub event_next_seq: u64,
+    pub cancel_requested: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub deadline_ms: Option<i64>,
+}
+
+const JOB_COLS: &str = "seq, id, repo, sha, reason, branch, supersede_key, clone_url, version, \
+    snapshot, update_first, state, note, attempts, vm, pid, event_next_seq, cancel_requested, \
+    created_ms, updated_ms, deadline_ms";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    let state: String = r.get(11)?;
+    Ok(JobRow {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        repo: r.get(2)?,
+        sha: r.get(3)?,
+        reason: r.get(4)?,
+        branch: r.get(5)?,
+        supersede_key: r.get(6)?,
+        clone_url: r.get(7)?,
+        version: r.get(8)?,
+        snapshot: r.get(9)?,
+        update_first: r.get(10)?,
+        state: JobState::parse(&state).unwrap_or(JobState::Error),
+        note: r.get(12)?,
+        attempts: r.get(13)?,
+        vm: r.get(14)?,
+        pid: r.get(15)?,
+        event_next_seq: r.get::<_, i64>(16)? as u64,
+        cancel_requested: r.get(17)?,
+        created_ms: r.get(18)?,
+        updated_ms: r.get(19)?,
+        deadline_ms: r.get(20)?,
+    })
+}
+
+/// A state change: (at_ms, from, to, note).
+pub type Transition = (i64, Option<String>, String, Option<String>);
+/// A step's timing: (step, name, duration_ms, exit status).
+pub type StepTiming = (u32, String, Option<i64>, Option<i32>);
+
+/// A job to insert.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub repo: String,
+    pub sha: String,
+    pub reason: String,
+    pub branch: Option<String>,
+    /// Jobs sharing this key supersede each other (`owner/repo@branch`, `owner/repo#pr`).
+    pub supersede_key: Option<String>,
+    pub clone_url: String,
+    /// Known up front (manual jobs); `None` means "ask `ci-config`".
+    pub version: Option<String>,
+    pub snapshot: Option<String>,
+    pub update_first: bool,
+}
+
+/// What became of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingest {
+    Created {
+        job_id: String,
+        /// Queued jobs ended as superseded.
+        superseded: Vec<String>,
+        /// Running jobs asked to stop (when `supersede_running`).
+        stop_running: Vec<String>,
+    },
+    /// This `X-GitHub-Delivery` was seen before: nothing new.
+    DuplicateDelivery,
+    /// A live or finished job already covers this repo, sha and reason.
+    DuplicateJob { job_id: String },
+}
+
+/// A successful claim: the job now holds the VM.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub job: JobRow,
+    pub vm: String,
+    pub attempt: u32,
+}
+
+/// A VM as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRow {
+    pub name: String,
+    pub pool: String,
+    pub job_id: Option<String>,
+    pub consecutive_failures: u32,
+    pub quarantined: bool,
+    pub last_error: Option<String>,
+}
+
+/// A status waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingStatus {
+    pub id: i64,
+    pub job_id: String,
+    pub repo: String,
+    pub sha: String,
+    pub state: String,
+    pub description: String,
+}
+
+/// What an infrastructure failure led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    Requeued,
+    GaveUp,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    repo TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    branch TEXT,
+    supersede_key TEXT,
+    clone_url TEXT NOT NULL,
+    version TEXT,
+    snapshot TEXT,
+    update_first INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    note TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    vm TEXT,
+    pid INTEGER,
+    event_secret_hash TEXT,
+    event_next_seq INTEGER NOT NULL DEFAULT 0,
+    cancel_requested TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    deadline_ms INTEGER
+);
+CREATE INDEX jobs_by_state ON jobs(state, version, seq);
+CREATE INDEX jobs_by_commit ON jobs(repo, sha, reason);
+CREATE INDEX jobs_by_key ON jobs(supersede_key, state);
+CREATE TABLE transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    note TEXT
+);
+CREATE INDEX transitions_by_job ON transitions(job_id, id);
+CREATE TABLE deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    event TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    job_id TEXT
+);
+CREATE TABLE vms (
+    name TEXT PRIMARY KEY,
+    pool TEXT NOT NULL,
+    job_id TEXT,
+    leased_ms INTEGER,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    quarantined INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE attempts (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    vm TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    result TEXT,
+    error TEXT,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE TABLE step_timings (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    started_ms INTEGER,
+    duration_ms INTEGER,
+    status INTEGER,
+    timed_out INTEGER,
+    PRIMARY KEY (job_id, attempt, step)
+);
+CREATE TABLE pools (
+    version TEXT PRIMARY KEY,
+    golden_snapshot TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE statuses (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    posted INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX statuses_unposted ON statuses(posted, job_id, id);
+"#];
+
+/// The store. One connection behind a mutex: every operation is short, and SQLite serializes
+/// writers anyway. Other processes (the CLI) open their own connection to the same file.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, s.as_bytes()))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| HostError::io(format!("creating {}", dir.display()), e))?;
+        }
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(HostError::Invalid(format!(
+                "the database {} has schema version {version}, newer than this sdci-host knows \
+                 ({}); run the newer sdci-host",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(f(&mut conn)?)
+    }
+
+    fn tx<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Records a delivery and, unless it or its commit is already known, creates its job and
+    /// supersedes older queued jobs with the same key. One transaction.
+    pub fn ingest(
+        &self,
+        delivery_id: Option<&str>,
+        event: &str,
+        job: &NewJob,
+        supersede_running: bool,
+    ) -> Result<Ingest> {
+        self.tx(|tx| {
+            let now = now_ms();
+            if let Some(d) = delivery_id {
+                let n = exec(
+                    tx,
+                    "INSERT INTO deliveries (delivery_id, event, received_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(delivery_id) DO NOTHING",
+                    params![d, event, now],
+                )?;
+                if n == 0 {
+                    return Ok(Ingest::DuplicateDelivery);
+                }
+            }
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM jobs WHERE repo = ?1 AND sha = ?2 AND reason = ?3 \
+                     AND state != 'canceled' ORDER BY seq DESC LIMIT 1",
+                    params![job.repo, job.sha, job.reason],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(job_id) = existing {
+                if let Some(d) = delivery_id {
+                    exec(
+                        tx,
+                        "UPDATE deliveries SET job_id = ?1 WHERE delivery_id = ?2",
+                        params![job_id, d],
+                    )?;
+                }
+                return Ok(Ingest::DuplicateJob { job_id });
+            }
+            let job_id = new_job_id(&job.sha);
+            insert_job(tx, &job_id, job, now)?;
+            if let Some(d) = delivery_id {
+                exec(
+                    tx,
+                    "UPDATE deliveries SET job_id = ?1 WHERE delivery_id = ?2",
+                    params![job_id, d],
+                )?;
+            }
+            let (superseded, stop_running) = match &job.supersede_key {
+                Some(key) => supersede(tx, key, &job_id, &job.sha, supersede_running, now)?,
+                None => (Vec::new(), Vec::new()),
+            };
+            Ok(Ingest::Created {
+                job_id,
+                superseded,
+                stop_running,
+            })
+        })
+    }
+
+    /// Creates a job without a delivery (manual `run`, nightly). Never deduplicated.
+    pub fn insert_job(&self, job: &NewJob) -> Result<String> {
+        self.tx(|tx| {
+            let job_id = new_job_id(&job.sha);
+            insert_job(tx, &job_id, job, now_ms())?;
+            Ok(job_id)
+        })
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRow>> {
+        self.with(|c| {
+            qrow(
+                c,
+                &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
+                params![id],
+                job_from_row,
+            )
+            .optional()
+        })
+    }
+
+    /// The most recent jobs, newest first.
+    pub fn recent_jobs(&self, limit: u32) -> Result<Vec<JobRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {JOB_COLS} FROM jobs ORDER BY seq DESC LIMIT ?1"
+            ))?;
+            let rows = st.query_map(params![limit], job_from_row)?;
+            rows.collect()
+        })
+    }
+
+    pub fn jobs_in_states(&self, states: &[JobState]) -> Result<Vec<JobRow>> {
+        let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {JOB_COLS} FROM jobs WHERE state IN ({}) ORDER BY seq",
+                list.join(",")
+            ))?;
+            let rows = st.query_map([], job_from_row)?;
+            rows.collect()
+        })
+    }
+
+    pub fn count_jobs(&self) -> Result<i64> {
+        self.with(|c| qrow(c, "SELECT COUNT(*) FROM jobs", [], |r| r.get(0)))
+    }
+
+    pub fn count_deliveries(&self) -> Result<i64> {
+        self.with(|c| qrow(c, "SELECT COUNT(*) FROM deliveries", [], |r| r.get(0)))
+    }
+
+    /// Jobs per state, for metrics.
+    pub fn state_counts(&self) -> Result<Vec<(String, i64)>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Queued jobs per version (`None`: version not yet known), for metrics.
+    pub fn queue_depths(&self) -> Result<Vec<(Option<String>, i64)>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT version, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY version",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Queued jobs whose Qubes version is not known yet, oldest first.
+    pub fn jobs_without_version(&self) -> Result<Vec<JobRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {JOB_COLS} FROM jobs WHERE state = 'queued' AND version IS NULL ORDER BY seq"
+            ))?;
+            let rows = st.query_map([], job_from_row)?;
+            rows.collect()
+        })
+    }
+
+    pub fn set_version(&self, id: &str, version: &str) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE jobs SET version = ?1, updated_ms = ?2 WHERE id = ?3",
+                params![version, now_ms(), id],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The transitions of a job, oldest first: (at_ms, from, to, note).
+    pub fn transitions(&self, id: &str) -> Result<Vec<Transition>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT at_ms, from_state, to_state, note FROM transitions WHERE job_id = ?1 \
+                 ORDER BY id",
+            )?;
+            let rows = st.query_map(params![id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Makes sure every VM of a pool has a row (VMs found in vSphere by prefix).
+    pub fn register_vms(&self, pool: &str, names: &[String]) -> Result<()> {
+        self.tx(|tx| {
+            for n in names {
+                exec(
+                    tx,
+                    "INSERT INTO vms (name, pool) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+                    params![n, pool],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn vms(&self) -> Result<Vec<VmRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT name, pool, job_id, consecutive_failures, quarantined, last_error \
+                 FROM vms ORDER BY pool, name",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(VmRow {
+                    name: r.get(0)?,
+                    pool: r.get(1)?,
+                    job_id: r.get(2)?,
+                    consecutive_failures: r.get(3)?,
+                    quarantined: r.get(4)?,
+                    last_error: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Lifts a VM's quarantine and clears its failure count. `false` if no such VM.
+    pub fn unquarantine(&self, vm: &str) -> Result<bool> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE vms SET quarantined = 0, consecutive_failures = 0 WHERE name = ?1",
+                params![vm],
+            )
+            .map(|n| n > 0)
+        })
+    }
+
+    /// The pool's current golden snapshot, seeding it from the configuration the first time.
+    pub fn golden_snapshot(&self, version: &str, configured: &str) -> Result<String> {
+        self.tx(|tx| {
+            exec(
+                tx,
+                "INSERT INTO pools (version, golden_snapshot, updated_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(version) DO NOTHING",
+                params![version, configured, now_ms()],
+            )?;
+            qrow(
+                tx,
+                "SELECT golden_snapshot FROM pools WHERE version = ?1",
+                params![version],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    pub fn set_golden_snapshot(&self, version: &str, snapshot: &str) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "INSERT INTO pools (version, golden_snapshot, updated_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(version) DO UPDATE SET golden_snapshot = ?2, updated_ms = ?3",
+                params![version, snapshot, now_ms()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Claims the oldest claimable queued job of `version` and a free VM for it, in one
+    /// transaction. `powered_off` are the pool VMs vSphere reports powered off right now; a VM
+    /// is taken only from that list, and only if no job holds it and it is not quarantined. A job
+    /// is not given a VM it already failed on while it has untried VMs left in the pool.
+    /// `event_secret` is stored hashed for the attempt's event stream.
+    pub fn claim(
+        &self,
+        version: &str,
+        powered_off: &[String],
+        pool_size: usize,
+        event_secret: &str,
+        job_deadline_ms: i64,
+    ) -> Result<Option<Claim>> {
+        self.tx(|tx| {
+            let mut free: Vec<String> = Vec::new();
+            for name in powered_off {
+                let ok: Option<(Option<String>, bool)> = tx
+                    .query_row(
+                        "SELECT job_id, quarantined FROM vms WHERE name = ?1",
+                        params![name],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((None, false)) = ok {
+                    free.push(name.clone());
+                }
+            }
+            if free.is_empty() {
+                return Ok(None);
+            }
+            let queued: Vec<JobRow> = {
+                let mut st = tx.prepare(&format!(
+                    "SELECT {JOB_COLS} FROM jobs WHERE state = 'queued' AND version = ?1 \
+                     AND cancel_requested IS NULL ORDER BY seq"
+                ))?;
+                let rows = st.query_map(params![version], job_from_row)?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for job in queued {
+                let failed: Vec<String> = {
+                    let mut st = tx.prepare(
+                        "SELECT DISTINCT vm FROM attempts WHERE job_id = ?1 AND result = 'infra'",
+                    )?;
+                    let rows = st.query_map(params![job.id], |r| r.get(0))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                let untried = free.iter().find(|v| !failed.contains(v));
+                let vm = match untried {
+                    Some(v) => v.clone(),
+                    // Every pool VM was tried: any free one will do.
+                    None if failed.len() >= pool_size => free[0].clone(),
+                    None => continue,
+                };
+                let now = now_ms();
+                let attempt = job.attempts + 1;
+                exec(tx, 
+                    "UPDATE vms SET job_id = ?1, leased_ms = ?2 WHERE name = ?3",
+                    params![job.id, now, vm],
+                )?;
+                exec(tx, 
+                    "UPDATE jobs SET state = 'assigned', vm = ?1, attempts = ?2, pid = NULL, \
+                     event_secret_hash = ?3, event_next_seq = 0, updated_ms = ?4, \
+                     deadline_ms = ?5, note = NULL WHERE id = ?6",
+                    params![
+                        vm,
+                        attempt,
+                        sha256_hex(event_secret),
+                        now,
+                        job_deadline_ms,
+                        job.id
+                    ],
+                )?;
+                exec(tx, 
+                    "INSERT INTO attempts (job_id, attempt, vm, started_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![job.id, attempt, vm, now],
+                )?;
+                transition(
+                    tx,
+                    &job.id,
+                    Some("queued"),
+                    "assigned",
+                    Some(&format!("attempt {attempt} on {vm}")),
+                    now,
+                )?;
+                let job = qrow(tx, 
+                    &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
+                    params![job.id],
+                    job_from_row,
+                )?;
+                return Ok(Some(Claim { job, vm, attempt }));
+            }
+            Ok(None)
+        })
+    }
+
+    /// Moves an active job to another active state (booting, running, finishing).
+    /// `false` if the job is no longer in an active state (ended meanwhile).
+    pub fn advance(&self, id: &str, to: JobState, note: Option<&str>) -> Result<bool> {
+        self.tx(|tx| {
+            let from: Option<String> = tx
+                .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(from) = from else { return Ok(false) };
+            if !JobState::parse(&from).is_some_and(JobState::is_active) {
+                return Ok(false);
+            }
+            let now = now_ms();
+            exec(
+                tx,
+                "UPDATE jobs SET state = ?1, updated_ms = ?2 WHERE id = ?3",
+                params![to.as_str(), now, id],
+            )?;
+            transition(tx, id, Some(&from), to.as_str(), note, now)?;
+            Ok(true)
+        })
+    }
+
+    pub fn set_pid(&self, id: &str, pid: i64) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE jobs SET pid = ?1 WHERE id = ?2",
+                params![pid, id],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Ends a job: terminal state, VM lease released, final status queued. A job that is already
+    /// terminal is left alone (`false`). `vm_ok` resets the VM's failure count.
+    pub fn finish(&self, id: &str, state: JobState, note: &str, vm_ok: bool) -> Result<bool> {
+        debug_assert!(state.is_terminal());
+        self.tx(|tx| finish_tx(tx, id, state, note, vm_ok, "done"))
+    }
+
+    /// Records an infrastructure failure of the job's current attempt: the VM's failure count
+    /// grows (quarantine after `quarantine_after` in a row), the lease is released, and the job is
+    /// queued again if it has tries left, else ended as `error`.
+    pub fn infra_failure(
+        &self,
+        id: &str,
+        error: &str,
+        max_attempts: u32,
+        quarantine_after: u32,
+    ) -> Result<AfterFailure> {
+        self.tx(|tx| {
+            let now = now_ms();
+            let row: Option<(String, Option<String>, u32)> = tx
+                .query_row(
+                    "SELECT state, vm, attempts FROM jobs WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((state, vm, attempts)) = row else {
+                return Ok(AfterFailure::GaveUp);
+            };
+            if !JobState::parse(&state).is_some_and(JobState::is_active) {
+                return Ok(AfterFailure::GaveUp);
+            }
+            if let Some(vm) = &vm {
+                exec(
+                    tx,
+                    "UPDATE vms SET consecutive_failures = consecutive_failures + 1, \
+                     last_error = ?1 WHERE name = ?2",
+                    params![error, vm],
+                )?;
+                exec(
+                    tx,
+                    "UPDATE vms SET quarantined = 1 WHERE name = ?1 AND consecutive_failures >= ?2",
+                    params![vm, quarantine_after],
+                )?;
+            }
+            exec(
+                tx,
+                "UPDATE attempts SET ended_ms = ?1, result = 'infra', error = ?2 \
+                 WHERE job_id = ?3 AND attempt = ?4",
+                params![now, error, id, attempts],
+            )?;
+            if attempts >= max_attempts {
+                let note = format!("infrastructure error after {attempts} attempts: {error}");
+                finish_tx(tx, id, JobState::Error, &note, false, "infra")?;
+                return Ok(AfterFailure::GaveUp);
+            }
+            exec(
+                tx,
+                "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE job_id = ?1",
+                params![id],
+            )?;
+            exec(
+                tx,
+                "UPDATE jobs SET state = 'queued', vm = NULL, pid = NULL, updated_ms = ?1, \
+                 note = ?2 WHERE id = ?3",
+                params![now, error, id],
+            )?;
+            let note = format!("attempt {attempts} failed ({error}); queued again");
+            transition(tx, id, Some(&state), "queued", Some(&note), now)?;
+            let desc = format!(
+                "retrying on another VM (attempt {} of {max_attempts})",
+                attempts + 1
+            );
+            enqueue_status(tx, id, "pending", &desc, now)?;
+            Ok(AfterFailure::Requeued)
+        })
+    }
+
+    /// Asks a job to stop. A queued job ends at once as `canceled` (`true`); an active one gets
+    /// the request recorded for its lifecycle to act on (`false`).
+    pub fn request_cancel(&self, id: &str, why: &str) -> Result<Option<bool>> {
+        self.tx(|tx| {
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(state) = state.and_then(|s| JobState::parse(&s)) else {
+                return Ok(None);
+            };
+            if state == JobState::Queued {
+                finish_tx(tx, id, JobState::Canceled, why, false, "canceled")?;
+                return Ok(Some(true));
+            }
+            if state.is_active() {
+                exec(
+                    tx,
+                    "UPDATE jobs SET cancel_requested = ?1 WHERE id = ?2",
+                    params![why, id],
+                )?;
+            }
+            Ok(Some(false))
+        })
+    }
+
+    /// Releases a VM's lease without touching the job (used once a VM is known off).
+    pub fn release_vm(&self, vm: &str) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE name = ?1",
+                params![vm],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The event stream's position and whether `secret` is the current attempt's.
+    pub fn event_auth(&self, id: &str, secret: &str) -> Result<Option<(bool, u64, u32)>> {
+        let hash = sha256_hex(secret);
+        self.with(|c| {
+            qrow(
+                c,
+                "SELECT event_secret_hash, event_next_seq, attempts FROM jobs WHERE id = ?1",
+                params![id],
+                |r| {
+                    let stored: Option<String> = r.get(0)?;
+                    let ok = stored.is_some_and(|s| {
+                        s.len() == hash.len()
+                            && s.bytes()
+                                .zip(hash.bytes())
+                                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                                == 0
+                    });
+                    Ok((ok, r.get::<_, i64>(1)? as u64, r.get(2)?))
+                },
+            )
+            .optional()
+        })
+    }
+
+    pub fn set_event_next_seq(&self, id: &str, next: u64) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE jobs SET event_next_seq = ?1 WHERE id = ?2",
+                params![next as i64, id],
+            )
+            .map(drop)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_step(
+        &self,
+        id: &str,
+        attempt: u32,
+        step: u32,
+        name: &str,
+        started_ms: Option<i64>,
+        duration_ms: Option<i64>,
+        status: Option<i32>,
+        timed_out: Option<bool>,
+    ) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "INSERT INTO step_timings (job_id, attempt, step, name, started_ms, duration_ms, \
+                 status, timed_out) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT(job_id, attempt, step) DO UPDATE SET \
+                 started_ms = COALESCE(excluded.started_ms, started_ms), \
+                 duration_ms = COALESCE(excluded.duration_ms, duration_ms), \
+                 status = COALESCE(excluded.status, status), \
+                 timed_out = COALESCE(excluded.timed_out, timed_out)",
+                params![
+                    id,
+                    attempt,
+                    step,
+                    name,
+                    started_ms,
+                    duration_ms,
+                    status,
+                    timed_out
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    /// (step, name, duration_ms, status) of a job's latest attempt.
+    pub fn step_timings(&self, id: &str) -> Result<Vec<StepTiming>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT step, name, duration_ms, status FROM step_timings WHERE job_id = ?1 \
+                 AND attempt = (SELECT attempts FROM jobs WHERE id = ?1) ORDER BY step",
+            )?;
+            let rows = st.query_map(params![id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Statuses still to post, oldest first; for each job only the newest is returned (GitHub
+    /// shows the latest status, so an older unposted one is marked skipped rather than sent late).
+    pub fn unposted_statuses(&self) -> Result<Vec<PendingStatus>> {
+        self.tx(|tx| {
+            exec(
+                tx,
+                "UPDATE statuses SET posted = 2 WHERE posted = 0 AND id < \
+                 (SELECT MAX(s2.id) FROM statuses s2 WHERE s2.job_id = statuses.job_id)",
+                [],
+            )?;
+            let mut st = tx.prepare(
+                "SELECT s.id, s.job_id, j.repo, j.sha, s.state, s.description FROM statuses s \
+                 JOIN jobs j ON j.id = s.job_id WHERE s.posted = 0 ORDER BY s.id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(PendingStatus {
+                    id: r.get(0)?,
+                    job_id: r.get(1)?,
+                    repo: r.get(2)?,
+                    sha: r.get(3)?,
+                    state: r.get(4)?,
+                    description: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub fn status_posted(&self, status_id: i64) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE statuses SET posted = 1, tries = tries + 1 WHERE id = ?1",
+                params![status_id],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn status_failed(&self, status_id: i64, error: &str) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE statuses SET tries = tries + 1, last_error = ?1 WHERE id = ?2",
+                params![error, status_id],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Every status of a job: (state, description, posted) — 0 unposted, 1 posted, 2 skipped.
+    pub fn statuses(&self, id: &str) -> Result<Vec<(String, String, i64)>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT state, description, posted FROM statuses WHERE job_id = ?1 ORDER BY id",
+            )?;
+            let rows = st.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Ids of terminal jobs that ended before `before_ms` (for log retention).
+    pub fn ended_before(&self, before_ms: i64) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id FROM jobs WHERE state IN ('success','failure','error','canceled') \
+                 AND updated_ms < ?1",
+            )?;
+            let rows = st.query_map(params![before_ms], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+}
+
+/// `execute` through the statement cache (the webhook path runs the same few statements often).
+fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+/// `query_row` through the statement cache.
+fn qrow<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(p, f)
+}
+
+fn new_job_id(sha: &str) -> String {
+    let short: String = sha.chars().take(7).collect();
+    format!("{short}-{}", crate::random_hex(4))
+}
+
+fn insert_job(
+    tx: &rusqlite::Transaction<'_>,
+    job_id: &str,
+    job: &NewJob,
+    now: i64,
+) -> rusqlite::Result<()> {
+    exec(
+        tx,
+        "INSERT INTO jobs (id, repo, sha, reason, branch, supersede_key, clone_url, version, \
+         snapshot, update_first, state, created_ms, updated_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'queued', ?11, ?11)",
+        params![
+            job_id,
+            job.repo,
+            job.sha,
+            job.reason,
+            job.branch,
+            job.supersede_key,
+            job.clone_url,
+            job.version,
+            job.snapshot,
+            job.update_first,
+            now
+        ],
+    )?;
+    transition(tx, job_id, None, "queued", Some(&job.reason), now)?;
+    enqueue_status(tx, job_id, "pending", "queued", now)
+}
+
+fn supersede(
+    tx: &rusqlite::Transaction<'_>,
+    key: &str,
+    new_id: &str,
+    new_sha: &str,
+    running_too: bool,
+    now: i64,
+) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
+    let why = format!("superseded by {}", &new_sha[..new_sha.len().min(12)]);
+    let older: Vec<(String, String)> = {
+        let mut st = tx.prepare(
+            "SELECT id, state FROM jobs WHERE supersede_key = ?1 AND id != ?2 AND state IN \
+             ('queued','assigned','booting','running','finishing')",
+        )?;
+        let rows = st.query_map(params![key, new_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let (mut queued, mut running) = (Vec::new(), Vec::new());
+    for (id, state) in older {
+        if state == "queued" {
+            finish_tx(tx, &id, JobState::Canceled, &why, false, "canceled")?;
+            queued.push(id);
+        } else if running_too {
+            exec(
+                tx,
+                "UPDATE jobs SET cancel_requested = ?1 WHERE id = ?2",
+                params![why, id],
+            )?;
+            running.push(id);
+        }
+    }
+    let _ = now;
+    Ok((queued, running))
+}
+
+fn transition(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    from: Option<&str>,
+    to: &str,
+    note: Option<&str>,
+    now: i64,
+) -> rusqlite::Result<()> {
+    exec(
+        tx,
+        "INSERT INTO transitions (job_id, at_ms, from_state, to_state, note) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, now, from, to, note],
+    )
+    .map(drop)
+}
+
+fn enqueue_status(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    state: &str,
+    description: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    // GitHub caps descriptions at 140 characters.
+    let mut d: String = description.chars().take(139).collect();
+    if d.len() < description.len() {
+        d.push('…');
+    }
+    exec(
+        tx,
+        "INSERT INTO statuses (job_id, state, description, created_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![id, state, d, now],
+    )
+    .map(drop)
+}
+
+fn finish_tx(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    state: JobState,
+    note: &str,
+    vm_ok: bool,
+    attempt_result: &str,
+) -> rusqlite::Result<bool> {
+    let row: Option<(String, Option<String>, u32)> = tx
+        .query_row(
+            "SELECT state, vm, attempts FROM jobs WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((from, vm, attempts)) = row else {
+        return Ok(false);
+    };
+    if JobState::parse(&from).is_some_and(JobState::is_terminal) {
+        return Ok(false);
+    }
+    let now = now_ms();
+    exec(
+        tx,
+        "UPDATE jobs SET state = ?1, note = ?2, updated_ms = ?3, cancel_requested = NULL \
+         WHERE id = ?4",
+        params![state.as_str(), note, now, id],
+    )?;
+    exec(
+        tx,
+        "UPDATE attempts SET ended_ms = ?1, result = COALESCE(result, ?2), \
+         error = COALESCE(error, ?3) WHERE job_id = ?4 AND attempt = ?5",
+        params![now, attempt_result, note, id, attempts],
+    )?;
+    if let Some(vm) = vm {
+        exec(
+            tx,
+            "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE name = ?1 AND job_id = ?2",
+            params![vm, id],
+        )?;
+        if vm_ok {
+            exec(
+                tx,
+                "UPDATE vms SET consecutive_failures = 0 WHERE name = ?1",
+                params![vm],
+            )?;
+        }
+    }
+    transition(tx, id, Some(&from), state.as_str(), Some(note), now)?;
+    enqueue_status(tx, id, state.status_state(), note, now)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(sha_digit: char, branch: &str) -> NewJob {
+        NewJob {
+            repo: "o/r".into(),
+            sha: sha_digit.to_string().repeat(40),
+            reason: "push".into(),
+            branch: Some(branch.into()),
+            supersede_key: Some(format!("o/r@{branch}")),
+            clone_url: "https://example/o/r.git".into(),
+            version: Some("4.2".into()),
+            snapshot: None,
+            update_first: false,
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db.sqlite3")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn reopening_keeps_jobs_and_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("db.sqlite3");
+        let id = Store::open(&p)
+            .unwrap()
+            .insert_job(&job('a', "main"))
+            .unwrap();
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.job(&id).unwrap().unwrap().state, JobState::Queued);
+    }
+
+    #[test]
+    fn a_vm_is_claimed_by_one_job_only() {
+        let (_d, s) = open();
+        s.register_vms("4.2", &["a".into()]).unwrap();
+        s.insert_job(&job('a', "x")).unwrap();
+        s.insert_job(&job('b', "y")).unwrap();
+        let c = s.claim("4.2", &["a".into()], 1, "sec", 0).unwrap().unwrap();
+        assert_eq!(c.vm, "a");
+        assert!(s
+            .claim("4.2", &["a".into()], 1, "sec", 0)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn claims_are_fifo_within_a_version() {
+        let (_d, s) = open();
+        s.register_vms("4.2", &["a".into(), "b".into()]).unwrap();
+        let first = s.insert_job(&job('a', "x")).unwrap();
+        let second = s.insert_job(&job('b', "y")).unwrap();
+        let vms = ["a".to_string(), "b".to_string()];
+        assert_eq!(
+            s.claim("4.2", &vms, 2, "s", 0).unwrap().unwrap().job.id,
+            first
+        );
+        assert_eq!(
+            s.claim("4.2", &vms[1..], 2, "s", 0)
+                .unwrap()
+                .unwrap()
+                .job
+                .id,
+            second
+        );
+    }
+
+    #[test]
+    fn infra_failure_requeues_then_gives_up_and_quarantines() {
+        let (_d, s) = open();
+        s.register_vms("4.2", &["a".into()]).unwrap();
+        let id = s.insert_job(&job('a', "x")).unwrap();
+        let vms = ["a".to_string()];
+        s.claim("4.2", &vms, 1, "s", 0).unwrap().unwrap();
+        assert_eq!(
+            s.infra_failure(&id, "boom", 2, 2).unwrap(),
+            AfterFailure::Requeued
+        );
+        assert_eq!(s.job(&id).unwrap().unwrap().state, JobState::Queued);
+        // The only VM was tried, and it is the whole pool: it may be used again.
+        s.claim("4.2", &vms, 1, "s", 0).unwrap().unwrap();
+        assert_eq!(
+            s.infra_failure(&id, "boom", 2, 2).unwrap(),
+            AfterFailure::GaveUp
+        );
+        let j = s.job(&id).unwrap().unwrap();
+        assert_eq!(j.state, JobState::Error);
+        assert!(s.vms().unwrap()[0].quarantined);
+        let st = s.statuses(&id).unwrap();
+        assert_eq!(st.last().unwrap().0, "error");
+    }
+
+    #[test]
+    fn ending_a_job_twice_changes_nothing() {
+        let (_d, s) = open();
+        let id = s.insert_job(&job('a', "x")).unwrap();
+        assert!(s.finish(&id, JobState::Canceled, "x", false).unwrap());
+        assert!(!s.finish(&id, JobState::Success, "y", true).unwrap());
+        assert_eq!(s.job(&id).unwrap().unwrap().state, JobState::Canceled);
+    }
+
+    #[test]
+    fn only_the_newest_unposted_status_of_a_job_is_sent() {
+        let (_d, s) = open();
+        let id = s.insert_job(&job('a', "x")).unwrap();
+        s.finish(&id, JobState::Canceled, "stop", false).unwrap();
+        let pending = s.unposted_statuses().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].state, "error");
+    }
+}

@@ -1,0 +1,446 @@
+//! `POST /hooks/github`: GitHub deliveries in, queued jobs out.
+//!
+//! Invariants:
+//! - The `X-Hub-Signature-256` HMAC is checked (constant time, over the raw bytes) before a single
+//!   byte of the body is parsed; no valid signature, no job: 401.
+//! - The body is capped (`webhook.max_body_bytes`, 413 beyond it).
+//! - One delivery id creates at most one job, and one repo+sha+reason at most one live job: the
+//!   delivery, the job, its `pending` status and the superseding of older jobs of the same branch
+//!   are one store transaction.
+//! - The answer comes as soon as that transaction commits; everything slow (Qubes version lookup,
+//!   statuses, VMs) happens after, in other tasks woken through [`crate::server::Hub`].
+//! - Unknown or unwanted events get 2xx "ignored", never 5xx.
+
+use crate::config::{glob_match, Config};
+use crate::server::Hub;
+use crate::store::{Ingest, NewJob};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// What a delivery amounts to once filtered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Job(NewJobSpec),
+    Ignore(String),
+}
+
+/// A job the delivery asks for (before it reaches the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJobSpec {
+    pub repo: String,
+    pub sha: String,
+    pub reason: &'static str,
+    pub branch: String,
+    pub supersede_key: String,
+    pub clone_url: String,
+}
+
+#[derive(Deserialize)]
+struct Repo {
+    full_name: String,
+    #[serde(default)]
+    clone_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Push {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    after: String,
+    #[serde(default)]
+    deleted: bool,
+    repository: Repo,
+}
+
+#[derive(Deserialize)]
+struct PullRequestEvent {
+    action: String,
+    number: u64,
+    pull_request: PullRequest,
+    repository: Repo,
+    #[serde(default)]
+    label: Option<Label>,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    head: Head,
+    user: User,
+    #[serde(default)]
+    labels: Vec<Label>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    sha: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    /// `null` when the fork was deleted.
+    repo: Option<Repo>,
+}
+
+#[derive(Deserialize)]
+struct User {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct Label {
+    name: String,
+}
+
+/// Checks `sha256=<hex>` against the HMAC-SHA256 of `body` under `secret`, in constant time.
+pub fn signature_valid(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex_sig) = header.and_then(|h| h.strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig.trim()) else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    ring::hmac::verify(&key, body, &sig).is_ok()
+}
+
+/// `sha256=<hex>` for a body, as GitHub computes it (used by tests and the benchmark).
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    format!(
+        "sha256={}",
+        hex::encode(ring::hmac::sign(&key, body).as_ref())
+    )
+}
+
+fn valid_sha(s: &str) -> bool {
+    s.parse::<sdci_protocol::CommitSha>().is_ok()
+}
+
+/// Applies the configured rules to a signed, parsed delivery.
+pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String> {
+    let ignore = |s: String| Ok(Decision::Ignore(s));
+    let repo_allowed =
+        |r: &str| cfg.webhook.repos.is_empty() || cfg.webhook.repos.iter().any(|x| x == r);
+    match event {
+        "ping" => ignore("pong".into()),
+        "push" => {
+            let p: Push =
+                serde_json::from_slice(body).map_err(|e| format!("bad push payload: {e}"))?;
+            if p.deleted || p.after.bytes().all(|b| b == b'0') {
+                return ignore("deleted ref".into());
+            }
+            if !repo_allowed(&p.repository.full_name) {
+                return ignore(format!(
+                    "repository {} not configured",
+                    p.repository.full_name
+                ));
+            }
+            if p.repository
+                .full_name
+                .parse::<sdci_protocol::RepoName>()
+                .is_err()
+                || !valid_sha(&p.after)
+            {
+                return Err("push payload has an invalid repository name or sha".into());
+            }
+            let (name, patterns, kind) = if let Some(b) = p.git_ref.strip_prefix("refs/heads/") {
+                (b, &cfg.webhook.branches, "branch")
+            } else if let Some(t) = p.git_ref.strip_prefix("refs/tags/") {
+                (t, &cfg.webhook.tags, "tag")
+            } else {
+                return ignore(format!("ref {} is neither a branch nor a tag", p.git_ref));
+            };
+            if !patterns.iter().any(|pat| glob_match(pat, name)) {
+                return ignore(format!("{kind} {name} not selected by the filters"));
+            }
+            let clone_url = clone_url(
+                cfg,
+                p.repository.clone_url.as_deref(),
+                &p.repository.full_name,
+            );
+            Ok(Decision::Job(NewJobSpec {
+                supersede_key: format!("{}@{}", p.repository.full_name, p.git_ref),
+                repo: p.repository.full_name,
+                sha: p.after,
+                reason: "push",
+                branch: name.to_owned(),
+                clone_url,
+            }))
+        }
+        "pull_request" => {
+            if !cfg.webhook.pull_requests {
+                return ignore("pull requests are not tested here".into());
+            }
+            let e: PullRequestEvent = serde_json::from_slice(body)
+                .map_err(|e| format!("bad pull_request payload: {e}"))?;
+            let base = &e.repository.full_name;
+            if !repo_allowed(base) {
+                return ignore(format!("repository {base} not configured"));
+            }
+            let pr = &e.pull_request;
+            let head_repo = pr.head.repo.as_ref().map(|r| r.full_name.as_str());
+            let fork = head_repo != Some(base.as_str());
+            let has_label = |name: &str| pr.labels.iter().any(|l| l.name == name);
+            let label_ok = cfg.webhook.fork_label.as_deref().is_some_and(has_label);
+            let action_ok = match e.action.as_str() {
+                "opened" | "synchronize" | "reopened" => true,
+                // Adding the trust label to a fork's PR starts its test.
+                "labeled" => {
+                    fork && cfg.webhook.fork_label.is_some()
+                        && e.label.as_ref().map(|l| &l.name) == cfg.webhook.fork_label.as_ref()
+                }
+                _ => false,
+            };
+            if !action_ok {
+                return ignore(format!("pull_request action {} not tested", e.action));
+            }
+            if fork && !label_ok && !cfg.webhook.fork_allow_users.contains(&pr.user.login) {
+                return ignore(format!(
+                    "pull request from a fork by {} who is not on the allow-list and no trust label",
+                    pr.user.login
+                ));
+            }
+            if base.parse::<sdci_protocol::RepoName>().is_err() || !valid_sha(&pr.head.sha) {
+                return Err("pull_request payload has an invalid repository name or sha".into());
+            }
+            let (clone_name, clone_raw) = match &pr.head.repo {
+                Some(r) => (r.full_name.as_str(), r.clone_url.as_deref()),
+                None => (base.as_str(), e.repository.clone_url.as_deref()),
+            };
+            let clone_url = clone_url(cfg, clone_raw, clone_name);
+            Ok(Decision::Job(NewJobSpec {
+                repo: base.clone(),
+                sha: pr.head.sha.clone(),
+                reason: "pull_request",
+                branch: pr.head.git_ref.clone(),
+                supersede_key: format!("{base}#{}", e.number),
+                clone_url,
+            }))
+        }
+        other => ignore(format!("event {other} not handled")),
+    }
+}
+
+fn clone_url(cfg: &Config, from_payload: Option<&str>, repo: &str) -> String {
+    if let Some(o) = &cfg.agent.clone_url_override {
+        return o.clone();
+    }
+    match from_payload {
+        Some(u) if u.starts_with("https://") => u.to_owned(),
+        _ => format!("https://github.com/{repo}.git"),
+    }
+}
+
+/// The handler.
+pub async fn receive(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Body,
+) -> (StatusCode, String) {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let bytes = match axum::body::to_bytes(body, hub.cfg.webhook.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "body larger than {} bytes or unreadable",
+                    hub.cfg.webhook.max_body_bytes
+                ),
+            )
+        }
+    };
+    if !signature_valid(
+        hub.webhook_secret.expose().as_bytes(),
+        &bytes,
+        header("x-hub-signature-256"),
+    ) {
+        hub.metrics.count("webhook_rejected");
+        tracing::warn!("webhook with a missing or wrong X-Hub-Signature-256 refused");
+        return (StatusCode::UNAUTHORIZED, "bad signature".into());
+    }
+    let event = header("x-github-event").unwrap_or("").to_owned();
+    let delivery = header("x-github-delivery").map(str::to_owned);
+    let decision = match decide(&hub.cfg, &event, &bytes) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(event = %event, error = %e, "webhook payload refused");
+            return (StatusCode::BAD_REQUEST, e);
+        }
+    };
+    let spec = match decision {
+        Decision::Ignore(why) => {
+            tracing::debug!(event = %event, why = %why, "webhook ignored");
+            return (StatusCode::OK, format!("ignored: {why}"));
+        }
+        Decision::Job(spec) => spec,
+    };
+    let job = NewJob {
+        repo: spec.repo,
+        sha: spec.sha,
+        reason: spec.reason.into(),
+        branch: Some(spec.branch),
+        supersede_key: Some(spec.supersede_key),
+        clone_url: spec.clone_url,
+        version: if hub.cfg.agent.resolve_version {
+            None
+        } else {
+            Some(hub.cfg.default_version.clone())
+        },
+        snapshot: None,
+        update_first: false,
+    };
+    let store = hub.store.clone();
+    let supersede_running = hub.cfg.jobs.supersede_running;
+    let ingest = tokio::task::spawn_blocking(move || {
+        store.ingest(delivery.as_deref(), &event, &job, supersede_running)
+    })
+    .await;
+    match ingest {
+        Ok(Ok(Ingest::Created {
+            job_id,
+            superseded,
+            stop_running,
+        })) => {
+            tracing::info!(job = %job_id, superseded = ?superseded, "job queued");
+            for id in &stop_running {
+                hub.cancel_live(id);
+            }
+            hub.wake_all();
+            (StatusCode::ACCEPTED, format!("queued job {job_id}"))
+        }
+        Ok(Ok(Ingest::DuplicateDelivery)) => {
+            (StatusCode::OK, "duplicate delivery: nothing new".into())
+        }
+        Ok(Ok(Ingest::DuplicateJob { job_id })) => {
+            (StatusCode::OK, format!("already covered by job {job_id}"))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "storing a delivery failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not store the delivery; redeliver it".into(),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "storing a delivery panicked");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not store the delivery; redeliver it".into(),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(extra: &str) -> Config {
+        Config::parse(extra, Path::new("t")).unwrap()
+    }
+
+    fn push(r: &str, after: &str) -> Vec<u8> {
+        serde_json::json!({"ref": r, "after": after, "deleted": false,
+            "repository": {"full_name": "o/r", "clone_url": "https://github.com/o/r.git"}})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn pr(action: &str, head_repo: &str, login: &str, labels: &[&str]) -> Vec<u8> {
+        let labels: Vec<_> = labels
+            .iter()
+            .map(|l| serde_json::json!({"name": l}))
+            .collect();
+        serde_json::json!({"action": action, "number": 7,
+            "pull_request": {"head": {"sha": "b".repeat(40), "ref": "feature",
+                "repo": {"full_name": head_repo, "clone_url": format!("https://github.com/{head_repo}.git")}},
+                "user": {"login": login}, "labels": labels},
+            "repository": {"full_name": "o/r"}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn signature_is_checked_over_the_raw_body() {
+        let s = sign(b"k", b"body");
+        assert!(signature_valid(b"k", b"body", Some(&s)));
+        assert!(!signature_valid(b"k", b"body ", Some(&s)));
+        assert!(!signature_valid(b"other", b"body", Some(&s)));
+        assert!(!signature_valid(b"k", b"body", None));
+        assert!(!signature_valid(b"k", b"body", Some("sha1=00")));
+    }
+
+    #[test]
+    fn branch_pushes_follow_the_filters_and_tags_are_off_by_default() {
+        let c = cfg("[webhook]\nbranches = [\"main\", \"release/*\"]\n");
+        let sha = "a".repeat(40);
+        assert!(matches!(
+            decide(&c, "push", &push("refs/heads/main", &sha)),
+            Ok(Decision::Job(_))
+        ));
+        assert!(matches!(
+            decide(&c, "push", &push("refs/heads/release/1", &sha)),
+            Ok(Decision::Job(_))
+        ));
+        assert!(matches!(
+            decide(&c, "push", &push("refs/heads/dev", &sha)),
+            Ok(Decision::Ignore(_))
+        ));
+        assert!(matches!(
+            decide(&c, "push", &push("refs/tags/v1", &sha)),
+            Ok(Decision::Ignore(_))
+        ));
+    }
+
+    #[test]
+    fn deleted_branch_pushes_are_ignored() {
+        let c = cfg("");
+        let d = decide(&c, "push", &push("refs/heads/main", &"0".repeat(40))).unwrap();
+        assert!(
+            matches!(d, Decision::Ignore(ref s) if s.contains("deleted")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn fork_pull_requests_need_the_allow_list_or_the_label() {
+        let c = cfg("[webhook]\nfork_allow_users = [\"alice\"]\nfork_label = \"ok-to-test\"\n");
+        assert!(matches!(
+            decide(&c, "pull_request", &pr("opened", "o/r", "bob", &[])),
+            Ok(Decision::Job(_))
+        ));
+        assert!(matches!(
+            decide(&c, "pull_request", &pr("opened", "m/r", "bob", &[])),
+            Ok(Decision::Ignore(_))
+        ));
+        assert!(matches!(
+            decide(&c, "pull_request", &pr("opened", "m/r", "alice", &[])),
+            Ok(Decision::Job(_))
+        ));
+        assert!(matches!(
+            decide(
+                &c,
+                "pull_request",
+                &pr("synchronize", "m/r", "bob", &["ok-to-test"])
+            ),
+            Ok(Decision::Job(_))
+        ));
+        assert!(matches!(
+            decide(&c, "pull_request", &pr("closed", "o/r", "bob", &[])),
+            Ok(Decision::Ignore(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_events_and_ping_are_ignored_not_errors() {
+        let c = cfg("");
+        assert!(matches!(decide(&c, "ping", b"{}"), Ok(Decision::Ignore(_))));
+        assert!(matches!(
+            decide(&c, "issues", b"{}"),
+            Ok(Decision::Ignore(_))
+        ));
+    }
+}

@@ -1,0 +1,382 @@
+//! Shared set-up for the host's tests: a real `sdci-host` service (in-process, real HTTP over
+//! loopback, a real SQLite file in a temporary folder), a stub `sdci-agent` script that records
+//! its arguments, and `MemoryHv`.
+//!
+//! `MemoryHv` is an IN-MEMORY STAND-IN for the `Hypervisor` trait, used ONLY for pure scheduler
+//! logic (claims, FIFO, dispatch on free) where the test must hold a guest process open and
+//! release it at a chosen moment. Lifecycle, fault and restart tests run against the real vim25
+//! client and VMware's govmomi simulator instead (see `sim_*.rs`).
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use sdci_host::config::Config;
+use sdci_host::server::{self, Hub, Parts};
+use sdci_vsphere::{
+    GuestAuth, GuestProgram, Hypervisor, PowerState, ProcessState, SnapshotInfo, VmInfo,
+    VsphereError,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub const SECRET: &str = "webhook-secret";
+
+/// A stub `sdci-agent`: appends its arguments to `agent.log`; `ci-config` exits 3 (no file).
+pub fn write_stub_agent(dir: &Path) -> PathBuf {
+    let path = dir.join("sdci-agent");
+    let log = dir.join("agent.log");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$1\" in\n  ci-config) exit 3 ;;\n  \
+             token) echo '{{\"token\":\"ghs_test\",\"expires_at\":\"2030-01-01T00:00:00Z\"}}' ;;\n\
+             esac\nexit 0\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The agent invocations so far, one line each.
+pub fn agent_calls(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("agent.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A config for a test: data in `dir`, the stub agent, fast polling, the given extra TOML.
+pub fn config_text(dir: &Path, listen: &str, extra: &str) -> String {
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    std::fs::write(dir.join("dom0-password"), "pw\n").unwrap();
+    let agent = write_stub_agent(dir);
+    format!(
+        "listen = \"{listen}\"\npublic_url = \"http://{listen}\"\ndata_dir = \"{data}\"\n\
+         reconcile_interval_secs = 3600\n{extra}\n\
+         [webhook]\nsecret_file = \"{dir}/secret\"\n\
+         [agent]\npath = \"{agent}\"\n\
+         [dom0]\npassword_file = \"{dir}/dom0-password\"\n",
+        data = dir.join("data").display(),
+        dir = dir.display(),
+        agent = agent.display(),
+    )
+}
+
+pub struct TestHost {
+    pub hub: Arc<Hub>,
+    pub url: String,
+    pub dir: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the service in-process on a free loopback port.
+pub async fn start<H: Hypervisor>(dir: &Path, extra: &str, hv: Arc<H>, parts: Parts) -> TestHost {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let text = config_text(dir, &addr, extra);
+    let cfg = Config::parse(&text, Path::new("test.toml")).unwrap();
+    let auth = server::guest_auth(&cfg).unwrap();
+    let hub = server::hub_from_config(cfg).unwrap();
+    let h2 = hub.clone();
+    let task = tokio::spawn(async move {
+        server::run(h2, hv, auth, listener, parts).await.unwrap();
+    });
+    TestHost {
+        hub,
+        url: format!("http://{addr}"),
+        dir: dir.to_owned(),
+        task,
+    }
+}
+
+pub fn push_body(branch: &str, sha: &str) -> String {
+    serde_json::json!({
+        "ref": format!("refs/heads/{branch}"), "after": sha, "deleted": false,
+        "repository": {"full_name": "freedomofpress/securedrop-workstation",
+                       "clone_url": "https://github.com/freedomofpress/securedrop-workstation.git"}
+    })
+    .to_string()
+}
+
+/// Sends a signed (or not) delivery; returns (status, body).
+pub async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    event: &str,
+    delivery: &str,
+    body: &str,
+    secret: Option<&str>,
+) -> (u16, String) {
+    let mut req = client
+        .post(format!("{url}/hooks/github"))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("Content-Type", "application/json")
+        .body(body.to_owned());
+    if let Some(s) = secret {
+        req = req.header(
+            "X-Hub-Signature-256",
+            sdci_host::webhook::sign(s.as_bytes(), body.as_bytes()),
+        );
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+pub fn sha(n: u32) -> String {
+    format!("{n:040x}")
+}
+
+/// Waits (event-driven where possible, bounded) until `f` holds. A safety net, not a timer:
+/// it re-checks on every wake of `notify` and at most every 20 ms.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MemoryHv: in-memory stand-in, for scheduler-logic tests only (see the module doc).
+
+#[derive(Debug, Clone)]
+pub struct MemVm {
+    pub power: PowerState,
+    pub pids: Vec<i64>,
+}
+
+#[derive(Default)]
+pub struct MemoryHv {
+    pub vms: Mutex<HashMap<String, MemVm>>,
+    /// pid → (job id from the launch arguments, exit code once released)
+    procs: Mutex<HashMap<i64, (String, Option<i32>)>>,
+    next_pid: Mutex<i64>,
+    pub changed: Notify,
+}
+
+impl MemoryHv {
+    pub fn with_vms(names: &[&str]) -> Arc<Self> {
+        let hv = Self::default();
+        for n in names {
+            hv.vms.lock().unwrap().insert(
+                (*n).to_owned(),
+                MemVm {
+                    power: PowerState::Off,
+                    pids: vec![],
+                },
+            );
+        }
+        *hv.next_pid.lock().unwrap() = 100;
+        Arc::new(hv)
+    }
+
+    /// Lets the launch process of `job` exit with `code`.
+    pub fn release(&self, job: &str, code: i32) {
+        for (_, (j, c)) in self.procs.lock().unwrap().iter_mut() {
+            if j == job {
+                *c = Some(code);
+            }
+        }
+    }
+
+    /// Job ids whose launch process was started, in start order.
+    pub fn started(&self) -> Vec<String> {
+        let procs = self.procs.lock().unwrap();
+        let mut v: Vec<(i64, String)> = procs.iter().map(|(p, (j, _))| (*p, j.clone())).collect();
+        v.sort();
+        v.into_iter().map(|(_, j)| j).collect()
+    }
+
+    pub fn power(&self, vm: &str) -> PowerState {
+        self.vms.lock().unwrap()[vm].power
+    }
+
+    fn info(name: &str, vm: &MemVm) -> VmInfo {
+        VmInfo {
+            name: name.to_owned(),
+            moref: format!("vm-{name}"),
+            uuid: name.to_owned(),
+            power: vm.power,
+            tools_running: vm.power == PowerState::On,
+            guest_ops_ready: vm.power == PowerState::On,
+        }
+    }
+
+    fn set_power(&self, vm: &str, p: PowerState) -> sdci_vsphere::hypervisor::Result<()> {
+        let mut vms = self.vms.lock().unwrap();
+        let v = vms
+            .get_mut(vm)
+            .ok_or(VsphereError::VmNotFound { name: vm.into() })?;
+        v.power = p;
+        Ok(())
+    }
+}
+
+type R<T> = sdci_vsphere::hypervisor::Result<T>;
+
+impl Hypervisor for MemoryHv {
+    async fn list_vms(&self, prefix: &str) -> R<Vec<VmInfo>> {
+        let vms = self.vms.lock().unwrap();
+        let mut v: Vec<VmInfo> = vms
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(n, vm)| Self::info(n, vm))
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+    async fn vm(&self, name: &str) -> R<VmInfo> {
+        let vms = self.vms.lock().unwrap();
+        vms.get(name)
+            .map(|vm| Self::info(name, vm))
+            .ok_or(VsphereError::VmNotFound { name: name.into() })
+    }
+    async fn snapshots(&self, _vm: &str) -> R<Vec<SnapshotInfo>> {
+        Ok(vec![])
+    }
+    async fn revert(&self, vm: &str, _snapshot: &str) -> R<()> {
+        self.set_power(vm, PowerState::Off)
+    }
+    async fn create_snapshot(&self, _vm: &str, _n: &str, _d: &str) -> R<()> {
+        Ok(())
+    }
+    async fn remove_snapshot(&self, _vm: &str, _n: &str) -> R<()> {
+        Ok(())
+    }
+    async fn power_on(&self, vm: &str) -> R<()> {
+        self.set_power(vm, PowerState::On)
+    }
+    async fn wait_guest_ready(&self, _vm: &str, _t: Duration) -> R<()> {
+        Ok(())
+    }
+    async fn shutdown(&self, vm: &str, _g: Duration) -> R<()> {
+        self.set_power(vm, PowerState::Off)
+    }
+    async fn power_off(&self, vm: &str) -> R<()> {
+        self.set_power(vm, PowerState::Off)
+    }
+    async fn start_program(&self, _vm: &str, _a: &GuestAuth, p: &GuestProgram) -> R<i64> {
+        let job = p.arguments.split('/').nth(2).unwrap_or_default().to_owned();
+        let mut next = self.next_pid.lock().unwrap();
+        *next += 1;
+        self.procs.lock().unwrap().insert(*next, (job, None));
+        self.changed.notify_waiters();
+        Ok(*next)
+    }
+    async fn process_state(&self, _vm: &str, _a: &GuestAuth, pid: i64) -> R<ProcessState> {
+        Ok(match self.procs.lock().unwrap().get(&pid) {
+            Some((_, None)) => ProcessState::Running,
+            Some((_, Some(c))) => ProcessState::Exited(*c),
+            None => ProcessState::Lost,
+        })
+    }
+    async fn terminate(&self, _vm: &str, _a: &GuestAuth, pid: i64) -> R<()> {
+        if let Some(p) = self.procs.lock().unwrap().get_mut(&pid) {
+            p.1 = Some(143);
+        }
+        Ok(())
+    }
+    async fn upload(&self, _vm: &str, _a: &GuestAuth, _p: &str, _d: Vec<u8>) -> R<()> {
+        Ok(())
+    }
+    async fn download(&self, _vm: &str, _a: &GuestAuth, p: &str) -> R<Vec<u8>> {
+        Ok(format!("dom0 log from {p}\n").into_bytes())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The govmomi simulator through the real vim25 client.
+
+pub mod sim {
+    use super::*;
+    use sdci_tests::vsphere_sim::{SimOptions, SimVm, VsphereSim};
+
+    /// A stand-in for `sdci-dom0 launch JOBFILE` (until the end-to-end issue wires the real
+    /// binary): records the launch in `CTL/launched`, writes dom0's `log.txt` beside the job
+    /// file, waits while `CTL/hang` exists, then exits with the code in `CTL/exit` (default 0).
+    /// `CTL` is a host folder outside the guest, so snapshot reverts do not undo the controls.
+    pub fn stub_dom0(ctl: &Path) -> String {
+        let c = ctl.display();
+        format!(
+            "#!/bin/sh\njob=\"$2\"\ndir=$(dirname \"$job\")\necho \"$job\" >> '{c}/launched'\n\
+             echo \"dom0 log for $job\" > \"$dir/log.txt\"\n\
+             while [ -f '{c}/hang' ]; do sleep 0.05; done\n\
+             code=0\n[ -f '{c}/exit' ] && code=$(cat '{c}/exit')\nexit \"$code\"\n"
+        )
+    }
+
+    pub fn vm(name: &str, ctl: &Path) -> SimVm {
+        SimVm::new(name)
+            .snapshots(&["golden"])
+            .tools_delay(Some(Duration::from_millis(100)))
+            .shutdown_delay(Duration::from_millis(100))
+            .file("/usr/local/bin/sdci-dom0", stub_dom0(ctl), 0o755)
+    }
+
+    pub fn start_sim(names: &[&str], ctl: &Path) -> VsphereSim {
+        std::fs::create_dir_all(ctl).unwrap();
+        VsphereSim::start(SimOptions::vcenter().vms(names.iter().map(|n| vm(n, ctl)).collect()))
+            .unwrap()
+    }
+
+    /// The host config lines that point at the simulator (pool 4.2 = `Qubes_4.2_*`).
+    pub fn sim_toml(sim: &VsphereSim, dir: &Path, extra: &str) -> String {
+        std::fs::write(dir.join("vsphere-password"), sim.password()).unwrap();
+        format!(
+            "{extra}\n[pools.\"4.2\"]\nprefix = \"Qubes_4.2_\"\ngolden_snapshot = \"golden\"\n\
+             [vsphere]\nurl = \"{}\"\nuser = \"{}\"\npassword_file = \"{}\"\n\
+             [vsphere.tls]\nmode = \"system-roots\"\n",
+            sim.url(),
+            sim.username(),
+            dir.join("vsphere-password").display()
+        )
+    }
+
+    /// Starts the service in-process with the real vim25 client on the simulator.
+    pub async fn start_host(dir: &Path, sim: &VsphereSim, extra: &str) -> TestHost {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let text = config_text(dir, &addr, &sim_toml(sim, dir, extra));
+        std::fs::write(dir.join("dom0-password"), sim.guest_password()).unwrap();
+        let cfg = Config::parse(&text, Path::new("test.toml")).unwrap();
+        let vcfg = sdci_host::cli::vsphere_config(&cfg).unwrap();
+        let hv = Arc::new(sdci_vsphere::VsphereClient::connect(vcfg).await.unwrap());
+        let auth = server::guest_auth(&cfg).unwrap();
+        let hub = server::hub_from_config(cfg).unwrap();
+        let h2 = hub.clone();
+        let task = tokio::spawn(async move {
+            server::run(h2, hv, auth, listener, Parts::ALL)
+                .await
+                .unwrap();
+        });
+        TestHost {
+            hub,
+            url: format!("http://{addr}"),
+            dir: dir.to_owned(),
+            task,
+        }
+    }
+
+    pub fn powered_off(sim: &VsphereSim, vm: &str) -> bool {
+        sim.vm(vm)
+            .map(|v| v.power_state == "poweredOff")
+            .unwrap_or(false)
+    }
+}

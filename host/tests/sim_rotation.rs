@@ -1,0 +1,465 @@
+//! Golden-snapshot rotation and a job's update phase on VMware's govmomi simulator through the
+//! real vim25 client, with a real SQLite store: the snapshot is taken, smoke-tested, the pointer
+//! moves, old `update_*` snapshots go while the current and previous golden stay; an injected
+//! smoke-test failure keeps the pointer and leaves the VM off; a job queued during a rotation
+//! waits and then uses the new golden snapshot; a job's updates land in dom0's log before the
+//! build steps, and the VM reboots between them.
+//!
+//! In the guest, dom0's programs are stub scripts (contracts §2: R/usr/bin/..., R/usr/local/bin):
+//! `sudo` runs its arguments, `qubesctl`, `qvm-start` and `sdci-dom0` record each call in a host
+//! folder CTL (outside the guest, so reverts do not undo it) and exit with the code in
+//! `CTL/<tool>.exit` (default 0); `qubesctl` waits while `CTL/hold` exists.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::sim::{powered_off, start_host};
+use common::*;
+use sdci_host::config::Config;
+use sdci_host::rotation::{Rotator, SaveRequest};
+use sdci_host::store::{JobState, Store};
+use sdci_tests::slack::SlackStandIn;
+use sdci_tests::vsphere_sim::{SimOptions, SimVm, VsphereSim};
+use sdci_vsphere::{GuestAuth, Hypervisor, VsphereClient};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const VM: &str = "Qubes_4.2_a";
+const OLD: [&str; 4] = [
+    "golden",
+    "update_20200101000000",
+    "update_20200102000000",
+    "update_20200103000000",
+];
+
+fn tool(ctl: &Path, name: &str, extra: &str) -> String {
+    let c = ctl.display();
+    format!(
+        "#!/bin/sh\necho \"{name} $*\" >> '{c}/calls'\necho \"{name} output: $*\"\n{extra}\
+         code=0\n[ -f '{c}/{name}.exit' ] && code=$(cat '{c}/{name}.exit')\nexit \"$code\"\n"
+    )
+}
+
+fn dom0_stub(ctl: &Path) -> String {
+    let c = ctl.display();
+    format!(
+        "#!/bin/sh\necho \"sdci-dom0 $*\" >> '{c}/calls'\n\
+         if [ \"$1\" = --version ]; then echo 'sdci-dom0 0.1.0'; exit 0; fi\n\
+         dir=$(dirname \"$2\")\n\
+         echo \"==> step 1/1 make-test: make test\" >> \"$dir/log.txt\"\n\
+         echo \"result: success\" >> \"$dir/log.txt\"\nexit 0\n"
+    )
+}
+
+fn vm(ctl: &Path) -> SimVm {
+    let hold = format!(
+        "while [ -f '{}/hold' ]; do sleep 0.05; done\n",
+        ctl.display()
+    );
+    SimVm::new(VM)
+        .snapshots(&OLD)
+        .tools_delay(Some(Duration::from_millis(100)))
+        .shutdown_delay(Duration::from_millis(100))
+        .file("/usr/bin/sudo", "#!/bin/sh\nexec \"$@\"\n", 0o755)
+        .file("/usr/bin/qubesctl", tool(ctl, "qubesctl", &hold), 0o755)
+        .file("/usr/bin/qvm-start", tool(ctl, "qvm-start", ""), 0o755)
+        .file("/usr/local/bin/sdci-dom0", dom0_stub(ctl), 0o755)
+}
+
+fn start_sim(ctl: &Path) -> VsphereSim {
+    std::fs::create_dir_all(ctl).unwrap();
+    VsphereSim::start(SimOptions::vcenter().vms(vec![vm(ctl)])).unwrap()
+}
+
+const ROTATION: &str = "[rotation]\nkeep = 2\nbusy_poll_secs = 1\n";
+
+fn config(dir: &Path, sim: &VsphereSim, extra: &str) -> Config {
+    let text = config_text(
+        dir,
+        "127.0.0.1:9",
+        &common::sim::sim_toml(sim, dir, &format!("{ROTATION}{extra}")),
+    );
+    std::fs::write(dir.join("dom0-password"), sim.guest_password()).unwrap();
+    Config::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+async fn client(cfg: &Config) -> (VsphereClient, GuestAuth) {
+    let hv = VsphereClient::connect(sdci_host::cli::vsphere_config(cfg).unwrap())
+        .await
+        .unwrap();
+    (hv, sdci_host::server::guest_auth(cfg).unwrap())
+}
+
+async fn names(hv: &VsphereClient) -> Vec<String> {
+    hv.snapshots(VM)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect()
+}
+
+fn calls(ctl: &Path) -> Vec<String> {
+    std::fs::read_to_string(ctl.join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn save_takes_a_smoke_tested_snapshot_moves_the_pointer_and_prunes_but_keeps_both_goldens() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&ctl);
+    let mut slack = SlackStandIn::start(200).await.unwrap();
+    std::fs::write(dir.path().join("slack"), slack.url()).unwrap();
+    let notify = format!(
+        "[notify]\nslack_webhook_file = \"{}\"\n",
+        dir.path().join("slack").display()
+    );
+    let cfg = config(dir.path(), &sim, &notify);
+    let store = Store::open(&cfg.db_path()).unwrap();
+    // The pool currently runs from the oldest update_: after the rotation it is the previous
+    // golden snapshot and must survive pruning although it is not among the newest 2.
+    store
+        .set_golden_snapshot("4.2", "update_20200101000000")
+        .unwrap();
+    let (hv, auth) = client(&cfg).await;
+    let r = Rotator {
+        cfg: &cfg,
+        store: &store,
+        hv: &hv,
+        auth: &auth,
+    };
+    let req = SaveRequest {
+        version: "4.2".into(),
+        update: true,
+        base: None,
+    };
+    let report = r.save(&req, &|| {}).await.unwrap();
+
+    assert!(report.moved, "{}", report.to_text());
+    let new = report.snapshot.clone();
+    assert!(
+        new.len() == "update_".len() + 14 && new.starts_with("update_"),
+        "{new}"
+    );
+    assert_eq!(store.golden_snapshot("4.2", "golden").unwrap(), new);
+    assert_eq!(report.previous, "update_20200101000000");
+    assert_eq!(
+        names(&hv).await,
+        [
+            "golden",
+            "update_20200101000000",
+            "update_20200103000000",
+            &new
+        ],
+        "keep = 2 newest update_*, plus the previous golden; other snapshots untouched"
+    );
+    assert_eq!(report.vms[0].pruned, ["update_20200102000000"]);
+    assert!(powered_off(&sim, VM));
+    assert_eq!(store.vms().unwrap()[0].job_id, None, "lease released");
+
+    // Updates in order (dom0 first), then the smoke test on the new snapshot.
+    assert_eq!(
+        calls(&ctl),
+        [
+            "qubesctl --show-output state.sls update.qubes-dom0",
+            "qubesctl --show-output --skip-dom0 --templates --standalones state.sls \
+             update.qubes-vm",
+            "sdci-dom0 --version",
+            "qvm-start --skip-if-running sd-dev",
+        ]
+    );
+    let log = std::fs::read_to_string(&report.log).unwrap();
+    let at = |s: &str| {
+        log.find(s)
+            .unwrap_or_else(|| panic!("{s:?} not in the log:\n{log}"))
+    };
+    assert!(at("update step 1/2 update-dom0") < at("qubesctl output: --show-output state.sls"));
+    assert!(at("<== update-dom0: exit status 0") < at("update step 2/2 update-templates"));
+    assert!(at("<== sdci-dom0-version: exit status 0") < at("passed the smoke test"));
+
+    let m = slack.next(Duration::from_secs(60)).await.unwrap();
+    let t = m["text"].as_str().unwrap();
+    assert!(t.contains("rotation ok") && t.contains(&new), "{t}");
+    let metrics = sdci_host::rotation::metrics_text(&cfg.db_path());
+    assert!(
+        metrics.contains("sdci_rotations{version=\"4.2\",result=\"ok\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_smoke_test_keeps_the_pointer_removes_the_snapshot_and_leaves_the_vm_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&ctl);
+    // The dev VM does not start on the fresh snapshot.
+    std::fs::write(ctl.join("qvm-start.exit"), "1").unwrap();
+    let cfg = config(dir.path(), &sim, "");
+    let store = Store::open(&cfg.db_path()).unwrap();
+    let (hv, auth) = client(&cfg).await;
+    let before = names(&hv).await;
+    let r = Rotator {
+        cfg: &cfg,
+        store: &store,
+        hv: &hv,
+        auth: &auth,
+    };
+    let req = SaveRequest {
+        version: "4.2".into(),
+        update: true,
+        base: None,
+    };
+    let report = r.save(&req, &|| {}).await.unwrap();
+
+    assert!(!report.moved);
+    assert!(
+        report.vms[0].detail.contains("smoke test")
+            && report.vms[0]
+                .detail
+                .contains("start-dev-vm exited with status 1"),
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(store.golden_snapshot("4.2", "golden").unwrap(), "golden");
+    assert!(powered_off(&sim, VM), "the VM is left off");
+    assert_eq!(
+        names(&hv).await,
+        before,
+        "the failed snapshot is removed, nothing pruned"
+    );
+    assert_eq!(store.vms().unwrap()[0].job_id, None, "lease released");
+    let metrics = sdci_host::rotation::metrics_text(&cfg.db_path());
+    assert!(metrics.contains("result=\"failed\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_failing_update_keeps_the_pointer_and_takes_no_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&ctl);
+    std::fs::write(ctl.join("qubesctl.exit"), "20").unwrap();
+    let cfg = config(dir.path(), &sim, "");
+    let store = Store::open(&cfg.db_path()).unwrap();
+    let (hv, auth) = client(&cfg).await;
+    let before = names(&hv).await;
+    let r = Rotator {
+        cfg: &cfg,
+        store: &store,
+        hv: &hv,
+        auth: &auth,
+    };
+    let req = SaveRequest {
+        version: "4.2".into(),
+        update: true,
+        base: None,
+    };
+    let report = r.save(&req, &|| {}).await.unwrap();
+    assert!(!report.moved);
+    assert!(
+        report.vms[0]
+            .detail
+            .contains("update-dom0 exited with status 20"),
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(calls(&ctl).len(), 1, "stops at the first failing update");
+    assert_eq!(store.golden_snapshot("4.2", "golden").unwrap(), "golden");
+    assert!(powered_off(&sim, VM));
+    assert_eq!(names(&hv).await, before);
+}
+
+#[tokio::test]
+async fn a_job_queued_during_a_rotation_waits_for_the_vm_and_then_uses_the_new_golden() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&ctl);
+    // The rotation's first update step waits until the test removes this file.
+    std::fs::write(ctl.join("hold"), "").unwrap();
+    let host = start_host(
+        dir.path(),
+        &sim,
+        &format!("{ROTATION}[jobs]\npoll_interval_ms = 50\n"),
+    )
+    .await;
+    let hub = host.hub.clone();
+    let (hv, auth) = client(&hub.cfg).await;
+    let rotation = tokio::spawn(async move {
+        let r = Rotator {
+            cfg: &hub.cfg,
+            store: &hub.store,
+            hv: &hv,
+            auth: &auth,
+        };
+        let req = SaveRequest {
+            version: "4.2".into(),
+            update: true,
+            base: None,
+        };
+        let wake = || hub.wake_all();
+        r.save(&req, &wake).await.unwrap()
+    });
+    eventually("the rotation holds the VM and is updating it", || {
+        !calls(&ctl).is_empty()
+    })
+    .await;
+    let lease = host.hub.store.vms().unwrap()[0].job_id.clone().unwrap();
+    assert!(lease.starts_with("rotation-"), "{lease}");
+
+    let c = reqwest::Client::new();
+    let (code, text) = deliver(
+        &c,
+        &host.url,
+        "push",
+        "d1",
+        &push_body("main", &sha(1)),
+        Some(SECRET),
+    )
+    .await;
+    assert_eq!(code, 202, "{text}");
+    let id = host.hub.store.recent_jobs(1).unwrap()[0].id.clone();
+    eventually("the job's version is known", || {
+        host.hub.store.job(&id).unwrap().unwrap().version.is_some()
+    })
+    .await;
+    assert_eq!(
+        host.hub.store.job(&id).unwrap().unwrap().state,
+        JobState::Queued,
+        "the leased VM is not claimed"
+    );
+
+    std::fs::remove_file(ctl.join("hold")).unwrap();
+    let report = rotation.await.unwrap();
+    assert!(report.moved, "{}", report.to_text());
+    eventually("job ends", || {
+        host.hub
+            .store
+            .job(&id)
+            .unwrap()
+            .unwrap()
+            .state
+            .is_terminal()
+    })
+    .await;
+    let job = host.hub.store.job(&id).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Success, "{:?}", job.note);
+    let notes: Vec<String> = host
+        .hub
+        .store
+        .transitions(&id)
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| t.3)
+        .collect();
+    let revert = format!("revert {VM} to {}", report.snapshot);
+    assert!(notes.contains(&revert), "{notes:?}");
+    assert!(powered_off(&sim, VM));
+}
+
+#[tokio::test]
+async fn a_jobs_update_phase_logs_the_updates_before_the_build_steps_and_reboots_the_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&ctl);
+    let cfg = config(dir.path(), &sim, "");
+    let (hv, auth) = client(&cfg).await;
+    let hub = sdci_host::server::hub_from_config(cfg).unwrap();
+    let orch = sdci_host::scheduler::Orchestrator::new(hub.clone(), Arc::new(hv), auth.clone());
+    let hv = &orch.hv;
+    hv.revert(VM, "golden").await.unwrap();
+    hv.power_on(VM).await.unwrap();
+    hv.wait_guest_ready(VM, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // A process from before the update phase: gone after it, because the VM rebooted.
+    let before = hv
+        .start_program(
+            VM,
+            &auth,
+            &sdci_vsphere::GuestProgram {
+                path: "/bin/sh".into(),
+                arguments: "-c 'exec sleep 300'".into(),
+                env: vec![],
+                working_directory: None,
+            },
+        )
+        .await
+        .unwrap();
+
+    let job = "1234567-abcd";
+    orch.update_phase(VM, job).await.unwrap();
+    assert_ne!(
+        hv.process_state(VM, &auth, before).await.unwrap(),
+        sdci_vsphere::ProcessState::Running,
+        "the VM was rebooted"
+    );
+    assert!(!powered_off(&sim, VM), "back on, ready for the job");
+
+    // What the lifecycle does next: `sdci-dom0 launch` appends the build steps to the same log.
+    let launch = hv
+        .start_program(
+            VM,
+            &auth,
+            &sdci_vsphere::GuestProgram {
+                path: "/usr/local/bin/sdci-dom0".into(),
+                arguments: format!("launch .sdci/jobs/{job}/job.json"),
+                env: vec![],
+                working_directory: Some("/home/user".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let end = hv
+        .wait_program(VM, &auth, launch, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(end, sdci_vsphere::ProcessState::Exited(0));
+    let dom0_log = hv
+        .download(VM, &auth, &format!("/home/user/.sdci/jobs/{job}/log.txt"))
+        .await
+        .unwrap();
+    let dom0_log = String::from_utf8(dom0_log).unwrap();
+    let at = |s: &str| {
+        dom0_log
+            .find(s)
+            .unwrap_or_else(|| panic!("{s:?} not in dom0's log:\n{dom0_log}"))
+    };
+    assert!(at("update step 1/2 update-dom0") < at("update step 2/2 update-templates"));
+    assert!(at("<== update-templates: exit status 0") < at("==> step 1/1 make-test"));
+    // The host's copy of the job log got the update output as it went.
+    let host_log =
+        std::fs::read_to_string(sdci_host::events::log_path(&hub.cfg.log_dir(), job)).unwrap();
+    assert!(
+        host_log.contains("qubesctl output: --show-output state.sls update.qubes-dom0"),
+        "{host_log}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_update_in_a_job_is_an_infrastructure_fault_not_a_project_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&ctl);
+    std::fs::write(ctl.join("qubesctl.exit"), "1").unwrap();
+    let cfg = config(dir.path(), &sim, "");
+    let (hv, auth) = client(&cfg).await;
+    let hub = sdci_host::server::hub_from_config(cfg).unwrap();
+    let orch = sdci_host::scheduler::Orchestrator::new(hub, Arc::new(hv), auth);
+    orch.hv.revert(VM, "golden").await.unwrap();
+    orch.hv.power_on(VM).await.unwrap();
+    orch.hv
+        .wait_guest_ready(VM, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let e = orch.update_phase(VM, "1234567-abcd").await.unwrap_err();
+    assert_eq!(e.class(), sdci_vsphere::ErrorClass::RetryOtherVm);
+    assert!(
+        e.to_string().contains("update-dom0 exited with status 1"),
+        "{e}"
+    );
+}

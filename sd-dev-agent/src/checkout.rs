@@ -1,0 +1,251 @@
+//! The checkout: exactly one commit, fetched with the git CLI into the job's `dev_dir`, plus the
+//! two files SDW's `make test` needs that the repository only ships as examples.
+//!
+//! Invariants:
+//! - The token never appears in a process argument list, a URL, git's config or a log: git gets
+//!   it through `GIT_ASKPASS`, a script in a private temporary directory that prints it from an
+//!   environment variable of the git process; `credential.helper` is emptied so no helper stores
+//!   it, and `GIT_TERMINAL_PROMPT=0` makes a missing credential fail instead of waiting.
+//! - First a shallow fetch of that sha (`--depth 1`); if the server refuses (dumb HTTP, servers
+//!   that do not allow fetching unadvertised objects), a full fetch of branches and pull-request
+//!   heads. Either way the commit is verified to exist before it is checked out, detached.
+//! - Any previous directory at `dev_dir` is removed first, so nothing of an older job survives.
+
+use crate::error::{AgentError, Result};
+use sdci_protocol::job::Secret;
+use sdci_protocol::CommitSha;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// How the commit arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    Shallow,
+    Full,
+}
+
+/// The askpass script: answers git's username prompt with `x-access-token` (what GitHub expects
+/// with an installation token or a PAT) and the password prompt with `$SDCI_GIT_TOKEN`.
+const ASKPASS: &str = "#!/bin/sh\ncase \"$1\" in\n  [Uu]sername*) printf '%s\\n' x-access-token ;;\n  *) printf '%s\\n' \"$SDCI_GIT_TOKEN\" ;;\nesac\n";
+
+/// Runs git commands for one checkout.
+pub struct Git<'a> {
+    program: &'a str,
+    dir: &'a Path,
+    token: Option<&'a Secret>,
+    askpass: Option<tempfile::TempDir>,
+}
+
+impl<'a> Git<'a> {
+    pub fn new(program: &'a str, dir: &'a Path, token: Option<&'a Secret>) -> Result<Self> {
+        let askpass = match token {
+            None => None,
+            Some(_) => {
+                let tmp = tempfile::Builder::new()
+                    .prefix("sdci-askpass-")
+                    .tempdir()
+                    .map_err(|e| AgentError::io("creating the askpass directory", e))?;
+                let script = tmp.path().join("askpass");
+                std::fs::write(&script, ASKPASS)
+                    .and_then(|()| {
+                        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))
+                    })
+                    .map_err(|e| AgentError::io("writing the askpass script", e))?;
+                Some(tmp)
+            }
+        };
+        Ok(Self {
+            program,
+            dir,
+            token,
+            askpass,
+        })
+    }
+
+    /// Runs `git -C dir -c credential.helper= ARGS`; on failure the error carries git's stderr.
+    fn run(&self, args: &[&str]) -> Result<()> {
+        let mut cmd = Command::new(self.program);
+        cmd.arg("-C")
+            .arg(self.dir)
+            .args([
+                "-c",
+                "credential.helper=",
+                "-c",
+                "advice.detachedHead=false",
+            ])
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LC_ALL", "C")
+            .env_remove("SDCI_GIT_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let (Some(token), Some(dir)) = (self.token, &self.askpass) {
+            cmd.env("GIT_ASKPASS", dir.path().join("askpass"))
+                .env("SDCI_GIT_TOKEN", token.expose());
+        }
+        let out = cmd.output().map_err(|e| {
+            AgentError::Git(format!(
+                "cannot run {:?}: {e} (is git installed?)",
+                self.program
+            ))
+        })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        let mut msg: Vec<&str> = tail.into_iter().rev().collect();
+        if msg.is_empty() {
+            msg.push("(no message)");
+        }
+        Err(AgentError::Git(format!(
+            "`git {}` failed ({}): {}",
+            args.first().copied().unwrap_or(""),
+            out.status,
+            msg.join(" | ")
+        )))
+    }
+
+    /// Fetches exactly `sha` from `url` into a fresh repository at the directory, and checks it
+    /// out (detached).
+    pub fn fetch_commit(&self, url: &str, sha: &CommitSha) -> Result<Fetched> {
+        if url_has_credentials(url) {
+            // It would end up in git's argv and config; tokens travel in the job's `token`.
+            return Err(AgentError::Git(
+                "the clone URL carries credentials (user:password@); the token belongs in the job's token field".into(),
+            ));
+        }
+        match std::fs::symlink_metadata(self.dir) {
+            Ok(_) => std::fs::remove_dir_all(self.dir).map_err(|e| {
+                AgentError::io(
+                    format!("removing the previous checkout {}", self.dir.display()),
+                    e,
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(AgentError::io(
+                    format!("inspecting {}", self.dir.display()),
+                    e,
+                ))
+            }
+        }
+        std::fs::create_dir_all(self.dir)
+            .map_err(|e| AgentError::io(format!("creating {}", self.dir.display()), e))?;
+        let format = if sha.as_str().len() == 64 {
+            "sha256"
+        } else {
+            "sha1"
+        };
+        self.run(&["init", "-q", &format!("--object-format={format}")])?;
+        self.run(&["remote", "add", "origin", url])?;
+        let fetched = match self.run(&[
+            "-c",
+            "protocol.version=2",
+            "fetch",
+            "-q",
+            "--no-tags",
+            "--depth",
+            "1",
+            "origin",
+            sha.as_str(),
+        ]) {
+            Ok(()) => Fetched::Shallow,
+            Err(e) => {
+                tracing::info!(error = %e, "shallow fetch refused; fetching the whole repository");
+                self.run(&[
+                    "fetch",
+                    "-q",
+                    "--no-tags",
+                    "origin",
+                    "+refs/heads/*:refs/remotes/origin/*",
+                    "+refs/pull/*/head:refs/remotes/origin/pull/*",
+                ])?;
+                Fetched::Full
+            }
+        };
+        self.run(&["cat-file", "-e", &format!("{sha}^{{commit}}")])
+            .map_err(|_| AgentError::Git(format!("commit {sha} is not in {url}")))?;
+        self.run(&["checkout", "-q", "--detach", sha.as_str()])?;
+        Ok(fetched)
+    }
+}
+
+/// True when an URL has a `userinfo@` part before its host.
+fn url_has_credentials(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    authority.contains('@')
+}
+
+/// Copies `files/config.json.example` → `config.json` and `sd-journalist.sec.example` →
+/// `sd-journalist.sec` when the examples exist; returns the files written.
+pub fn copy_examples(dir: &Path) -> Result<Vec<&'static str>> {
+    let mut written = Vec::new();
+    for (from, to) in [
+        ("files/config.json.example", "config.json"),
+        ("sd-journalist.sec.example", "sd-journalist.sec"),
+    ] {
+        let src = dir.join(from);
+        if !src.is_file() {
+            continue;
+        }
+        std::fs::copy(&src, dir.join(to))
+            .map_err(|e| AgentError::io(format!("copying {from} to {to}"), e))?;
+        written.push(to);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_urls_with_credentials_are_refused_before_git_runs() {
+        assert!(url_has_credentials("https://x-access-token:ghs_x@github.com/o/r.git"));
+        assert!(!url_has_credentials("https://github.com/o/r.git"));
+        assert!(!url_has_credentials("/srv/git/o/r"));
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("co");
+        let git = Git::new("/nonexistent/git", &target, None).unwrap();
+        let sha: CommitSha = "0123456789abcdef0123456789abcdef01234567".parse().unwrap();
+        let err = git.fetch_commit("https://u:secret@github.com/o/r.git", &sha).unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert!(!target.exists(), "nothing was created");
+    }
+
+    #[test]
+    fn the_askpass_script_answers_user_and_password_prompts() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = Secret::new("ghs_askpass_test");
+        let git = Git::new("git", dir.path(), Some(&token)).unwrap();
+        let script = git.askpass.as_ref().unwrap().path().join("askpass");
+        let ask = |prompt: &str| {
+            let out = Command::new(&script)
+                .arg(prompt)
+                .env("SDCI_GIT_TOKEN", token.expose())
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(ask("Username for 'https://github.com': "), "x-access-token\n");
+        assert_eq!(ask("Password for 'https://x-access-token@github.com': "), "ghs_askpass_test\n");
+        let mode = std::fs::metadata(&script).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn examples_are_copied_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("files")).unwrap();
+        std::fs::write(dir.path().join("files/config.json.example"), "{}").unwrap();
+        assert_eq!(copy_examples(dir.path()).unwrap(), ["config.json"]);
+        assert_eq!(std::fs::read_to_string(dir.path().join("config.json")).unwrap(), "{}");
+        assert!(!dir.path().join("sd-journalist.sec").exists());
+    }
+}

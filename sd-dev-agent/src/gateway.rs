@@ -1,0 +1,77 @@
+//! The host-side subcommands (`status`, `token`, `head`, `ci-config`): what `sdci-host` runs
+//! instead of calling GitHub itself (contracts §5). Each parses its arguments into the protocol's
+//! validated types first, so bad input is a usage error before any request is made; results go
+//! to stdout, logs to stderr.
+
+use crate::ci_config::{self, CI_CONFIG_PATH};
+use crate::config::Config;
+use crate::error::{AgentError, Result};
+use crate::github::{GitHub, StatusUpdate};
+use sdci_protocol::{CommitSha, RepoName, StatusState};
+
+fn repo(s: &str) -> Result<RepoName> {
+    s.parse()
+        .map_err(|e| AgentError::Usage(format!("--repo: {e}")))
+}
+
+fn sha(s: &str) -> Result<CommitSha> {
+    s.parse()
+        .map_err(|e| AgentError::Usage(format!("--sha: {e}")))
+}
+
+/// `status`: posts one commit status.
+pub async fn status(
+    cfg: &Config,
+    repo_arg: &str,
+    sha_arg: &str,
+    state: &str,
+    description: &str,
+    target_url: Option<&str>,
+    context: Option<&str>,
+) -> Result<()> {
+    let (repo, sha) = (repo(repo_arg)?, sha(sha_arg)?);
+    let state: StatusState = state
+        .parse()
+        .map_err(|e: String| AgentError::Usage(format!("--state: {e}")))?;
+    let gh = GitHub::from_config(cfg)?;
+    let update = StatusUpdate {
+        state,
+        description: description.to_owned(),
+        target_url: target_url.map(str::to_owned),
+        context: context.unwrap_or(&cfg.context).to_owned(),
+    };
+    gh.post_status(&repo, &sha, &update).await
+}
+
+/// `token`: a short-lived installation token for one repository, as a JSON line.
+pub async fn token(cfg: &Config, repo_arg: &str) -> Result<String> {
+    let repo = repo(repo_arg)?;
+    let gh = GitHub::from_config(cfg)?;
+    let t = gh.installation_token(&repo).await?;
+    Ok(serde_json::json!({"token": t.token.expose(), "expires_at": t.expires_at}).to_string())
+}
+
+/// `head`: a branch's head commit.
+pub async fn head(cfg: &Config, repo_arg: &str, branch: &str) -> Result<String> {
+    let repo = repo(repo_arg)?;
+    if branch.is_empty() {
+        return Err(AgentError::Usage("--branch must not be empty".into()));
+    }
+    let gh = GitHub::from_config(cfg)?;
+    Ok(gh.branch_head(&repo, branch).await?.to_string())
+}
+
+/// `ci-config`: the Qubes version from `.github/workstation-ci.yml` at a commit.
+pub async fn ci_config(cfg: &Config, repo_arg: &str, sha_arg: &str) -> Result<String> {
+    let (repo, sha) = (repo(repo_arg)?, sha(sha_arg)?);
+    let gh = GitHub::from_config(cfg)?;
+    let bytes = gh
+        .file_at(&repo, &sha, CI_CONFIG_PATH)
+        .await?
+        .ok_or_else(|| {
+            AgentError::NoCiConfig(format!("{repo} has no {CI_CONFIG_PATH} at {}", sha.short()))
+        })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| AgentError::NoCiConfig(format!("{CI_CONFIG_PATH} is not UTF-8 text")))?;
+    ci_config::qubes_version(&text)
+}

@@ -1,0 +1,490 @@
+//! The GitHub gateway subcommands against the GitHub stand-in: authentication (PAT and App),
+//! retries, rate limits, the description cap, exit codes, and no token in any output.
+#![allow(clippy::unwrap_used)]
+
+use sdci_tests::github::{GitHub, RateLimit, TEST_APP_PRIVATE_KEY};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, UNIX_EPOCH};
+
+const REPO: &str = "freedomofpress/securedrop-workstation";
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+const PAT: &str = "ghp_standinPersonalAccessToken0001";
+
+struct Setup {
+    gh: GitHub,
+    dir: tempfile::TempDir,
+}
+
+/// A stand-in with the repository registered, and an agent config in token or App mode.
+fn setup(app: bool, extra_toml: &str) -> Setup {
+    let gh = GitHub::start();
+    gh.add_repo(REPO);
+    let dir = tempfile::tempdir().unwrap();
+    let auth = if app {
+        gh.set_app(12345, 678, TEST_APP_PRIVATE_KEY);
+        let key = dir.path().join("app.pem");
+        std::fs::write(&key, TEST_APP_PRIVATE_KEY).unwrap();
+        format!(
+            "[app]\napp_id = 12345\ninstallation_id = 678\nprivate_key_file = {:?}\n",
+            key.display().to_string()
+        )
+    } else {
+        gh.add_pat(PAT);
+        let token = dir.path().join("token");
+        std::fs::write(&token, format!("{PAT}\n")).unwrap();
+        format!("token_file = {:?}\n", token.display().to_string())
+    };
+    // Top-level keys before any table: the App section goes last.
+    let config = if app {
+        format!("api_url = {:?}\n{extra_toml}\n{auth}", gh.url())
+    } else {
+        format!("api_url = {:?}\n{auth}\n{extra_toml}", gh.url())
+    };
+    std::fs::write(dir.path().join("agent.toml"), config).unwrap();
+    Setup { gh, dir }
+}
+
+const FAST_RETRY: &str = "[retry]\nmax_attempts = 4\ninitial_backoff_ms = 10\nmax_backoff_ms = 50\nmax_rate_limit_wait_secs = 5\nrequest_timeout_secs = 20\n";
+
+fn agent(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sdci-agent"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("SDCI_GITHUB_API")
+        .env_remove("SDCI_GITHUB_TOKEN_FILE")
+        .env_remove("SDCI_AGENT_CONFIG")
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap()
+}
+
+impl Setup {
+    fn config(&self) -> std::path::PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+    fn agent(&self, args: &[&str]) -> Output {
+        let out = agent(&self.config(), args);
+        self.assert_no_secret_in(&out);
+        out
+    }
+    /// Neither the PAT nor any minted installation token appears in stdout (except `token`'s
+    /// own answer, checked separately) or in the trace-level logs on stderr.
+    fn assert_no_secret_in(&self, out: &Output) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut secrets = vec![PAT.to_owned()];
+        secrets.extend(self.gh.minted().into_iter().map(|m| m.token));
+        for s in &secrets {
+            assert!(
+                !stderr.contains(s.as_str()),
+                "a token leaked into the logs:\n{stderr}"
+            );
+        }
+        assert!(
+            !stderr.contains("BEGIN RSA"),
+            "the App key leaked into the logs"
+        );
+    }
+    fn status_args<'a>(&self, state: &'a str, description: &'a str) -> Vec<&'a str> {
+        vec![
+            "status",
+            "--repo",
+            REPO,
+            "--sha",
+            SHA,
+            "--state",
+            state,
+            "--description",
+            description,
+        ]
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn status_with_a_personal_access_token_posts_the_documented_request() {
+    let s = setup(false, "");
+    let mut args = s.status_args("pending", "queued");
+    args.extend(["--target-url", "https://ci.example/jobs/1"]);
+    let out = s.agent(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let statuses = s.gh.statuses();
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(statuses[0].state, "pending");
+    assert_eq!(statuses[0].description.as_deref(), Some("queued"));
+    assert_eq!(statuses[0].context, "sd-ci-runner");
+    assert_eq!(
+        statuses[0].target_url.as_deref(),
+        Some("https://ci.example/jobs/1")
+    );
+    let req = &s.gh.requests()[0];
+    assert_eq!(req.path, format!("/repos/{REPO}/statuses/{SHA}"));
+    assert_eq!(req.header("authorization"), Some("Bearer <redacted>"));
+    assert_eq!(req.header("accept"), Some("application/vnd.github+json"));
+    assert_eq!(req.header("x-github-api-version"), Some("2022-11-28"));
+    assert!(req.header("user-agent").unwrap().starts_with("sdci-agent/"));
+}
+
+#[test]
+fn the_context_can_be_chosen_per_call() {
+    let s = setup(false, "");
+    let mut args = s.status_args("success", "ok");
+    args.extend(["--context", "sd-ci-runner/4.2"]);
+    let out = s.agent(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(s.gh.statuses()[0].context, "sd-ci-runner/4.2");
+}
+
+#[test]
+fn app_mode_posts_with_a_token_narrowed_to_the_repository_and_two_permissions() {
+    let s = setup(true, "");
+    let out = s.agent(&s.status_args("success", "all 8 steps passed"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let minted = s.gh.minted();
+    assert_eq!(minted.len(), 1);
+    assert_eq!(minted[0].installation_id, 678);
+    assert_eq!(
+        minted[0].repositories.as_deref(),
+        Some(&["securedrop-workstation".to_owned()][..])
+    );
+    let perms = minted[0].permissions.clone().unwrap();
+    assert_eq!(perms.len(), 2, "{perms:?}");
+    assert_eq!(perms["statuses"], "write");
+    assert_eq!(perms["contents"], "read");
+    let reqs = s.gh.requests();
+    assert_eq!(reqs[0].path, "/app/installations/678/access_tokens");
+    assert_eq!(reqs[0].status, 201, "the JWT was accepted");
+    assert_eq!(
+        reqs[1].status, 201,
+        "the status was accepted with the minted token"
+    );
+    assert_eq!(s.gh.statuses()[0].state, "success");
+}
+
+#[test]
+fn token_prints_a_short_lived_installation_token_and_its_expiry_as_json() {
+    let s = setup(true, "");
+    let out = agent(&s.config(), &["token", "--repo", REPO]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let minted = s.gh.minted();
+    assert_eq!(v["token"], minted[0].token.as_str());
+    assert_eq!(v["expires_at"], minted[0].expires_at.as_str());
+    assert!(
+        !stderr(&out).contains(&minted[0].token),
+        "the token is on stdout only"
+    );
+}
+
+#[test]
+fn token_without_an_app_is_a_configuration_error() {
+    let s = setup(false, "");
+    let out = s.agent(&["token", "--repo", REPO]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr(&out).contains("GitHub App"), "{}", stderr(&out));
+    assert!(s.gh.requests().is_empty());
+}
+
+#[test]
+fn a_jwt_signed_with_another_key_is_refused_by_github() {
+    let s = setup(true, "");
+    // GitHub knows a different public key than the one the agent signs with.
+    let other = Command::new("openssl")
+        .args(["genrsa", "-traditional", "2048"])
+        .output()
+        .expect("openssl (Debian base system) makes a second key");
+    assert!(other.status.success());
+    s.gh.set_app(12345, 678, &String::from_utf8(other.stdout).unwrap());
+    let out = s.agent(&s.status_args("pending", "x"));
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    assert!(s.gh.statuses().is_empty());
+}
+
+#[test]
+fn head_prints_the_branch_head_commit() {
+    let s = setup(false, "");
+    s.gh.set_branch(REPO, "release/4.2", SHA);
+    let out = s.agent(&["head", "--repo", REPO, "--branch", "release/4.2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), SHA);
+    let missing = s.agent(&["head", "--repo", REPO, "--branch", "nope"]);
+    assert_eq!(missing.status.code(), Some(78));
+    assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
+}
+
+#[test]
+fn ci_config_prints_the_qubes_version_quoted_or_plain() {
+    let s = setup(true, "");
+    let other = "1111111111111111111111111111111111111111";
+    s.gh.add_file(
+        REPO,
+        SHA,
+        ".github/workstation-ci.yml",
+        b"# see sdci\nqubes: \"4.2\"\n",
+    );
+    s.gh.add_file(REPO, other, ".github/workstation-ci.yml", b"qubes: 4.1\n");
+    for (sha, want) in [(SHA, "4.2"), (other, "4.1")] {
+        let out = s.agent(&["ci-config", "--repo", REPO, "--sha", sha]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    }
+    assert!(s
+        .gh
+        .minted()
+        .iter()
+        .all(|m| m.permissions.as_ref().unwrap()["contents"] == "read"));
+}
+
+#[test]
+fn ci_config_exits_3_and_says_so_when_the_file_or_key_is_missing() {
+    let s = setup(false, "");
+    let out = s.agent(&["ci-config", "--repo", REPO, "--sha", SHA]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("has no .github/workstation-ci.yml"),
+        "{}",
+        stderr(&out)
+    );
+    s.gh.add_file(REPO, SHA, ".github/workstation-ci.yml", b"other: 1\n");
+    let out = s.agent(&["ci-config", "--repo", REPO, "--sha", SHA]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("no top-level `qubes:` key"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_status_is_retried_after_502s_and_posted_once() {
+    let s = setup(false, FAST_RETRY);
+    s.gh.fail_next(2, 502);
+    let out = s.agent(&s.status_args("pending", "queued"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let codes: Vec<u16> = s.gh.requests().iter().map(|r| r.status).collect();
+    assert_eq!(codes, [502, 502, 201]);
+    assert_eq!(s.gh.statuses().len(), 1);
+}
+
+#[test]
+fn github_down_through_every_retry_exits_2() {
+    let s = setup(false, FAST_RETRY);
+    s.gh.fail_next(10, 503);
+    let out = s.agent(&s.status_args("error", "VM died"));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unreachable"), "{}", stderr(&out));
+    assert_eq!(s.gh.requests().len(), 4, "max_attempts = 4");
+}
+
+#[test]
+fn an_outage_window_is_ridden_out_by_the_retries() {
+    let s = setup(
+        false,
+        "[retry]\nmax_attempts = 30\ninitial_backoff_ms = 20\nmax_backoff_ms = 100\n",
+    );
+    s.gh.outage_for(Duration::from_millis(300), 503);
+    let out = s.agent(&s.status_args("pending", "queued"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let reqs = s.gh.requests();
+    assert!(reqs.len() >= 2, "at least one 503 first");
+    assert_eq!(reqs.last().unwrap().status, 201);
+}
+
+fn reset_of(req: &sdci_tests::github::RecordedRequest) -> std::time::SystemTime {
+    let secs: u64 = req
+        .response_header("x-ratelimit-reset")
+        .unwrap()
+        .parse()
+        .unwrap();
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[test]
+fn a_primary_rate_limit_is_waited_out_until_its_reset() {
+    let s = setup(false, FAST_RETRY);
+    s.gh.rate_limit_next(RateLimit::Primary {
+        status: 403,
+        reset_after: Duration::from_secs(1),
+    });
+    let out = s.agent(&s.status_args("pending", "queued"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let reqs = s.gh.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].status, 403);
+    assert_eq!(reqs[0].response_header("x-ratelimit-remaining"), Some("0"));
+    assert!(
+        reqs[1].at >= reset_of(&reqs[0]),
+        "retried before x-ratelimit-reset"
+    );
+    assert_eq!(reqs[1].status, 201);
+}
+
+#[test]
+fn a_secondary_rate_limit_honours_retry_after() {
+    let s = setup(false, FAST_RETRY);
+    s.gh.rate_limit_next(RateLimit::Secondary {
+        status: 429,
+        retry_after: Duration::from_secs(1),
+    });
+    let out = s.agent(&s.status_args("pending", "queued"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let reqs = s.gh.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].response_header("retry-after"), Some("1"));
+    assert!(reqs[1].at.duration_since(reqs[0].at).unwrap() >= Duration::from_secs(1));
+}
+
+#[test]
+fn a_rate_limit_longer_than_the_maximum_wait_fails_with_exit_2() {
+    let s = setup(false, FAST_RETRY);
+    s.gh.rate_limit_next(RateLimit::Primary {
+        status: 429,
+        reset_after: Duration::from_secs(3600),
+    });
+    let out = s.agent(&s.status_args("pending", "queued"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("rate limit"), "{}", stderr(&out));
+    assert_eq!(s.gh.requests().len(), 1, "no retry before the reset");
+}
+
+#[test]
+fn a_description_over_140_characters_is_cut_before_posting() {
+    let s = setup(false, "");
+    let long = "step \"make-test\" failed: ".to_owned() + &"x".repeat(300);
+    let out = s.agent(&s.status_args("failure", &long));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let d = s.gh.statuses()[0].description.clone().unwrap();
+    assert_eq!(d.chars().count(), 140);
+    assert!(d.starts_with("step \"make-test\" failed: ") && d.ends_with('…'));
+}
+
+#[test]
+fn bad_arguments_are_usage_errors_and_send_nothing() {
+    let s = setup(false, "");
+    for args in [
+        s.status_args("running", "x"),
+        vec![
+            "status",
+            "--repo",
+            "not-a-repo",
+            "--sha",
+            SHA,
+            "--state",
+            "pending",
+            "--description",
+            "x",
+        ],
+        vec![
+            "status",
+            "--repo",
+            REPO,
+            "--sha",
+            "abc",
+            "--state",
+            "pending",
+            "--description",
+            "x",
+        ],
+        vec!["status", "--repo", REPO],
+    ] {
+        let out = s.agent(&args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+    }
+    assert!(s.gh.requests().is_empty());
+}
+
+#[test]
+fn environment_variables_override_the_api_and_the_token_file() {
+    let s = setup(true, "");
+    let token = s.dir.path().join("pat");
+    std::fs::write(&token, PAT).unwrap();
+    s.gh.add_pat(PAT);
+    // The file names an unreachable API; the environment wins.
+    let cfg = s.dir.path().join("env.toml");
+    std::fs::write(&cfg, "api_url = \"http://127.0.0.1:9\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sdci-agent"))
+        .args([
+            "status",
+            "--repo",
+            REPO,
+            "--sha",
+            SHA,
+            "--state",
+            "pending",
+            "--description",
+            "q",
+        ])
+        .env("SDCI_AGENT_CONFIG", &cfg)
+        .env("SDCI_GITHUB_API", s.gh.url())
+        .env("SDCI_GITHUB_TOKEN_FILE", &token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(s.gh.minted().is_empty(), "token mode, no App token");
+    assert_eq!(s.gh.statuses().len(), 1);
+}
+
+/// The stand-in itself must hold the agent to GitHub's schema; these raw requests show it does.
+#[tokio::test]
+async fn the_stand_in_refuses_what_github_refuses() {
+    let s = setup(false, "");
+    let http = reqwest::Client::new();
+    let url = format!("{}/repos/{REPO}/statuses/{SHA}", s.gh.url());
+    let post = |body: serde_json::Value| {
+        http.post(&url)
+            .header("user-agent", "test")
+            .bearer_auth(PAT)
+            .json(&body)
+            .send()
+    };
+    let code = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        code(post(serde_json::json!({"state": "running"})).await.unwrap()),
+        422
+    );
+    assert_eq!(
+        code(post(serde_json::json!({"description": "x"})).await.unwrap()),
+        422
+    );
+    assert_eq!(
+        code(
+            post(serde_json::json!({"state": "success", "description": "x".repeat(141)}))
+                .await
+                .unwrap()
+        ),
+        422
+    );
+    assert_eq!(
+        code(
+            post(serde_json::json!({"state": "success", "stat": 1}))
+                .await
+                .unwrap()
+        ),
+        422
+    );
+    assert_eq!(
+        code(
+            post(serde_json::json!({"state": "success", "description": null}))
+                .await
+                .unwrap()
+        ),
+        201
+    );
+    let no_ua = http
+        .post(&url)
+        .bearer_auth(PAT)
+        .json(&serde_json::json!({"state": "success"}));
+    // reqwest adds no User-Agent unless asked.
+    assert_eq!(code(no_ua.send().await.unwrap()), 403);
+    let anon = http
+        .post(&url)
+        .header("user-agent", "t")
+        .json(&serde_json::json!({"state": "success"}));
+    assert_eq!(code(anon.send().await.unwrap()), 401);
+    assert_eq!(s.gh.statuses().len(), 1);
+}

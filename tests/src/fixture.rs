@@ -1,0 +1,222 @@
+//! A git repository shaped like SecureDrop Workstation, built by the tests (issue "End to end").
+//!
+//! What it has, and why:
+//! - a `Makefile` with SDW's targets (`clone`, `dev`, `test`, `test-prereqs`,
+//!   `install-dom0-test-prereqs`); `clone` reads the tree back from the dev VM the way SDW's
+//!   `scripts/clone-to-dom0` does (`qvm-run --pass-io $dev_vm "tar -c --exclude-vcs ..."`, then
+//!   wipe and unpack into `~/securedrop-workstation`), so sd-dev must keep the checkout in place;
+//! - three relative symlinks into sibling directories (`launcher/sdw_notify -> ../sdw_notify`, ...)
+//!   and executable scripts, which the tarball must carry intact;
+//! - `files/config.json.example` and `sd-journalist.sec.example`, which the agent copies;
+//!   `make test` fails without the copies, as SDW's `test-prereqs` does;
+//! - a knob, `ci/test-mode` (`pass`, `fail`, `hang`, `flood`), to make `make test` pass, fail,
+//!   hang or print a lot;
+//! - a snapshot check: `make dev` leaves `~/.fixture-ran-<sha>` in dom0, and `make test` fails if
+//!   a marker of *another* commit is there, i.e. if the VM was not reverted between jobs.
+
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How `make test` behaves in the fixture's commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestMode {
+    Pass,
+    Fail,
+    Hang,
+    Flood,
+}
+
+impl TestMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+            Self::Hang => "hang",
+            Self::Flood => "flood",
+        }
+    }
+}
+
+/// A fixture repository on disk; `path` is usable as a git clone URL.
+pub struct Fixture {
+    pub path: PathBuf,
+}
+
+const MAKEFILE: &str = r#"# Shaped like SecureDrop Workstation's Makefile (the targets sdci drives).
+SHELL := /bin/bash
+.PHONY: clone dev test test-prereqs install-dom0-test-prereqs assert-dom0
+
+assert-dom0:
+	@test -n "$${SDCI_GUEST_ROOT:-}" || test "$$(hostname)" = dom0 || { echo "must run in dom0"; exit 1; }
+
+clone: assert-dom0
+	@scripts/clone-to-dom0
+
+dev: assert-dom0
+	@scripts/dev
+
+install-dom0-test-prereqs:
+	@echo "Installing dom0 test prerequisites"
+	sudo qubes-dom0-update -y python3-pytest python3-pytest-cov python3-pytest-xdist
+
+test-prereqs:
+	@test -f config.json || { echo "config.json missing: copy files/config.json.example"; exit 1; }
+	@test -f sd-journalist.sec || { echo "sd-journalist.sec missing"; exit 1; }
+
+test: test-prereqs
+	@scripts/run-tests
+"#;
+
+const CLONE_TO_DOM0: &str = r#"#!/bin/bash
+# Like SDW's scripts/clone-to-dom0: read the checkout back from the dev VM, replace ours.
+set -euo pipefail
+dev_vm=${SECUREDROP_DEV_VM:-sd-dev}
+dev_dir=${SECUREDROP_DEV_DIR:-/home/user/securedrop-workstation}
+tarball=$(mktemp /tmp/sd-proj.XXXXXX.tar)
+trap 'rm -f "$tarball"' EXIT
+echo "Cloning $dev_dir from $dev_vm"
+qvm-run --pass-io "$dev_vm" "tar -c --exclude-vcs -C $(dirname "$dev_dir") $(basename "$dev_dir")" > "$tarball"
+mkdir -p ~/securedrop-workstation
+rm -rf ~/securedrop-workstation/*
+tar xf "$tarball" -C ~/securedrop-workstation --strip-components=1
+echo "Cloned $(find ~/securedrop-workstation -type f | wc -l) files"
+"#;
+
+const DEV: &str = r#"#!/bin/bash
+set -euo pipefail
+echo "Provisioning the development environment"
+for m in ~/.fixture-ran-*; do [ -e "$m" ] && echo "found earlier marker $m"; done
+touch ~/.fixture-ran-"$(cat ci/commit-id)"
+echo "dev done"
+"#;
+
+const RUN_TESTS: &str = r#"#!/bin/bash
+set -uo pipefail
+mine=~/.fixture-ran-"$(cat ci/commit-id)"
+for m in ~/.fixture-ran-*; do
+  if [ -e "$m" ] && [ "$m" != "$mine" ]; then
+    echo "FAIL: $m exists: this VM was not reverted to a clean snapshot"; exit 1
+  fi
+done
+test -L launcher/sdw_notify && test -f launcher/sdw_notify/__init__.py || { echo "FAIL: symlink lost"; exit 1; }
+test -x scripts/run-tests || { echo "FAIL: exec bit lost"; exit 1; }
+echo "CI=${CI:-unset}"
+case "$(cat ci/test-mode)" in
+  pass)  echo "tests/test_vms.py::test_sd_vms PASSED"; echo "1 passed";;
+  fail)  echo "tests/test_vms.py::test_sd_vms FAILED"; echo "1 failed"; exit 1;;
+  hang)  echo "hanging"; sleep 100000;;
+  flood) for i in $(seq 1 20000); do echo "line $i of a very chatty test suite"; done; echo "1 passed";;
+  *) echo "unknown test mode"; exit 2;;
+esac
+"#;
+
+fn write(root: &Path, rel: &str, body: &str, exec: bool) -> Result<()> {
+    let p = root.join(rel);
+    if let Some(dir) = p.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(&p, body)?;
+    if exec {
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Fixture")
+        .env("GIT_AUTHOR_EMAIL", "fixture@example.org")
+        .env("GIT_COMMITTER_NAME", "Fixture")
+        .env("GIT_COMMITTER_EMAIL", "fixture@example.org")
+        .output()
+        .context("running git (install it with scripts/install-deps)")?;
+    if !out.status.success() {
+        bail!(
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl Fixture {
+    /// Creates the repository at `path` with one commit on `main` in the given test mode.
+    pub fn create(path: &Path, mode: TestMode) -> Result<Self> {
+        fs::create_dir_all(path)?;
+        git(path, &["init", "-q", "-b", "main"])?;
+        git(path, &["config", "uploadpack.allowAnySHA1InWant", "true"])?;
+        write(path, "Makefile", MAKEFILE, false)?;
+        write(path, "scripts/clone-to-dom0", CLONE_TO_DOM0, true)?;
+        write(path, "scripts/dev", DEV, true)?;
+        write(path, "scripts/run-tests", RUN_TESTS, true)?;
+        write(
+            path,
+            "files/config.json.example",
+            "{\"environment\": \"dev\"}\n",
+            false,
+        )?;
+        write(
+            path,
+            "sd-journalist.sec.example",
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----\nfixture\n",
+            false,
+        )?;
+        write(
+            path,
+            ".github/workstation-ci.yml",
+            "# see securedrop-workstation-ci\nqubes: \"4.2\"\n",
+            false,
+        )?;
+        for pkg in ["sdw_notify", "sdw_updater", "sdw_util"] {
+            write(path, &format!("{pkg}/__init__.py"), "", false)?;
+            write(
+                path,
+                &format!("{pkg}/{pkg}.py"),
+                "def main():\n    return 0\n",
+                false,
+            )?;
+            fs::create_dir_all(path.join("launcher"))?;
+            std::os::unix::fs::symlink(format!("../{pkg}"), path.join("launcher").join(pkg))?;
+        }
+        write(
+            path,
+            "launcher/tests/test_updater.py",
+            "def test_ok():\n    pass\n",
+            false,
+        )?;
+        write(path, "ci/test-mode", &format!("{}\n", mode.as_str()), false)?;
+        write(path, "ci/commit-id", "1\n", false)?;
+        git(path, &["add", "-A"])?;
+        git(path, &["commit", "-q", "-m", "fixture: initial"])?;
+        Ok(Self {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Commits a new test mode (and a new commit id) and returns the new head sha.
+    pub fn commit_mode(&self, mode: TestMode, message: &str) -> Result<String> {
+        let n: u64 = fs::read_to_string(self.path.join("ci/commit-id"))?
+            .trim()
+            .parse()
+            .unwrap_or(1);
+        write(
+            &self.path,
+            "ci/test-mode",
+            &format!("{}\n", mode.as_str()),
+            false,
+        )?;
+        write(&self.path, "ci/commit-id", &format!("{}\n", n + 1), false)?;
+        git(&self.path, &["commit", "-q", "-am", message])?;
+        self.head()
+    }
+
+    /// The sha of `main`'s head.
+    pub fn head(&self) -> Result<String> {
+        git(&self.path, &["rev-parse", "HEAD"])
+    }
+}

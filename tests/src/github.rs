@@ -1,0 +1,987 @@
+//! A GitHub stand-in for tests: an axum server on `127.0.0.1:0` implementing the REST endpoints
+//! `sdci-agent` uses, plus git's "dumb HTTP" protocol for clones, with switches for outages and
+//! rate limits. It follows GitHub's documented behaviour (REST API 2022-11-28):
+//!
+//! | endpoint | checks |
+//! |---|---|
+//! | `POST /repos/{o}/{r}/statuses/{sha}` | token with `statuses: write`; body: `state` required, one of `error`, `failure`, `pending`, `success`; `description` string or null, at most 140 characters; `target_url` string or null; `context` string (default `default`); no other fields (stricter than GitHub, to catch typos) |
+//! | `GET /repos/{o}/{r}/contents/{path}?ref=` | token with `contents: read`; `200` base64 file object or `404` |
+//! | `GET /repos/{o}/{r}/branches/{b}`, `GET /repos/{o}/{r}/git/ref/heads/{b}` | token with `contents: read` |
+//! | `POST /app/installations/{id}/access_tokens` | RS256 JWT (signature, `iss` = app id, `exp` in the future and at most 10 minutes after `iat`); body: `repositories` (names of registered repos), `repository_ids`, `permissions` (`read`/`write`/`admin`) |
+//! | `GET /{o}/{r}.git/...` | git dumb HTTP from a registered repository, Basic auth with a token that may read contents |
+//!
+//! Every request must carry a `User-Agent` (GitHub answers 403 otherwise). Every request is
+//! recorded (method, path, query, headers with `Authorization` reduced to its scheme, body, the
+//! status answered) for assertions. Invariants: the stand-in never stores a secret in a
+//! recorded request; faults (outages, rate limits) are applied before routing, in the order
+//! they were queued.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine;
+use ring::signature::KeyPair;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A GitHub App private key for tests only (2048-bit RSA, PKCS#1 PEM as GitHub issues them).
+/// It protects nothing: it exists so the agent's App mode can be exercised against the stand-in.
+pub const TEST_APP_PRIVATE_KEY: &str = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEAxmoXAG78dB5wB8nXRyr84AMJR6C4XRNb5NMLm3WuBdTgSno3\nxzBpC38AWzLkr71fGLjyjzKnuk7OOncwMzHIw8psrUXO2J5nDGBj9NlHeADDF6L7\nFSveBpceLkbHIXAkh7w6pxEqV281pcdOU5EO+uo47PNFo5IHdIRM+LVjYUVxrnYR\nXDrqie1fVpJy/4mrkhMl3yxOSqtDtrMSCq/dVZ0LoxysedJYIhmJ2uhocPLfJLRZ\nuV+24QaOZel5LfV9Z4d/ovkAyi8s+x78n9gCN6/hHVsXyDffRA81jj0L5DPEHyPM\n2nefqAlOqJggjx/9avwVxVrG+puKVdLhRsVFpwIDAQABAoIBAFipLXAXKB4nP75r\nNhRqJCdhk/L64YdN0EFXARfNpR6b+kGtjWEnw7jMXndiLYhOIcFlW5Ybd5GsB0Fe\n4x3tQB4lRRzEVeK8HaYNKH1P3jzEcmkMfg/+0y60tlrNa8wIVXqF5NuksvvxCNL0\nVY7IAh6jLR7MsjCeX1B0kgSM4USkPvGfxVgIOjdceGoOaIIjl3Tq/FVtqF8Eu7+/\n5CmBqwW2rzGXAdKURInyu5GFpjCiyZgSO+oJDMHULRqmZAvC/JFOBy6l41Cd+6dg\nI/iHI72RmG52f1NjGe0UBGoFaYJXshLOSY9xk3U7q6bTSWiGjz9VfFV1gsuSrLr0\n67CbloECgYEA5EhLpKPsHSzGNR49K92vi5UY5NLqsXrPNwos22h/2KY7b7D2RFyH\nIK4uvcqiJeDBo8LKHa3fgnRLbh4QzJ36rD99FClgQivkXAiVatIS4Hkp2F4EOUyF\nHbIAxBrF1U+uLW1Zm83uSx2XHZmxSLdeCnLT77zV8gmAFQpWfdMuTMECgYEA3oFo\nQ3p7UAm+Hj+C9zYG50JNzgnsHuZQ5srBkfaOEvlxflyWQLphhjscg+hU8tPzAbcC\nCcugLMbd8d0mX2yuOnKF+G25j6mRADFrBenkHCbwoVL6ZsaTY2UW+IJ1jDLDCfvs\nwMO1VjHUn7k3YwwBw+wu3XXaNaQ6lasj7z5pZGcCgYEAvENjHsSRVP43+FaX3DVX\nMKYlgZDwPK4rdhjOJaRoyyNMoTAv6PDl/+2mXp9eWh6hk4xxY0ihq9R84LOq5xTi\nRmuVm6sD146bJctubkoRh05lVCs1EIwqu/Kw7wmlXeX4nz4vSG7stsYQejjmHDId\nPEC2yF/TkWiEWNXNvrcK2AECgYAQWrCgLRN9OYoYzRBCPV1aiBwR5dbOGp2dqQ97\nPAULTfxSjlmY3lomtJeO9nev9XYqDRqAP9BBGkjb6yZT4zgXIa3JKb922L7Ipdk4\n8Q0MKKyNHv06qqPQrXB3yZb8PArr4/Ft5bShZj47kzCH/izvCqATNQNZ5/1KXO7i\nOdMjRwKBgQC6etCoswUtKjllcsa3Hoxspw1MbCQGIbJ2gKHk+LyKNU82pZxWhs9J\nHQYKDM5AbXYq6MBZbIK70znTUkP7+b+G5yP+n1fUhQs+HkezMjEIFk8HaiWJImbG\nnXs+doSWYNf1S6UwxoMlJJkyQhVVzuc7i95dejmCawVdy1yDjX6BBQ==\n-----END RSA PRIVATE KEY-----";
+
+/// One request as the stand-in saw it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// Lower-case names; `authorization` shows only its scheme (`Bearer <redacted>`).
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// The status code the stand-in answered, and its headers (e.g. `x-ratelimit-reset`).
+    pub status: u16,
+    pub response_headers: Vec<(String, String)>,
+    /// When the request arrived (before the answer was decided).
+    pub at: SystemTime,
+}
+
+impl RecordedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn response_header(&self, name: &str) -> Option<&str> {
+        self.response_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A commit status the stand-in accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitStatus {
+    pub repo: String,
+    pub sha: String,
+    pub state: String,
+    pub description: Option<String>,
+    pub target_url: Option<String>,
+    pub context: String,
+}
+
+/// An installation token the stand-in minted, with the narrowing it was asked for.
+#[derive(Debug, Clone)]
+pub struct MintedToken {
+    pub installation_id: u64,
+    pub repositories: Option<Vec<String>>,
+    pub permissions: Option<BTreeMap<String, String>>,
+    pub token: String,
+    pub expires_at: String,
+}
+
+/// A rate-limit answer, as GitHub documents them.
+#[derive(Debug, Clone, Copy)]
+pub enum RateLimit {
+    /// Primary limit: `status` (403 or 429), `x-ratelimit-remaining: 0`, `x-ratelimit-reset` =
+    /// now + `reset_after` (epoch seconds, rounded up).
+    Primary { status: u16, reset_after: Duration },
+    /// Secondary limit: `status` (403 or 429) with `retry-after` (whole seconds, rounded up).
+    Secondary { status: u16, retry_after: Duration },
+}
+
+#[derive(Default)]
+struct Repo {
+    branches: HashMap<String, String>,
+    files: HashMap<(String, String), Vec<u8>>,
+    git_dir: Option<PathBuf>,
+}
+
+struct App {
+    app_id: u64,
+    installation_id: u64,
+    public_key: Vec<u8>,
+}
+
+enum Fault {
+    Status(u16),
+    Rate(RateLimit),
+}
+
+#[derive(Default)]
+struct Inner {
+    repos: HashMap<String, Repo>,
+    pats: Vec<String>,
+    app: Option<App>,
+    minted: Vec<MintedToken>,
+    statuses: Vec<CommitStatus>,
+    requests: Vec<RecordedRequest>,
+    faults: VecDeque<Fault>,
+    outage_until: Option<(Instant, u16)>,
+    counter: u64,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+/// The running stand-in. Dropping it stops the server.
+pub struct GitHub {
+    url: String,
+    inner: Shared,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GitHub {
+    /// Starts the server on a free loopback port, on its own thread and runtime, so it serves
+    /// synchronous and asynchronous tests alike.
+    pub fn start() -> Self {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port for GitHub");
+        listener
+            .set_nonblocking(true)
+            .expect("set the listener non-blocking");
+        let url = format!(
+            "http://{}",
+            listener.local_addr().expect("listener has an address")
+        );
+        let inner: Shared = Arc::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let state = inner.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build the stand-in's runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let app = Router::new().fallback(handle).with_state(state);
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Self {
+            url,
+            inner,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:40123` (use as the API base).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The clone URL of a repository served with [`GitHub::serve_git`].
+    pub fn clone_url(&self, repo: &str) -> String {
+        format!("{}/{repo}.git", self.url)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a repository (`owner/name`).
+    pub fn add_repo(&self, repo: &str) {
+        self.lock().repos.entry(repo.to_owned()).or_default();
+    }
+
+    /// Sets a branch's head commit (registers the repository if needed).
+    pub fn set_branch(&self, repo: &str, branch: &str, sha: &str) {
+        self.lock()
+            .repos
+            .entry(repo.to_owned())
+            .or_default()
+            .branches
+            .insert(branch.to_owned(), sha.to_owned());
+    }
+
+    /// Adds a file at a commit (registers the repository if needed).
+    pub fn add_file(&self, repo: &str, sha: &str, path: &str, content: &[u8]) {
+        self.lock()
+            .repos
+            .entry(repo.to_owned())
+            .or_default()
+            .files
+            .insert((sha.to_owned(), path.to_owned()), content.to_vec());
+    }
+
+    /// Serves the git repository at `path` (bare, or a work tree with `.git`) over git's dumb
+    /// HTTP protocol at [`GitHub::clone_url`]. Dumb HTTP cannot fetch shallow, so a client that
+    /// asks for a shallow fetch sees a refusal and must fall back to a full fetch.
+    pub fn serve_git(&self, repo: &str, path: &Path) {
+        let git_dir = if path.join(".git").is_dir() {
+            path.join(".git")
+        } else {
+            path.to_path_buf()
+        };
+        let ok = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&git_dir)
+            .arg("update-server-info")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "git update-server-info in {}", git_dir.display());
+        self.lock()
+            .repos
+            .entry(repo.to_owned())
+            .or_default()
+            .git_dir = Some(git_dir);
+    }
+
+    /// Accepts `token` as a personal access token (all permissions, all repositories).
+    pub fn add_pat(&self, token: &str) {
+        self.lock().pats.push(token.to_owned());
+    }
+
+    /// Configures a GitHub App whose JWTs are checked against `private_key_pem`'s public half.
+    pub fn set_app(&self, app_id: u64, installation_id: u64, private_key_pem: &str) {
+        let der = pem_to_der(private_key_pem).expect("a PEM private key");
+        let pair = ring::signature::RsaKeyPair::from_der(&der)
+            .or_else(|_| ring::signature::RsaKeyPair::from_pkcs8(&der))
+            .expect("an RSA private key");
+        self.lock().app = Some(App {
+            app_id,
+            installation_id,
+            public_key: pair.public_key().as_ref().to_vec(),
+        });
+    }
+
+    /// The next `n` requests are answered with `status` (e.g. 502, 503) and GitHub's error page.
+    pub fn fail_next(&self, n: usize, status: u16) {
+        let mut inner = self.lock();
+        for _ in 0..n {
+            inner.faults.push_back(Fault::Status(status));
+        }
+    }
+
+    /// Every request in the next `window` is answered with `status`.
+    pub fn outage_for(&self, window: Duration, status: u16) {
+        self.lock().outage_until = Some((Instant::now() + window, status));
+    }
+
+    /// The next request is answered with this rate limit.
+    pub fn rate_limit_next(&self, limit: RateLimit) {
+        self.lock().faults.push_back(Fault::Rate(limit));
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().requests.clone()
+    }
+
+    /// Every commit status accepted so far, in order.
+    pub fn statuses(&self) -> Vec<CommitStatus> {
+        self.lock().statuses.clone()
+    }
+
+    /// Every installation token minted so far.
+    pub fn minted(&self) -> Vec<MintedToken> {
+        self.lock().minted.clone()
+    }
+}
+
+impl Drop for GitHub {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    let b64: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC time for a Unix timestamp (no external date crate needed).
+pub fn rfc3339(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn gh_json(status: u16, body: Value) -> Response {
+    let mut resp = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(body),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        "x-github-media-type",
+        HeaderValue::from_static("github.v3; format=json"),
+    );
+    resp
+}
+
+fn message(status: u16, msg: &str) -> Response {
+    gh_json(
+        status,
+        json!({"message": msg, "documentation_url": "https://docs.github.com/rest", "status": status.to_string()}),
+    )
+}
+
+fn validation_failed(field: &str, code: &str, msg: &str) -> Response {
+    gh_json(
+        422,
+        json!({
+            "message": "Validation Failed",
+            "errors": [{"resource": "Status", "field": field, "code": code, "message": msg}],
+            "documentation_url": "https://docs.github.com/rest",
+            "status": "422"
+        }),
+    )
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn recorded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            let name = n.as_str().to_owned();
+            let value = if name == "authorization" {
+                let v = v.to_str().unwrap_or("");
+                let scheme = v.split_whitespace().next().unwrap_or("");
+                format!("{scheme} <redacted>")
+            } else {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+async fn handle(State(state): State<Shared>, req: Request) -> Response {
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), 4 << 20)
+        .await
+        .unwrap_or_default();
+    let mut inner = state.lock().unwrap_or_else(|p| p.into_inner());
+    let at = SystemTime::now();
+    let resp = respond(
+        &mut inner,
+        &method,
+        &path,
+        query.as_deref(),
+        &headers,
+        &body,
+    );
+    inner.requests.push(RecordedRequest {
+        method,
+        path,
+        query,
+        headers: recorded_headers(&headers),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        status: resp.status().as_u16(),
+        response_headers: recorded_headers(resp.headers()),
+        at,
+    });
+    resp
+}
+
+fn fault_response(fault: Fault) -> Response {
+    match fault {
+        Fault::Status(status) => {
+            let mut r = message(status, "Server Error");
+            if status == 502 {
+                // GitHub's edge answers 502 with an HTML page, not JSON.
+                r = (
+                    StatusCode::BAD_GATEWAY,
+                    "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                )
+                    .into_response();
+            }
+            r
+        }
+        Fault::Rate(RateLimit::Primary {
+            status,
+            reset_after,
+        }) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let reset = (now + reset_after).as_secs_f64().ceil() as u64;
+            let mut r = message(status, "API rate limit exceeded for installation.");
+            let h = r.headers_mut();
+            h.insert("x-ratelimit-limit", HeaderValue::from_static("5000"));
+            h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+            h.insert("x-ratelimit-used", HeaderValue::from_static("5000"));
+            h.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
+            h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+            r
+        }
+        Fault::Rate(RateLimit::Secondary {
+            status,
+            retry_after,
+        }) => {
+            let secs = retry_after.as_secs_f64().ceil() as u64;
+            let mut r = message(status, "You have exceeded a secondary rate limit.");
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
+            r
+        }
+    }
+}
+
+fn respond(
+    inner: &mut Inner,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    if let Some((until, status)) = inner.outage_until {
+        if Instant::now() < until {
+            return fault_response(Fault::Status(status));
+        }
+        inner.outage_until = None;
+    }
+    if let Some(fault) = inner.faults.pop_front() {
+        return fault_response(fault);
+    }
+    if headers.get("user-agent").is_none() {
+        return message(
+            403,
+            "Request forbidden by administrative rules. Please make sure your request has a User-Agent header.",
+        );
+    }
+    let segs: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let seg: Vec<&str> = segs.iter().map(String::as_str).collect();
+    match (method, seg.as_slice()) {
+        ("POST", ["repos", o, r, "statuses", sha]) => {
+            post_status(inner, &format!("{o}/{r}"), sha, headers, body)
+        }
+        ("GET", ["repos", o, r, "contents", rest @ ..]) if !rest.is_empty() => {
+            get_contents(inner, &format!("{o}/{r}"), &rest.join("/"), query, headers)
+        }
+        ("GET", ["repos", o, r, "branches", rest @ ..]) if !rest.is_empty() => {
+            get_branch(inner, &format!("{o}/{r}"), &rest.join("/"), headers, false)
+        }
+        ("GET", ["repos", o, r, "git", "ref", "heads", rest @ ..]) if !rest.is_empty() => {
+            get_branch(inner, &format!("{o}/{r}"), &rest.join("/"), headers, true)
+        }
+        ("POST", ["app", "installations", id, "access_tokens"]) => {
+            access_token(inner, id, headers, body)
+        }
+        ("GET", [o, r, rest @ ..]) if r.ends_with(".git") && !rest.is_empty() => {
+            let repo = format!("{o}/{}", r.trim_end_matches(".git"));
+            git_file(inner, &repo, &rest.join("/"), headers)
+        }
+        _ => message(404, "Not Found"),
+    }
+}
+
+/// Which token a request carries: `Bearer X` / `token X` (REST) or Basic `user:X` (git).
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" | "token" => Some(rest.trim().to_owned()),
+        "basic" => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .ok()?;
+            let s = String::from_utf8(raw).ok()?;
+            s.split_once(':').map(|(_, p)| p.to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// `Ok` when the request may use `permission` at `level` on `repo`, else GitHub's answer.
+fn authorize(
+    inner: &Inner,
+    headers: &HeaderMap,
+    repo: &str,
+    permission: &str,
+    level: &str,
+) -> Result<(), Box<Response>> {
+    let Some(token) = presented_token(headers) else {
+        return Err(Box::new(message(401, "Requires authentication")));
+    };
+    if inner.pats.contains(&token) {
+        return Ok(());
+    }
+    let Some(minted) = inner.minted.iter().find(|m| m.token == token) else {
+        return Err(Box::new(message(401, "Bad credentials")));
+    };
+    let name = repo.split_once('/').map_or(repo, |(_, n)| n);
+    let repo_ok = minted
+        .repositories
+        .as_ref()
+        .is_none_or(|rs| rs.iter().any(|r| r == name));
+    let rank = |l: &str| match l {
+        "read" => 1,
+        "write" => 2,
+        "admin" => 3,
+        _ => 0,
+    };
+    let perm_ok = minted.permissions.as_ref().is_none_or(|ps| {
+        ps.get(permission)
+            .is_some_and(|granted| rank(granted) >= rank(level))
+    });
+    if repo_ok && perm_ok {
+        Ok(())
+    } else {
+        Err(Box::new(message(
+            403,
+            "Resource not accessible by integration",
+        )))
+    }
+}
+
+fn post_status(
+    inner: &mut Inner,
+    repo: &str,
+    sha: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    if !inner.repos.contains_key(repo) {
+        return message(404, "Not Found");
+    }
+    if let Err(r) = authorize(inner, headers, repo, "statuses", "write") {
+        return *r;
+    }
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+        return message(400, "Problems parsing JSON");
+    };
+    for key in obj.keys() {
+        if !["state", "target_url", "description", "context"].contains(&key.as_str()) {
+            return validation_failed(key, "invalid", "unknown field");
+        }
+    }
+    let state = match obj.get("state") {
+        Some(Value::String(s))
+            if ["error", "failure", "pending", "success"].contains(&s.as_str()) =>
+        {
+            s.clone()
+        }
+        Some(_) => {
+            return validation_failed("state", "invalid", "state is not included in the list")
+        }
+        None => return validation_failed("state", "missing_field", "state is missing"),
+    };
+    let opt_string = |key: &str| -> Result<Option<String>, Box<Response>> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(Box::new(validation_failed(
+                key,
+                "invalid",
+                "must be a string or null",
+            ))),
+        }
+    };
+    let description = match opt_string("description") {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 140)
+    {
+        return validation_failed(
+            "description",
+            "custom",
+            "description is too long (maximum is 140 characters)",
+        );
+    }
+    let target_url = match opt_string("target_url") {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let context = match obj.get("context") {
+        None => "default".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return validation_failed("context", "invalid", "must be a string"),
+    };
+    inner.counter += 1;
+    let id = inner.counter;
+    inner.statuses.push(CommitStatus {
+        repo: repo.to_owned(),
+        sha: sha.to_owned(),
+        state: state.clone(),
+        description: description.clone(),
+        target_url: target_url.clone(),
+        context: context.clone(),
+    });
+    let now = rfc3339(now_unix());
+    gh_json(
+        201,
+        json!({
+            "url": format!("https://api.github.com/repos/{repo}/statuses/{sha}"),
+            "id": id, "node_id": format!("SC_{id}"), "state": state,
+            "description": description, "target_url": target_url, "context": context,
+            "created_at": now, "updated_at": now,
+            "creator": {"login": "sdci[bot]", "id": 1, "type": "Bot"}
+        }),
+    )
+}
+
+fn get_contents(
+    inner: &Inner,
+    repo: &str,
+    file: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
+    let Some(r) = inner.repos.get(repo) else {
+        return message(404, "Not Found");
+    };
+    if let Err(resp) = authorize(inner, headers, repo, "contents", "read") {
+        return *resp;
+    }
+    let Some(reference) = query_param(query, "ref") else {
+        return message(404, "Not Found");
+    };
+    let sha = r.branches.get(&reference).cloned().unwrap_or(reference);
+    let Some(content) = r.files.get(&(sha.clone(), file.to_owned())) else {
+        return message(404, "Not Found");
+    };
+    // GitHub wraps the base64 at 60 characters per line.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(content);
+    let wrapped: Vec<String> = b64
+        .as_bytes()
+        .chunks(60)
+        .map(|c| String::from_utf8_lossy(c).into_owned() + "\n")
+        .collect();
+    let name = file.rsplit('/').next().unwrap_or(file);
+    gh_json(
+        200,
+        json!({
+            "type": "file", "encoding": "base64", "size": content.len(),
+            "name": name, "path": file, "content": wrapped.concat(),
+            "sha": "0000000000000000000000000000000000000000",
+            "url": format!("https://api.github.com/repos/{repo}/contents/{file}?ref={sha}"),
+        }),
+    )
+}
+
+fn get_branch(
+    inner: &Inner,
+    repo: &str,
+    branch: &str,
+    headers: &HeaderMap,
+    as_ref: bool,
+) -> Response {
+    let Some(r) = inner.repos.get(repo) else {
+        return message(404, "Not Found");
+    };
+    if let Err(resp) = authorize(inner, headers, repo, "contents", "read") {
+        return *resp;
+    }
+    let Some(sha) = r.branches.get(branch) else {
+        return message(
+            404,
+            if as_ref {
+                "Not Found"
+            } else {
+                "Branch not found"
+            },
+        );
+    };
+    if as_ref {
+        gh_json(
+            200,
+            json!({"ref": format!("refs/heads/{branch}"), "node_id": "REF_1",
+                   "object": {"sha": sha, "type": "commit"}}),
+        )
+    } else {
+        gh_json(
+            200,
+            json!({"name": branch, "protected": false,
+                   "commit": {"sha": sha, "url": format!("https://api.github.com/repos/{repo}/commits/{sha}")}}),
+        )
+    }
+}
+
+fn b64url(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+}
+
+/// Checks an App JWT as GitHub does; `Err` carries GitHub's message.
+fn check_jwt(app: &App, jwt: &str) -> Result<(), &'static str> {
+    const BAD: &str = "A JSON web token could not be decoded";
+    let mut parts = jwt.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(BAD);
+    };
+    let header: Value = serde_json::from_slice(&b64url(h).ok_or(BAD)?).map_err(|_| BAD)?;
+    if header.get("alg").and_then(Value::as_str) != Some("RS256") {
+        return Err(BAD);
+    }
+    let sig = b64url(s).ok_or(BAD)?;
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        &app.public_key,
+    )
+    .verify(format!("{h}.{p}").as_bytes(), &sig)
+    .map_err(|_| "A JSON web token could not be decoded (signature)")?;
+    let claims: Value = serde_json::from_slice(&b64url(p).ok_or(BAD)?).map_err(|_| BAD)?;
+    let iss_ok = match claims.get("iss") {
+        Some(Value::Number(n)) => n.as_u64() == Some(app.app_id),
+        Some(Value::String(s)) => s == &app.app_id.to_string(),
+        _ => false,
+    };
+    if !iss_ok {
+        return Err("'Issuer' claim ('iss') must be an Integer");
+    }
+    let (Some(iat), Some(exp)) = (
+        claims.get("iat").and_then(Value::as_u64),
+        claims.get("exp").and_then(Value::as_u64),
+    ) else {
+        return Err("Missing 'iat' or 'exp' claim");
+    };
+    let now = now_unix();
+    if exp <= now {
+        return Err("'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires");
+    }
+    if iat > now + 60 {
+        return Err("'Issued at' claim ('iat') must be an Integer representing a time in the past");
+    }
+    if exp.saturating_sub(iat) > 600 {
+        return Err("'Expiration time' claim ('exp') is too far in the future");
+    }
+    Ok(())
+}
+
+fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let Some(app) = inner.app.as_ref() else {
+        return message(404, "Not Found");
+    };
+    let Some(jwt) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return message(401, "A JSON web token could not be decoded");
+    };
+    if let Err(m) = check_jwt(app, jwt) {
+        return message(401, m);
+    }
+    if id.parse::<u64>().ok() != Some(app.installation_id) {
+        return message(404, "Not Found");
+    }
+    let installation_id = app.installation_id;
+    let req: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => return message(400, "Problems parsing JSON"),
+        }
+    };
+    let obj = req.as_object().cloned().unwrap_or_default();
+    for key in obj.keys() {
+        if !["repositories", "repository_ids", "permissions"].contains(&key.as_str()) {
+            return validation_failed(key, "invalid", "unknown field");
+        }
+    }
+    let repositories = match obj.get("repositories") {
+        None => None,
+        Some(Value::Array(a)) => {
+            let mut names = Vec::new();
+            for v in a {
+                let Some(name) = v.as_str() else {
+                    return validation_failed("repositories", "invalid", "must be strings");
+                };
+                if name.contains('/')
+                    || !inner.repos.keys().any(|k| k.ends_with(&format!("/{name}")))
+                {
+                    return validation_failed(
+                        "repositories",
+                        "invalid",
+                        "There is at least one repository that does not exist or is not accessible to the parent installation.",
+                    );
+                }
+                names.push(name.to_owned());
+            }
+            Some(names)
+        }
+        Some(_) => return validation_failed("repositories", "invalid", "must be an array"),
+    };
+    if let Some(v) = obj.get("repository_ids") {
+        if !v.as_array().is_some_and(|a| a.iter().all(Value::is_u64)) {
+            return validation_failed("repository_ids", "invalid", "must be an array of integers");
+        }
+    }
+    let permissions = match obj.get("permissions") {
+        None => None,
+        Some(Value::Object(p)) => {
+            let mut map = BTreeMap::new();
+            for (k, v) in p {
+                match v.as_str() {
+                    Some(l @ ("read" | "write" | "admin")) => {
+                        map.insert(k.clone(), l.to_owned());
+                    }
+                    _ => {
+                        return validation_failed(
+                            "permissions",
+                            "invalid",
+                            "permission levels are read, write or admin",
+                        )
+                    }
+                }
+            }
+            Some(map)
+        }
+        Some(_) => return validation_failed("permissions", "invalid", "must be an object"),
+    };
+    inner.counter += 1;
+    let token = format!("ghs_standin{:026}", inner.counter);
+    let expires_at = rfc3339(now_unix() + 3600);
+    inner.minted.push(MintedToken {
+        installation_id,
+        repositories: repositories.clone(),
+        permissions: permissions.clone(),
+        token: token.clone(),
+        expires_at: expires_at.clone(),
+    });
+    let repo_objs: Vec<Value> = repositories
+        .iter()
+        .flatten()
+        .map(|n| json!({"name": n}))
+        .collect();
+    gh_json(
+        201,
+        json!({
+            "token": token, "expires_at": expires_at,
+            "permissions": permissions.unwrap_or_else(|| BTreeMap::from([
+                ("contents".to_owned(), "write".to_owned()),
+                ("statuses".to_owned(), "write".to_owned())])),
+            "repository_selection": if repositories.is_some() { "selected" } else { "all" },
+            "repositories": repo_objs,
+        }),
+    )
+}
+
+fn git_file(inner: &Inner, repo: &str, file: &str, headers: &HeaderMap) -> Response {
+    let Some(git_dir) = inner.repos.get(repo).and_then(|r| r.git_dir.clone()) else {
+        return message(404, "Not Found");
+    };
+    if let Err(resp) = authorize(inner, headers, repo, "contents", "read") {
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let mut r = (StatusCode::UNAUTHORIZED, "authentication required").into_response();
+            r.headers_mut().insert(
+                "www-authenticate",
+                HeaderValue::from_static("Basic realm=\"GitHub\""),
+            );
+            return r;
+        }
+        return *resp;
+    }
+    let rel = Path::new(file);
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return message(404, "Not Found");
+    }
+    match std::fs::read(git_dir.join(rel)) {
+        Ok(bytes) => {
+            let mut r = Response::new(Body::from(bytes));
+            let ct = if file == "info/refs" {
+                "text/plain"
+            } else {
+                "application/octet-stream"
+            };
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static(ct));
+            r
+        }
+        Err(_) => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_732_800_000), "2024-11-28T13:20:00Z");
+        assert_eq!(rfc3339(951_825_600), "2000-02-29T12:00:00Z");
+    }
+
+    #[test]
+    fn percent_decoding_keeps_plain_text_and_decodes_escapes() {
+        assert_eq!(percent_decode("a%2Fb%20c"), "a/b c");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}

@@ -1,0 +1,193 @@
+//! Snapshot trees: reading `VirtualMachine.snapshot`, finding a snapshot by name at any depth,
+//! and choosing which ones to prune.
+//!
+//! Invariants:
+//! - The tree is flattened parents-first, each entry knowing its parent's name; an absent
+//!   `snapshot` property means "no snapshots", not an error.
+//! - When two snapshots share a name, the newest (then the last in tree order) is the one meant.
+//! - Pruning keeps the newest `keep` snapshots with the prefix and never touches the others.
+
+use crate::hypervisor::SnapshotInfo;
+use crate::soap::Moref;
+use crate::xmltree::Element;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Parses an `xsd:dateTime` such as `2026-11-28T16:25:00.002760968Z` or with a `+hh:mm` offset.
+pub fn parse_datetime(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.split('-');
+    let (y, mo, da): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    // Split the zone off the time.
+    let (time, offset_secs) = if let Some(t) = rest.strip_suffix('Z') {
+        (t, 0i64)
+    } else if let Some(pos) = rest.rfind(['+', '-']) {
+        let (t, z) = rest.split_at(pos);
+        let sign = if z.starts_with('-') { -1 } else { 1 };
+        let (hh, mm) = z[1..].split_once(':')?;
+        (
+            t,
+            sign * (hh.parse::<i64>().ok()? * 3600 + mm.parse::<i64>().ok()? * 60),
+        )
+    } else {
+        (rest, 0)
+    };
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.split(':');
+    let (h, mi, se): (i64, i64, i64) = (
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+    );
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        let digits: String = frac.chars().take(9).collect();
+        let n: u32 = digits.parse().ok()?;
+        n * 10u32.pow(9 - digits.len() as u32)
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = if y2 >= 0 { y2 } else { y2 - 399 } / 400;
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+fn walk(node: &Element, parent: Option<&str>, current: Option<&str>, out: &mut Vec<SnapshotInfo>) {
+    let name = node.text_at("name").unwrap_or("").to_string();
+    let moref = node
+        .child("snapshot")
+        .map(|m| m.text.trim().to_string())
+        .unwrap_or_default();
+    let idx = out.len();
+    out.push(SnapshotInfo {
+        name: name.clone(),
+        moref,
+        created: node.text_at("createTime").and_then(parse_datetime),
+        parent: parent.map(str::to_string),
+        is_current: false,
+    });
+    for child in node.children_named("childSnapshotList") {
+        walk(child, Some(&name), current, out);
+    }
+    // Current when this snapshot or a descendant is the current one.
+    let subtree_current = current.is_some_and(|c| out[idx..].iter().any(|s| s.moref == c));
+    out[idx].is_current = subtree_current;
+}
+
+/// Flattens a `VirtualMachineSnapshotInfo` (the `snapshot` property's value).
+pub fn flatten(info: &Element) -> Vec<SnapshotInfo> {
+    let current = info
+        .child("currentSnapshot")
+        .map(|c| c.text.trim().to_string());
+    let mut out = Vec::new();
+    for root in info.children_named("rootSnapshotList") {
+        walk(root, None, current.as_deref(), &mut out);
+    }
+    out
+}
+
+/// The snapshot named `name`: the newest if several share it.
+pub fn find<'a>(tree: &'a [SnapshotInfo], name: &str) -> Option<&'a SnapshotInfo> {
+    tree.iter()
+        .enumerate()
+        .filter(|(_, s)| s.name == name)
+        .max_by_key(|(i, s)| (s.created, *i))
+        .map(|(_, s)| s)
+}
+
+/// Arguments of `CreateSnapshot_Task` (no memory, no quiescing).
+pub fn create_args(name: &str, description: &str) -> String {
+    format!(
+        "{}{}<memory>false</memory><quiesce>false</quiesce>",
+        crate::soap::el("name", name),
+        crate::soap::el("description", description)
+    )
+}
+
+/// Arguments of `RemoveSnapshot_Task`: children are kept (re-parented).
+pub const REMOVE_ARGS: &str = "<removeChildren>false</removeChildren>";
+
+/// The snapshot reference of an entry.
+pub fn moref(s: &SnapshotInfo) -> Moref {
+    Moref::new("VirtualMachineSnapshot", s.moref.clone())
+}
+
+/// Which snapshots to remove so that only the newest `keep` with `prefix` remain, oldest first.
+pub fn to_prune(tree: &[SnapshotInfo], prefix: &str, keep: usize) -> Vec<SnapshotInfo> {
+    let mut matching: Vec<(usize, &SnapshotInfo)> = tree
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.name.starts_with(prefix))
+        .collect();
+    matching.sort_by_key(|(i, s)| (s.created, *i));
+    let n = matching.len().saturating_sub(keep);
+    matching
+        .into_iter()
+        .take(n)
+        .map(|(_, s)| s.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datetimes_parse_with_fractions_and_offsets() {
+        let t = parse_datetime("1970-01-02T00:00:01.5Z").unwrap();
+        assert_eq!(t, UNIX_EPOCH + Duration::new(86_401, 500_000_000));
+        let a = parse_datetime("2026-11-28T16:25:00Z").unwrap();
+        let b = parse_datetime("2026-11-28T17:25:00+01:00").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            a.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_795_883_100
+        );
+        assert!(parse_datetime("yesterday").is_none());
+    }
+
+    fn snap(name: &str, secs: u64) -> SnapshotInfo {
+        SnapshotInfo {
+            name: name.into(),
+            moref: format!("snapshot-{secs}"),
+            created: Some(UNIX_EPOCH + Duration::from_secs(secs)),
+            parent: None,
+            is_current: false,
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_with_the_prefix_and_nothing_else_is_touched() {
+        let tree = vec![
+            snap("clean", 1),
+            snap("update_3", 30),
+            snap("update_1", 10),
+            snap("update_2", 20),
+        ];
+        let gone: Vec<String> = to_prune(&tree, "update_", 2)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(gone, vec!["update_1"]);
+        assert!(to_prune(&tree, "update_", 5).is_empty());
+        assert_eq!(to_prune(&tree, "update_", 0).len(), 3);
+    }
+
+    #[test]
+    fn a_shared_name_finds_the_newest() {
+        let tree = vec![snap("clean", 5), snap("clean", 9), snap("clean", 7)];
+        assert_eq!(find(&tree, "clean").unwrap().moref, "snapshot-9");
+        assert!(find(&tree, "missing").is_none());
+    }
+}
