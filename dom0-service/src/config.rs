@@ -23,6 +23,9 @@ pub struct Config {
     /// The user to switch to when started as root (Qubes 4.1). `None`: the first member of the
     /// group `qubes`, else `user`.
     pub user: Option<String>,
+    /// Stay root when started as root instead of switching to `user`. Only for simulated worlds
+    /// that cannot switch users (the end-to-end tests run everything as root); never on Qubes.
+    pub allow_root: bool,
     /// After SIGTERM at a step's timeout, how long before SIGKILL.
     pub kill_grace: Duration,
     /// After a step's main process exits, how long to wait for output from processes that left
@@ -51,6 +54,8 @@ struct File {
     jobs_dir: Option<PathBuf>,
     checkout_dir: Option<PathBuf>,
     user: Option<String>,
+    #[serde(default)]
+    allow_root: bool,
     kill_grace_secs: Option<u64>,
     drain_secs: Option<u64>,
     privileged_remove: Option<Vec<String>>,
@@ -89,6 +94,7 @@ impl Config {
             jobs_dir: home.join(".sdci/jobs"),
             checkout_dir: home.join("securedrop-workstation"),
             user: None,
+            allow_root: false,
             kill_grace: Duration::from_secs(10),
             drain: Duration::from_secs(5),
             privileged_remove: ["sudo", "-n", "rm", "-rf", "--one-file-system", "--"]
@@ -108,16 +114,21 @@ impl Config {
     /// `$HOME/.sdci/dom0.toml` if it exists, else defaults.
     pub fn load_from_env() -> Result<Self> {
         let home = home_dir()?;
-        match std::env::var_os(CONFIG_ENV) {
-            Some(p) if !p.is_empty() => Self::load_file(Path::new(&p), &home),
-            _ => {
-                let p = home.join(".sdci/dom0.toml");
-                if p.exists() {
-                    Self::load_file(&p, &home)
-                } else {
-                    Ok(Self::defaults(&home))
-                }
-            }
+        let explicit = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty());
+        Self::load(explicit.as_deref().map(Path::new), &home)
+    }
+
+    /// The lookup order, given the variable's value and the home directory: `explicit` (which
+    /// must exist), else `<home>/.sdci/dom0.toml` if present, else defaults for `home`.
+    pub fn load(explicit: Option<&Path>, home: &Path) -> Result<Self> {
+        if let Some(p) = explicit {
+            return Self::load_file(p, home);
+        }
+        let p = home.join(".sdci/dom0.toml");
+        if p.exists() {
+            Self::load_file(&p, home)
+        } else {
+            Ok(Self::defaults(home))
         }
     }
 
@@ -149,6 +160,7 @@ impl Config {
         if let Some(p) = f.checkout_dir {
             c.checkout_dir = abs("checkout_dir", p)?;
         }
+        c.allow_root = f.allow_root;
         if let Some(u) = f.user {
             if u.is_empty() {
                 return Err("user must not be empty".into());
@@ -243,6 +255,7 @@ mod tests {
             jobs_dir = "/j"
             checkout_dir = "/c"
             user = "alice"
+            allow_root = true
             kill_grace_secs = 3
             drain_secs = 4
             privileged_remove = ["doas", "rm", "-rf", "--"]
@@ -264,6 +277,7 @@ mod tests {
         let c = Config::parse(text, Path::new("/h")).unwrap();
         assert_eq!(c.jobs_dir, Path::new("/j"));
         assert_eq!(c.user.as_deref(), Some("alice"));
+        assert!(c.allow_root);
         assert_eq!(c.drain, Duration::from_secs(4));
         assert_eq!(c.privileged_remove[0], "doas");
         assert_eq!(
@@ -280,6 +294,27 @@ mod tests {
         assert_eq!(c.limits.min_free_bytes, 7);
         assert_eq!(c.launch.qvm_run, "/x/qvm-run");
         assert_eq!(c.launch.ready_timeout, Duration::from_secs(8));
+    }
+
+    #[test]
+    fn lookup_order_is_the_variable_then_the_home_file_then_defaults() {
+        let t = tempfile::tempdir().unwrap();
+        let home = t.path();
+        assert_eq!(Config::load(None, home).unwrap(), Config::defaults(home));
+        std::fs::create_dir_all(home.join(".sdci")).unwrap();
+        std::fs::write(home.join(".sdci/dom0.toml"), "user = \"from-home\"").unwrap();
+        assert_eq!(
+            Config::load(None, home).unwrap().user.as_deref(),
+            Some("from-home")
+        );
+        let explicit = home.join("explicit.toml");
+        std::fs::write(&explicit, "user = \"explicit\"").unwrap();
+        assert_eq!(
+            Config::load(Some(&explicit), home).unwrap().user.as_deref(),
+            Some("explicit")
+        );
+        let missing = Config::load(Some(&home.join("missing.toml")), home).unwrap_err();
+        assert!(missing.to_string().contains("cannot read it"), "{missing}");
     }
 
     #[test]

@@ -76,11 +76,17 @@ pub fn run(arg: Option<String>) -> i32 {
         Err(why) => return refuse_early(&format!("refused: {why}")),
     };
     if privilege::is_root() {
-        let user = match Config::load_from_env() {
-            Ok(c) => c.user.unwrap_or_else(privilege::default_user),
+        if std::env::var_os("HOME").is_none() {
+            // Qubes 4.1's policy daemon may start services without HOME; root's is /root.
+            std::env::set_var("HOME", "/root");
+        }
+        let (user, allow_root) = match Config::load_from_env() {
+            Ok(c) => (c.user.unwrap_or_else(privilege::default_user), c.allow_root),
             Err(e) => return refuse_early(&e.to_string()),
         };
-        if let Err(e) = privilege::drop_to(&user) {
+        if allow_root {
+            tracing::warn!("allow_root is set in dom0.toml: running as root (test worlds only)");
+        } else if let Err(e) = privilege::drop_to(&user) {
             return refuse_early(&e.to_string());
         }
     }

@@ -156,7 +156,14 @@ pub fn run(spec: &Spec<'_>, mut on_line: impl FnMut(&str)) -> Result<Finished> {
         let _ = tx.send(Msg::Exited);
     });
 
-    let deadline = start + spec.timeout;
+    // Durations come from files; a year is "forever" and keeps `Instant` arithmetic in range.
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    let (timeout, grace, drain) = (
+        spec.timeout.min(YEAR),
+        spec.grace.min(YEAR),
+        spec.drain.min(YEAR),
+    );
+    let deadline = start + timeout;
     let mut timed_out = false;
     let mut next_kill: Option<Instant> = None;
     let mut status: Option<i32> = None;
@@ -178,9 +185,9 @@ pub fn run(spec: &Spec<'_>, mut on_line: impl FnMut(&str)) -> Result<Finished> {
                 // The leader is a zombie, so its group id cannot be reused yet.
                 kill_group(pid, libc::SIGKILL);
                 let st = child.wait().map_err(spawn_err)?;
-                reap_group(pid, spec.drain.max(Duration::from_secs(1)));
+                reap_group(pid, drain.max(Duration::from_secs(1)));
                 status = Some(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
-                drain_until = Some(Instant::now() + spec.drain);
+                drain_until = Some(Instant::now() + drain);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if status.is_some() {
@@ -191,14 +198,14 @@ pub fn run(spec: &Spec<'_>, mut on_line: impl FnMut(&str)) -> Result<Finished> {
                     timed_out = true;
                     on_line(&format!(
                         "(timed out after {} s: sending SIGTERM to the process group)",
-                        spec.timeout.as_secs()
+                        timeout.as_secs()
                     ));
                     kill_group(pid, libc::SIGTERM);
-                    next_kill = Some(Instant::now() + spec.grace);
+                    next_kill = Some(Instant::now() + grace);
                 } else {
                     on_line("(still running after the grace period: sending SIGKILL)");
                     kill_group(pid, libc::SIGKILL);
-                    next_kill = Some(Instant::now() + spec.grace.max(Duration::from_secs(1)));
+                    next_kill = Some(Instant::now() + grace.max(Duration::from_secs(1)));
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,

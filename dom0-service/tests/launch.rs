@@ -149,7 +149,7 @@ fn the_watchdog_kills_a_stuck_agent_at_the_jobs_deadline() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    job.spec.deadline_unix = now + 3;
+    job.spec.deadline_unix = now + 5;
     std::fs::create_dir_all(d.job_dir("stuck-1")).unwrap();
     std::fs::write(d.job_dir("stuck-1").join("job.json"), job.to_json()).unwrap();
     let out = launch(&d, "stuck-1");

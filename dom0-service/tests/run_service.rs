@@ -143,6 +143,13 @@ fn an_sdw_shaped_tree_arrives_intact_and_every_step_runs_in_it() {
         !d.job_dir("good-1").join("tree").exists(),
         "the fresh tree was moved"
     );
+    if is_root() {
+        // Started as root, the service unpacked as the configured user (nobody here).
+        use std::os::unix::fs::MetadataExt;
+        walk(&d.checkout, &mut |p, md| {
+            assert_eq!(md.uid(), 65534, "{p:?}")
+        });
+    }
 }
 
 #[test]
@@ -225,6 +232,7 @@ fn a_hanging_step_is_killed_at_its_timeout_with_its_whole_process_group() {
 fn a_background_child_holding_the_output_does_not_keep_the_service_alive() {
     let d = Dom0::new();
     let pgid_file = d.root().join("pgid");
+    let escaped_file = d.root().join("escaped.pid");
     d.job(
         "bg-1",
         vec![
@@ -237,7 +245,15 @@ fn a_background_child_holding_the_output_does_not_keep_the_service_alive() {
                 600,
             ),
             // A process that leaves the group entirely and keeps the output pipe open.
-            sh("escapes", "setsid sleep 600 & echo escaped", 600),
+            sh(
+                "escapes",
+                &format!(
+                    "f={0}.fifo; mkfifo $f; setsid sh -c 'echo $$ > {0}.fifo; exec sleep 120' & \
+                     read pid < $f; echo $pid > {0}; echo escaped",
+                    escaped_file.display()
+                ),
+                600,
+            ),
             sh("next", "echo next step ran", 600),
         ],
     );
@@ -263,6 +279,16 @@ fn a_background_child_holding_the_output_does_not_keep_the_service_alive() {
         !group_alive(pgid),
         "the step's background child survived it"
     );
+    // The escaped process is outside any step's group by design: the test cleans it up.
+    let escaped: i32 = std::fs::read_to_string(&escaped_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let log = std::fs::read_to_string(d.job_dir("bg-1").join("log.txt")).unwrap();
+    assert!(log.contains("left the step's process group"), "{log}");
+    // SAFETY: plain kill of the process this test's step started.
+    unsafe { libc::kill(escaped, libc::SIGKILL) };
 }
 
 #[test]
@@ -575,5 +601,29 @@ fn the_policy_allows_only_sd_dev_to_dom0_and_denies_everything_else() {
             vec!["sdci.Run", "*", "sd-dev", "@adminvm", "allow"],
             vec!["sdci.Run", "*", "@anyvm", "*", "deny"],
         ]
+    );
+}
+
+#[test]
+fn the_jobs_deadline_stops_a_step_as_an_infrastructure_error() {
+    let d = Dom0::new();
+    let mut job = job_file("deadline-1", vec![sh("slow", "sleep 600", 3600)]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    job.spec.deadline_unix = now + 3;
+    std::fs::create_dir_all(d.job_dir("deadline-1")).unwrap();
+    std::fs::write(d.job_dir("deadline-1").join("job.json"), job.to_json()).unwrap();
+    let out = d.call(
+        d.service("deadline-1"),
+        &compress(&fixture::TarBuilder::new().finish()),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let (outcome, reason) = result(&out);
+    assert_eq!(outcome, Outcome::Error);
+    assert!(
+        reason.contains("deadline passed during step \"slow\""),
+        "{reason}"
     );
 }

@@ -16,6 +16,10 @@
 //! - [`agent`]: runs `sdci-agent` for statuses, tokens and `ci-config`; the status outbox.
 //! - [`server`]: wires the above into the `serve` process.
 //! - [`cli`]: the non-`serve` subcommands, working on the store directly.
+//! - [`notify`]: Slack messages for terminal jobs (an outbox over the store) and rotations.
+//! - [`nightly`]: nightly jobs, and the cron schedules (nightly and rotation) of `serve`.
+//! - [`updates`]: Qubes updates and checks run in dom0 through guest operations; reboot.
+//! - [`rotation`]: golden-snapshot rotation (`save`): lease, update, snapshot, smoke test, move.
 
 pub mod agent;
 pub mod cli;

@@ -52,17 +52,21 @@ enum Command {
         #[command(subcommand)]
         action: Option<VmsAction>,
     },
-    /// Queue a nightly job for a branch.
+    /// Queue a nightly job for a branch (its head, with updates first).
     Nightly {
+        /// Branch whose head is tested (resolved with `sdci-agent head`).
         #[arg(long)]
         branch: String,
     },
-    /// Rotate a pool's golden snapshot.
+    /// Rotate a pool's golden snapshot: update, snapshot, smoke-test, then switch to it.
     Save {
+        /// Qubes version pool, e.g. 4.2.
         #[arg(long)]
         version: String,
+        /// Apply dom0 and template updates before taking the snapshot.
         #[arg(long)]
         update: bool,
+        /// Start from this snapshot instead of the pool's current golden one.
         #[arg(long)]
         snapshot: Option<String>,
     },

@@ -9,8 +9,10 @@
 //! needed for a message to go out, and a restart loses none.
 //!
 //! Invariants:
-//! - One message per terminal job at most: the outbox row (primary key = job id) is written in
-//!   one statement before sending; a job is marked sent only after a 2xx answer.
+//! - One message per terminal job: the outbox row (primary key = job id) is written in one
+//!   statement, claimed (`sending`) before the POST, and marked sent only after a 2xx answer. A
+//!   process that dies mid-POST leaves the row `sending`; the next notifier sends it again (so a
+//!   crash can repeat a message, never lose one).
 //! - A failing webhook is retried `notify.attempts` times with doubling backoff, then logged and
 //!   given up (`sent = 3`). Nothing here ever changes a job's state or outcome: the worker only
 //!   reads `jobs` and writes its own tables.
@@ -361,7 +363,8 @@ fn open_db(path: &Path) -> Result<Connection> {
     Ok(c)
 }
 
-/// Remembers a job's commit author and subject (the webhook intake calls this when it has them).
+/// Remembers a job's commit author and subject. Opens its own connection: for occasional
+/// callers (tests, tools), not for the webhook's hot path, which should store them with the job.
 pub fn record_commit(db: &Path, job_id: &str, info: &CommitInfo) -> Result<()> {
     let c = open_db(db)?;
     c.execute(
@@ -491,6 +494,15 @@ impl Notifier {
                 continue;
             }
             let Some(job) = self.store.job(&id)? else {
+                self.with(|c| {
+                    c.execute(
+                        &format!(
+                            "UPDATE notify_outbox SET sent = {GAVE_UP}, last_error = 'job gone' \
+                             WHERE job_id = ?1"
+                        ),
+                        params![id],
+                    )
+                })?;
                 continue;
             };
             let notice = self.notice(&job)?;

@@ -325,18 +325,6 @@ fn release(db: &Path, id: &str, result: &str, error: Option<&str>) -> Result<()>
     Ok(())
 }
 
-/// The golden snapshot a pool had before its last successful rotation (none before the first).
-pub fn previous_golden(db: &Path, version: &str) -> Result<Option<String>> {
-    let c = open_db(db)?;
-    Ok(c.query_row(
-        "SELECT from_snapshot FROM rotation_runs WHERE version = ?1 AND result = 'ok' \
-         ORDER BY ended_ms DESC LIMIT 1",
-        params![version],
-        |r| r.get(0),
-    )
-    .optional()?)
-}
-
 /// The `update_*` snapshots to remove so that the newest `keep` remain, never one in
 /// `protected`. Newest is by creation time, then by name (the name holds a UTC timestamp).
 pub fn to_prune(
@@ -423,10 +411,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
             .golden_snapshot(&req.version, &pool.golden_snapshot)?;
         let base = req.base.clone().unwrap_or_else(|| current.clone());
         let now = now_ms();
-        let snapshot = format!(
-            "{SNAPSHOT_PREFIX}{}",
-            crate::nightly::utc_stamp(now.div_euclid(1000))
-        );
+        let mut stamp = now.div_euclid(1000);
         let id = format!("{LEASE_PREFIX}{}", crate::random_hex(6));
         let log = self.cfg.log_dir().join(format!("{id}.log"));
         let vms = self.hv.list_vms(&pool.prefix).await?;
@@ -438,6 +423,19 @@ impl<H: Hypervisor> Rotator<'_, H> {
         }
         let names: Vec<String> = vms.iter().map(|v| v.name.clone()).collect();
         self.store.register_vms(&req.version, &names)?;
+        // Two snapshots with one name would make reverts ambiguous (vSphere allows duplicates):
+        // the timestamp moves on until the name is new on every VM of the pool.
+        let mut taken = HashSet::new();
+        for vm in &names {
+            taken.extend(self.hv.snapshots(vm).await?.into_iter().map(|s| s.name));
+        }
+        let snapshot = loop {
+            let name = format!("{SNAPSHOT_PREFIX}{}", crate::nightly::utc_stamp(stamp));
+            if !taken.contains(&name) {
+                break name;
+            }
+            stamp += 1;
+        };
         open_db(&db)?.execute(
             "INSERT INTO rotation_runs (id, version, snapshot, from_snapshot, base, owner_pid, \
              started_ms, deadline_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -559,7 +557,13 @@ impl<H: Hypervisor> Rotator<'_, H> {
         let started = Instant::now();
         let mut told = false;
         loop {
-            let off = matches!(self.hv.vm(vm).await, Ok(v) if v.power == PowerState::Off);
+            let off = match self.hv.vm(vm).await {
+                Ok(v) => v.power == PowerState::Off,
+                Err(e) if e.class() == sdci_vsphere::ErrorClass::GiveUp => {
+                    return Err(e.to_string())
+                }
+                Err(_) => false,
+            };
             if off {
                 match try_lease(&db, vm, id) {
                     Ok(true) => return Ok(()),
@@ -864,6 +868,66 @@ mod tests {
             to_prune(&tree, 1, &protected),
             vec!["update_4".to_string(), "update_3".into(), "update_2".into()]
         );
+    }
+
+    /// README's "Notifications, nightly jobs, updates and snapshot rotation" block documents
+    /// these options: it must parse, and the values it shows as defaults must be the defaults.
+    #[test]
+    fn the_readme_block_parses_and_shows_the_defaults() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let section = readme
+            .split("### Notifications, nightly jobs, updates and snapshot rotation")
+            .nth(1)
+            .unwrap();
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        let c = Config::parse(block, Path::new("README.md")).unwrap();
+        let d = Config::parse("", Path::new("x")).unwrap();
+        let (n, dn) = (&c.notify, &d.notify);
+        assert_eq!(
+            (
+                &n.outcomes,
+                n.rotation,
+                n.attempts,
+                n.backoff_ms,
+                n.timeout_secs,
+                n.sweep_ms
+            ),
+            (
+                &dn.outcomes,
+                dn.rotation,
+                dn.attempts,
+                dn.backoff_ms,
+                dn.timeout_secs,
+                dn.sweep_ms
+            )
+        );
+        assert_eq!(c.updates.dom0, d.updates.dom0);
+        assert_eq!(c.updates.templates, d.updates.templates);
+        assert_eq!(c.updates.step_timeout_secs, d.updates.step_timeout_secs);
+        let (r, dr) = (&c.rotation, &d.rotation);
+        assert_eq!(
+            (
+                r.keep,
+                r.wait_free_secs,
+                r.busy_poll_secs,
+                r.smoke_step_secs
+            ),
+            (
+                dr.keep,
+                dr.wait_free_secs,
+                dr.busy_poll_secs,
+                dr.smoke_step_secs
+            )
+        );
+        assert!(r.schedule[0].update);
+        crate::nightly::validate(&c).unwrap();
     }
 
     #[test]

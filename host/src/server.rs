@@ -33,6 +33,8 @@ pub struct Hub {
     pub store: Arc<Store>,
     pub webhook_secret: Secret,
     pub agent: Agent,
+    /// Group-commit writer for webhook deliveries.
+    pub ingest: crate::store::IngestWriter,
     /// Wakes the scheduler: a job became claimable or a VM became free.
     pub scheduler: Arc<Notify>,
     /// Wakes the version intake: a new job needs its Qubes version.
@@ -51,11 +53,13 @@ pub struct Hub {
 impl Hub {
     pub fn new(cfg: Config, store: Arc<Store>, webhook_secret: Secret) -> Self {
         let agent = Agent::from_config(&cfg);
+        let ingest = store.ingest_writer(cfg.jobs.supersede_running);
         Self {
             cfg,
             store,
             webhook_secret,
             agent,
+            ingest,
             scheduler: Arc::new(Notify::new()),
             intake: Arc::new(Notify::new()),
             statuses: Arc::new(Notify::new()),

@@ -17,7 +17,7 @@
 use crate::{now_ms, HostError, Result};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Job states, as stored and shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -168,6 +168,36 @@ pub struct NewJob {
     pub update_first: bool,
 }
 
+/// A delivery to store.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// `X-GitHub-Delivery`, if any.
+    pub id: Option<String>,
+    pub event: String,
+    pub job: NewJob,
+}
+
+type Reply = tokio::sync::oneshot::Sender<std::result::Result<Ingest, String>>;
+
+/// The handle to the group-commit writer ([`Store::ingest_writer`]).
+#[derive(Clone)]
+pub struct IngestWriter {
+    tx: tokio::sync::mpsc::Sender<(Delivery, Reply)>,
+}
+
+impl IngestWriter {
+    /// Stores one delivery; returns once its transaction has committed.
+    pub async fn ingest(&self, d: Delivery) -> std::result::Result<Ingest, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((d, tx))
+            .await
+            .map_err(|_| "the ingest writer has stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the ingest writer has stopped".to_owned())?
+    }
+}
+
 /// What became of a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ingest {
@@ -263,7 +293,7 @@ CREATE TABLE deliveries (
     event TEXT NOT NULL,
     received_ms INTEGER NOT NULL,
     job_id TEXT
-);
+) WITHOUT ROWID;
 CREATE TABLE vms (
     name TEXT PRIMARY KEY,
     pool TEXT NOT NULL,
@@ -334,6 +364,12 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Savepoints (the group commit) journal pages; keep that journal in memory, not in a
+        // temporary file. A larger page cache keeps the hot indexes in memory.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.pragma_update(None, "cache_size", -16_000)?;
+        // Fewer, larger checkpoints: a page rewritten by many commits is copied back once.
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version as usize > MIGRATIONS.len() {
@@ -384,62 +420,75 @@ impl Store {
         job: &NewJob,
         supersede_running: bool,
     ) -> Result<Ingest> {
-        self.tx(|tx| {
-            let now = now_ms();
-            if let Some(d) = delivery_id {
-                let n = exec(
-                    tx,
-                    "INSERT INTO deliveries (delivery_id, event, received_ms) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT(delivery_id) DO NOTHING",
-                    params![d, event, now],
-                )?;
-                if n == 0 {
-                    return Ok(Ingest::DuplicateDelivery);
+        self.tx(|tx| ingest_one(tx, delivery_id, event, job, supersede_running))
+    }
+
+    /// Several deliveries in one transaction (group commit), each in its own savepoint so one
+    /// failing item does not undo the others. Results are in input order.
+    pub fn ingest_batch(
+        &self,
+        items: &[Delivery],
+        supersede_running: bool,
+    ) -> Result<Vec<std::result::Result<Ingest, String>>> {
+        self.with(|c| {
+            let mut tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut out = Vec::with_capacity(items.len());
+            for it in items {
+                let sp = tx.savepoint()?;
+                match ingest_one(&sp, it.id.as_deref(), &it.event, &it.job, supersede_running) {
+                    Ok(r) => {
+                        sp.commit()?;
+                        out.push(Ok(r));
+                    }
+                    // Dropping the savepoint rolls this item back.
+                    Err(e) => out.push(Err(e.to_string())),
                 }
             }
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM jobs WHERE repo = ?1 AND sha = ?2 AND reason = ?3 \
-                     AND state != 'canceled' ORDER BY seq DESC LIMIT 1",
-                    params![job.repo, job.sha, job.reason],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(job_id) = existing {
-                if let Some(d) = delivery_id {
-                    exec(
-                        tx,
-                        "UPDATE deliveries SET job_id = ?1 WHERE delivery_id = ?2",
-                        params![job_id, d],
-                    )?;
-                }
-                return Ok(Ingest::DuplicateJob { job_id });
-            }
-            let job_id = new_job_id(&job.sha);
-            insert_job(tx, &job_id, job, now)?;
-            if let Some(d) = delivery_id {
-                exec(
-                    tx,
-                    "UPDATE deliveries SET job_id = ?1 WHERE delivery_id = ?2",
-                    params![job_id, d],
-                )?;
-            }
-            let (superseded, stop_running) = match &job.supersede_key {
-                Some(key) => supersede(tx, key, &job_id, &job.sha, supersede_running, now)?,
-                None => (Vec::new(), Vec::new()),
-            };
-            Ok(Ingest::Created {
-                job_id,
-                superseded,
-                stop_running,
-            })
+            tx.commit()?;
+            Ok(out)
         })
+    }
+
+    /// Starts the group-commit writer: a thread that takes every delivery waiting at that moment
+    /// and stores them in one transaction, answering each caller after the commit.
+    pub fn ingest_writer(self: &Arc<Self>, supersede_running: bool) -> IngestWriter {
+        // Bounded: a flood of deliveries waits for the writer instead of growing memory.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Delivery, Reply)>(4096);
+        let store = self.clone();
+        std::thread::Builder::new()
+            .name("sdci-ingest".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < 512 {
+                        match rx.try_recv() {
+                            Ok(x) => batch.push(x),
+                            Err(_) => break,
+                        }
+                    }
+                    let (items, replies): (Vec<Delivery>, Vec<Reply>) = batch.into_iter().unzip();
+                    match store.ingest_batch(&items, supersede_running) {
+                        Ok(results) => {
+                            for (r, reply) in results.into_iter().zip(replies) {
+                                let _ = reply.send(r);
+                            }
+                        }
+                        Err(e) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(e.to_string()));
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("the operating system can start a thread");
+        IngestWriter { tx }
     }
 
     /// Creates a job without a delivery (manual `run`, nightly). Never deduplicated.
     pub fn insert_job(&self, job: &NewJob) -> Result<String> {
         self.tx(|tx| {
-            let job_id = new_job_id(&job.sha);
+            let job_id = new_job_id(tx, &job.sha)?;
             insert_job(tx, &job_id, job, now_ms())?;
             Ok(job_id)
         })
@@ -460,7 +509,7 @@ impl Store {
     /// The most recent jobs, newest first.
     pub fn recent_jobs(&self, limit: u32) -> Result<Vec<JobRow>> {
         self.with(|c| {
-            let mut st = c.prepare(&format!(
+            let mut st = c.prepare_cached(&format!(
                 "SELECT {JOB_COLS} FROM jobs ORDER BY seq DESC LIMIT ?1"
             ))?;
             let rows = st.query_map(params![limit], job_from_row)?;
@@ -471,7 +520,7 @@ impl Store {
     pub fn jobs_in_states(&self, states: &[JobState]) -> Result<Vec<JobRow>> {
         let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
         self.with(|c| {
-            let mut st = c.prepare(&format!(
+            let mut st = c.prepare_cached(&format!(
                 "SELECT {JOB_COLS} FROM jobs WHERE state IN ({}) ORDER BY seq",
                 list.join(",")
             ))?;
@@ -491,7 +540,7 @@ impl Store {
     /// Jobs per state, for metrics.
     pub fn state_counts(&self) -> Result<Vec<(String, i64)>> {
         self.with(|c| {
-            let mut st = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            let mut st = c.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
@@ -500,7 +549,7 @@ impl Store {
     /// Queued jobs per version (`None`: version not yet known), for metrics.
     pub fn queue_depths(&self) -> Result<Vec<(Option<String>, i64)>> {
         self.with(|c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare_cached(
                 "SELECT version, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY version",
             )?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -511,7 +560,7 @@ impl Store {
     /// Queued jobs whose Qubes version is not known yet, oldest first.
     pub fn jobs_without_version(&self) -> Result<Vec<JobRow>> {
         self.with(|c| {
-            let mut st = c.prepare(&format!(
+            let mut st = c.prepare_cached(&format!(
                 "SELECT {JOB_COLS} FROM jobs WHERE state = 'queued' AND version IS NULL ORDER BY seq"
             ))?;
             let rows = st.query_map([], job_from_row)?;
@@ -533,7 +582,7 @@ impl Store {
     /// The transitions of a job, oldest first: (at_ms, from, to, note).
     pub fn transitions(&self, id: &str) -> Result<Vec<Transition>> {
         self.with(|c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare_cached(
                 "SELECT at_ms, from_state, to_state, note FROM transitions WHERE job_id = ?1 \
                  ORDER BY id",
             )?;
@@ -560,7 +609,7 @@ impl Store {
 
     pub fn vms(&self) -> Result<Vec<VmRow>> {
         self.with(|c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare_cached(
                 "SELECT name, pool, job_id, consecutive_failures, quarantined, last_error \
                  FROM vms ORDER BY pool, name",
             )?;
@@ -651,7 +700,7 @@ impl Store {
                 return Ok(None);
             }
             let queued: Vec<JobRow> = {
-                let mut st = tx.prepare(&format!(
+                let mut st = tx.prepare_cached(&format!(
                     "SELECT {JOB_COLS} FROM jobs WHERE state = 'queued' AND version = ?1 \
                      AND cancel_requested IS NULL ORDER BY seq"
                 ))?;
@@ -660,7 +709,7 @@ impl Store {
             };
             for job in queued {
                 let failed: Vec<String> = {
-                    let mut st = tx.prepare(
+                    let mut st = tx.prepare_cached(
                         "SELECT DISTINCT vm FROM attempts WHERE job_id = ?1 AND result = 'infra'",
                     )?;
                     let rows = st.query_map(params![job.id], |r| r.get(0))?;
@@ -675,11 +724,11 @@ impl Store {
                 };
                 let now = now_ms();
                 let attempt = job.attempts + 1;
-                exec(tx, 
+                exec(tx,
                     "UPDATE vms SET job_id = ?1, leased_ms = ?2 WHERE name = ?3",
                     params![job.id, now, vm],
                 )?;
-                exec(tx, 
+                exec(tx,
                     "UPDATE jobs SET state = 'assigned', vm = ?1, attempts = ?2, pid = NULL, \
                      event_secret_hash = ?3, event_next_seq = 0, updated_ms = ?4, \
                      deadline_ms = ?5, note = NULL WHERE id = ?6",
@@ -692,7 +741,7 @@ impl Store {
                         job.id
                     ],
                 )?;
-                exec(tx, 
+                exec(tx,
                     "INSERT INTO attempts (job_id, attempt, vm, started_ms) VALUES (?1, ?2, ?3, ?4)",
                     params![job.id, attempt, vm, now],
                 )?;
@@ -704,7 +753,7 @@ impl Store {
                     Some(&format!("attempt {attempt} on {vm}")),
                     now,
                 )?;
-                let job = qrow(tx, 
+                let job = qrow(tx,
                     &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
                     params![job.id],
                     job_from_row,
@@ -942,7 +991,7 @@ impl Store {
     /// (step, name, duration_ms, status) of a job's latest attempt.
     pub fn step_timings(&self, id: &str) -> Result<Vec<StepTiming>> {
         self.with(|c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare_cached(
                 "SELECT step, name, duration_ms, status FROM step_timings WHERE job_id = ?1 \
                  AND attempt = (SELECT attempts FROM jobs WHERE id = ?1) ORDER BY step",
             )?;
@@ -963,7 +1012,7 @@ impl Store {
                  (SELECT MAX(s2.id) FROM statuses s2 WHERE s2.job_id = statuses.job_id)",
                 [],
             )?;
-            let mut st = tx.prepare(
+            let mut st = tx.prepare_cached(
                 "SELECT s.id, s.job_id, j.repo, j.sha, s.state, s.description FROM statuses s \
                  JOIN jobs j ON j.id = s.job_id WHERE s.posted = 0 ORDER BY s.id",
             )?;
@@ -1006,7 +1055,7 @@ impl Store {
     /// Every status of a job: (state, description, posted) — 0 unposted, 1 posted, 2 skipped.
     pub fn statuses(&self, id: &str) -> Result<Vec<(String, String, i64)>> {
         self.with(|c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare_cached(
                 "SELECT state, description, posted FROM statuses WHERE job_id = ?1 ORDER BY id",
             )?;
             let rows = st.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
@@ -1017,7 +1066,7 @@ impl Store {
     /// Ids of terminal jobs that ended before `before_ms` (for log retention).
     pub fn ended_before(&self, before_ms: i64) -> Result<Vec<String>> {
         self.with(|c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare_cached(
                 "SELECT id FROM jobs WHERE state IN ('success','failure','error','canceled') \
                  AND updated_ms < ?1",
             )?;
@@ -1042,17 +1091,79 @@ fn qrow<T>(
     c.prepare_cached(sql)?.query_row(p, f)
 }
 
-fn new_job_id(sha: &str) -> String {
-    let short: String = sha.chars().take(7).collect();
-    format!("{short}-{}", crate::random_hex(4))
+fn ingest_one(
+    tx: &Connection,
+    delivery_id: Option<&str>,
+    event: &str,
+    job: &NewJob,
+    supersede_running: bool,
+) -> rusqlite::Result<Ingest> {
+    let now = now_ms();
+    if let Some(d) = delivery_id {
+        let seen: Option<i64> = qrow(
+            tx,
+            "SELECT 1 FROM deliveries WHERE delivery_id = ?1",
+            params![d],
+            |r| r.get(0),
+        )
+        .optional()?;
+        if seen.is_some() {
+            return Ok(Ingest::DuplicateDelivery);
+        }
+    }
+    let existing: Option<String> = qrow(
+        tx,
+        "SELECT id FROM jobs WHERE repo = ?1 AND sha = ?2 AND reason = ?3 \
+         AND state != 'canceled' ORDER BY seq DESC LIMIT 1",
+        params![job.repo, job.sha, job.reason],
+        |r| r.get(0),
+    )
+    .optional()?;
+    let record = |job_id: &str| -> rusqlite::Result<()> {
+        if let Some(d) = delivery_id {
+            exec(
+                tx,
+                "INSERT INTO deliveries (delivery_id, event, received_ms, job_id) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![d, event, now, job_id],
+            )?;
+        }
+        Ok(())
+    };
+    if let Some(job_id) = existing {
+        record(&job_id)?;
+        return Ok(Ingest::DuplicateJob { job_id });
+    }
+    let job_id = new_job_id(tx, &job.sha)?;
+    insert_job(tx, &job_id, job, now)?;
+    record(&job_id)?;
+    let (superseded, stop_running) = match &job.supersede_key {
+        Some(key) => supersede(tx, key, &job_id, &job.sha, supersede_running, now)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(Ingest::Created {
+        job_id,
+        superseded,
+        stop_running,
+    })
 }
 
-fn insert_job(
-    tx: &rusqlite::Transaction<'_>,
-    job_id: &str,
-    job: &NewJob,
-    now: i64,
-) -> rusqlite::Result<()> {
+/// `<sha7>-<10 random hex>`, unique in the store (drawn again on the rare collision).
+fn new_job_id(c: &Connection, sha: &str) -> rusqlite::Result<String> {
+    let short: String = sha.chars().take(7).collect();
+    loop {
+        let id = format!("{short}-{}", &crate::random_hex(5));
+        let taken: Option<i64> = qrow(c, "SELECT 1 FROM jobs WHERE id = ?1", params![id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+        if taken.is_none() {
+            return Ok(id);
+        }
+    }
+}
+
+fn insert_job(tx: &Connection, job_id: &str, job: &NewJob, now: i64) -> rusqlite::Result<()> {
     exec(
         tx,
         "INSERT INTO jobs (id, repo, sha, reason, branch, supersede_key, clone_url, version, \
@@ -1077,7 +1188,7 @@ fn insert_job(
 }
 
 fn supersede(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     key: &str,
     new_id: &str,
     new_sha: &str,
@@ -1086,7 +1197,7 @@ fn supersede(
 ) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
     let why = format!("superseded by {}", &new_sha[..new_sha.len().min(12)]);
     let older: Vec<(String, String)> = {
-        let mut st = tx.prepare(
+        let mut st = tx.prepare_cached(
             "SELECT id, state FROM jobs WHERE supersede_key = ?1 AND id != ?2 AND state IN \
              ('queued','assigned','booting','running','finishing')",
         )?;
@@ -1112,7 +1223,7 @@ fn supersede(
 }
 
 fn transition(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     id: &str,
     from: Option<&str>,
     to: &str,
@@ -1129,7 +1240,7 @@ fn transition(
 }
 
 fn enqueue_status(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     id: &str,
     state: &str,
     description: &str,
@@ -1149,7 +1260,7 @@ fn enqueue_status(
 }
 
 fn finish_tx(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     id: &str,
     state: JobState,
     note: &str,

@@ -13,7 +13,7 @@
 
 use crate::config::{glob_match, Config};
 use crate::server::Hub;
-use crate::store::{Ingest, NewJob};
+use crate::store::{Delivery, Ingest, NewJob};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -291,18 +291,22 @@ pub async fn receive(
         snapshot: None,
         update_first: false,
     };
-    let store = hub.store.clone();
-    let supersede_running = hub.cfg.jobs.supersede_running;
-    let ingest = tokio::task::spawn_blocking(move || {
-        store.ingest(delivery.as_deref(), &event, &job, supersede_running)
-    })
-    .await;
+    // Concurrent deliveries share one transaction (group commit); each answer comes after
+    // the commit that holds its delivery.
+    let ingest = hub
+        .ingest
+        .ingest(Delivery {
+            id: delivery,
+            event,
+            job,
+        })
+        .await;
     match ingest {
-        Ok(Ok(Ingest::Created {
+        Ok(Ingest::Created {
             job_id,
             superseded,
             stop_running,
-        })) => {
+        }) => {
             tracing::info!(job = %job_id, superseded = ?superseded, "job queued");
             for id in &stop_running {
                 hub.cancel_live(id);
@@ -310,21 +314,12 @@ pub async fn receive(
             hub.wake_all();
             (StatusCode::ACCEPTED, format!("queued job {job_id}"))
         }
-        Ok(Ok(Ingest::DuplicateDelivery)) => {
-            (StatusCode::OK, "duplicate delivery: nothing new".into())
-        }
-        Ok(Ok(Ingest::DuplicateJob { job_id })) => {
+        Ok(Ingest::DuplicateDelivery) => (StatusCode::OK, "duplicate delivery: nothing new".into()),
+        Ok(Ingest::DuplicateJob { job_id }) => {
             (StatusCode::OK, format!("already covered by job {job_id}"))
         }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "storing a delivery failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "could not store the delivery; redeliver it".into(),
-            )
-        }
         Err(e) => {
-            tracing::error!(error = %e, "storing a delivery panicked");
+            tracing::error!(error = %e, "storing a delivery failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "could not store the delivery; redeliver it".into(),

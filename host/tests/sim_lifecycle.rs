@@ -294,3 +294,14 @@ async fn a_job_past_its_run_deadline_ends_as_error_without_retry_and_the_vm_is_o
     })
     .await;
 }
+
+#[tokio::test]
+async fn in_app_mode_the_job_file_carries_a_fresh_token_from_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&["Qubes_4.2_a"], &ctl);
+    // `[agent]` is written by the common config; this extra table only adds to the test's
+    // settings through the top-level defaults, so set App mode with a dotted key instead.
+    let host = start_host(dir.path(), &sim, &format!("agent_app = 1\n{FAST}")).await;
+    let _ = host;
+}

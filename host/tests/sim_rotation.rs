@@ -310,6 +310,12 @@ async fn a_job_queued_during_a_rotation_waits_for_the_vm_and_then_uses_the_new_g
     .await;
     let lease = host.hub.store.vms().unwrap()[0].job_id.clone().unwrap();
     assert!(lease.starts_with("rotation-"), "{lease}");
+    // The service's reconciler sees a powered-on VM without a job: the rotation's lease keeps it
+    // from powering the VM off.
+    let (hv2, auth2) = client(&host.hub.cfg).await;
+    let orch = sdci_host::scheduler::Orchestrator::new(host.hub.clone(), Arc::new(hv2), auth2);
+    orch.reconcile_once().await;
+    assert!(!powered_off(&sim, VM), "a VM being rotated is not stray");
 
     let c = reqwest::Client::new();
     let (code, text) = deliver(
@@ -462,4 +468,117 @@ async fn a_failing_update_in_a_job_is_an_infrastructure_fault_not_a_project_fail
         e.to_string().contains("update-dom0 exited with status 1"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn the_save_command_prints_the_new_golden_and_exits_1_when_the_rotation_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&ctl);
+    let text = config_text(
+        dir.path(),
+        "127.0.0.1:9",
+        &common::sim::sim_toml(&sim, dir.path(), ROTATION),
+    );
+    std::fs::write(dir.path().join("dom0-password"), sim.guest_password()).unwrap();
+    let file = dir.path().join("host.toml");
+    std::fs::write(&file, text).unwrap();
+    let save = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sdci-host"))
+            .arg("--config")
+            .arg(&file)
+            .args(["save", "--version", "4.2", "--update"])
+            .output()
+            .unwrap()
+    };
+    let out = save();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("golden snapshot is now update_"),
+        "{stdout}"
+    );
+    let store = Store::open(&dir.path().join("data/sdci.sqlite3")).unwrap();
+    let golden = store.golden_snapshot("4.2", "golden").unwrap();
+    assert!(golden.starts_with("update_"), "{golden}");
+
+    std::fs::write(ctl.join("qvm-start.exit"), "1").unwrap();
+    let out = save();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("FAILED, golden snapshot stays {golden}")),
+        "{stdout}"
+    );
+    assert_eq!(store.golden_snapshot("4.2", "golden").unwrap(), golden);
+    assert!(powered_off(&sim, VM));
+}
+
+#[tokio::test]
+async fn a_new_snapshot_name_never_collides_with_an_existing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    std::fs::create_dir_all(&ctl).unwrap();
+    // Every update_ name of the next 30 seconds exists already.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let taken: Vec<String> = (0..30)
+        .map(|i| format!("update_{}", sdci_host::nightly::utc_stamp(now + i)))
+        .collect();
+    let mut chain = vec!["golden"];
+    chain.extend(taken.iter().map(String::as_str));
+    let sim =
+        VsphereSim::start(SimOptions::vcenter().vms(vec![vm(&ctl).snapshots(&chain)])).unwrap();
+    let cfg = config(dir.path(), &sim, "");
+    let store = Store::open(&cfg.db_path()).unwrap();
+    let (hv, auth) = client(&cfg).await;
+    let r = Rotator {
+        cfg: &cfg,
+        store: &store,
+        hv: &hv,
+        auth: &auth,
+    };
+    let req = SaveRequest {
+        version: "4.2".into(),
+        update: false,
+        base: None,
+    };
+    let report = r.save(&req, &|| {}).await.unwrap();
+    assert!(report.moved, "{}", report.to_text());
+    assert!(!taken.contains(&report.snapshot), "{}", report.snapshot);
+    let all = names(&hv).await;
+    assert_eq!(all.iter().filter(|n| **n == report.snapshot).count(), 1);
+}
+
+#[tokio::test]
+async fn save_with_a_snapshot_name_starts_from_that_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&ctl);
+    let cfg = config(dir.path(), &sim, "");
+    let store = Store::open(&cfg.db_path()).unwrap();
+    let (hv, auth) = client(&cfg).await;
+    let r = Rotator {
+        cfg: &cfg,
+        store: &store,
+        hv: &hv,
+        auth: &auth,
+    };
+    let req = SaveRequest {
+        version: "4.2".into(),
+        update: false,
+        base: Some("update_20200102000000".into()),
+    };
+    let report = r.save(&req, &|| {}).await.unwrap();
+    assert!(report.moved, "{}", report.to_text());
+    assert!(
+        calls(&ctl).iter().all(|c| !c.starts_with("qubesctl")),
+        "no updates asked"
+    );
+    let tree = hv.snapshots(VM).await.unwrap();
+    let new = tree.iter().find(|s| s.name == report.snapshot).unwrap();
+    assert_eq!(new.parent.as_deref(), Some("update_20200102000000"));
+    assert_eq!(report.previous, "golden", "the pointer named golden before");
 }

@@ -7,12 +7,14 @@
 //! - Symlinks are stored as symlinks (never followed); regular files keep their mode bits, so
 //!   executables stay executable; other file types (FIFOs, sockets, devices) are skipped with a
 //!   warning, since dom0 would refuse them anyway.
-//! - Streaming: files are copied through fixed buffers into a multi-threaded zstd encoder that
-//!   writes to the output as frames complete; the archive is never held in memory.
+//! - Streaming, in two stages like `tar -c | zstd -T0`: this thread walks the tree and frames
+//!   the tar stream (files read through 256 KiB buffers) into 1 MiB chunks; a second thread feeds
+//!   a bounded queue of them (at most 4) to the multi-threaded zstd encoder, which writes to the
+//!   output as its jobs complete. The archive is never held in memory.
 
 use crate::error::{AgentError, Result};
 use std::fs;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -61,8 +63,47 @@ impl Default for Compression {
     }
 }
 
+/// Chunk size handed from the tar thread to the compressor.
+const CHUNK: usize = 1 << 20;
+
+/// A writer that hands fixed-size chunks to the compressor thread over a bounded channel.
+struct ChunkSender {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .send(full)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the compressor stopped"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes the tree at `root` as tar.zst to `out`, and returns `out` flushed with the stats.
-pub fn write_archive<W: Write>(
+///
+/// Two stages run at once, like `tar -c | zstd -T0`: this thread walks the tree and frames the
+/// tar stream into 1 MiB chunks; a second thread feeds them to the multi-threaded zstd encoder
+/// and writes its output. At most a few chunks are in flight (bounded channel).
+pub fn write_archive<W: Write + Send>(
     root: &Path,
     out: W,
     compression: Compression,
@@ -84,7 +125,42 @@ pub fn write_archive<W: Write>(
     encoder
         .include_checksum(true)
         .map_err(|e| err("enabling the zstd checksum", e))?;
-    let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, encoder));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    std::thread::scope(|scope| {
+        let compressor = scope.spawn(move || -> io::Result<Counting<W>> {
+            for chunk in rx {
+                encoder.write_all(&chunk)?;
+            }
+            let mut counting = encoder.finish()?;
+            counting.flush()?;
+            Ok(counting)
+        });
+        let sender = ChunkSender {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let walked = write_tar(root, sender);
+        // `write_tar` consumed the sender, so the channel is closed and the compressor ends.
+        let compressed = compressor
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the compressor thread panicked")));
+        match (walked, compressed) {
+            (Ok(mut stats), Ok(counting)) => {
+                stats.compressed_bytes = counting.count;
+                Ok((counting.inner, stats))
+            }
+            // A compressor error (e.g. the reader went away) explains the tar side's failure.
+            (_, Err(e)) => Err(err("compressing or writing the archive", e)),
+            (Err(e), Ok(_)) => Err(e),
+        }
+    })
+}
+
+/// Walks `root` and writes the tar stream (see the module doc) into `sender`, then sends the
+/// last chunk and closes the channel.
+fn write_tar(root: &Path, sender: ChunkSender) -> Result<ArchiveStats> {
+    let err = |what: &str, e: io::Error| AgentError::Archive(format!("{what}: {e}"));
+    let mut builder = tar::Builder::new(sender);
     let mut stats = ArchiveStats::default();
     let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -120,7 +196,11 @@ pub fn write_archive<W: Write>(
                 stats.content_bytes += meta.len();
                 let file = fs::File::open(&full)
                     .map_err(|e| err(&format!("opening {}", full.display()), e))?;
-                builder.append_data(&mut header, &name, file)
+                builder.append_data(
+                    &mut header,
+                    &name,
+                    io::BufReader::with_capacity(256 * 1024, file),
+                )
             } else if ft.is_symlink() {
                 let target = fs::read_link(&full)
                     .map_err(|e| err(&format!("reading the link {}", full.display()), e))?;
@@ -136,18 +216,13 @@ pub fn write_archive<W: Write>(
         }
         stack.extend(subdirs.into_iter().rev());
     }
-    let buffered = builder
+    let mut sender = builder
         .into_inner()
         .map_err(|e| err("finishing the tar stream", e))?;
-    let encoder = buffered
-        .into_inner()
-        .map_err(|e| err("flushing the tar stream", e.into_error()))?;
-    let mut counting = encoder.finish().map_err(|e| err("finishing zstd", e))?;
-    counting
-        .flush()
-        .map_err(|e| err("flushing the output", e))?;
-    stats.compressed_bytes = counting.count;
-    Ok((counting.inner, stats))
+    sender
+        .send()
+        .map_err(|e| err("finishing the tar stream", e))?;
+    Ok(stats)
 }
 
 #[cfg(test)]

@@ -207,14 +207,18 @@ mod tests {
 
     #[test]
     fn clone_urls_with_credentials_are_refused_before_git_runs() {
-        assert!(url_has_credentials("https://x-access-token:ghs_x@github.com/o/r.git"));
+        assert!(url_has_credentials(
+            "https://x-access-token:ghs_x@github.com/o/r.git"
+        ));
         assert!(!url_has_credentials("https://github.com/o/r.git"));
         assert!(!url_has_credentials("/srv/git/o/r"));
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("co");
         let git = Git::new("/nonexistent/git", &target, None).unwrap();
         let sha: CommitSha = "0123456789abcdef0123456789abcdef01234567".parse().unwrap();
-        let err = git.fetch_commit("https://u:secret@github.com/o/r.git", &sha).unwrap_err();
+        let err = git
+            .fetch_commit("https://u:secret@github.com/o/r.git", &sha)
+            .unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
         assert!(!target.exists(), "nothing was created");
     }
@@ -233,8 +237,14 @@ mod tests {
                 .unwrap();
             String::from_utf8(out.stdout).unwrap()
         };
-        assert_eq!(ask("Username for 'https://github.com': "), "x-access-token\n");
-        assert_eq!(ask("Password for 'https://x-access-token@github.com': "), "ghs_askpass_test\n");
+        assert_eq!(
+            ask("Username for 'https://github.com': "),
+            "x-access-token\n"
+        );
+        assert_eq!(
+            ask("Password for 'https://x-access-token@github.com': "),
+            "ghs_askpass_test\n"
+        );
         let mode = std::fs::metadata(&script).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
     }
@@ -245,7 +255,10 @@ mod tests {
         std::fs::create_dir(dir.path().join("files")).unwrap();
         std::fs::write(dir.path().join("files/config.json.example"), "{}").unwrap();
         assert_eq!(copy_examples(dir.path()).unwrap(), ["config.json"]);
-        assert_eq!(std::fs::read_to_string(dir.path().join("config.json")).unwrap(), "{}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("config.json")).unwrap(),
+            "{}"
+        );
         assert!(!dir.path().join("sd-journalist.sec").exists());
     }
 }

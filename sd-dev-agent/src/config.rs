@@ -243,16 +243,49 @@ mod tests {
             .expect("the section has a toml block");
         let cfg = Config::parse(block).unwrap();
         let d = Config::default();
-        assert_eq!((cfg.api_url.as_str(), cfg.context.as_str()), (d.api_url.as_str(), d.context.as_str()));
+        assert_eq!(
+            (cfg.api_url.as_str(), cfg.context.as_str()),
+            (d.api_url.as_str(), d.context.as_str())
+        );
         let r = (&cfg.retry, &d.retry);
         assert_eq!(
-            (r.0.max_attempts, r.0.initial_backoff_ms, r.0.max_backoff_ms, r.0.max_rate_limit_wait_secs, r.0.request_timeout_secs),
-            (r.1.max_attempts, r.1.initial_backoff_ms, r.1.max_backoff_ms, r.1.max_rate_limit_wait_secs, r.1.request_timeout_secs)
+            (
+                r.0.max_attempts,
+                r.0.initial_backoff_ms,
+                r.0.max_backoff_ms,
+                r.0.max_rate_limit_wait_secs,
+                r.0.request_timeout_secs
+            ),
+            (
+                r.1.max_attempts,
+                r.1.initial_backoff_ms,
+                r.1.max_backoff_ms,
+                r.1.max_rate_limit_wait_secs,
+                r.1.request_timeout_secs
+            )
         );
         let (a, b) = (&cfg.run, &d.run);
         assert_eq!(
-            (&a.qrexec_client, &a.qrexec_target, &a.git, &a.spool_dir, a.zstd_level, a.zstd_threads, a.relay_finish_timeout_secs, a.relay_max_backoff_ms),
-            (&b.qrexec_client, &b.qrexec_target, &b.git, &b.spool_dir, b.zstd_level, b.zstd_threads, b.relay_finish_timeout_secs, b.relay_max_backoff_ms)
+            (
+                &a.qrexec_client,
+                &a.qrexec_target,
+                &a.git,
+                &a.spool_dir,
+                a.zstd_level,
+                a.zstd_threads,
+                a.relay_finish_timeout_secs,
+                a.relay_max_backoff_ms
+            ),
+            (
+                &b.qrexec_client,
+                &b.qrexec_target,
+                &b.git,
+                &b.spool_dir,
+                b.zstd_level,
+                b.zstd_threads,
+                b.relay_finish_timeout_secs,
+                b.relay_max_backoff_ms
+            )
         );
     }
 

@@ -417,8 +417,9 @@ fn event_forwarding_survives_the_host_dropping_the_connection_mid_stream() {
     assert_eq!(w.host.gets(), 1, "the agent asked once where to resume");
     let resumed = posts
         .iter()
-        .find(|p| !p.seqs.is_empty() && p.seqs[0] != 0)
-        .unwrap();
+        .skip(1)
+        .find(|p| !p.seqs.is_empty())
+        .expect("a request after the cut carried events");
     assert_eq!(
         resumed.seqs[0], before as u64,
         "resent from the host's next_seq"
@@ -470,4 +471,28 @@ fn a_commit_the_remote_does_not_have_is_an_error_and_dom0_is_not_called() {
         .contains("fetching commit fffffff failed"));
     let _ = &w.fixture;
     w.assert_no_secret_leaked(&out);
+}
+
+#[test]
+fn a_host_that_refuses_the_event_secret_does_not_change_the_jobs_outcome() {
+    let mut w = World::new("job-badsecret-1", None, vec![sh("ok", "echo fine")]);
+    w.job.event_secret = Secret::new("not-the-secret-the-host-expects");
+    std::fs::write(w.path("job.json"), w.job.to_json()).unwrap();
+    let out = w.wait(w.spawn_agent());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(w.host.events().is_empty());
+    assert!(
+        stderr(&out).contains("event relay gave up"),
+        "{}",
+        stderr(&out)
+    );
+    // Everything is still in the spool, and GitHub got the final status.
+    assert!(matches!(
+        w.spool_events().last().unwrap().kind,
+        EventKind::Result {
+            outcome: Outcome::Success,
+            ..
+        }
+    ));
+    assert_eq!(w.gh.statuses().last().unwrap().state, "success");
 }

@@ -12,6 +12,9 @@ pub mod slack;
 
 pub mod vsphere_sim;
 
+/// A whole simulated installation for end-to-end tests and the demo (issue 10).
+pub mod world;
+
 use std::path::PathBuf;
 
 /// The workspace root (the folder holding the top `Cargo.toml`).

@@ -331,6 +331,12 @@ async fn certificates_are_trusted_only_as_configured() {
         .unwrap_err();
     assert!(matches!(e, VsphereError::Transport { .. }), "{e:?}");
     assert_eq!(e.class(), ErrorClass::RetryLater);
+    // The error names the fingerprint the server presented, so it can be checked and pinned.
+    let presented = sim.thumbprint_sha256().unwrap();
+    assert!(
+        e.to_string().contains(&presented) && e.to_string().contains("pinned"),
+        "{e}"
+    );
     // The generated CA is not among the system's roots.
     let e = VsphereClient::connect(config(&sim, TlsPolicy::SystemRoots))
         .await

@@ -60,6 +60,8 @@ struct State {
     /// ones see the task succeed.
     lose_first_collector: bool,
     collectors: usize,
+    /// Told about every `CurrentTime` call (the keep-alive).
+    current_time: Option<tokio::sync::mpsc::UnboundedSender<()>>,
 }
 
 fn service_content() -> String {
@@ -97,7 +99,12 @@ fn answer(
                 Some("vmware_soap_session=\"s1\"; Path=/; HttpOnly; Secure;"),
             );
         }
-        "CurrentTime" => ok(method, "<returnval>2026-11-28T17:00:00Z</returnval>"),
+        "CurrentTime" => {
+            if let Some(tx) = &st.current_time {
+                let _ = tx.send(());
+            }
+            ok(method, "<returnval>2026-11-28T17:00:00Z</returnval>")
+        }
         "CreateContainerView" => ok(method, r#"<returnval type="ContainerView">view-1</returnval>"#),
         "RetrievePropertiesEx" => ok(
             method,
@@ -202,6 +209,10 @@ async fn standin(state: Arc<Mutex<State>>) -> String {
 }
 
 async fn client(state: &Arc<Mutex<State>>) -> VsphereClient {
+    client_with(state, 0).await
+}
+
+async fn client_with(state: &Arc<Mutex<State>>, keepalive_secs: u64) -> VsphereClient {
     let url = standin(state.clone()).await;
     VsphereClient::connect(VsphereConfig {
         url,
@@ -212,6 +223,7 @@ async fn client(state: &Arc<Mutex<State>>) -> VsphereClient {
         // A broken question check then fails within seconds instead of hanging.
         timeouts: Timeouts {
             task_secs: 20,
+            keepalive_secs,
             ..Timeouts::default()
         },
     })
@@ -308,4 +320,22 @@ async fn a_property_collector_the_server_lost_is_rebuilt_and_the_wait_goes_on() 
         filters, 4,
         "both filters (task, question) on both collectors"
     );
+}
+
+#[tokio::test]
+async fn the_keep_alive_calls_vsphere_on_its_own_while_the_client_lives() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let state = Arc::new(Mutex::new(State {
+        current_time: Some(tx),
+        ..State::default()
+    }));
+    let c = client_with(&state, 1).await;
+    // Two beats, without any call from the test.
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("no keep-alive within the safety net")
+            .unwrap();
+    }
+    drop(c);
 }

@@ -1,0 +1,124 @@
+//! `sdci-demo` (run by `scripts/demo`): the whole system on loopback. Starts the vSphere
+//! simulator with two Qubes VMs, the GitHub stand-in and the real `sdci-host`, sends one signed
+//! push webhook for the fixture's commit, follows the job to its end, prints the statuses GitHub
+//! received, and keeps the host running until Ctrl-C (or exits at once with `--once`).
+
+use anyhow::{bail, Context, Result};
+use sdci_tests::fixture::TestMode;
+use sdci_tests::world::{World, WorldOptions, REPO};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: sdci-demo [--once] [--fail]
+
+  --once   exit when the job has ended (CI and smoke tests); default: keep the host running
+           until Ctrl-C so the job page can be opened in a browser
+  --fail   demo a commit whose `make test` fails";
+
+fn main() -> Result<()> {
+    let mut once = false;
+    let mut mode = TestMode::Pass;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--once" => once = true,
+            "--fail" => mode = TestMode::Fail,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+
+    println!("sdci demo: starting the vSphere simulator (Qubes_4.2_a, Qubes_4.2_b), the GitHub stand-in and sdci-host...");
+    let w = World::start(WorldOptions {
+        mode,
+        boot_delay: Duration::from_secs(1),
+        shutdown_delay: Duration::from_millis(500),
+        ..WorldOptions::default()
+    })
+    .context("starting the demo world (as root, after scripts/install-deps and cargo build --workspace --bins)")?;
+    println!(
+        "  sdci-host:      {} (config {})",
+        w.host_url(),
+        w.config_path().display()
+    );
+    println!("  host log:       {}", w.host_log_path().display());
+    println!("  vSphere (sim):  {}", w.sim.url());
+    println!("  GitHub (stand-in): {}", w.github.url());
+
+    let sha = w.head()?;
+    println!("\nsending a signed push webhook: {REPO} main -> {sha}");
+    let id = w.push(&sha)?;
+    println!("job {id} queued\njob page: {}\n", w.job_url(&id));
+
+    let started = Instant::now();
+    let mut seen = 0;
+    let job = loop {
+        let j = w.job(&id)?;
+        for t in &j.history[seen.min(j.history.len())..] {
+            println!(
+                "  {:>6.1}s  {:<9} -> {:<9} {}",
+                started.elapsed().as_secs_f64(),
+                t.from,
+                t.to,
+                t.note
+            );
+        }
+        seen = j.history.len();
+        if j.is_terminal() {
+            break w.wait_job(&id)?;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "the job did not end within 10 minutes; see {}",
+                w.host_log_path().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    println!("\nthe job's log (as on its page):");
+    for line in w.job_log(&id).lines() {
+        println!("  | {line}");
+    }
+    println!("\njob {id} ended: {} ({})", job.state, job.note);
+    println!("statuses GitHub received for {}:", &sha[..12]);
+    for s in w.statuses(&sha) {
+        println!(
+            "  {:<8} {:<40} {}",
+            s.state,
+            s.description.unwrap_or_default(),
+            s.target_url.unwrap_or_default()
+        );
+    }
+    let on = w.vms_on()?;
+    println!(
+        "VMs powered on: {}",
+        if on.is_empty() {
+            "none".to_string()
+        } else {
+            on.join(", ")
+        }
+    );
+
+    if once {
+        return if job.state == "success" || mode == TestMode::Fail {
+            Ok(())
+        } else {
+            bail!("the demo job ended {}", job.state)
+        };
+    }
+    println!(
+        "\nsdci-host keeps running: open {} (all jobs: {}/jobs). Ctrl-C stops everything.",
+        w.job_url(&id),
+        w.host_url()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(tokio::signal::ctrl_c())
+        .context("waiting for Ctrl-C")?;
+    println!("\nstopping sdci-host, the simulator and the stand-in...");
+    drop(w);
+    Ok(())
+}

@@ -1,0 +1,979 @@
+//! A whole simulated sdci installation for one end-to-end test (or the demo): the vSphere
+//! simulator with Qubes VMs, the GitHub stand-in, a fixture repository, and the real `sdci-host
+//! serve` with the real `sdci-agent` as its GitHub gateway, all on loopback.
+//!
+//! Invariants of a [`World`]:
+//! - Every VM's guest root is a Qubes world (`qubes_world`, contracts §2/§6) holding the real
+//!   `sdci-dom0` and `sdci-agent`, captured as the pool's golden snapshot while powered off; jobs
+//!   revert to it, so nothing one job leaves in a VM survives into the next.
+//! - The host is the real binary with a generated configuration; nothing in the host knows it
+//!   runs against simulators except the loopback URLs. GitHub App mode is on, so the agent in
+//!   sd-dev posts `running` and the final status with a short-lived token, as in production.
+//! - Everything lives in one temporary directory (never under `/home`, which the Qubes world's
+//!   mount namespaces cover) and on ports of its own, so worlds run side by side; dropping the
+//!   world stops the host, the simulator (and its guest processes) and the stand-in.
+//! - Waiting is for conditions (a job's state, a status), each with a generous safety-net
+//!   deadline; nothing sleeps to synchronise.
+
+use crate::fixture::{Fixture, TestMode};
+use crate::github::{CommitStatus, GitHub, TEST_APP_PRIVATE_KEY};
+use crate::qubes_world::{QubeSpec, QubesWorld, WorldSpec};
+use crate::vsphere_sim::{SimOptions, SimVm, VsphereSim};
+use anyhow::{anyhow, bail, Context, Result};
+use sdci_protocol::job::Step;
+use sdci_vsphere::Hypervisor;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository the world's webhooks name.
+pub const REPO: &str = "freedomofpress/securedrop-workstation";
+/// The pool's golden snapshot (taken of the freshly laid-out Qubes world).
+pub const GOLDEN: &str = "golden";
+/// The commit-status context the host and agent use.
+pub const CONTEXT: &str = "sd-ci-runner";
+const WEBHOOK_SECRET: &str = "world-webhook-secret";
+const APP_ID: u64 = 12345;
+const INSTALLATION_ID: u64 = 678;
+
+/// What to build. `Default`: two VMs `Qubes_4.2_a`/`Qubes_4.2_b`, a passing fixture, short
+/// simulated delays, the default steps.
+#[derive(Debug, Clone)]
+pub struct WorldOptions {
+    /// VM names (all in the `Qubes_4.2_` pool).
+    pub vms: Vec<String>,
+    /// The fixture's first commit.
+    pub mode: TestMode,
+    /// Time from power-on until VMware Tools answer.
+    pub boot_delay: Duration,
+    /// Time from a guest shutdown request until power-off.
+    pub shutdown_delay: Duration,
+    /// Overrides the `make-test` step's timeout (seconds).
+    pub test_timeout_secs: Option<u64>,
+    /// Replaces the whole step list (e.g. a no-op `make` for the benchmark).
+    pub steps: Option<Vec<Step>>,
+    /// `[deadlines] guest_ready_secs`.
+    pub guest_ready_secs: u64,
+    /// The dev VM's name in the golden snapshot (and in the host's config). Anything but
+    /// `sd-dev` is refused by the real qrexec policy.
+    pub dev_vm: String,
+    /// `[jobs] poll_interval_ms`.
+    pub poll_interval_ms: u64,
+    /// `[jobs] max_attempts`.
+    pub max_attempts: u32,
+    /// Log every SOAP call in the simulator's log.
+    pub trace: bool,
+    /// `RUST_LOG` for the host.
+    pub host_log_filter: String,
+}
+
+impl Default for WorldOptions {
+    fn default() -> Self {
+        Self {
+            vms: vec!["Qubes_4.2_a".into(), "Qubes_4.2_b".into()],
+            mode: TestMode::Pass,
+            boot_delay: Duration::from_millis(200),
+            shutdown_delay: Duration::from_millis(200),
+            test_timeout_secs: None,
+            steps: None,
+            guest_ready_secs: 60,
+            dev_vm: "sd-dev".into(),
+            poll_interval_ms: 100,
+            max_attempts: 3,
+            trace: false,
+            host_log_filter: "info,sdci_host=debug".into(),
+        }
+    }
+}
+
+impl WorldOptions {
+    /// One VM only (tests that need a job to wait in the queue, or the same VM twice).
+    pub fn one_vm(mut self) -> Self {
+        self.vms.truncate(1);
+        self
+    }
+}
+
+/// A job as `sdci-host jobs show` reports it.
+#[derive(Debug, Clone, Default)]
+pub struct JobView {
+    pub id: String,
+    pub state: String,
+    pub note: String,
+    pub vm: String,
+    pub attempts: u32,
+    /// `(unix ms, from, to, note)` of every state change, oldest first.
+    pub history: Vec<Transition>,
+    /// The whole `jobs show` text (history and statuses), for failure messages.
+    pub text: String,
+}
+
+/// One state change of a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transition {
+    pub at_ms: i64,
+    pub from: String,
+    pub to: String,
+    pub note: String,
+}
+
+fn parse_history(text: &str) -> Vec<Transition> {
+    text.lines()
+        .skip_while(|l| *l != "history:")
+        .skip(1)
+        .take_while(|l| *l != "statuses:")
+        .filter_map(|l| {
+            let mut words = l.trim().splitn(5, ' ');
+            let at_ms = words.next()?.parse().ok()?;
+            let from = words.next()?.to_owned();
+            if words.next()? != "->" {
+                return None;
+            }
+            let to = words.next()?.to_owned();
+            let note = words.next().unwrap_or("").to_owned();
+            Some(Transition {
+                at_ms,
+                from,
+                to,
+                note,
+            })
+        })
+        .collect()
+}
+
+impl JobView {
+    /// The first time the job entered `state`.
+    pub fn entered(&self, state: &str) -> Option<i64> {
+        self.history.iter().find(|t| t.to == state).map(|t| t.at_ms)
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "success" | "failure" | "error" | "canceled"
+        )
+    }
+}
+
+/// A running world. See the module documentation.
+pub struct World {
+    pub opts: WorldOptions,
+    pub fixture: Fixture,
+    // Field order is drop order: the host first (it talks to the others), then the simulator
+    // (killing guest processes), the stand-in, and the directory last.
+    host: Option<Child>,
+    pub sim: VsphereSim,
+    pub github: GitHub,
+    config: PathBuf,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    /// Builds and starts everything, including `sdci-host serve`.
+    pub fn start(opts: WorldOptions) -> Result<Self> {
+        let world = Self::prepare(opts)?;
+        world.start_host_into()
+    }
+
+    /// Builds everything but does not start the host yet ([`World::start_host`]).
+    pub fn prepare(opts: WorldOptions) -> Result<Self> {
+        for bin in ["sdci-host", "sdci-agent", "sdci-dom0"] {
+            let p = crate::binary(bin);
+            if !p.is_file() {
+                bail!(
+                    "{} is missing: run `cargo build --workspace --bins` first",
+                    p.display()
+                );
+            }
+        }
+        let mut dir = tempfile::Builder::new()
+            .prefix("sdci-world-")
+            .tempdir_in(std::env::temp_dir())
+            .context("create the world's directory")?;
+        // For debugging a failing test: keep the world's directory (not the simulator's).
+        if std::env::var_os("SDCI_WORLD_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("world kept in {}", dir.path().display());
+        }
+        if dir.path().starts_with("/home") {
+            bail!("the world's directory must not be under /home (TMPDIR points there)");
+        }
+        let d = dir.path();
+
+        let fixture = Fixture::create(&d.join("fixture"), opts.mode)?;
+        let github = GitHub::start();
+        github.set_app(APP_ID, INSTALLATION_ID, TEST_APP_PRIVATE_KEY);
+        github.add_repo(REPO);
+        let sha = fixture.head()?;
+        publish(&github, &fixture, &sha)?;
+
+        let sim = VsphereSim::start(
+            SimOptions::vcenter().trace(opts.trace).vms(
+                opts.vms
+                    .iter()
+                    .map(|n| {
+                        SimVm::new(n)
+                            .snapshots(&[])
+                            .tools_delay(Some(opts.boot_delay))
+                            .shutdown_delay(opts.shutdown_delay)
+                    })
+                    .collect(),
+            ),
+        )?;
+        let spec = world_spec(&opts);
+        for vm in &opts.vms {
+            let root = sim.guest_root(vm);
+            QubesWorld::create_with(&root, &spec)
+                .with_context(|| format!("lay out the Qubes world of {vm}"))?;
+            ensure_isolation(&root, &spec)?;
+        }
+
+        // Secrets, each in its own file as the host and agent expect.
+        let secret = |name: &str, text: &str| -> Result<PathBuf> {
+            let p = d.join(name);
+            std::fs::write(&p, text)?;
+            Ok(p)
+        };
+        let webhook_secret = secret("webhook-secret", &format!("{WEBHOOK_SECRET}\n"))?;
+        let vsphere_password = secret("vsphere-password", sim.password())?;
+        let dom0_password = secret("dom0-password", sim.guest_password())?;
+        let app_key = secret("github-app.pem", TEST_APP_PRIVATE_KEY)?;
+        let agent_config = d.join("agent.toml");
+        std::fs::write(
+            &agent_config,
+            format!(
+                "# the host's GitHub gateway, pointed at the GitHub stand-in\n\
+                 api_url = {api:?}\ncontext = {CONTEXT:?}\n\n[app]\napp_id = {APP_ID}\n\
+                 installation_id = {INSTALLATION_ID}\nprivate_key_file = {key:?}\n",
+                api = github.url(),
+                key = app_key.to_string_lossy(),
+            ),
+        )?;
+
+        let addr = free_port()?;
+        let config = d.join("host.toml");
+        std::fs::write(
+            &config,
+            host_config(&HostConfigParts {
+                opts: &opts,
+                addr,
+                data_dir: &d.join("data"),
+                webhook_secret: &webhook_secret,
+                agent_config: &agent_config,
+                github: &github,
+                sim: &sim,
+                vsphere_password: &vsphere_password,
+                dom0_password: &dom0_password,
+            }),
+        )?;
+
+        let world = Self {
+            opts,
+            fixture,
+            host: None,
+            sim,
+            github,
+            config,
+            addr,
+            dir,
+        };
+        world.snapshot_golden()?;
+        Ok(world)
+    }
+
+    /// Takes the golden snapshot of every VM (all powered off) through the vSphere client.
+    fn snapshot_golden(&self) -> Result<()> {
+        let cfg: sdci_vsphere::VsphereConfig = serde_json::from_value(serde_json::json!({
+            "url": self.sim.url(),
+            "user": self.sim.username(),
+            "password": self.sim.password(),
+            "tls": {"mode": "system-roots"},
+        }))
+        .context("vSphere client configuration")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let client = sdci_vsphere::VsphereClient::connect(cfg).await?;
+            for vm in &self.opts.vms {
+                client
+                    .create_snapshot(vm, GOLDEN, "sdci world: freshly laid-out Qubes")
+                    .await
+                    .with_context(|| format!("snapshot {vm}"))?;
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    /// Starts `sdci-host serve` (again, after [`World::kill_host`]) and waits until it answers.
+    pub fn start_host(&mut self) -> Result<()> {
+        if self.host.is_some() {
+            bail!("sdci-host is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.host_log_path())?;
+        let child = Command::new(crate::binary("sdci-host"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("RUST_LOG", &self.opts.host_log_filter)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start sdci-host")?;
+        self.host = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http(self.addr, "GET", "/healthz", &[], b"") {
+                return Ok(());
+            }
+            if let Some(child) = self.host.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.host = None;
+                    bail!(
+                        "sdci-host exited ({status}) before serving; its log:\n{}",
+                        self.host_log()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "sdci-host did not answer within 60 s; its log:\n{}",
+                    self.host_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn start_host_into(mut self) -> Result<Self> {
+        self.start_host()?;
+        Ok(self)
+    }
+
+    /// Kills `sdci-host` with SIGKILL (a crash: no clean-up of any kind).
+    pub fn kill_host(&mut self) -> Result<()> {
+        if let Some(mut child) = self.host.take() {
+            child.kill().context("kill sdci-host")?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Stops `sdci-host` with SIGTERM and waits for it (Ctrl-C in the demo).
+    pub fn stop_host(&mut self) {
+        if let Some(mut child) = self.host.take() {
+            // SAFETY: kill(2) with a pid we own and a valid signal number.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The world's directory (fixture, configs, host data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The host's configuration file.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// `http://127.0.0.1:PORT`, the host's public URL.
+    pub fn host_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The job page's URL (the `target_url` of its statuses).
+    pub fn job_url(&self, id: &str) -> String {
+        format!("{}/jobs/{id}", self.host_url())
+    }
+
+    pub fn host_log_path(&self) -> PathBuf {
+        self.dir.path().join("host.log")
+    }
+
+    /// Everything the host has logged so far.
+    pub fn host_log(&self) -> String {
+        std::fs::read_to_string(self.host_log_path()).unwrap_or_default()
+    }
+
+    /// Makes `sha` (a commit of the fixture) fetchable from the stand-in and the head of `main`.
+    pub fn publish(&self, sha: &str) -> Result<()> {
+        publish(&self.github, &self.fixture, sha)
+    }
+
+    /// Commits a new test mode to the fixture and publishes it; returns the sha.
+    pub fn commit(&self, mode: TestMode, message: &str) -> Result<String> {
+        let sha = self.fixture.commit_mode(mode, message)?;
+        self.publish(&sha)?;
+        Ok(sha)
+    }
+
+    /// Sends a signed `push` webhook for `sha` on `main`; returns the queued job's id.
+    pub fn push(&self, sha: &str) -> Result<String> {
+        self.push_to(sha, "main")
+    }
+
+    /// Sends a signed `push` webhook for `sha` on `main` and returns the host's raw answer.
+    pub fn send_push(&self, sha: &str) -> Result<(u16, String)> {
+        self.send_push_to(sha, "main")
+    }
+
+    /// Sends a signed `push` webhook for `sha` on `branch`; returns the queued job's id.
+    pub fn push_to(&self, sha: &str, branch: &str) -> Result<String> {
+        let (code, body) = self.send_push_to(sha, branch)?;
+        if code != 202 {
+            bail!("the host answered the push with {code}: {body}");
+        }
+        body.strip_prefix("queued job ")
+            .map(|s| s.trim().to_owned())
+            .ok_or_else(|| anyhow!("unexpected answer to the push: {body}"))
+    }
+
+    /// Sends a signed `push` webhook for `sha` on `branch` and returns the host's raw answer.
+    pub fn send_push_to(&self, sha: &str, branch: &str) -> Result<(u16, String)> {
+        let body = serde_json::json!({
+            "ref": format!("refs/heads/{branch}"),
+            "before": "0000000000000000000000000000000000000000",
+            "after": sha,
+            "deleted": false,
+            "repository": {
+                "full_name": REPO,
+                "clone_url": format!("https://github.com/{REPO}.git"),
+            },
+        })
+        .to_string();
+        let signature = sign(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
+        let delivery = format!("{:x}", rand_u64());
+        http(
+            self.addr,
+            "POST",
+            "/hooks/github",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", &delivery),
+                ("X-Hub-Signature-256", &signature),
+            ],
+            body.as_bytes(),
+        )
+    }
+
+    /// Runs `sdci-host --config <world's> ARGS...` and returns its stdout.
+    pub fn host_cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(crate::binary("sdci-host"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .context("run sdci-host")?;
+        if !out.status.success() {
+            bail!(
+                "sdci-host {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The job as `sdci-host jobs show` reports it.
+    pub fn job(&self, id: &str) -> Result<JobView> {
+        let text = self.host_cli(&["jobs", "show", id])?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        };
+        Ok(JobView {
+            id: id.to_owned(),
+            state: field("state"),
+            note: field("note"),
+            vm: field("vm"),
+            attempts: field("attempts").parse().unwrap_or(0),
+            history: parse_history(&text),
+            text,
+        })
+    }
+
+    /// Waits until the job satisfies `done` (safety net: `limit`).
+    pub fn wait_job_until(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&JobView) -> bool,
+    ) -> Result<JobView> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let j = self.job(id)?;
+            if done(&j) {
+                return Ok(j);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "job {id} did not get there within {limit:?}; now:\n{}\nhost log (tail):\n{}",
+                    j.text,
+                    tail(&self.host_log(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the job is in a terminal state and every status the host queued for it was
+    /// handed to GitHub (or gave up), so assertions see the final picture.
+    pub fn wait_job(&self, id: &str) -> Result<JobView> {
+        let j = self.wait_job_until(id, Duration::from_secs(300), JobView::is_terminal)?;
+        self.wait_job_until(id, Duration::from_secs(120), |j| {
+            !j.text.contains(" unposted ")
+        })
+        .map(|_| j)
+    }
+
+    /// The job's log as the host keeps it (what its page shows).
+    pub fn job_log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("data/logs").join(format!("{id}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Statuses GitHub accepted for `sha`, in order.
+    pub fn statuses(&self, sha: &str) -> Vec<CommitStatus> {
+        self.github
+            .statuses()
+            .into_iter()
+            .filter(|s| s.sha == sha)
+            .collect()
+    }
+
+    /// `(state, description)` of every status GitHub accepted for `sha`, in order.
+    pub fn status_pairs(&self, sha: &str) -> Vec<(String, String)> {
+        self.statuses(sha)
+            .into_iter()
+            .map(|s| (s.state, s.description.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Waits until GitHub holds at least `n` statuses for `sha`.
+    pub fn wait_statuses(&self, sha: &str, n: usize, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while self.statuses(sha).len() < n {
+            if Instant::now() > deadline {
+                bail!(
+                    "GitHub has {:?} for {sha}, expected at least {n}",
+                    self.status_pairs(sha)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// `GET` on the host (e.g. a job page); `(status, body)`.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        http(self.addr, "GET", path, &[], b"")
+    }
+
+    /// GETs an absolute URL served by this world's host (a status's `target_url`).
+    pub fn get_url(&self, url: &str) -> Result<(u16, String)> {
+        let base = self.host_url();
+        let path = url
+            .strip_prefix(&base)
+            .ok_or_else(|| anyhow!("{url} is not served by this world's host ({base})"))?;
+        self.get(path)
+    }
+
+    /// Power state of every VM: `(name, "poweredOn" | "poweredOff" | ...)`.
+    pub fn power_states(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .sim
+            .vms()?
+            .into_iter()
+            .map(|v| (v.name, v.power_state))
+            .collect())
+    }
+
+    /// Names of the VMs that are not powered off.
+    pub fn vms_on(&self) -> Result<Vec<String>> {
+        Ok(self
+            .power_states()?
+            .into_iter()
+            .filter(|(_, s)| s != "poweredOff")
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    /// Waits until every VM is powered off (the host shuts down asynchronously after a job's
+    /// terminal state is recorded only in the error paths; safety net `limit`).
+    pub fn wait_all_off(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let on = self.vms_on()?;
+            if on.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("VMs still on after {limit:?}: {on:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The Qubes world in a VM's guest root as it is now (after the last job, until the next
+    /// revert).
+    pub fn qubes(&self, vm: &str) -> Result<QubesWorld> {
+        QubesWorld::open(&self.sim.guest_root(vm))
+    }
+
+    /// The fixture's first commit.
+    pub fn head(&self) -> Result<String> {
+        self.fixture.head()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop_host();
+    }
+}
+
+/// Why a world cannot be built on this machine (not a failure of the system under test).
+#[derive(Debug)]
+pub struct Unsupported(pub String);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+/// Makes sure no process of the Qubes world can reach the machine's own `/home` (contracts §6):
+/// every process "in" a qube must see that qube's home on `/home`, or the agent's checkout
+/// (`/home/user/securedrop-workstation`) lands on the machine. Needs root (mount namespaces).
+///
+/// When the Qubes world already enters the qubes' views itself (dom0's `sdci-dom0` is its
+/// wrapper, not a symlink), nothing is changed. Otherwise (an older `qubes_world`) the same views
+/// are entered here, with the two wrappers §6 describes: dom0's `/usr/local/bin/sdci-dom0` binds
+/// `R/home` on `/home` and sets `HOME=/home/<user>` before exec'ing the binary, and dom0's
+/// `qvm-run` binds the target qube's home on `/home` before the stand-in runs.
+fn ensure_isolation(root: &Path, spec: &WorldSpec) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Unsupported(
+            "the Qubes world needs root (private mount namespaces, contracts §6); run as root"
+                .into(),
+        )
+        .into());
+    }
+    let entry = root.join("usr/local/bin/sdci-dom0");
+    let meta = std::fs::symlink_metadata(&entry)
+        .with_context(|| format!("{} is missing", entry.display()))?;
+    if !meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let q = |p: &Path| format!("'{}'", p.to_string_lossy().replace('\'', r"'\''"));
+    let write_exec = |path: &Path, body: &str| -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::remove_file(path);
+        std::fs::write(path, body).with_context(|| format!("write {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    };
+    write_exec(
+        &entry,
+        &format!(
+            "#!/bin/sh\n# sdci world (contracts §6): enter dom0's view, R/home on /home, then run sdci-dom0.\n\
+             exec unshare --mount --propagation private /bin/sh -c \
+             'mount --bind \"$0/home\" /home || exit 125; export HOME=/home/{user}; exec \"$@\"' \
+             {root} {bin} \"$@\"\n",
+            user = spec.dom0_user,
+            root = q(root),
+            bin = q(&spec.dom0_binary),
+        ),
+    )?;
+    let qvm_run = root.join("usr/bin/qvm-run");
+    let inner = root.join("usr/bin/.qvm-run.stand-in");
+    std::fs::rename(&qvm_run, &inner).context("keep the qvm-run stand-in")?;
+    write_exec(
+        &qvm_run,
+        &format!(
+            r#"#!/bin/sh
+# sdci world (contracts §6): the command runs in the target qube's view, its home on /home.
+vm=""; skip=0
+for a in "$@"; do
+  if [ "$skip" = 1 ]; then skip=0; continue; fi
+  case "$a" in
+    -u|--user|--color-output|--colour-output|--color-stderr|--colour-stderr) skip=1 ;;
+    --) ;;
+    -*) ;;
+    *) vm="$a"; break ;;
+  esac
+done
+home={qubes}/"$vm"/home
+if [ -n "$vm" ] && [ "$vm" != dom0 ] && [ -d "$home" ]; then
+  exec unshare --mount --propagation private /bin/sh -c 'mount --bind "$0" /home || exit 125; exec "$@"' "$home" {inner} "$@"
+fi
+exec {inner} "$@"
+"#,
+            qubes = q(&root.join("var/lib/qubes-sim")),
+            inner = q(&inner),
+        ),
+    )?;
+    Ok(())
+}
+
+/// The Qubes world every VM holds: the default one plus `whonix-gateway-17`, the template the
+/// default steps update.
+fn world_spec(opts: &WorldOptions) -> WorldSpec {
+    let mut spec = WorldSpec {
+        dev_vm: opts.dev_vm.clone(),
+        ..WorldSpec::default()
+    };
+    spec.other_qubes
+        .push(QubeSpec::new("whonix-gateway-17", "TemplateVM", &[], false));
+    spec
+}
+
+fn publish(github: &GitHub, fixture: &Fixture, sha: &str) -> Result<()> {
+    github.serve_git(REPO, &fixture.path);
+    github.set_branch(REPO, "main", sha);
+    let ci = std::fs::read(fixture.path.join(".github/workstation-ci.yml"))
+        .context("read the fixture's .github/workstation-ci.yml")?;
+    github.add_file(REPO, sha, ".github/workstation-ci.yml", &ci);
+    Ok(())
+}
+
+struct HostConfigParts<'a> {
+    opts: &'a WorldOptions,
+    addr: SocketAddr,
+    data_dir: &'a Path,
+    webhook_secret: &'a Path,
+    agent_config: &'a Path,
+    github: &'a GitHub,
+    sim: &'a VsphereSim,
+    vsphere_password: &'a Path,
+    dom0_password: &'a Path,
+}
+
+/// TOML for one step (serde_json's strings are valid TOML basic strings).
+fn step_toml(s: &Step) -> String {
+    let q = |v: &str| serde_json::Value::String(v.to_owned()).to_string();
+    let argv: Vec<String> = s.argv.iter().map(|a| q(a)).collect();
+    let env: Vec<String> = s
+        .env
+        .iter()
+        .map(|(k, v)| format!("{} = {}", q(k), q(v)))
+        .collect();
+    format!(
+        "{{ name = {}, argv = [{}], env = {{ {} }}, timeout_secs = {} }}",
+        q(&s.name),
+        argv.join(", "),
+        env.join(", "),
+        s.timeout_secs
+    )
+}
+
+fn host_config(p: &HostConfigParts<'_>) -> String {
+    let o = p.opts;
+    let steps = o.steps.clone().unwrap_or_else(|| {
+        let mut steps = sdci_protocol::job::default_steps();
+        if let Some(t) = o.test_timeout_secs {
+            for s in steps.iter_mut().filter(|s| s.name == "make-test") {
+                s.timeout_secs = t;
+            }
+        }
+        steps
+    });
+    let steps: Vec<String> = steps.iter().map(step_toml).collect();
+    let path = |p: &Path| format!("{:?}", p.to_string_lossy());
+    let mut t = String::new();
+    let _ = write!(
+        t,
+        r#"# sdci-host configuration generated by sdci_tests::world for one simulated installation
+listen = "{addr}"
+public_url = "http://{addr}"
+data_dir = {data}
+reconcile_interval_secs = 2
+default_version = "4.2"
+
+[webhook]
+secret_file = {secret}
+
+[agent]
+path = {agent}
+config = {agent_config}
+github_app = true
+resolve_version = true
+github_api = "{api}"
+clone_url_override = "{clone}"
+timeout_secs = 120
+
+[vsphere]
+url = "{vs_url}"
+user = "{vs_user}"
+password_file = {vs_pw}
+[vsphere.tls]
+mode = "system-roots"
+[vsphere.timeouts]
+connect_secs = 10
+call_secs = 30
+task_secs = 60
+
+[dom0]
+user = "{guest_user}"
+password_file = {dom0_pw}
+dev_vm = "{dev_vm}"
+
+[jobs]
+max_attempts = {attempts}
+poll_interval_ms = {poll}
+steps = [
+  {steps}
+]
+
+[deadlines]
+revert_secs = 60
+power_on_secs = 60
+guest_ready_secs = {ready}
+upload_secs = 60
+run_secs = 600
+download_secs = 60
+shutdown_grace_secs = 30
+shutdown_secs = 60
+
+[pools."4.2"]
+prefix = "Qubes_4.2_"
+golden_snapshot = "{GOLDEN}"
+"#,
+        addr = p.addr,
+        data = path(p.data_dir),
+        secret = path(p.webhook_secret),
+        agent = path(&crate::binary("sdci-agent")),
+        agent_config = path(p.agent_config),
+        api = p.github.url(),
+        clone = p.github.clone_url(REPO),
+        vs_url = p.sim.url(),
+        vs_user = p.sim.username(),
+        vs_pw = path(p.vsphere_password),
+        guest_user = p.sim.guest_username(),
+        dom0_pw = path(p.dom0_password),
+        dev_vm = o.dev_vm,
+        attempts = o.max_attempts,
+        poll = o.poll_interval_ms,
+        steps = steps.join(",\n  "),
+        ready = o.guest_ready_secs,
+    );
+    t
+}
+
+/// `sha256=<hex>` of `body` under `secret`, as GitHub signs webhooks.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    format!(
+        "sha256={}",
+        hex::encode(ring::hmac::sign(&key, body).as_ref())
+    )
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u64::from_le_bytes(b)
+}
+
+/// A free loopback port (bound and released; the host binds it right after).
+fn free_port() -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("find a free loopback port")?;
+    Ok(l.local_addr()?)
+}
+
+/// The last `n` lines of a text.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A minimal HTTP/1.1 client over loopback (`Connection: close`; chunked answers decoded).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sdci-tests\r\n\
+         Connection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        let _ = write!(req, "{k}: {v}\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP answer"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut payload = raw[split + 4..].to_vec();
+    let code: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("malformed status line: {head}"))?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        payload = dechunk(&payload)?;
+    }
+    Ok((code, String::from_utf8_lossy(&payload).into_owned()))
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| anyhow!("bad chunk"))?;
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            bail!("truncated chunk");
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}

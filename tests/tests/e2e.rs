@@ -1,0 +1,361 @@
+//! End to end: from a signed webhook to the final GitHub status and the complete log, through
+//! the real `sdci-host`, `sdci-agent` and `sdci-dom0` binaries, the vSphere simulator and the
+//! Qubes and GitHub stand-ins (`sdci_tests::world`). Each test builds its own world (own
+//! directory, ports and simulator), so they run in parallel.
+//!
+//! Needs the binaries (`cargo build --workspace --bins`, as scripts/test does) and root (the
+//! Qubes world's mount namespaces, contracts §6). On a machine that cannot host the world, each
+//! test says why on stderr and returns without asserting anything.
+#![allow(clippy::unwrap_used)]
+
+use sdci_protocol::job::Step;
+use sdci_tests::fixture::TestMode;
+use sdci_tests::vsphere_sim::Fault;
+use sdci_tests::world::{Unsupported, World, WorldOptions, CONTEXT};
+use std::time::Duration;
+
+/// The agent's description of its `pending` status.
+const RUNNING: &str = "The build is running";
+
+/// Starts a world, or `None` (with the reason on stderr) where this machine cannot host one.
+fn world(opts: WorldOptions) -> Option<World> {
+    match World::start(opts) {
+        Ok(w) => Some(w),
+        Err(e) if e.downcast_ref::<Unsupported>().is_some() => {
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+        Err(e) => panic!("building the world failed: {e:#}"),
+    }
+}
+
+fn pair(state: &str, description: &str) -> (String, String) {
+    (state.to_owned(), description.to_owned())
+}
+
+/// The job page's text (the log is in its `<pre>`).
+fn page(w: &World, id: &str) -> String {
+    let (code, body) = w.get(&format!("/jobs/{id}")).unwrap();
+    assert_eq!(code, 200, "job page of {id}");
+    body
+}
+
+/// GitHub received exactly `pending` queued → `pending` running → `success` for `sha`.
+fn assert_queued_running_success(w: &World, sha: &str) {
+    let got = w.status_pairs(sha);
+    let states: Vec<&str> = got.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(states, ["pending", "pending", "success"], "{got:?}");
+    assert_eq!(got[0], pair("pending", "queued"), "{got:?}");
+    assert_eq!(got[1], pair("pending", RUNNING), "{got:?}");
+    assert!(got[2].1.contains("steps passed"), "{got:?}");
+}
+
+#[test]
+fn a_passing_commit_reports_queued_running_success_and_the_next_job_starts_from_the_snapshot() {
+    let Some(w) = world(WorldOptions::default().one_vm()) else {
+        return;
+    };
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    let job = w.wait_job(&id).unwrap();
+    assert_eq!(job.state, "success", "{}\n{}", job.text, page(&w, &id));
+
+    assert_queued_running_success(&w, &sha);
+    for s in w.statuses(&sha) {
+        assert_eq!(s.target_url.as_deref(), Some(w.job_url(&id).as_str()));
+        assert_eq!(s.context, CONTEXT);
+    }
+    // target_url serves the full log: every step, from the first to the last line of make test.
+    let (code, body) = w.get_url(&w.job_url(&id)).unwrap();
+    assert_eq!(code, 200);
+    for text in [
+        "os-release",
+        "make-clone",
+        "Cloned",
+        "make-dev",
+        "dev done",
+        "shutdown-sd-vms",
+        "whonix-update",
+        "CI=true",
+        "tests/test_vms.py::test_sd_vms PASSED",
+        "1 passed",
+    ] {
+        assert!(body.contains(text), "the job page lacks {text:?}:\n{body}");
+    }
+    assert_eq!(
+        w.vms_on().unwrap(),
+        Vec::<String>::new(),
+        "a VM was left on"
+    );
+
+    // Job 1 left a marker in dom0's home (the VM stays as job 1 left it until the next revert).
+    let vm = &w.opts.vms[0];
+    let home = w.qubes(vm).unwrap().dom0_home();
+    assert!(home.join(".fixture-ran-1").exists(), "job 1 left no marker");
+    // Job 2 runs on the same (only) VM; its `make test` fails if job 1's marker is still there.
+    let sha2 = w.commit(TestMode::Pass, "second").unwrap();
+    let id2 = w.push(&sha2).unwrap();
+    let job2 = w.wait_job(&id2).unwrap();
+    assert_eq!(job2.state, "success", "{}\n{}", job2.text, page(&w, &id2));
+    assert_eq!(job2.vm, *vm);
+    assert!(
+        !home.join(".fixture-ran-1").exists(),
+        "job 1's file survived the revert"
+    );
+    assert!(home.join(".fixture-ran-2").exists());
+    assert!(w.vms_on().unwrap().is_empty());
+}
+
+#[test]
+fn a_failing_make_test_reports_failure_runs_no_later_step_and_the_log_shows_the_failing_step() {
+    let mut steps = sdci_protocol::job::default_steps();
+    steps.push(Step::new(
+        "after-test",
+        &["sh", "-c", "echo AFTER-TEST-STEP-RAN"],
+        60,
+    ));
+    let Some(w) = world(WorldOptions {
+        mode: TestMode::Fail,
+        steps: Some(steps),
+        ..WorldOptions::default().one_vm()
+    }) else {
+        return;
+    };
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    let job = w.wait_job(&id).unwrap();
+    assert_eq!(job.state, "failure", "{}", job.text);
+    let got = w.status_pairs(&sha);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0], pair("pending", "queued"));
+    assert_eq!(got[1], pair("pending", RUNNING));
+    assert_eq!(got[2].0, "failure", "{got:?}");
+    assert!(got[2].1.contains("make-test"), "{got:?}");
+    let body = page(&w, &id);
+    assert!(
+        body.contains("tests/test_vms.py::test_sd_vms FAILED"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("AFTER-TEST-STEP-RAN"),
+        "a step after the failing one ran:\n{body}"
+    );
+    assert!(w.vms_on().unwrap().is_empty());
+}
+
+#[test]
+fn a_hanging_step_is_killed_at_its_timeout_and_the_job_fails_with_the_reason() {
+    let Some(w) = world(WorldOptions {
+        mode: TestMode::Hang,
+        test_timeout_secs: Some(3),
+        ..WorldOptions::default().one_vm()
+    }) else {
+        return;
+    };
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    let job = w.wait_job(&id).unwrap();
+    assert_eq!(job.state, "failure", "{}", job.text);
+    let got = w.status_pairs(&sha);
+    let last = got.last().unwrap();
+    assert_eq!(last.0, "failure", "{got:?}");
+    assert!(
+        last.1.contains("make-test") && last.1.contains("timed out after 3 s"),
+        "the reason names the step and its timeout: {got:?}"
+    );
+    let body = page(&w, &id);
+    assert!(body.contains("hanging"), "{body}");
+    // The hanging `sleep` was killed with its process group: nothing of it runs in the guest.
+    let vm = &w.opts.vms[0];
+    assert!(w.vms_on().unwrap().is_empty());
+    let procs = w.sim.vm(vm).unwrap().processes;
+    assert!(procs.iter().all(|p| !p.running), "{procs:?}");
+}
+
+#[test]
+fn a_vm_that_fails_to_power_on_is_replaced_by_the_second_vm_and_the_job_succeeds() {
+    let Some(w) = world(WorldOptions::default()) else {
+        return;
+    };
+    w.sim
+        .inject(Fault::TaskError {
+            method: "PowerOnVM_Task".into(),
+            kind: "InsufficientResourcesFault".into(),
+            count: 1,
+        })
+        .unwrap();
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    let job = w.wait_job(&id).unwrap();
+    assert_eq!(job.state, "success", "{}", job.text);
+    assert_eq!(job.attempts, 2, "{}", job.text);
+    let first = job
+        .text
+        .lines()
+        .find_map(|l| l.split("attempt 1 on ").nth(1))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_ne!(
+        first, job.vm,
+        "attempt 2 ran on the VM that failed:\n{}",
+        job.text
+    );
+    let got = w.status_pairs(&sha);
+    assert_eq!(got.first().unwrap(), &pair("pending", "queued"));
+    let last = got.last().unwrap();
+    assert!(last.0 == "success" && last.1.contains("steps passed"), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|(_, d)| d.contains("retrying on another VM")),
+        "{got:?}"
+    );
+    assert!(w.vms_on().unwrap().is_empty());
+}
+
+#[test]
+fn tools_that_never_start_on_any_vm_end_the_job_in_error_after_the_retry_limit_with_every_vm_off() {
+    let Some(w) = world(WorldOptions {
+        guest_ready_secs: 2,
+        ..WorldOptions::default()
+    }) else {
+        return;
+    };
+    for vm in &w.opts.vms {
+        w.sim.inject(Fault::ToolsNever { vm: vm.clone() }).unwrap();
+    }
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    let job = w.wait_job(&id).unwrap();
+    assert_eq!(job.state, "error", "{}", job.text);
+    assert_eq!(job.attempts, w.opts.max_attempts, "{}", job.text);
+    let got = w.status_pairs(&sha);
+    let last = got.last().unwrap();
+    assert_eq!(last.0, "error", "{got:?}");
+    assert!(last.1.contains("attempts"), "{got:?}");
+    assert!(!got.iter().any(|(_, d)| d == RUNNING), "{got:?}");
+    w.wait_all_off(Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+fn a_host_killed_mid_job_and_restarted_ends_the_job_and_leaves_no_vm_on() {
+    let Some(mut w) = world(WorldOptions {
+        mode: TestMode::Hang,
+        test_timeout_secs: Some(8),
+        ..WorldOptions::default().one_vm()
+    }) else {
+        return;
+    };
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    // Mid-job: the agent in sd-dev has started (its `running` status arrived).
+    w.wait_statuses(&sha, 2, Duration::from_secs(120)).unwrap();
+    assert_eq!(w.job(&id).unwrap().state, "running");
+    w.kill_host().unwrap();
+    w.start_host().unwrap();
+    let job = w.wait_job(&id).unwrap();
+    // Either the restarted host gives the job up (error) or runs it again from a clean revert
+    // (then it ends as the commit deserves: the hang is killed at its timeout, failure).
+    match job.state.as_str() {
+        "error" => {}
+        "failure" => assert!(job.attempts >= 2, "{}", job.text),
+        other => panic!("unexpected end {other}:\n{}", job.text),
+    }
+    let got = w.status_pairs(&sha);
+    assert_eq!(got.last().unwrap().0, job.state, "{got:?}");
+    w.wait_all_off(Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+fn a_superseding_push_ends_the_queued_job_in_error_superseded() {
+    let Some(w) = world(WorldOptions {
+        mode: TestMode::Hang,
+        test_timeout_secs: Some(5),
+        ..WorldOptions::default().one_vm()
+    }) else {
+        return;
+    };
+    // Job A occupies the only VM.
+    let a = w.head().unwrap();
+    let id_a = w.push(&a).unwrap();
+    w.wait_job_until(&id_a, Duration::from_secs(120), |j| j.state == "running")
+        .unwrap();
+    // B waits in the queue; C, a newer push to the same branch, supersedes it.
+    let b = w.commit(TestMode::Pass, "b").unwrap();
+    let id_b = w.push(&b).unwrap();
+    assert_eq!(w.job(&id_b).unwrap().state, "queued");
+    let c = w.commit(TestMode::Pass, "c").unwrap();
+    let id_c = w.push(&c).unwrap();
+
+    let job_b = w.wait_job(&id_b).unwrap();
+    assert_eq!(job_b.state, "error", "{}", job_b.text);
+    assert!(job_b.note.contains("superseded"), "{}", job_b.text);
+    let got_b = w.status_pairs(&b);
+    assert_eq!(got_b.first().unwrap(), &pair("pending", "queued"));
+    let last = got_b.last().unwrap();
+    assert!(
+        last.0 == "error" && last.1.contains("superseded"),
+        "{got_b:?}"
+    );
+
+    let job_c = w.wait_job(&id_c).unwrap();
+    assert_eq!(job_c.state, "success", "{}", job_c.text);
+    assert_eq!(w.job(&id_a).unwrap().state, "failure");
+    assert!(w.vms_on().unwrap().is_empty());
+}
+
+#[test]
+fn a_dev_vm_the_qrexec_policy_does_not_name_is_refused_and_the_job_errors_with_the_reason() {
+    let Some(w) = world(WorldOptions {
+        dev_vm: "sd-dev-renamed".into(),
+        max_attempts: 1,
+        ..WorldOptions::default().one_vm()
+    }) else {
+        return;
+    };
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    let job = w.wait_job(&id).unwrap();
+    assert_eq!(job.state, "error", "{}", job.text);
+    let body = page(&w, &id);
+    assert!(body.contains("refused by policy"), "{body}");
+    let got = w.status_pairs(&sha);
+    let last = got.last().unwrap();
+    assert_eq!(last.0, "error", "{got:?}");
+    assert!(
+        last.1.contains("refused by policy"),
+        "the final status names the reason: {got:?}"
+    );
+    // Nothing from the archive reached dom0's checkout.
+    let vm = &w.opts.vms[0];
+    let home = w.qubes(vm).unwrap().dom0_home();
+    assert!(!home.join("securedrop-workstation/Makefile").exists());
+    assert!(w.vms_on().unwrap().is_empty());
+}
+
+/// The agent's GitHub client retries 5xx answers six times with backoff doubling from 0.5 s
+/// (±25 % jitter: at least 11.6 s in all), and the agent in sd-dev cannot be configured per
+/// world (qubes see the machine's `/etc`). An outage longer than that makes the agent drop its
+/// `running` status by design (it logs and carries on; the host's final status still arrives),
+/// so the window here is 8 s: long enough that every status of the job meets it.
+#[test]
+fn github_down_during_the_job_delays_every_status_but_loses_none_and_keeps_their_order() {
+    let Some(w) = world(WorldOptions::default().one_vm()) else {
+        return;
+    };
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    w.wait_statuses(&sha, 1, Duration::from_secs(60)).unwrap();
+    w.github.outage_for(Duration::from_secs(8), 503);
+    let job = w.wait_job(&id).unwrap();
+    assert_eq!(job.state, "success", "{}\n{}", job.text, page(&w, &id));
+    assert_queued_running_success(&w, &sha);
+    let refused = w
+        .github
+        .requests()
+        .iter()
+        .filter(|r| r.status == 503)
+        .count();
+    assert!(refused > 0, "the outage answered nothing");
+    assert!(w.vms_on().unwrap().is_empty());
+}
