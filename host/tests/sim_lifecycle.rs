@@ -300,8 +300,17 @@ async fn in_app_mode_the_job_file_carries_a_fresh_token_from_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let ctl = dir.path().join("ctl");
     let sim = start_sim(&["Qubes_4.2_a"], &ctl);
-    // `[agent]` is written by the common config; this extra table only adds to the test's
-    // settings through the top-level defaults, so set App mode with a dotted key instead.
-    let host = start_host(dir.path(), &sim, &format!("agent_app = 1\n{FAST}")).await;
-    let _ = host;
+    let host = start_host_with(dir.path(), &sim, FAST, "github_app = true\n").await;
+    let id = push(&host, 1, "main").await;
+    assert_eq!(ended(&host, &id).await.state, JobState::Success);
+    let file = std::fs::read(sim.guest_path(
+        "Qubes_4.2_a",
+        &format!("/home/user/.sdci/jobs/{id}/job.json"),
+    ))
+    .unwrap();
+    let file = sdci_protocol::JobFile::from_json(&file).unwrap();
+    assert_eq!(file.agent.token.unwrap().expose(), "ghs_test");
+    assert!(agent_calls(dir.path())
+        .iter()
+        .any(|c| c.starts_with("token --repo freedomofpress/securedrop-workstation")));
 }

@@ -53,6 +53,11 @@ pub fn agent_calls(dir: &Path) -> Vec<String> {
 
 /// A config for a test: data in `dir`, the stub agent, fast polling, the given extra TOML.
 pub fn config_text(dir: &Path, listen: &str, extra: &str) -> String {
+    config_text_with(dir, listen, extra, "")
+}
+
+/// As [`config_text`], with extra lines for the `[agent]` table.
+pub fn config_text_with(dir: &Path, listen: &str, extra: &str, agent_extra: &str) -> String {
     std::fs::write(dir.join("secret"), SECRET).unwrap();
     std::fs::write(dir.join("dom0-password"), "pw\n").unwrap();
     let agent = write_stub_agent(dir);
@@ -60,7 +65,7 @@ pub fn config_text(dir: &Path, listen: &str, extra: &str) -> String {
         "listen = \"{listen}\"\npublic_url = \"http://{listen}\"\ndata_dir = \"{data}\"\n\
          reconcile_interval_secs = 3600\n{extra}\n\
          [webhook]\nsecret_file = \"{dir}/secret\"\n\
-         [agent]\npath = \"{agent}\"\n\
+         [agent]\npath = \"{agent}\"\n{agent_extra}\
          [dom0]\npassword_file = \"{dir}/dom0-password\"\n",
         data = dir.join("data").display(),
         dir = dir.display(),
@@ -351,9 +356,19 @@ pub mod sim {
 
     /// Starts the service in-process with the real vim25 client on the simulator.
     pub async fn start_host(dir: &Path, sim: &VsphereSim, extra: &str) -> TestHost {
+        start_host_with(dir, sim, extra, "").await
+    }
+
+    /// As [`start_host`], with extra `[agent]` lines.
+    pub async fn start_host_with(
+        dir: &Path,
+        sim: &VsphereSim,
+        extra: &str,
+        agent_extra: &str,
+    ) -> TestHost {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let text = config_text(dir, &addr, &sim_toml(sim, dir, extra));
+        let text = config_text_with(dir, &addr, &sim_toml(sim, dir, extra), agent_extra);
         std::fs::write(dir.join("dom0-password"), sim.guest_password()).unwrap();
         let cfg = Config::parse(&text, Path::new("test.toml")).unwrap();
         let vcfg = sdci_host::cli::vsphere_config(&cfg).unwrap();
