@@ -225,6 +225,8 @@ impl<H: Hypervisor> Orchestrator<H> {
                 target_url: format!("{}/jobs/{}", cfg.public_url, j.id),
                 event_url: format!("{}/api/v1/jobs/{}/events", cfg.public_url, j.id),
                 event_secret: Secret::new(secret),
+                // The host posts every terminal status from its durable outbox.
+                post_final_status: false,
             },
         };
         file.validate().map_err(|e| bad("job file", e))?;

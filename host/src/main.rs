@@ -148,7 +148,10 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Vms { action } => {
                 match action {
-                    None => print!("{}", cli::vms(&cfg)?),
+                    None => {
+                        print!("{}", cli::vms(&cfg)?);
+                        print!("{}", vsphere_view(&cfg).await);
+                    }
                     Some(VmsAction::Unquarantine { name }) => {
                         cli::unquarantine(&cfg, &name)?;
                         cli::wake(&cfg).await;
@@ -185,6 +188,41 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// What vSphere says about each pool's VMs, for `sdci-host vms`; a line saying why when it
+/// cannot be asked.
+async fn vsphere_view(cfg: &Config) -> String {
+    use sdci_vsphere::Hypervisor;
+    if cfg.vsphere.url.is_empty() {
+        return "vSphere: not configured ([vsphere] url)\n".into();
+    }
+    let client = match cli::vsphere_config(cfg) {
+        Ok(v) => sdci_vsphere::VsphereClient::connect(v).await,
+        Err(e) => return format!("vSphere: {e}\n"),
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => return format!("vSphere: cannot connect: {e}\n"),
+    };
+    let mut out = String::from("vSphere:\n");
+    for (version, pool) in &cfg.pools {
+        match client.list_vms(&pool.prefix).await {
+            Ok(vms) => {
+                for vm in vms {
+                    out.push_str(&format!(
+                        "  {:<24} {:<6} power {:?} tools {}\n",
+                        vm.name,
+                        version,
+                        vm.power,
+                        if vm.tools_running { "running" } else { "off" }
+                    ));
+                }
+            }
+            Err(e) => out.push_str(&format!("  pool {version}: {e}\n")),
+        }
+    }
+    out
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {

@@ -342,10 +342,14 @@ CREATE TABLE statuses (
 CREATE INDEX statuses_unposted ON statuses(posted, job_id, id);
 "#];
 
+/// WAL size past which the ingest writer resets it (see [`Store::bound_wal`]).
+const WAL_RESET_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The store. One connection behind a mutex: every operation is short, and SQLite serializes
 /// writers anyway. Other processes (the CLI) open their own connection to the same file.
 pub struct Store {
     conn: Mutex<Connection>,
+    path: std::path::PathBuf,
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -368,8 +372,11 @@ impl Store {
         // temporary file. A larger page cache keeps the hot indexes in memory.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.pragma_update(None, "cache_size", -16_000)?;
-        // Fewer, larger checkpoints: a page rewritten by many commits is copied back once.
-        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+        // Checkpoints on commit only as a fallback under constant load: the ingest writer
+        // checkpoints whenever it is idle (see `ingest_writer`).
+        conn.pragma_update(None, "wal_autocheckpoint", 8000)?;
+        // A WAL grown by a burst is cut back to this after it is reset.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version as usize > MIGRATIONS.len() {
@@ -388,6 +395,7 @@ impl Store {
         }
         Ok(Self {
             conn: Mutex::new(conn),
+            path: path.to_owned(),
         })
     }
 
@@ -455,6 +463,7 @@ impl Store {
         // Bounded: a flood of deliveries waits for the writer instead of growing memory.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Delivery, Reply)>(4096);
         let store = self.clone();
+        let checkpoints = self.checkpointer();
         std::thread::Builder::new()
             .name("sdci-ingest".into())
             .spawn(move || {
@@ -479,10 +488,62 @@ impl Store {
                             }
                         }
                     }
+                    // Idle now: let the checkpoint thread copy the WAL back (a full copy lets
+                    // the next commit reuse the WAL from its start). Bound the WAL ourselves
+                    // only if a steady stream never leaves it time to finish.
+                    if rx.is_empty() {
+                        if let Some(c) = &checkpoints {
+                            let _ = c.try_send(());
+                        }
+                    }
+                    if checkpoints.is_some() {
+                        store.bound_wal();
+                    }
                 }
             })
             .expect("the operating system can start a thread");
         IngestWriter { tx }
+    }
+
+    /// Starts the checkpoint thread: its own connection runs PASSIVE checkpoints (which never
+    /// block a writer) when the ingest writer goes idle, and at least every 2 seconds for the
+    /// other writes; this connection then stops checkpointing on commit, so no delivery waits
+    /// behind a checkpoint's fsync. The thread ends with the ingest writer. `None` (checkpoints
+    /// stay on commit) if the second connection cannot be opened.
+    fn checkpointer(&self) -> Option<std::sync::mpsc::SyncSender<()>> {
+        let conn = Connection::open(&self.path).ok()?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).ok()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("sdci-checkpoint".into())
+            .spawn(move || {
+                use std::sync::mpsc::RecvTimeoutError;
+                let every = std::time::Duration::from_secs(2);
+                while !matches!(rx.recv_timeout(every), Err(RecvTimeoutError::Disconnected)) {
+                    let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; retried later");
+                    }
+                }
+            })
+            .ok()?;
+        self.with(|c| c.pragma_update(None, "wal_autocheckpoint", 0))
+            .ok()?;
+        Some(tx)
+    }
+
+    /// Past [`WAL_RESET_BYTES`] (a steady stream of writes never let a PASSIVE checkpoint
+    /// finish), the writer itself runs a RESTART checkpoint, after which the WAL is reused from
+    /// its start. Rare: it costs the deliveries waiting at that moment one checkpoint.
+    fn bound_wal(&self) {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_RESET_BYTES) {
+            let r = self.with(|c| c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())));
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "WAL restart checkpoint failed; retried later");
+            }
+        }
     }
 
     /// Creates a job without a delivery (manual `run`, nightly). Never deduplicated.

@@ -140,6 +140,15 @@ pub struct AgentJob {
     pub event_url: String,
     /// Per-job bearer secret for `event_url`.
     pub event_secret: Secret,
+    /// Whether the agent posts the final status itself. `sdci-host` sets `false`: it posts every
+    /// terminal status from its durable outbox (retried until GitHub takes it), so a GitHub outage
+    /// at the end of a job cannot leave the commit `pending`. Defaults to `true` for standalone use.
+    #[serde(default = "default_true")]
+    pub post_final_status: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The file at `~/.sdci/jobs/<id>/job.json` in dom0.
@@ -311,6 +320,7 @@ mod tests {
                 target_url: "https://ci.example/jobs/job-1".into(),
                 event_url: "https://ci.example/api/v1/jobs/job-1/events".into(),
                 event_secret: Secret::new("per-job"),
+                post_final_status: true,
             },
         }
     }
@@ -351,6 +361,15 @@ mod tests {
                 "{pointer}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn agent_posts_the_final_status_unless_told_otherwise() {
+        let mut v = serde_json::to_value(sample().agent).unwrap();
+        v.as_object_mut().unwrap().remove("post_final_status");
+        assert!(AgentJob::from_json(v.to_string().as_bytes()).unwrap().post_final_status);
+        v["post_final_status"] = serde_json::json!(false);
+        assert!(!AgentJob::from_json(v.to_string().as_bytes()).unwrap().post_final_status);
     }
 
     #[test]

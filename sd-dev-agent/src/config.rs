@@ -94,7 +94,7 @@ impl Default for Config {
 impl Default for RetryConfig {
     fn default() -> Self {
         Self {
-            max_attempts: 6,
+            max_attempts: 8,
             initial_backoff_ms: 500,
             max_backoff_ms: 30_000,
             max_rate_limit_wait_secs: 300,
@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(cfg.context, "sd-ci-runner");
         assert_eq!(cfg.run.qrexec_client, "qrexec-client-vm");
         assert_eq!(cfg.run.qrexec_target, "dom0");
-        assert_eq!(cfg.retry.max_attempts, 6);
+        assert_eq!(cfg.retry.max_attempts, 8);
     }
 
     #[test]

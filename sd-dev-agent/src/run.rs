@@ -204,7 +204,9 @@ pub async fn run_job(job: AgentJob, cfg: &Config) -> Result<Outcome> {
         }
     }
 
-    if let Some(gh) = &github {
+    if !job.post_final_status {
+        tracing::info!("the host posts the final status (post_final_status = false)");
+    } else if let Some(gh) = &github {
         if let Err(e) = gh
             .post_status(
                 &job.repo,

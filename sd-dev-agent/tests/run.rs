@@ -89,6 +89,7 @@ impl World {
             target_url: format!("https://ci.example/jobs/{id}"),
             event_url: format!("http://{}/api/v1/jobs/{id}/events", proxy.addr()),
             event_secret: Secret::new(EVENT_SECRET),
+            post_final_status: true,
         };
         let w = Self {
             tmp,

@@ -230,6 +230,7 @@ impl World {
             QubesWorld::create_with(&root, &spec)
                 .with_context(|| format!("lay out the Qubes world of {vm}"))?;
             ensure_isolation(&root, &spec)?;
+            allow_root_in_dom0(&root, &spec)?;
         }
 
         // Secrets, each in its own file as the host and agent expect.
@@ -741,6 +742,26 @@ exec {inner} "$@"
         ),
     )?;
     Ok(())
+}
+
+/// The world's processes run as the test's account, root in CI: `sdci-dom0` must be told that
+/// running as root is intended (`allow_root`, for simulated worlds only), or it refuses to unpack.
+fn allow_root_in_dom0(root: &Path, spec: &WorldSpec) -> Result<()> {
+    let path = root
+        .join("home")
+        .join(&spec.dom0_user)
+        .join(".sdci/dom0.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || text.contains("allow_root") {
+        return Ok(());
+    }
+    std::fs::write(
+        &path,
+        format!("{text}# the simulated dom0 runs as root (tests run as root)\nallow_root = true\n"),
+    )
+    .with_context(|| format!("write {}", path.display()))
 }
 
 /// The Qubes world every VM holds: the default one plus `whonix-gateway-17`, the template the

@@ -184,8 +184,9 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok((started.elapsed(), lat, codes))
     })?;
 
-    // The server's runtime threads plus the store's group-commit writer thread.
-    let server_cpu = cpu_secs("bench-server") + cpu_secs("sdci-ingest");
+    // The server's runtime threads plus the store's group-commit writer and checkpoint threads.
+    let server_cpu =
+        cpu_secs("bench-server") + cpu_secs("sdci-ingest") + cpu_secs("sdci-checkpoint");
     let client_cpu = cpu_secs("bench-client");
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
@@ -228,6 +229,10 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_default()
             .trim()
     );
+    let wal = std::fs::metadata(dir.path().join("data/sdci.sqlite3-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!("WAL file at the end: {:.1} MiB", wal as f64 / 1048576.0);
     println!("stored: {jobs} jobs, {deliveries} deliveries (expected {total} each)");
     let exactly_once = jobs as usize == total && deliveries as usize == total && ok2xx == requests;
     println!(

@@ -58,12 +58,23 @@ pub fn config_text(dir: &Path, listen: &str, extra: &str) -> String {
 
 /// As [`config_text`], with extra lines for the `[agent]` table.
 pub fn config_text_with(dir: &Path, listen: &str, extra: &str, agent_extra: &str) -> String {
+    config_text_full(dir, listen, extra, agent_extra, 3600)
+}
+
+/// As [`config_text_with`], with the reconciler's interval.
+pub fn config_text_full(
+    dir: &Path,
+    listen: &str,
+    extra: &str,
+    agent_extra: &str,
+    reconcile_secs: u64,
+) -> String {
     std::fs::write(dir.join("secret"), SECRET).unwrap();
     std::fs::write(dir.join("dom0-password"), "pw\n").unwrap();
     let agent = write_stub_agent(dir);
     format!(
         "listen = \"{listen}\"\npublic_url = \"http://{listen}\"\ndata_dir = \"{data}\"\n\
-         reconcile_interval_secs = 3600\n{extra}\n\
+         reconcile_interval_secs = {reconcile_secs}\n{extra}\n\
          [webhook]\nsecret_file = \"{dir}/secret\"\n\
          [agent]\npath = \"{agent}\"\n{agent_extra}\
          [dom0]\npassword_file = \"{dir}/dom0-password\"\n",
@@ -88,9 +99,20 @@ impl Drop for TestHost {
 
 /// Starts the service in-process on a free loopback port.
 pub async fn start<H: Hypervisor>(dir: &Path, extra: &str, hv: Arc<H>, parts: Parts) -> TestHost {
+    start_reconciling(dir, extra, hv, parts, 3600).await
+}
+
+/// As [`start`], with the reconciler's interval.
+pub async fn start_reconciling<H: Hypervisor>(
+    dir: &Path,
+    extra: &str,
+    hv: Arc<H>,
+    parts: Parts,
+    reconcile_secs: u64,
+) -> TestHost {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let text = config_text(dir, &addr, extra);
+    let text = config_text_full(dir, &addr, extra, "", reconcile_secs);
     let cfg = Config::parse(&text, Path::new("test.toml")).unwrap();
     let auth = server::guest_auth(&cfg).unwrap();
     let hub = server::hub_from_config(cfg).unwrap();

@@ -1,0 +1,110 @@
+//! The `sdci-host` binary's non-serve commands on a real database file, with no service
+//! running: a manual job goes into the same queue, can be listed, shown and canceled, and the
+//! canceled commit gets its final status queued for the next `serve`.
+//!
+//! Needs the binaries built first (`cargo build --workspace --bins`, as `scripts/test` does).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use sdci_host::store::{JobState, Store};
+use std::process::Command;
+
+fn host(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let bin = sdci_tests::binary("sdci-host");
+    assert!(
+        bin.exists(),
+        "{} missing: run cargo build --workspace --bins",
+        bin.display()
+    );
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(dir.join("host.toml"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: the commands' wake-up finds no service.
+    let extra = "default_repo = \"freedomofpress/securedrop-workstation\"\n\
+                 [pools.\"4.2\"]\nprefix = \"Qubes_4.2_\"\ngolden_snapshot = \"golden\"\n";
+    let text = config_text(dir.path(), "127.0.0.1:9", extra);
+    std::fs::write(dir.path().join("host.toml"), text).unwrap();
+    dir
+}
+
+#[test]
+fn a_manual_run_is_queued_listed_shown_and_canceled() {
+    let dir = setup();
+    let (code, out, err) = host(
+        dir.path(),
+        &[
+            "run",
+            "--version",
+            "4.2",
+            "--commit",
+            &sha(5),
+            "--snapshot",
+            "clean",
+            "--update",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_owned();
+    let store = Store::open(&dir.path().join("data/sdci.sqlite3")).unwrap();
+    let job = store.job(&id).unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.reason.as_str()),
+        (JobState::Queued, "manual")
+    );
+    assert_eq!(
+        (
+            job.version.as_deref(),
+            job.snapshot.as_deref(),
+            job.update_first
+        ),
+        (Some("4.2"), Some("clean"), true)
+    );
+
+    let (code, out, _) = host(dir.path(), &["jobs", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&id) && out.contains("queued"), "{out}");
+    let (code, out, _) = host(dir.path(), &["jobs", "show", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("pending  unposted queued"), "{out}");
+
+    let (code, out, _) = host(dir.path(), &["jobs", "cancel", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("canceled"), "{out}");
+    assert_eq!(store.job(&id).unwrap().unwrap().state, JobState::Canceled);
+    let pending = store.unposted_statuses().unwrap();
+    assert_eq!((pending.len(), pending[0].state.as_str()), (1, "error"));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let dir = setup();
+    let (code, _, err) = host(
+        dir.path(),
+        &["run", "--version", "9.9", "--commit", &sha(5)],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("no pool for Qubes 9.9"), "{err}");
+    let (code, _, err) = host(dir.path(), &["run", "--version", "4.2", "--commit", "abc"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("full commit id"), "{err}");
+    let (code, _, err) = host(dir.path(), &["jobs", "cancel", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no job"), "{err}");
+    let store = Store::open(&dir.path().join("data/sdci.sqlite3")).unwrap();
+    assert_eq!(store.count_jobs().unwrap(), 0);
+}
