@@ -367,9 +367,17 @@ mod tests {
     fn agent_posts_the_final_status_unless_told_otherwise() {
         let mut v = serde_json::to_value(sample().agent).unwrap();
         v.as_object_mut().unwrap().remove("post_final_status");
-        assert!(AgentJob::from_json(v.to_string().as_bytes()).unwrap().post_final_status);
+        assert!(
+            AgentJob::from_json(v.to_string().as_bytes())
+                .unwrap()
+                .post_final_status
+        );
         v["post_final_status"] = serde_json::json!(false);
-        assert!(!AgentJob::from_json(v.to_string().as_bytes()).unwrap().post_final_status);
+        assert!(
+            !AgentJob::from_json(v.to_string().as_bytes())
+                .unwrap()
+                .post_final_status
+        );
     }
 
     #[test]
