@@ -187,15 +187,21 @@ pub struct JobsConfig {
     /// A newer push to a branch also stops that branch's running job (not only queued ones).
     #[serde(default)]
     pub supersede_running: bool,
+    /// After a vSphere outage (503, dropped connection) cut an attempt short, the pause before
+    /// the job is queued again, in milliseconds; doubled for each further outage of the job, at
+    /// most 5 minutes. Such attempts count neither against `max_attempts` nor towards quarantine.
+    #[serde(default = "default_outage_retry_ms")]
+    pub outage_retry_ms: u64,
     /// Milliseconds between checks of the running `sdci-dom0 launch` process.
     #[serde(default = "default_poll_ms")]
     pub poll_interval_ms: u64,
     /// Steps run in dom0; absent means the built-in defaults (`protocol::job::default_steps`).
     #[serde(default)]
     pub steps: Option<Vec<Step>>,
-    /// Steps prepended by `sdci-host run --update`.
-    #[serde(default = "default_update_steps")]
-    pub update_steps: Vec<Step>,
+    /// Removed: a job's updates are the update phase (`[updates]`, then a reboot), never steps
+    /// in the job file. Kept only to refuse old configs with a message saying so.
+    #[serde(default)]
+    update_steps: Option<toml::Value>,
 }
 
 /// Each phase's own deadline, seconds.
@@ -297,18 +303,11 @@ fn default_max_attempts() -> u32 {
 fn default_quarantine_after() -> u32 {
     3
 }
-fn default_poll_ms() -> u64 {
+fn default_outage_retry_ms() -> u64 {
     5000
 }
-fn default_update_steps() -> Vec<Step> {
-    vec![
-        Step::new("update-dom0", &["sudo", "qubes-dom0-update", "-y"], 60 * 60),
-        Step::new(
-            "update-templates",
-            &["sudo", "qubes-vm-update", "--force-update"],
-            2 * 60 * 60,
-        ),
-    ]
+fn default_poll_ms() -> u64 {
+    5000
 }
 fn d_queue() -> u64 {
     12 * 3600
@@ -390,6 +389,14 @@ impl Config {
         if self.jobs.max_attempts == 0 {
             return fail("jobs.max_attempts must be at least 1".into());
         }
+        if self.jobs.update_steps.is_some() {
+            return fail(
+                "jobs.update_steps was removed: a job with update = true runs the commands of \
+                 [updates] (dom0, templates) and then reboots the VM; remove jobs.update_steps \
+                 and set the commands in [updates]"
+                    .into(),
+            );
+        }
         for (v, p) in &self.pools {
             if p.prefix.is_empty() {
                 return fail(format!("pools.{v:?}.prefix must not be empty"));
@@ -414,20 +421,14 @@ impl Config {
         self.data_dir.join("logs")
     }
 
-    /// The dom0 steps for a job.
-    pub fn steps(&self, update: bool) -> Vec<Step> {
-        let mut steps = if update {
-            self.jobs.update_steps.clone()
-        } else {
-            Vec::new()
-        };
-        steps.extend(
-            self.jobs
-                .steps
-                .clone()
-                .unwrap_or_else(sdci_protocol::job::default_steps),
-        );
-        steps
+    /// The dom0 steps of every job's file. Updates are never among them: a job with
+    /// `update = true` gets the update phase (`crate::updates`, then a reboot) before the job
+    /// file is uploaded, so they run exactly once.
+    pub fn steps(&self) -> Vec<Step> {
+        self.jobs
+            .steps
+            .clone()
+            .unwrap_or_else(sdci_protocol::job::default_steps)
     }
 }
 
@@ -479,7 +480,7 @@ mod tests {
         assert_eq!(c.jobs.max_attempts, 3);
         assert_eq!(c.webhook.branches, ["*"]);
         assert_eq!(c.deadlines.run_secs, 8 * 3600);
-        assert_eq!(c.steps(false), sdci_protocol::job::default_steps());
+        assert_eq!(c.steps(), sdci_protocol::job::default_steps());
     }
 
     #[test]
@@ -540,7 +541,7 @@ mod tests {
         assert_eq!(c.dom0.user, d.dom0.user);
         assert_eq!(c.jobs.max_attempts, d.jobs.max_attempts);
         assert_eq!(c.jobs.poll_interval_ms, d.jobs.poll_interval_ms);
-        assert_eq!(c.jobs.update_steps, d.jobs.update_steps);
+        assert_eq!(c.jobs.outage_retry_ms, d.jobs.outage_retry_ms);
         let (a, b) = (&c.deadlines, &d.deadlines);
         assert_eq!(
             (
@@ -575,10 +576,17 @@ mod tests {
     }
 
     #[test]
-    fn update_steps_come_first() {
+    fn the_job_steps_never_hold_update_steps_and_the_old_key_is_refused_with_the_fix() {
         let c = Config::parse("", Path::new("x")).unwrap();
-        let s = c.steps(true);
-        assert_eq!(s[0].name, "update-dom0");
-        assert_eq!(s.last().unwrap().name, "make-test");
+        assert_eq!(c.steps(), sdci_protocol::job::default_steps());
+        assert!(c.steps().iter().all(|s| !s.name.starts_with("update-")));
+        let old = "[jobs]\nupdate_steps = [{ name = \"u\", argv = [\"x\"], timeout_secs = 1 }]\n";
+        let e = Config::parse(old, Path::new("host.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("jobs.update_steps") && e.contains("[updates]"),
+            "{e}"
+        );
     }
 }

@@ -14,6 +14,8 @@
 //! - A malformed line ends the request with 400; the events before it stay stored.
 //! - dom0's own log file, fetched when the job ends, replaces the streamed copy when they differ
 //!   ([`replace_log`]).
+//! - A `Result` event's outcome and reason are kept with the attempt (`Store::record_result`):
+//!   the host posts every terminal status, and its description is that reason.
 
 use crate::server::Hub;
 use axum::body::Body;
@@ -237,9 +239,14 @@ fn step_timing(hub: &Hub, id: &str, attempt: u32, ev: &Event) {
                 Some(*timed_out),
             )
         }
+        // The agent's verdict: the job's final status says its reason (`Store::finish`).
+        EventKind::Result { outcome, reason } => {
+            hub.store
+                .record_result(id, attempt, outcome.as_str(), reason)
+        }
         _ => Ok(()),
     };
     if let Err(e) = r {
-        tracing::warn!(job = %id, error = %e, "recording a step timing failed");
+        tracing::warn!(job = %id, error = %e, "recording a step timing or result failed");
     }
 }

@@ -1,6 +1,7 @@
 //! One attempt of one job on one claimed VM, phase by phase:
-//! revert → power on → guest operations ready → upload the job file → `sdci-dom0 launch` → wait
-//! → download dom0's log → shut down.
+//! revert → power on → guest operations ready → (a job with `update = true`: Qubes updates and a
+//! reboot, `crate::updates`) → make the job's folder, upload the job file → `sdci-dom0 launch`
+//! → wait → download dom0's log → shut down.
 //!
 //! Invariants:
 //! - Every phase has its own deadline (`[deadlines]`) and can be interrupted by a stop request
@@ -9,6 +10,9 @@
 //!   code 2 or any code but 0/1) end the attempt, never the job as `failure`: the VM is powered
 //!   off and the store requeues the job on another VM, or ends it as `error` after
 //!   `jobs.max_attempts`; a VM failing `jobs.quarantine_after` times in a row is quarantined.
+//! - A vSphere outage (`ErrorClass::RetryLater`: 503, a dropped connection, transport errors)
+//!   is nobody's fault: after a pause the job is queued again without counting the attempt or the
+//!   VM's failures, until the job's overall deadline (`deadlines.queue_secs` after it was queued).
 //! - Only exit codes 0 and 1 of `launch` decide `success` / `failure`.
 //! - Whatever happens, the attempt ends with the VM powered off (or handed to the reconciler when
 //!   vSphere refuses), the lease released, and a terminal status in the outbox when the job ended.
@@ -18,7 +22,7 @@ use crate::scheduler::Orchestrator;
 use crate::server::Stop;
 use crate::store::{AfterFailure, Claim, JobState};
 use sdci_protocol::job::{AgentJob, JobFile, JobSpec, Reason, Secret, JOB_FILE_VERSION};
-use sdci_vsphere::{GuestProgram, Hypervisor, ProcessState, VsphereError};
+use sdci_vsphere::{ErrorClass, GuestProgram, Hypervisor, ProcessState, VsphereError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,10 +34,23 @@ use tracing::Instrument;
 enum Fail {
     /// Infrastructure: retry on another VM (up to the limit).
     Infra(String),
+    /// vSphere itself was unavailable (`ErrorClass::RetryLater`: 503, dropped connection,
+    /// transport): retry later, without counting the attempt or blaming the VM.
+    Outage(String),
     /// Asked to stop.
     Stop(Stop),
     /// The job itself cannot run (invalid data): `error`, no retry.
     Fatal(String),
+}
+
+/// A vSphere failure of a phase: an outage of vSphere itself, or an infrastructure failure.
+fn vsphere_fail(what: &str, e: &VsphereError) -> Fail {
+    let text = format!("{what}: {e}");
+    if e.class() == ErrorClass::RetryLater {
+        Fail::Outage(text)
+    } else {
+        Fail::Infra(text)
+    }
 }
 
 /// Waits until a stop is requested (forever if the sender is gone).
@@ -100,24 +117,15 @@ impl<H: Hypervisor> Orchestrator<H> {
                         Err(e) => tracing::error!(error = %e, "recording the failure"),
                     }
                 }
-                Err(Fail::Stop(s)) => {
-                    tracing::info!(reason = %s.reason, "job stopped");
+                Err(Fail::Outage(e)) => {
+                    tracing::warn!(error = %e, "vSphere unavailable");
                     self.power_off_quietly(vm).await;
-                    let state = if s.canceled {
-                        JobState::Canceled
-                    } else {
-                        JobState::Error
-                    };
-                    let _ = append_log(
-                        &hub.cfg.log_dir(),
-                        &id,
-                        &format!("=== stopped: {}\n", s.reason),
-                    );
-                    if let Err(e) = hub.store.finish(&id, state, &s.reason, true) {
-                        tracing::error!(error = %e, "recording the end of the job");
+                    match self.after_outage(&claim, &e, &mut stop).await {
+                        Ok(()) => hub.metrics.count("attempts_outage"),
+                        Err(end) => self.end_stopped(&id, vm, end).await,
                     }
-                    hub.metrics.count(&format!("jobs_{}", state.as_str()));
                 }
+                Err(Fail::Stop(s)) => self.end_stopped(&id, vm, s).await,
                 Err(Fail::Fatal(e)) => {
                     tracing::error!(error = %e, "job cannot run");
                     self.power_off_quietly(vm).await;
@@ -131,6 +139,75 @@ impl<H: Hypervisor> Orchestrator<H> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Ends a job that was asked to stop (or whose outage retries ran past its deadline).
+    async fn end_stopped(&self, id: &str, vm: &str, s: Stop) {
+        let hub = &self.hub;
+        tracing::info!(reason = %s.reason, "job stopped");
+        self.power_off_quietly(vm).await;
+        let state = if s.canceled {
+            JobState::Canceled
+        } else {
+            JobState::Error
+        };
+        let _ = append_log(
+            &hub.cfg.log_dir(),
+            id,
+            &format!("=== stopped: {}\n", s.reason),
+        );
+        if let Err(e) = hub.store.finish(id, state, &s.reason, true) {
+            tracing::error!(error = %e, "recording the end of the job");
+        }
+        hub.metrics.count(&format!("jobs_{}", state.as_str()));
+    }
+
+    /// After a vSphere outage cut the attempt short: waits (doubling per outage of this job, at
+    /// most 5 minutes, interruptible), then queues the job again without counting the attempt
+    /// and without blaming the VM. Past the job's overall deadline (`deadlines.queue_secs` after
+    /// it was queued, the bound the reconciler applies to a waiting job) it gives up: `Err` with
+    /// the reason to end the job with.
+    async fn after_outage(
+        &self,
+        claim: &Claim,
+        error: &str,
+        stop: &mut watch::Receiver<Option<Stop>>,
+    ) -> Result<(), Stop> {
+        let hub = &self.hub;
+        let id = claim.job.id.as_str();
+        let _ = append_log(
+            &hub.cfg.log_dir(),
+            id,
+            &format!(
+                "=== vSphere unavailable during the attempt on {}: {error}\n",
+                claim.vm
+            ),
+        );
+        let outages = hub.store.outages(id).unwrap_or(0);
+        let base = hub.cfg.jobs.outage_retry_ms.max(1);
+        let wait_ms = base
+            .saturating_mul(1u64 << outages.min(16))
+            .min(300_000.max(base));
+        let deadline = claim.job.created_ms + (hub.cfg.deadlines.queue_secs * 1000) as i64;
+        if crate::now_ms() + wait_ms as i64 > deadline {
+            return Err(Stop {
+                canceled: false,
+                reason: format!(
+                    "vSphere stayed unavailable until the job's deadline ({}s after it was \
+                     queued): {error}",
+                    hub.cfg.deadlines.queue_secs
+                ),
+            });
+        }
+        tracing::info!(wait_ms, "queuing the job again after the outage");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+            s = stopped(stop) => return Err(s),
+        }
+        if let Err(e) = hub.store.outage(id, error) {
+            tracing::error!(error = %e, "recording the outage");
+        }
+        Ok(())
     }
 
     async fn power_off_quietly(&self, vm: &str) {
@@ -156,7 +233,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         let r = tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(secs), fut) => match r {
                 Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(Fail::Infra(format!("{name}: {e}"))),
+                Ok(Err(e)) => Err(vsphere_fail(name, &e)),
                 Err(_) => Err(Fail::Infra(format!("{name} did not finish within {secs}s"))),
             },
             s = stopped(stop) => Err(Fail::Stop(s)),
@@ -209,7 +286,7 @@ impl<H: Hypervisor> Orchestrator<H> {
                 qubes_version: j.version.clone().unwrap_or_default(),
                 dev_vm: cfg.dom0.dev_vm.clone(),
                 dev_dir: cfg.dom0.dev_dir.clone(),
-                steps: cfg.steps(j.update_first),
+                steps: cfg.steps(),
                 deadline_unix: (now as u64) + cfg.deadlines.run_secs,
             },
             agent: AgentJob {
@@ -275,6 +352,17 @@ impl<H: Hypervisor> Orchestrator<H> {
             self.hv.wait_guest_ready(vm, ready),
         )
         .await?;
+        if claim.job.update_first {
+            // The only place a job's updates run (never as job-file steps): the Qubes updates,
+            // then a reboot, before the job file exists in dom0.
+            self.phase(
+                "updates",
+                crate::updates::update_budget_secs(cfg),
+                stop,
+                self.update_phase(vm, id),
+            )
+            .await?;
+        }
 
         let token = if cfg.agent.github_app {
             Some(
@@ -288,13 +376,15 @@ impl<H: Hypervisor> Orchestrator<H> {
         };
         let file = self.job_file(claim, secret, token)?;
         let (home, job_path, log_path) = job_paths(&cfg.dom0.user, id);
-        self.phase(
-            "upload",
-            d.upload_secs,
-            stop,
+        let job_dir = job_path.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+        let data = file.to_json().into_bytes();
+        self.phase("upload", d.upload_secs, stop, async {
+            // Real ESXi does not create parent directories on upload.
             self.hv
-                .upload(vm, &self.auth, &job_path, file.to_json().into_bytes()),
-        )
+                .make_directory(vm, &self.auth, &job_dir, true)
+                .await?;
+            self.hv.upload(vm, &self.auth, &job_path, data).await
+        })
         .await?;
 
         self.advance(id, JobState::Running, "sdci-dom0 launch")?;
@@ -426,13 +516,13 @@ impl<H: Hypervisor> Orchestrator<H> {
                 Ok(Err(e)) => {
                     errors += 1;
                     if errors >= 5 {
-                        return Err(Fail::Infra(format!("watching launch: {e}")));
+                        return Err(vsphere_fail("watching launch", &e));
                     }
                 }
                 Err(_) => {
                     errors += 1;
                     if errors >= 5 {
-                        return Err(Fail::Infra(
+                        return Err(Fail::Outage(
                             "watching launch: vSphere stopped answering".into(),
                         ));
                     }

@@ -2,7 +2,8 @@
 //!
 //! Tables: `jobs` (FIFO by `seq`), `transitions` (every state change with its time), `deliveries`
 //! (`X-GitHub-Delivery` ids), `vms` (leases, failure counts, quarantine), `attempts` (one row per
-//! try of a job on a VM), `step_timings`, `pools` (each version's golden snapshot) and `statuses`
+//! try of a job on a VM: its result — `done`, `infra`, `outage` (vSphere unavailable, not
+//! counted), `canceled` — and the `Result` event the agent relayed), `step_timings`, `pools` (each version's golden snapshot) and `statuses`
 //! (the outbox of commit statuses still to post).
 //!
 //! Invariants:
@@ -251,7 +252,8 @@ pub enum AfterFailure {
     GaveUp,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -340,7 +342,13 @@ CREATE TABLE statuses (
     last_error TEXT
 );
 CREATE INDEX statuses_unposted ON statuses(posted, job_id, id);
-"#];
+"#,
+    r#"
+-- 2: the Result event an attempt relayed (the agent's verdict and reason), for the final status.
+ALTER TABLE attempts ADD COLUMN result_outcome TEXT;
+ALTER TABLE attempts ADD COLUMN result_reason TEXT;
+"#,
+];
 
 /// WAL size past which the ingest writer resets it (see [`Store::bound_wal`]).
 const WAL_RESET_BYTES: u64 = 64 * 1024 * 1024;
@@ -862,6 +870,11 @@ impl Store {
 
     /// Ends a job: terminal state, VM lease released, final status queued. A job that is already
     /// terminal is left alone (`false`). `vm_ok` resets the VM's failure count.
+    ///
+    /// The final status's description is the reason of the `Result` event the job's last attempt
+    /// relayed (e.g. `step "make-test" failed with exit status 2`, `refused by policy: …`) when
+    /// that result says the same state (success, failure or error; never for `canceled`), else
+    /// `note`. GitHub's 140-character cap is applied.
     pub fn finish(&self, id: &str, state: JobState, note: &str, vm_ok: bool) -> Result<bool> {
         debug_assert!(state.is_terminal());
         self.tx(|tx| finish_tx(tx, id, state, note, vm_ok, "done"))
@@ -869,7 +882,9 @@ impl Store {
 
     /// Records an infrastructure failure of the job's current attempt: the VM's failure count
     /// grows (quarantine after `quarantine_after` in a row), the lease is released, and the job is
-    /// queued again if it has tries left, else ended as `error`.
+    /// queued again if it has tries left, else ended as `error`. Only attempts that ended this way
+    /// count against `max_attempts` (not those a vSphere outage cut short, see
+    /// [`Store::outage`]).
     pub fn infra_failure(
         &self,
         id: &str,
@@ -911,8 +926,14 @@ impl Store {
                  WHERE job_id = ?3 AND attempt = ?4",
                 params![now, error, id, attempts],
             )?;
-            if attempts >= max_attempts {
-                let note = format!("infrastructure error after {attempts} attempts: {error}");
+            // Tries that vSphere outages cut short (`outage`) do not count.
+            let failed: u32 = tx.query_row(
+                "SELECT COUNT(*) FROM attempts WHERE job_id = ?1 AND result = 'infra'",
+                params![id],
+                |r| r.get(0),
+            )?;
+            if failed >= max_attempts {
+                let note = format!("infrastructure error after {failed} attempts: {error}");
                 finish_tx(tx, id, JobState::Error, &note, false, "infra")?;
                 return Ok(AfterFailure::GaveUp);
             }
@@ -931,10 +952,67 @@ impl Store {
             transition(tx, id, Some(&state), "queued", Some(&note), now)?;
             let desc = format!(
                 "retrying on another VM (attempt {} of {max_attempts})",
-                attempts + 1
+                failed + 1
             );
             enqueue_status(tx, id, "pending", &desc, now)?;
             Ok(AfterFailure::Requeued)
+        })
+    }
+
+    /// How many of the job's attempts a vSphere outage cut short so far.
+    pub fn outages(&self, id: &str) -> Result<u32> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM attempts WHERE job_id = ?1 AND result = 'outage'",
+                params![id],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Records that vSphere itself was unavailable during the job's current attempt (503, a
+    /// dropped connection: `ErrorClass::RetryLater`): nobody's fault, so the attempt does not
+    /// count against `max_attempts`, the VM's failure count is left as it was (no quarantine),
+    /// and the job is queued again with the VM released. `false` if the job is no longer active.
+    pub fn outage(&self, id: &str, error: &str) -> Result<bool> {
+        self.tx(|tx| {
+            let now = now_ms();
+            let row: Option<(String, u32)> = tx
+                .query_row(
+                    "SELECT state, attempts FROM jobs WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((state, attempts)) = row else {
+                return Ok(false);
+            };
+            if !JobState::parse(&state).is_some_and(JobState::is_active) {
+                return Ok(false);
+            }
+            exec(
+                tx,
+                "UPDATE attempts SET ended_ms = ?1, result = 'outage', error = ?2 \
+                 WHERE job_id = ?3 AND attempt = ?4",
+                params![now, error, id, attempts],
+            )?;
+            exec(
+                tx,
+                "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE job_id = ?1",
+                params![id],
+            )?;
+            exec(
+                tx,
+                "UPDATE jobs SET state = 'queued', vm = NULL, pid = NULL, updated_ms = ?1, \
+                 note = ?2 WHERE id = ?3",
+                params![now, error, id],
+            )?;
+            let note = format!(
+                "attempt {attempts} cut short by a vSphere outage ({error}); queued again, \
+                 not counted"
+            );
+            transition(tx, id, Some(&state), "queued", Some(&note), now)?;
+            Ok(true)
         })
     }
 
@@ -1044,6 +1122,21 @@ impl Store {
                     status,
                     timed_out
                 ],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Keeps the `Result` event of attempt `attempt` (outcome `success`/`failure`/`error` and the
+    /// agent's reason): the job's final status says that reason when the job ends in the same
+    /// state (see [`Store::finish`]).
+    pub fn record_result(&self, id: &str, attempt: u32, outcome: &str, reason: &str) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE attempts SET result_outcome = ?1, result_reason = ?2 \
+                 WHERE job_id = ?3 AND attempt = ?4",
+                params![outcome, reason, id, attempt],
             )
             .map(drop)
         })
@@ -1368,8 +1461,38 @@ fn finish_tx(
             )?;
         }
     }
-    transition(tx, id, Some(&from), state.as_str(), Some(note), now)?;
-    enqueue_status(tx, id, state.status_state(), note, now)?;
+    let relayed: Option<(Option<String>, Option<String>)> = tx
+        .query_row(
+            "SELECT result_outcome, result_reason FROM attempts WHERE job_id = ?1 AND attempt = ?2",
+            params![id, attempts],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let reason = match relayed {
+        Some((Some(outcome), Some(reason)))
+            if state != JobState::Canceled
+                && outcome == state.status_state()
+                && !reason.trim().is_empty() =>
+        {
+            Some(reason)
+        }
+        _ => None,
+    };
+    // The job's note: the agent's reason replaces the host's generic verdict; an error keeps
+    // the host's account (attempts, launch's exit) and adds the reason.
+    let note = match (&reason, state) {
+        (Some(r), JobState::Success | JobState::Failure) => r.clone(),
+        (Some(r), _) => format!("{note}; the last attempt's result: {r}"),
+        (None, _) => note.to_owned(),
+    };
+    exec(
+        tx,
+        "UPDATE jobs SET note = ?1 WHERE id = ?2",
+        params![note, id],
+    )?;
+    transition(tx, id, Some(&from), state.as_str(), Some(&note), now)?;
+    let description = reason.as_deref().unwrap_or(&note);
+    enqueue_status(tx, id, state.status_state(), description, now)?;
     Ok(true)
 }
 

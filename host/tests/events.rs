@@ -167,3 +167,132 @@ async fn step_events_become_step_timings() {
     let t = host.hub.store.step_timings(&id).unwrap();
     assert_eq!(t, vec![(0, "make-test".to_string(), Some(1500), Some(0))]);
 }
+
+/// Posts one `Result` event (seq 0) of the job's current attempt.
+async fn relay_result(host: &TestHost, id: &str, outcome: Outcome, reason: &str) {
+    let c = reqwest::Client::new();
+    let url = format!("{}/api/v1/jobs/{id}/events", host.url);
+    let line = Event {
+        v: 1,
+        seq: 0,
+        ts_ms: 1,
+        kind: EventKind::Result {
+            outcome,
+            reason: reason.into(),
+        },
+    }
+    .to_line();
+    assert_eq!(post(&c, &url, BEARER, line).await.0, 200);
+}
+
+fn final_status(host: &TestHost, id: &str) -> (String, String) {
+    let s = host.hub.store.statuses(id).unwrap();
+    let last = s.last().unwrap();
+    (last.0.clone(), last.1.clone())
+}
+
+#[tokio::test]
+async fn the_final_status_says_the_reason_the_agent_relayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, id) = host_with_claimed_job(dir.path()).await;
+    let why = "step \"make-test\" failed with exit status 2";
+    relay_result(&host, &id, Outcome::Failure, why).await;
+    use sdci_host::store::JobState;
+    assert!(host
+        .hub
+        .store
+        .finish(&id, JobState::Failure, "a step failed", true)
+        .unwrap());
+    assert_eq!(final_status(&host, &id), ("failure".into(), why.into()));
+    let job = host.hub.store.job(&id).unwrap().unwrap();
+    assert_eq!(job.note.as_deref(), Some(why), "the page says it too");
+}
+
+#[tokio::test]
+async fn an_infrastructure_error_after_retries_says_the_last_attempts_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, id) = host_with_claimed_job(dir.path()).await;
+    let s = &host.hub.store;
+    relay_result(&host, &id, Outcome::Error, "an old reason from attempt 1").await;
+    // Attempt 1 fails (launch exited 2) and is queued again; attempt 2 is refused by policy.
+    let launch = "sdci-dom0 launch exited 2 (infrastructure)";
+    assert!(matches!(
+        s.infra_failure(&id, launch, 2, 5).unwrap(),
+        sdci_host::store::AfterFailure::Requeued
+    ));
+    s.claim("4.2", &["vm-a".into()], 1, BEARER, i64::MAX)
+        .unwrap()
+        .unwrap();
+    let policy = "refused by policy: dom0's qrexec policy does not allow sdci.Run from this VM \
+                  (qrexec exit 126)";
+    relay_result(&host, &id, Outcome::Error, policy).await;
+    assert!(matches!(
+        s.infra_failure(&id, launch, 2, 5).unwrap(),
+        sdci_host::store::AfterFailure::GaveUp
+    ));
+    assert_eq!(final_status(&host, &id), ("error".into(), policy.into()));
+    let note = s.job(&id).unwrap().unwrap().note.unwrap();
+    assert!(
+        note.contains("after 2 attempts") && note.contains(policy),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_matching_result_the_host_text_stays_and_descriptions_fit_github() {
+    use sdci_host::store::JobState;
+    let dir = tempfile::tempdir().unwrap();
+    // No Result relayed: the host's own text.
+    let (host, id) = host_with_claimed_job(dir.path()).await;
+    host.hub
+        .store
+        .finish(&id, JobState::Success, "all steps passed", true)
+        .unwrap();
+    assert_eq!(
+        final_status(&host, &id),
+        ("success".into(), "all steps passed".into())
+    );
+    drop(host);
+
+    // A result of another state (the agent said success, launch then exited 2): not used.
+    let dir = tempfile::tempdir().unwrap();
+    let (host, id) = host_with_claimed_job(dir.path()).await;
+    relay_result(&host, &id, Outcome::Success, "all 8 steps passed").await;
+    host.hub
+        .store
+        .finish(&id, JobState::Error, "launch exited 2", false)
+        .unwrap();
+    assert_eq!(
+        final_status(&host, &id),
+        ("error".into(), "launch exited 2".into())
+    );
+    drop(host);
+
+    // A cancel says why it was canceled, whatever the agent said.
+    let dir = tempfile::tempdir().unwrap();
+    let (host, id) = host_with_claimed_job(dir.path()).await;
+    relay_result(&host, &id, Outcome::Error, "killed").await;
+    host.hub
+        .store
+        .finish(&id, JobState::Canceled, "canceled by alice", false)
+        .unwrap();
+    assert_eq!(
+        final_status(&host, &id),
+        ("error".into(), "canceled by alice".into())
+    );
+    drop(host);
+
+    // A long reason is cut to GitHub's 140 characters.
+    let dir = tempfile::tempdir().unwrap();
+    let (host, id) = host_with_claimed_job(dir.path()).await;
+    let long = format!("step \"make-test\" failed: {}", "é".repeat(300));
+    relay_result(&host, &id, Outcome::Failure, &long).await;
+    host.hub
+        .store
+        .finish(&id, JobState::Failure, "a step failed", true)
+        .unwrap();
+    let (state, d) = final_status(&host, &id);
+    assert_eq!(state, "failure");
+    assert!(d.chars().count() <= 140, "{} chars", d.chars().count());
+    assert!(d.starts_with("step \"make-test\" failed: é"), "{d}");
+}

@@ -72,6 +72,20 @@ async fn with_three_jobs_and_two_vms_the_third_starts_when_one_frees() {
         [j1.clone(), j2.clone()],
         "FIFO: the oldest two run first"
     );
+    // The job's folder was made before the upload (ESXi does not create parents): the
+    // stand-in refuses an upload into a missing folder, as ESXi does.
+    let made: Vec<String> = hv
+        .dirs
+        .lock()
+        .unwrap()
+        .values()
+        .flatten()
+        .cloned()
+        .collect();
+    assert!(
+        made.contains(&format!("/home/user/.sdci/jobs/{j1}")),
+        "{made:?}"
+    );
     assert_eq!(
         state(&host, &j3),
         JobState::Queued,

@@ -100,6 +100,10 @@ async fn a_push_runs_through_every_phase_and_ends_with_the_vm_off() {
         file.agent.event_url,
         format!("{}/api/v1/jobs/{id}/events", host.url)
     );
+    assert!(
+        !file.agent.post_final_status,
+        "the host posts terminal statuses itself"
+    );
     // dom0's log replaced the (empty) streamed one.
     let log = std::fs::read_to_string(host.hub.cfg.log_dir().join(format!("{id}.log"))).unwrap();
     assert!(log.contains("dom0 log for .sdci/jobs/"), "{log}");
@@ -313,4 +317,76 @@ async fn in_app_mode_the_job_file_carries_a_fresh_token_from_the_agent() {
     assert!(agent_calls(dir.path())
         .iter()
         .any(|c| c.starts_with("token --repo freedomofpress/securedrop-workstation")));
+}
+
+#[tokio::test]
+async fn a_vsphere_outage_requeues_the_job_without_using_its_attempts_or_blaming_the_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&["Qubes_4.2_a"], &ctl);
+    // More outages than the job has attempts (2) and the VM has failures before quarantine (2).
+    sim.inject(Fault::HttpStatus {
+        method: "PowerOnVM_Task".into(),
+        status: 503,
+        count: 3,
+    })
+    .unwrap();
+    let host = start_host(dir.path(), &sim, &format!("{FAST}outage_retry_ms = 20\n")).await;
+    let id = push(&host, 1, "main").await;
+    let job = ended(&host, &id).await;
+    assert_eq!(job.state, JobState::Success, "{:?}", job.note);
+    assert_eq!(
+        job.attempts, 4,
+        "three tries cut short by the outage, then one"
+    );
+    let vm = host.hub.store.vms().unwrap().remove(0);
+    assert!(!vm.quarantined, "{vm:?}");
+    assert_eq!(vm.consecutive_failures, 0, "{vm:?}");
+    let notes: Vec<String> = host
+        .hub
+        .store
+        .transitions(&id)
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| t.3)
+        .filter(|n| n.contains("vSphere outage"))
+        .collect();
+    assert_eq!(notes.len(), 3, "{notes:?}");
+    assert!(notes[0].contains("503"), "{notes:?}");
+    let st = host.hub.store.statuses(&id).unwrap();
+    assert!(
+        st.iter().all(|s| !s.1.contains("retrying on another VM")),
+        "{st:?}"
+    );
+    assert_eq!(st.last().unwrap().0, "success");
+    eventually("VM off", || powered_off(&sim, "Qubes_4.2_a")).await;
+}
+
+#[tokio::test]
+async fn an_outage_that_outlasts_the_jobs_deadline_ends_it_as_error_and_still_blames_no_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&["Qubes_4.2_a"], &ctl);
+    sim.inject(Fault::HttpStatus {
+        method: "PowerOnVM_Task".into(),
+        status: 503,
+        count: 0,
+    })
+    .unwrap();
+    // The next try would start after the job's overall deadline (queue_secs after queuing).
+    let extra = format!("{FAST}outage_retry_ms = 5000\n[deadlines]\nqueue_secs = 2\n");
+    let host = start_host(dir.path(), &sim, &extra).await;
+    let id = push(&host, 1, "main").await;
+    let job = ended(&host, &id).await;
+    assert_eq!(job.state, JobState::Error);
+    assert!(
+        job.note
+            .as_deref()
+            .unwrap()
+            .contains("vSphere stayed unavailable until the job's deadline"),
+        "{:?}",
+        job.note
+    );
+    let vm = host.hub.store.vms().unwrap().remove(0);
+    assert_eq!((vm.quarantined, vm.consecutive_failures), (false, 0));
 }

@@ -582,3 +582,137 @@ async fn save_with_a_snapshot_name_starts_from_that_snapshot() {
     assert_eq!(new.parent.as_deref(), Some("update_20200102000000"));
     assert_eq!(report.previous, "golden", "the pointer named golden before");
 }
+
+/// The SOAP traffic the simulator traced, in order: each request's method name (for
+/// `StartProgramInGuest`: `Start <path> <arguments>`), and `poweredOff` for each answer that
+/// reported a powered-off VM. (`ShutdownGuest` is answered by the simulator's own layer in front
+/// of vcsim and is not traced; the power-off it causes is.)
+fn traced_calls(log: &str) -> Vec<String> {
+    let text_of = |body: &str, tag: &str| -> String {
+        let open = format!("<{tag}>");
+        body.split_once(&open)
+            .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
+            .map(|(t, _)| t.to_owned())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for chunk in log.split("Request: ").skip(1) {
+        let (req, answer) = chunk.split_once("Response: ").unwrap_or((chunk, ""));
+        let Some((_, after)) = req.split_once("Body>") else {
+            continue;
+        };
+        let method = after
+            .trim_start_matches('<')
+            .split([' ', '>'])
+            .next()
+            .unwrap_or_default();
+        out.push(if method == "StartProgramInGuest" {
+            format!(
+                "Start {} {}",
+                text_of(after, "programPath"),
+                text_of(after, "arguments")
+            )
+        } else {
+            method.to_owned()
+        });
+        if answer.contains(">poweredOff<") {
+            out.push("poweredOff".into());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_job_with_updates_runs_the_updates_and_the_reboot_before_sdci_dom0_launch_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    std::fs::create_dir_all(&ctl).unwrap();
+    let sim = VsphereSim::start(SimOptions::vcenter().trace(true).vms(vec![vm(&ctl)])).unwrap();
+    let host = start_host(
+        dir.path(),
+        &sim,
+        &format!("{ROTATION}[jobs]\npoll_interval_ms = 50\n"),
+    )
+    .await;
+    let id = sdci_host::cli::run(
+        &host.hub.cfg,
+        Some("freedomofpress/securedrop-workstation"),
+        "4.2",
+        &sha(7),
+        None,
+        true,
+    )
+    .unwrap();
+    host.hub.wake_all();
+    eventually("job ends", || {
+        host.hub
+            .store
+            .job(&id)
+            .unwrap()
+            .unwrap()
+            .state
+            .is_terminal()
+    })
+    .await;
+    let job = host.hub.store.job(&id).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Success, "{:?}", job.note);
+
+    // In dom0: both update commands, then the launch.
+    let calls = calls(&ctl);
+    let launch = format!("sdci-dom0 launch .sdci/jobs/{id}/job.json");
+    assert_eq!(
+        calls,
+        [
+            "qubesctl --show-output state.sls update.qubes-dom0".to_owned(),
+            "qubesctl --show-output --skip-dom0 --templates --standalones state.sls \
+             update.qubes-vm"
+                .to_owned(),
+            launch.clone(),
+        ]
+    );
+    // On vSphere: power on, the two updates, the reboot (guest shutdown, power on), then launch.
+    let soap: Vec<String> = traced_calls(&sim.log())
+        .into_iter()
+        .filter(|c| c == "PowerOnVM_Task" || c == "poweredOff" || c.starts_with("Start "))
+        .collect();
+    let at = |what: &str| {
+        soap.iter()
+            .position(|c| c.contains(what))
+            .unwrap_or_else(|| panic!("{what:?} not called: {soap:?}"))
+    };
+    let (dom0_update, templates) = (at("update.qubes-dom0"), at("update.qubes-vm"));
+    let start_launch = at("/usr/local/bin/sdci-dom0");
+    let first_on = at("PowerOnVM_Task");
+    assert!(
+        first_on < dom0_update && dom0_update < templates,
+        "{soap:?}"
+    );
+    let between: Vec<&str> = soap[templates + 1..start_launch]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let off = between.iter().position(|c| *c == "poweredOff");
+    let on = between.iter().rposition(|c| *c == "PowerOnVM_Task");
+    assert!(
+        matches!((off, on), (Some(a), Some(b)) if a < b),
+        "rebooted (off, then on) between the updates and the launch: {soap:?}"
+    );
+    assert!(
+        between.iter().all(|c| !c.starts_with("Start ")),
+        "nothing else ran in dom0 in between: {soap:?}"
+    );
+    assert!(soap[start_launch].ends_with(&format!("launch .sdci/jobs/{id}/job.json")));
+    // The updates run once: not again as steps of the job file.
+    let file =
+        std::fs::read(sim.guest_path(VM, &format!("/home/user/.sdci/jobs/{id}/job.json"))).unwrap();
+    let file = sdci_protocol::JobFile::from_json(&file).unwrap();
+    assert_eq!(file.spec.steps, sdci_protocol::job::default_steps());
+    // dom0's log (the job's log) shows the updates before the build steps.
+    let log =
+        std::fs::read_to_string(sdci_host::events::log_path(&host.hub.cfg.log_dir(), &id)).unwrap();
+    let (u, b) = (
+        log.find("update step 2/2 update-templates").unwrap(),
+        log.find("==> step 1/1 make-test").unwrap(),
+    );
+    assert!(u < b, "{log}");
+}

@@ -169,6 +169,8 @@ pub struct World {
     pub github: GitHub,
     config: PathBuf,
     addr: SocketAddr,
+    /// Jobs created through this world (their agent spools are removed on drop).
+    jobs: std::sync::Mutex<Vec<String>>,
     dir: tempfile::TempDir,
 }
 
@@ -280,6 +282,7 @@ impl World {
             github,
             config,
             addr,
+            jobs: std::sync::Mutex::new(Vec::new()),
             dir,
         };
         world.snapshot_golden()?;
@@ -444,9 +447,15 @@ impl World {
         if code != 202 {
             bail!("the host answered the push with {code}: {body}");
         }
-        body.strip_prefix("queued job ")
+        let id = body
+            .strip_prefix("queued job ")
             .map(|s| s.trim().to_owned())
-            .ok_or_else(|| anyhow!("unexpected answer to the push: {body}"))
+            .ok_or_else(|| anyhow!("unexpected answer to the push: {body}"))?;
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id.clone());
+        Ok(id)
     }
 
     /// Sends a signed `push` webhook for `sha` on `branch` and returns the host's raw answer.
@@ -654,8 +663,17 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         self.stop_host();
+        // The agent in sd-dev spools events under the machine's /var/tmp (only /home is per
+        // qube, contracts §6); a real sd-dev loses them with the snapshot revert.
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        for id in jobs.iter() {
+            let _ = std::fs::remove_dir_all(Path::new(AGENT_SPOOL).join(id));
+        }
     }
 }
+
+/// The agent's default spool directory (`sd-dev-agent` `run.spool_dir`).
+const AGENT_SPOOL: &str = "/var/tmp/sdci-agent";
 
 /// Why a world cannot be built on this machine (not a failure of the system under test).
 #[derive(Debug)]

@@ -343,6 +343,20 @@ impl Hypervisor for VsphereClient {
         .await
     }
 
+    async fn make_directory(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        path: &str,
+        create_parents: bool,
+    ) -> Result<()> {
+        let mgr = self.managers().await?;
+        self.with_vm(vm, |m| async move {
+            guest::make_directory(&self.session, mgr, &m, auth, path, create_parents).await
+        })
+        .await
+    }
+
     async fn upload(
         &self,
         vm: &str,

@@ -1,5 +1,5 @@
-//! Guest operations: programs (start, state, terminate) and file transfers (initiate, then an
-//! HTTP PUT or GET on the `guestFile` URL).
+//! Guest operations: programs (start, state, terminate), directories (`MakeDirectoryInGuest`)
+//! and file transfers (initiate, then an HTTP PUT or GET on the `guestFile` URL).
 //!
 //! Invariants:
 //! - Credentials are `NamePasswordAuthentication` with `interactiveSession=false`.
@@ -9,6 +9,8 @@
 //! - A `guestFile` URL whose host is `*` (with or without a port) is sent to the host:port the
 //!   SOAP client is connected to; any other host (an ESXi host behind vCenter) is used as given.
 //! - Transfers replay the session cookie and use the same TLS trust as the SOAP calls.
+//! - An upload does not create parent directories (real ESXi does not); `make_directory` does,
+//!   and treats an existing directory (`FileAlreadyExists`) as success.
 
 use crate::hypervisor::{GuestAuth, GuestProgram, ProcessState, Result, VsphereError};
 use crate::session::{Idem, Session};
@@ -151,6 +153,20 @@ pub fn upload_args(vm: &Moref, auth: &GuestAuth, guest_path: &str, size: usize) 
     )
 }
 
+/// Arguments of `MakeDirectoryInGuest` (vim25 `MakeDirectoryInGuestRequestType`: `vm`, `auth`,
+/// `directoryPath`, `createParentDirectories`, in that order).
+pub fn mkdir_args(vm: &Moref, auth: &GuestAuth, path: &str, create_parents: bool) -> String {
+    format!(
+        "{}{}{}",
+        vm_auth(vm, auth),
+        el("directoryPath", path),
+        el(
+            "createParentDirectories",
+            if create_parents { "true" } else { "false" }
+        ),
+    )
+}
+
 /// Arguments of `InitiateFileTransferFromGuest`.
 pub fn download_args(vm: &Moref, auth: &GuestAuth, guest_path: &str) -> String {
     format!("{}{}", vm_auth(vm, auth), el("guestFilePath", guest_path))
@@ -251,6 +267,30 @@ async fn transfer_request(
         });
     }
     Ok(resp)
+}
+
+/// `MakeDirectoryInGuest`; an existing directory (`FileAlreadyExists`) is success.
+pub async fn make_directory(
+    s: &Session,
+    m: &Managers,
+    vm: &Moref,
+    auth: &GuestAuth,
+    path: &str,
+    create_parents: bool,
+) -> Result<()> {
+    let args = mkdir_args(vm, auth, path, create_parents);
+    // Safe to resend: a second try of a call that did run meets `FileAlreadyExists`.
+    match s
+        .call("MakeDirectoryInGuest", &m.file, &args, Idem::Safe)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(VsphereError::Fault { kind, .. }) if kind == "FileAlreadyExists" => {
+            tracing::debug!(path, "guest directory already exists");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub async fn upload(

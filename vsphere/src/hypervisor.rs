@@ -255,7 +255,18 @@ pub trait Hypervisor: Send + Sync + 'static {
         auth: &GuestAuth,
         pid: i64,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Writes `data` to `guest_path` (overwriting).
+    /// Creates the directory `path` in the guest (`MakeDirectoryInGuest`), with its missing
+    /// parents when `create_parents`. A directory that already exists is success. Real ESXi does
+    /// not create parent directories for [`Hypervisor::upload`]: make them first.
+    fn make_directory(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        path: &str,
+        create_parents: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Writes `data` to `guest_path` (overwriting). The parent directory must exist (see
+    /// [`Hypervisor::make_directory`]).
     fn upload(
         &self,
         vm: &str,

@@ -604,3 +604,42 @@ async fn concurrent_waiters_on_two_vms_each_get_their_own_answer() {
         assert_eq!(sim.vm(name).unwrap().power_state, "poweredOff", "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_directory_creates_missing_parents_and_an_existing_directory_is_success() {
+    let sim = VsphereSim::start(SimOptions::esx().tls(true)).unwrap();
+    let c = connect(&sim).await;
+    let name = "Qubes_4.2_a";
+    let a = auth(&sim);
+    boot(&c, name).await;
+    let dir = "/home/user/.sdci/jobs/1234567-abcd";
+    assert!(!sim.guest_path(name, "/home/user/.sdci").exists());
+
+    c.make_directory(name, &a, dir, true).await.unwrap();
+    assert!(sim.guest_path(name, dir).is_dir());
+    // Again (a retried job, a second attempt on this VM): already there is success.
+    c.make_directory(name, &a, dir, true).await.unwrap();
+    // The job file then goes into it.
+    let file = format!("{dir}/job.json");
+    c.upload(name, &a, &file, b"{}".to_vec()).await.unwrap();
+    assert_eq!(std::fs::read(sim.guest_path(name, &file)).unwrap(), b"{}");
+
+    // Without create_parents a missing parent is the guest's typed fault, not success.
+    let e = c
+        .make_directory(name, &a, "/home/user/missing/child", false)
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&e), "FileNotFound", "{e}");
+    assert!(!sim.guest_path(name, "/home/user/missing").exists());
+    // With bad guest credentials it is refused like any guest operation.
+    let wrong = GuestAuth {
+        user: a.user.clone(),
+        password: Secret::new("wrong"),
+    };
+    let e = c
+        .make_directory(name, &wrong, "/home/user/other", true)
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&e), "InvalidGuestLogin", "{e}");
+    assert_eq!(e.class(), ErrorClass::GiveUp);
+}

@@ -598,3 +598,55 @@ fn an_expired_session_hidden_in_missing_set_is_recognised() {
         "RetrievePropertiesEx"
     )));
 }
+
+/// `MakeDirectoryInGuest` has no capture in `tests/wire/` (pyVmomi's capture run did not call
+/// it). The expected request below is written from the vim25 WSDL
+/// (`MakeDirectoryInGuestRequestType`: `_this` GuestFileManager, `vm`, `auth`, `directoryPath`,
+/// `createParentDirectories`, in that sequence), in the shape of the captured
+/// `InitiateFileTransferToGuest` request; the fault answer follows the captured `FileNotFound`
+/// answer of the same manager.
+#[test]
+fn make_directory_request_follows_the_wsdl_and_an_existing_directory_is_a_typed_fault() {
+    let fm = Moref::new("GuestFileManager", "guestOperationsFileManager");
+    let expected = r#"<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">
+<soapenv:Body><MakeDirectoryInGuest xmlns="urn:vim25"><_this type="GuestFileManager">guestOperationsFileManager</_this><vm type="VirtualMachine">vm-128</vm><auth xsi:type="NamePasswordAuthentication"><interactiveSession>false</interactiveSession><username>user</username><password>secret</password></auth><directoryPath>/home/user/.sdci/jobs/1234567-abcd</directoryPath><createParentDirectories>true</createParentDirectories></MakeDirectoryInGuest></soapenv:Body>
+</soapenv:Envelope>"#;
+    let ours = soap::envelope(
+        "MakeDirectoryInGuest",
+        &fm,
+        &guest::mkdir_args(
+            &vm128(),
+            &auth(),
+            "/home/user/.sdci/jobs/1234567-abcd",
+            true,
+        ),
+    );
+    assert_eq!(
+        normalized(&request_body(&ours)),
+        normalized(&request_body(expected))
+    );
+    let body = request_body(&soap::envelope(
+        "MakeDirectoryInGuest",
+        &fm,
+        &guest::mkdir_args(&vm128(), &auth(), "/a/b", false),
+    ));
+    assert_eq!(body.text_at("createParentDirectories"), Some("false"));
+    assert_eq!(
+        body.child("auth").unwrap().xsi_type.as_deref(),
+        Some("NamePasswordAuthentication")
+    );
+
+    let answer = r#"<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>The file /home/user/.sdci already exists</faultstring><detail><FileAlreadyExistsFault xmlns="urn:vim25" xsi:type="FileAlreadyExists"><file>/home/user/.sdci</file></FileAlreadyExistsFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#;
+    let Answer::Fault(f) = soap::parse_answer(answer).unwrap() else {
+        panic!("expected a fault")
+    };
+    assert_eq!(f.kind, "FileAlreadyExists");
+    assert_eq!(f.detail.unwrap().text_at("file"), Some("/home/user/.sdci"));
+    let ok = r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><MakeDirectoryInGuestResponse xmlns="urn:vim25"></MakeDirectoryInGuestResponse></soapenv:Body></soapenv:Envelope>"#;
+    assert!(matches!(
+        soap::parse_answer(ok).unwrap(),
+        Answer::Response(r) if r.name == "MakeDirectoryInGuestResponse"
+    ));
+}

@@ -194,6 +194,9 @@ pub struct MemoryHv {
     pub vms: Mutex<HashMap<String, MemVm>>,
     /// pid → (job id from the launch arguments, exit code once released)
     procs: Mutex<HashMap<i64, (String, Option<i32>)>>,
+    /// Guest directories made (`make_directory`), per VM. Like real ESXi, an upload needs its
+    /// parent directory to exist.
+    pub dirs: Mutex<HashMap<String, std::collections::HashSet<String>>>,
     next_pid: Mutex<i64>,
     pub changed: Notify,
 }
@@ -320,7 +323,35 @@ impl Hypervisor for MemoryHv {
         }
         Ok(())
     }
-    async fn upload(&self, _vm: &str, _a: &GuestAuth, _p: &str, _d: Vec<u8>) -> R<()> {
+    async fn make_directory(&self, vm: &str, _a: &GuestAuth, p: &str, parents: bool) -> R<()> {
+        let mut dirs = self.dirs.lock().unwrap();
+        let made = dirs.entry(vm.to_owned()).or_default();
+        let parent = p.rsplit_once('/').map_or("", |(d, _)| d);
+        if !parents && !parent.is_empty() && !made.contains(parent) {
+            return Err(VsphereError::Fault {
+                method: "MakeDirectoryInGuest".into(),
+                kind: "FileNotFound".into(),
+                message: parent.to_owned(),
+            });
+        }
+        let mut d = p.to_owned();
+        while !d.is_empty() {
+            made.insert(d.clone());
+            d = d.rsplit_once('/').map_or("", |(x, _)| x).to_owned();
+        }
+        Ok(())
+    }
+    async fn upload(&self, vm: &str, _a: &GuestAuth, p: &str, _d: Vec<u8>) -> R<()> {
+        let parent = p.rsplit_once('/').map_or("", |(d, _)| d);
+        let dirs = self.dirs.lock().unwrap();
+        if !dirs.get(vm).is_some_and(|m| m.contains(parent)) {
+            // What ESXi answers InitiateFileTransferToGuest for a missing parent directory.
+            return Err(VsphereError::Fault {
+                method: "InitiateFileTransferToGuest".into(),
+                kind: "FileNotFound".into(),
+                message: parent.to_owned(),
+            });
+        }
         Ok(())
     }
     async fn download(&self, _vm: &str, _a: &GuestAuth, p: &str) -> R<Vec<u8>> {

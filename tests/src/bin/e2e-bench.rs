@@ -68,7 +68,7 @@ fn main() -> Result<()> {
     })?;
     println!("e2e-bench: {runs} runs, 1 VM, boot {BOOT_MS} ms, shutdown {SHUTDOWN_MS} ms, one no-op make step");
     println!(
-        "{:>4} {:>9} {:>8} {:>10} {:>10}",
+        "{:>4} {:>9} {:>8} {:>10} {:>10}   overhead by phase, ms: intake, boot - 2 s, launch - step, finish - 1 s",
         "run", "wall ms", "step ms", "overhead", "dispatch"
     );
     let (mut overheads, mut dispatches) = (Vec::new(), Vec::new());
@@ -100,7 +100,15 @@ fn main() -> Result<()> {
         let overhead = wall - BOOT_MS - SHUTDOWN_MS - step;
         let revert_b = job_b.entered("booting").context("job B never booted")?;
         let dispatch = revert_b - end_a;
-        println!("{run:>4} {wall:>9} {step:>8} {overhead:>10} {dispatch:>10}");
+        let at = |state: &str| job_a.entered(state).unwrap_or(end_a);
+        let phases = format!(
+            "{}, {}, {}, {}",
+            at("booting") - sent,
+            at("running") - at("booting") - BOOT_MS,
+            at("finishing") - at("running") - step,
+            end_a - at("finishing") - SHUTDOWN_MS
+        );
+        println!("{run:>4} {wall:>9} {step:>8} {overhead:>10} {dispatch:>10}   {phases}");
         overheads.push(overhead);
         dispatches.push(dispatch);
     }
