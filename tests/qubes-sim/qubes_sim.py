@@ -325,6 +325,11 @@ def tool_qvm_run(world, argv):
     home = env["HOME"]
     os.makedirs(home, exist_ok=True)
     pass_io = bool(opts.get("pass_io"))
+    if "/" not in cmd[0] and shutil.which(cmd[0], path=env["PATH"]) is None:
+        if pass_io:
+            sys.stderr.write(f"{command}: command not found in {name}\n")
+        return 127
+    cmd = in_view(world, state, name, cmd, env, home)
     devnull = subprocess.DEVNULL
     # Registered before the command starts, so a qvm-shutdown racing with it still finds it.
     me = [os.getpid(), proc_start_time(os.getpid())]
@@ -760,17 +765,70 @@ def find_service(world_root, service, argument):
     return None
 
 
-def overlay_usr_local(world, argv):
-    """Runs argv so that dom0's absolute paths under /usr/local/bin (e.g. the service file's
-    `exec /usr/local/bin/sdci-dom0`) resolve into the world: a private mount namespace with
-    R/usr/local/bin overlaid on the machine's /usr/local/bin. Needs root and unshare(1); without
-    them the argv runs as is and such absolute paths resolve on the machine."""
-    layer = os.path.join(world.root, "usr/local/bin")
-    unshare = shutil.which("unshare")
-    if os.geteuid() != 0 or not unshare or not os.path.isdir(layer) or not os.path.isdir("/usr/local/bin"):
+# ---------------------------------------------------------------------------------------------
+# A qube's view of the file system (contracts §6)
+# ---------------------------------------------------------------------------------------------
+
+# Run by /bin/sh in the new namespaces: $1 the qube's home tree, $2 its host name, $3 the working
+# directory inside the view, $4 (may be empty) a layer to overlay on /usr/local/bin.
+VIEW_SCRIPT = (
+    'mount --bind "$1" /home || exit 125; '
+    'echo "$2" > /proc/sys/kernel/hostname || exit 125; '
+    'if [ -n "$4" ]; then mount -t overlay qubes-sim -o "lowerdir=$4:/usr/local/bin" /usr/local/bin || exit 125; fi; '
+    'cd "$3" || exit 125; shift 4; exec "$@"'
+)
+
+
+def views_supported():
+    """Private mount and UTS namespaces need root and unshare(1)."""
+    return os.geteuid() == 0 and shutil.which("unshare") is not None and os.path.isdir("/home")
+
+
+def view_path(world, name, path):
+    """`path` (a real path) as seen inside qube `name`'s view: its home tree is `/home` there."""
+    home_tree = os.path.join(world.qube_root(name), "home")
+    rel = os.path.relpath(path, home_tree)
+    if rel == "." or not rel.startswith(".."):
+        return os.path.normpath(os.path.join("/home", rel))
+    return path
+
+
+def in_view(world, state, name, argv, env, cwd, *, usr_local=False):
+    """argv to run `argv` in qube `name`'s view (contracts §6): a private mount and UTS namespace
+    where the qube's home tree is bound on /home, the host name is the qube's name and `HOME`
+    (updated in `env`) is `/home/<user>`; it starts in `cwd` (a real path, mapped into the view).
+    With `usr_local`, dom0's R/usr/local/bin is also overlaid on /usr/local/bin, so a service
+    file's `exec /usr/local/bin/sdci-dom0` resolves into the world. Without root or unshare(1)
+    argv is returned unchanged: HOME stays the real path and absolute paths resolve on the machine."""
+    if not views_supported():
         return argv
-    script = 'mount -t overlay qubes-sim -o "lowerdir=$1:/usr/local/bin" /usr/local/bin || exit 125; shift; exec "$@"'
-    return [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", layer, *argv]
+    user = state["dom0_user"] if name == "dom0" else "user"
+    env["HOME"] = f"/home/{user}"
+    layer = os.path.join(world.root, "usr/local/bin")
+    overlay = layer if usr_local and os.path.isdir(layer) and os.path.isdir("/usr/local/bin") else ""
+    home_tree = os.path.join(world.qube_root(name), "home")
+    return [shutil.which("unshare"), "--mount", "--uts", "--propagation", "private",
+            "/bin/sh", "-c", VIEW_SCRIPT, "sh", home_tree, name, view_path(world, name, cwd), overlay,
+            *argv]
+
+
+def in_qube(argv):
+    """`qubes_sim.py in-qube R QUBE PROGRAM [ARGS...]`: not a Qubes tool but the world's own entry
+    (dom0's /usr/local/bin/sdci-dom0 wrapper, `QubesWorld::qube_command`): execs PROGRAM in the
+    view of QUBE of the world rooted at R, with the caller's environment and working directory."""
+    if len(argv) < 3:
+        raise SimError("usage: qubes_sim.py in-qube ROOT QUBE PROGRAM [ARGS...]")
+    world = World(argv[0])
+    state = world.read()
+    world.qube(state, argv[1])
+    env = dict(os.environ)
+    cmd = in_view(world, state, argv[1], argv[2:], env, os.getcwd())
+    # Python ignores SIGPIPE; the program gets the default disposition, as after a fork by Popen.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except OSError as e:
+        raise SimError(f"{cmd[0]}: {e.strerror}", 127)
 
 
 def pump(src_fd, dst_fd):
@@ -863,7 +921,8 @@ def tool_qrexec_client_vm(world, argv):
         world.journal(f"{service}+{argument}-{source}", "service not found")
         return QREXEC_EXIT_SERVICE_NOT_FOUND
 
-    service_argv = overlay_usr_local(world, [path] + ([argument] if argument else []))
+    service_argv = in_view(world, state, "dom0", [path] + ([argument] if argument else []), env,
+                           world.root, usr_local=True)
     os.makedirs(world.log_dir, exist_ok=True)
     journal = open(os.path.join(world.log_dir, "journal.log"), "ab")
     # The service's stderr goes to dom0's journal, never to the caller (calls to dom0).
@@ -934,11 +993,13 @@ WORLDLESS = {"qubes-policy-lint", "sudo"}
 
 
 def main(argv):
-    if len(argv) < 2 or argv[1] not in TOOLS:
+    if len(argv) < 2 or (argv[1] not in TOOLS and argv[1] != "in-qube"):
         sys.stderr.write(f"usage: qubes_sim.py TOOL ARGS... (TOOL: {', '.join(sorted(TOOLS))})\n")
         return 2
     tool, args = argv[1], argv[2:]
     try:
+        if tool == "in-qube":
+            return in_qube(args)
         try:
             world = World.from_env()
         except SimError:

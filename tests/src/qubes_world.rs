@@ -3,11 +3,19 @@
 //! `/` is `R/var/lib/qubes-sim/<name>/`).
 //!
 //! Invariants of a world built here:
-//! - dom0: `/usr/local/bin/sdci-dom0` is the real built binary, `/etc/qubes-rpc/sdci.Run` and
-//!   `/etc/qubes/policy.d/30-sdci.policy` are byte-identical copies of `qubes-rpc/`, the stand-in
-//!   tools are in `/usr/bin`, and `~/.sdci/dom0.toml` points at paths inside R.
+//! - dom0: `/usr/local/bin/sdci-dom0` enters dom0's view and execs the real built binary,
+//!   `/etc/qubes-rpc/sdci.Run` and `/etc/qubes/policy.d/30-sdci.policy` are byte-identical copies
+//!   of `qubes-rpc/`, the stand-in tools are in `/usr/bin`, and `~/.sdci/dom0.toml` points at
+//!   paths inside R (and, when the tests run as root, allows dom0 to run as root).
 //! - the dev VM: `/usr/local/bin/sdci-agent` is the real built binary, `qrexec-client-vm` is in
-//!   `/usr/bin`; it starts halted, as after a VMware snapshot revert with autostart not yet run.
+//!   `/usr/bin`, and the agent's configuration (`SDCI_AGENT_CONFIG`, in the qube's tree) keeps
+//!   its event spool inside the qube's tree; it starts halted, as after a VMware snapshot revert
+//!   with autostart not yet run.
+//! - Views (contracts §6, when the tests run as root): every process "in" a qube (`qvm-run`,
+//!   [`QubesWorld::qube_command`], a qrexec service in dom0, dom0's `sdci-dom0` entry) runs in
+//!   private mount and UTS namespaces where that qube's home tree is `/home`, `HOME` is
+//!   `/home/<user>` and the host name is the qube's name. Nothing of the world reaches the
+//!   machine's own `/home`.
 //! - The qubes' state (running/halted, class, tags, sizes, fault switches) lives in
 //!   `R/var/lib/qubes-sim/qubes.json`; every stand-in call is appended to
 //!   `R/var/log/qubes-sim/calls.jsonl`, and dom0's "journal" (qrexec decisions, service stderr)
@@ -64,7 +72,7 @@ impl QubeSpec {
 pub struct WorldSpec {
     pub dom0_user: String,
     pub dev_vm: String,
-    /// Installed as dom0's `/usr/local/bin/sdci-dom0` (a symlink to it).
+    /// Exec'd by dom0's `/usr/local/bin/sdci-dom0` entry, in dom0's view.
     pub dom0_binary: PathBuf,
     /// Installed as the dev VM's `/usr/local/bin/sdci-agent` (a symlink to it).
     pub agent_binary: PathBuf,
@@ -111,6 +119,12 @@ pub struct QubesWorld {
     root: PathBuf,
     dom0_user: String,
     dev_vm: String,
+}
+
+/// Whether the qubes' views (contracts §6: private mount namespaces) can be entered: root only.
+pub fn views_supported() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// The stand-ins' source: `tests/qubes-sim/qubes_sim.py`.
@@ -231,7 +245,19 @@ impl QubesWorld {
         for tool in DOM0_TOOLS {
             write_exec(&r.join("usr/bin").join(tool), &wrapper(tool))?;
         }
-        symlink_force(&spec.dom0_binary, &r.join("usr/local/bin/sdci-dom0"))?;
+        let entry = r.join("usr/local/bin/sdci-dom0");
+        let _ = std::fs::remove_file(&entry);
+        write_exec(
+            &entry,
+            &format!(
+                "#!/bin/sh\n# qubes-sim world (contracts §6): sdci-dom0 in dom0's view\n\
+                 exec {} {} in-qube {} dom0 {} \"$@\"\n",
+                sh_quote(&python.to_string_lossy()),
+                sh_quote(&script.to_string_lossy()),
+                sh_quote(&r.to_string_lossy()),
+                sh_quote(&spec.dom0_binary.to_string_lossy()),
+            ),
+        )?;
         copy_mode(&spec.service_file, &r.join("etc/qubes-rpc/sdci.Run"), 0o755)?;
         copy_mode(
             &spec.policy_file,
@@ -240,18 +266,27 @@ impl QubesWorld {
         )?;
         let home = world.dom0_home();
         mkdirs(&home.join(".sdci/jobs"))?;
-        std::fs::write(
-            home.join(".sdci/dom0.toml"),
-            format!(
-                "# qubes-sim world: sdci-dom0's paths inside the world root; the processes of\n\
-                 # the world run as the test's own account\n\
-                 jobs_dir = {:?}\ncheckout_dir = {:?}\nuser = {:?}\n",
-                home.join(".sdci/jobs").to_string_lossy(),
-                home.join("securedrop-workstation").to_string_lossy(),
-                current_user()?,
-            ),
-        )
-        .context("write dom0.toml")?;
+        // sdci-dom0 runs in dom0's view, where dom0's home is /home/<user> (contracts §6);
+        // without views, the same directories by their real paths.
+        let home_seen = if views_supported() {
+            Path::new("/home").join(&spec.dom0_user)
+        } else {
+            home.clone()
+        };
+        let mut dom0_toml = format!(
+            "# qubes-sim world: sdci-dom0's paths (dom0's home inside the world root); the\n\
+             # processes of the world run as the test's own account\n\
+             jobs_dir = {:?}\ncheckout_dir = {:?}\nuser = {:?}\n",
+            home_seen.join(".sdci/jobs").to_string_lossy(),
+            home_seen.join("securedrop-workstation").to_string_lossy(),
+            current_user()?,
+        );
+        if views_supported() {
+            dom0_toml.push_str(
+                "# the simulated dom0 runs as root (tests run as root)\nallow_root = true\n",
+            );
+        }
+        std::fs::write(home.join(".sdci/dom0.toml"), dom0_toml).context("write dom0.toml")?;
 
         // the other qubes
         let mut qubes = serde_json::Map::new();
@@ -259,12 +294,14 @@ impl QubesWorld {
             "dom0".into(),
             json!({"class": "AdminVM", "state": "running", "tags": [], "label": "black"}),
         );
+        let agent_config = world.write_agent_config(&spec.dev_vm)?;
         qubes.insert(
             spec.dev_vm.clone(),
             json!({
                 "class": "StandaloneVM", "state": "halted", "tags": [], "label": "red",
                 "template": "debian-12-xfce", "netvm": "sys-firewall", "autostart": true,
                 "volumes": {"root": "50G", "private": "20G"},
+                "env": {"SDCI_AGENT_CONFIG": agent_config},
             }),
         );
         for q in &spec.other_qubes {
@@ -298,6 +335,24 @@ impl QubesWorld {
         });
         world.write_state(&state)?;
         Ok(world)
+    }
+
+    /// Writes the agent's configuration into `qube`'s tree and returns its path: the event spool
+    /// stays in the qube's tree (only /home is per qube, contracts §6; the spool's default,
+    /// /var/tmp, would be the machine's).
+    fn write_agent_config(&self, qube: &str) -> Result<PathBuf> {
+        let root = self.qube_root(qube);
+        let path = root.join("etc/sdci/agent.toml");
+        mkdirs(&root.join("etc/sdci"))?;
+        std::fs::write(
+            &path,
+            format!(
+                "# qubes-sim world: the agent's spool inside the qube's tree\n[run]\nspool_dir = {:?}\n",
+                root.join("var/tmp/sdci-agent").to_string_lossy()
+            ),
+        )
+        .with_context(|| format!("write {}", path.display()))?;
+        Ok(path)
     }
 
     /// Opens a world that was laid out before (e.g. restored from a snapshot copy).
@@ -390,16 +445,27 @@ impl QubesWorld {
     }
 
     /// A command run "in" a running qube, with the environment `qvm-run` gives (HOME, PATH with
-    /// the qube's `/usr/local/bin`, `SDCI_QUBE`...), as if started by `qvm-run --pass-io`.
+    /// the qube's `/usr/local/bin`, `SDCI_QUBE`...) and in the qube's view (as root), as if
+    /// started by `qvm-run --pass-io`. Extra arguments go to `program`.
     pub fn qube_command(&self, qube: &str, program: &str) -> Command {
         let root = self.qube_root(qube);
-        let host_path = self.base_path();
+        let state = self.state().unwrap_or_default();
+        let host_path = state["base_path"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| std::env::var("PATH").unwrap_or_default());
         let path = format!(
             "{}:{}:{host_path}",
             root.join("usr/local/bin").display(),
             root.join("usr/bin").display()
         );
-        let mut cmd = Command::new(resolve(program, &path));
+        let python = python3().unwrap_or_else(|_| PathBuf::from("python3"));
+        let mut cmd = Command::new(python);
+        cmd.arg(sim_script())
+            .arg("in-qube")
+            .arg(&self.root)
+            .arg(qube)
+            .arg(resolve(program, &path));
         cmd.env_clear()
             .env("HOME", self.qube_home(qube))
             .env("USER", "user")
@@ -409,14 +475,13 @@ impl QubesWorld {
             .env("SDCI_QUBE", qube)
             .env("SDCI_QUBE_ROOT", &root)
             .current_dir(self.qube_home(qube));
+        // The simulation's per-qube variables, as `qvm-run` adds them.
+        if let Some(extra) = state["qubes"][qube]["env"].as_object() {
+            for (k, v) in extra {
+                cmd.env(k, v.as_str().unwrap_or_default());
+            }
+        }
         cmd
-    }
-
-    fn base_path(&self) -> String {
-        self.state()
-            .ok()
-            .and_then(|s| s["base_path"].as_str().map(String::from))
-            .unwrap_or_else(|| std::env::var("PATH").unwrap_or_default())
     }
 
     fn state_path(&self) -> PathBuf {
@@ -464,11 +529,14 @@ impl QubesWorld {
         let Some(qubes) = state["qubes"].as_object_mut() else {
             bail!("qubes.json has no qubes");
         };
-        let Some(q) = qubes.remove(from) else {
+        let Some(mut q) = qubes.remove(from) else {
             bail!("no qube {from} in the world");
         };
-        qubes.insert(to.into(), q);
         std::fs::rename(self.qube_root(from), self.qube_root(to)).context("move qube tree")?;
+        if q["env"]["SDCI_AGENT_CONFIG"].is_string() {
+            q["env"]["SDCI_AGENT_CONFIG"] = json!(self.write_agent_config(to)?);
+        }
+        qubes.insert(to.into(), q);
         self.write_state(&state)?;
         if self.dev_vm == from {
             self.dev_vm = to.into();

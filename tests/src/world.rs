@@ -169,8 +169,6 @@ pub struct World {
     pub github: GitHub,
     config: PathBuf,
     addr: SocketAddr,
-    /// Jobs created through this world (their agent spools are removed on drop).
-    jobs: std::sync::Mutex<Vec<String>>,
     dir: tempfile::TempDir,
 }
 
@@ -183,6 +181,13 @@ impl World {
 
     /// Builds everything but does not start the host yet ([`World::start_host`]).
     pub fn prepare(opts: WorldOptions) -> Result<Self> {
+        if !crate::qubes_world::views_supported() {
+            return Err(Unsupported(
+                "the Qubes world needs root (private mount namespaces, contracts §6); run as root"
+                    .into(),
+            )
+            .into());
+        }
         for bin in ["sdci-host", "sdci-agent", "sdci-dom0"] {
             let p = crate::binary(bin);
             if !p.is_file() {
@@ -228,11 +233,8 @@ impl World {
         )?;
         let spec = world_spec(&opts);
         for vm in &opts.vms {
-            let root = sim.guest_root(vm);
-            QubesWorld::create_with(&root, &spec)
+            QubesWorld::create_with(&sim.guest_root(vm), &spec)
                 .with_context(|| format!("lay out the Qubes world of {vm}"))?;
-            ensure_isolation(&root, &spec)?;
-            allow_root_in_dom0(&root, &spec)?;
         }
 
         // Secrets, each in its own file as the host and agent expect.
@@ -282,7 +284,6 @@ impl World {
             github,
             config,
             addr,
-            jobs: std::sync::Mutex::new(Vec::new()),
             dir,
         };
         world.snapshot_golden()?;
@@ -451,10 +452,6 @@ impl World {
             .strip_prefix("queued job ")
             .map(|s| s.trim().to_owned())
             .ok_or_else(|| anyhow!("unexpected answer to the push: {body}"))?;
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(id.clone());
         Ok(id)
     }
 
@@ -663,17 +660,8 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         self.stop_host();
-        // The agent in sd-dev spools events under the machine's /var/tmp (only /home is per
-        // qube, contracts §6); a real sd-dev loses them with the snapshot revert.
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        for id in jobs.iter() {
-            let _ = std::fs::remove_dir_all(Path::new(AGENT_SPOOL).join(id));
-        }
     }
 }
-
-/// The agent's default spool directory (`sd-dev-agent` `run.spool_dir`).
-const AGENT_SPOOL: &str = "/var/tmp/sdci-agent";
 
 /// Why a world cannot be built on this machine (not a failure of the system under test).
 #[derive(Debug)]
@@ -686,101 +674,6 @@ impl std::fmt::Display for Unsupported {
 }
 
 impl std::error::Error for Unsupported {}
-
-/// Makes sure no process of the Qubes world can reach the machine's own `/home` (contracts §6):
-/// every process "in" a qube must see that qube's home on `/home`, or the agent's checkout
-/// (`/home/user/securedrop-workstation`) lands on the machine. Needs root (mount namespaces).
-///
-/// When the Qubes world already enters the qubes' views itself (dom0's `sdci-dom0` is its
-/// wrapper, not a symlink), nothing is changed. Otherwise (an older `qubes_world`) the same views
-/// are entered here, with the two wrappers §6 describes: dom0's `/usr/local/bin/sdci-dom0` binds
-/// `R/home` on `/home` and sets `HOME=/home/<user>` before exec'ing the binary, and dom0's
-/// `qvm-run` binds the target qube's home on `/home` before the stand-in runs.
-fn ensure_isolation(root: &Path, spec: &WorldSpec) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(Unsupported(
-            "the Qubes world needs root (private mount namespaces, contracts §6); run as root"
-                .into(),
-        )
-        .into());
-    }
-    let entry = root.join("usr/local/bin/sdci-dom0");
-    let meta = std::fs::symlink_metadata(&entry)
-        .with_context(|| format!("{} is missing", entry.display()))?;
-    if !meta.file_type().is_symlink() {
-        return Ok(());
-    }
-    let q = |p: &Path| format!("'{}'", p.to_string_lossy().replace('\'', r"'\''"));
-    let write_exec = |path: &Path, body: &str| -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::remove_file(path);
-        std::fs::write(path, body).with_context(|| format!("write {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
-        Ok(())
-    };
-    write_exec(
-        &entry,
-        &format!(
-            "#!/bin/sh\n# sdci world (contracts §6): enter dom0's view, R/home on /home, then run sdci-dom0.\n\
-             exec unshare --mount --propagation private /bin/sh -c \
-             'mount --bind \"$0/home\" /home || exit 125; export HOME=/home/{user}; exec \"$@\"' \
-             {root} {bin} \"$@\"\n",
-            user = spec.dom0_user,
-            root = q(root),
-            bin = q(&spec.dom0_binary),
-        ),
-    )?;
-    let qvm_run = root.join("usr/bin/qvm-run");
-    let inner = root.join("usr/bin/.qvm-run.stand-in");
-    std::fs::rename(&qvm_run, &inner).context("keep the qvm-run stand-in")?;
-    write_exec(
-        &qvm_run,
-        &format!(
-            r#"#!/bin/sh
-# sdci world (contracts §6): the command runs in the target qube's view, its home on /home.
-vm=""; skip=0
-for a in "$@"; do
-  if [ "$skip" = 1 ]; then skip=0; continue; fi
-  case "$a" in
-    -u|--user|--color-output|--colour-output|--color-stderr|--colour-stderr) skip=1 ;;
-    --) ;;
-    -*) ;;
-    *) vm="$a"; break ;;
-  esac
-done
-home={qubes}/"$vm"/home
-if [ -n "$vm" ] && [ "$vm" != dom0 ] && [ -d "$home" ]; then
-  exec unshare --mount --propagation private /bin/sh -c 'mount --bind "$0" /home || exit 125; exec "$@"' "$home" {inner} "$@"
-fi
-exec {inner} "$@"
-"#,
-            qubes = q(&root.join("var/lib/qubes-sim")),
-            inner = q(&inner),
-        ),
-    )?;
-    Ok(())
-}
-
-/// The world's processes run as the test's account, root in CI: `sdci-dom0` must be told that
-/// running as root is intended (`allow_root`, for simulated worlds only), or it refuses to unpack.
-fn allow_root_in_dom0(root: &Path, spec: &WorldSpec) -> Result<()> {
-    let path = root
-        .join("home")
-        .join(&spec.dom0_user)
-        .join(".sdci/dom0.toml");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || text.contains("allow_root") {
-        return Ok(());
-    }
-    std::fs::write(
-        &path,
-        format!("{text}# the simulated dom0 runs as root (tests run as root)\nallow_root = true\n"),
-    )
-    .with_context(|| format!("write {}", path.display()))
-}
 
 /// The Qubes world every VM holds: the default one plus `whonix-gateway-17`, the template the
 /// default steps update.

@@ -11,7 +11,7 @@
 use sdci_protocol::job::Step;
 use sdci_tests::fixture::TestMode;
 use sdci_tests::vsphere_sim::Fault;
-use sdci_tests::world::{Unsupported, World, WorldOptions, CONTEXT};
+use sdci_tests::world::{JobView, Unsupported, World, WorldOptions, CONTEXT};
 use std::time::Duration;
 
 /// The agent's description of its `pending` status.
@@ -27,6 +27,23 @@ fn world(opts: WorldOptions) -> Option<World> {
         }
         Err(e) => panic!("building the world failed: {e:#}"),
     }
+}
+
+/// One VM, and a fixture whose `make test` hangs until its `timeout_secs` timeout kills it.
+fn hanging_one_vm(timeout_secs: u64) -> WorldOptions {
+    WorldOptions {
+        mode: TestMode::Hang,
+        test_timeout_secs: Some(timeout_secs),
+        ..WorldOptions::default().one_vm()
+    }
+}
+
+/// Pushes the fixture's head and waits for the job to end: (sha, job id, job).
+fn push_head_and_wait(w: &World) -> (String, String, JobView) {
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    let job = w.wait_job(&id).unwrap();
+    (sha, id, job)
 }
 
 fn pair(state: &str, description: &str) -> (String, String) {
@@ -55,9 +72,7 @@ fn a_passing_commit_reports_queued_running_success_and_the_next_job_starts_from_
     let Some(w) = world(WorldOptions::default().one_vm()) else {
         return;
     };
-    let sha = w.head().unwrap();
-    let id = w.push(&sha).unwrap();
-    let job = w.wait_job(&id).unwrap();
+    let (sha, id, job) = push_head_and_wait(&w);
     assert_eq!(job.state, "success", "{}\n{}", job.text, page(&w, &id));
 
     assert_queued_running_success(&w, &sha);
@@ -121,9 +136,7 @@ fn a_failing_make_test_reports_failure_runs_no_later_step_and_the_log_shows_the_
     }) else {
         return;
     };
-    let sha = w.head().unwrap();
-    let id = w.push(&sha).unwrap();
-    let job = w.wait_job(&id).unwrap();
+    let (sha, id, job) = push_head_and_wait(&w);
     assert_eq!(job.state, "failure", "{}", job.text);
     let got = w.status_pairs(&sha);
     assert_eq!(got.len(), 3, "{got:?}");
@@ -145,16 +158,10 @@ fn a_failing_make_test_reports_failure_runs_no_later_step_and_the_log_shows_the_
 
 #[test]
 fn a_hanging_step_is_killed_at_its_timeout_and_the_job_fails_with_the_reason() {
-    let Some(w) = world(WorldOptions {
-        mode: TestMode::Hang,
-        test_timeout_secs: Some(3),
-        ..WorldOptions::default().one_vm()
-    }) else {
+    let Some(w) = world(hanging_one_vm(3)) else {
         return;
     };
-    let sha = w.head().unwrap();
-    let id = w.push(&sha).unwrap();
-    let job = w.wait_job(&id).unwrap();
+    let (sha, id, job) = push_head_and_wait(&w);
     assert_eq!(job.state, "failure", "{}", job.text);
     let got = w.status_pairs(&sha);
     let last = got.last().unwrap();
@@ -184,9 +191,7 @@ fn a_vm_that_fails_to_power_on_is_replaced_by_the_second_vm_and_the_job_succeeds
             count: 1,
         })
         .unwrap();
-    let sha = w.head().unwrap();
-    let id = w.push(&sha).unwrap();
-    let job = w.wait_job(&id).unwrap();
+    let (sha, _, job) = push_head_and_wait(&w);
     assert_eq!(job.state, "success", "{}", job.text);
     assert_eq!(job.attempts, 2, "{}", job.text);
     let first = job
@@ -227,9 +232,7 @@ fn tools_that_never_start_on_any_vm_end_the_job_in_error_after_the_retry_limit_w
     for vm in &w.opts.vms {
         w.sim.inject(Fault::ToolsNever { vm: vm.clone() }).unwrap();
     }
-    let sha = w.head().unwrap();
-    let id = w.push(&sha).unwrap();
-    let job = w.wait_job(&id).unwrap();
+    let (sha, _, job) = push_head_and_wait(&w);
     assert_eq!(job.state, "error", "{}", job.text);
     assert_eq!(job.attempts, w.opts.max_attempts, "{}", job.text);
     let got = w.status_pairs(&sha);
@@ -242,11 +245,7 @@ fn tools_that_never_start_on_any_vm_end_the_job_in_error_after_the_retry_limit_w
 
 #[test]
 fn a_host_killed_mid_job_and_restarted_ends_the_job_and_leaves_no_vm_on() {
-    let Some(mut w) = world(WorldOptions {
-        mode: TestMode::Hang,
-        test_timeout_secs: Some(8),
-        ..WorldOptions::default().one_vm()
-    }) else {
+    let Some(mut w) = world(hanging_one_vm(8)) else {
         return;
     };
     let sha = w.head().unwrap();
@@ -271,11 +270,7 @@ fn a_host_killed_mid_job_and_restarted_ends_the_job_and_leaves_no_vm_on() {
 
 #[test]
 fn a_superseding_push_ends_the_queued_job_in_error_superseded() {
-    let Some(w) = world(WorldOptions {
-        mode: TestMode::Hang,
-        test_timeout_secs: Some(5),
-        ..WorldOptions::default().one_vm()
-    }) else {
+    let Some(w) = world(hanging_one_vm(5)) else {
         return;
     };
     // Job A occupies the only VM.
@@ -321,9 +316,7 @@ fn a_dev_vm_the_qrexec_policy_does_not_name_is_refused_and_the_job_errors_with_t
     }) else {
         return;
     };
-    let sha = w.head().unwrap();
-    let id = w.push(&sha).unwrap();
-    let job = w.wait_job(&id).unwrap();
+    let (sha, id, job) = push_head_and_wait(&w);
     assert_eq!(job.state, "error", "{}", job.text);
     let body = page(&w, &id);
     assert!(body.contains("refused by policy"), "{body}");

@@ -6,6 +6,7 @@
 //! checked independently of the real binaries.
 #![allow(clippy::unwrap_used)]
 
+use sdci_tests::fixture::{Fixture, TestMode};
 use sdci_tests::qubes_world::{QubesWorld, WorldSpec};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -24,6 +25,8 @@ case "${1-}" in
   exit3*) echo "secret diagnostics" >&2; echo "out before exit"; exit 3 ;;
   late*) ( sleep 1; echo late ) & echo early ;;
   flood*) yes ;;
+  view*) cat /home/user/who; echo "$HOME"; hostname; : > "/home/user/$1" ;;
+  assert-dom0) exec make -s -C "$2" assert-dom0 ;;
   *) echo "unknown test mode '${1-}'" >&2; exit 65 ;;
 esac
 "#;
@@ -121,8 +124,17 @@ fn world_installs_the_repository_qrexec_files_byte_identical_with_their_modes() 
 fn world_links_the_real_binaries_and_roots_dom0_config_inside_the_world() {
     let tmp = tempfile::tempdir().unwrap();
     let world = QubesWorld::create(&tmp.path().join("g")).unwrap();
-    let dom0_bin = std::fs::read_link(world.root().join("usr/local/bin/sdci-dom0")).unwrap();
-    assert_eq!(dom0_bin, sdci_tests::binary("sdci-dom0"));
+    // dom0's entry is a wrapper that enters dom0's view and execs the real binary.
+    let entry = std::fs::read_to_string(world.root().join("usr/local/bin/sdci-dom0")).unwrap();
+    let bin = sdci_tests::binary("sdci-dom0");
+    assert!(
+        entry.contains(&format!(
+            "in-qube '{}' dom0 '{}'",
+            world.root().display(),
+            bin.display()
+        )),
+        "{entry}"
+    );
     let agent = world.qube_root("sd-dev").join("usr/local/bin/sdci-agent");
     assert_eq!(
         std::fs::read_link(agent).unwrap(),
@@ -133,17 +145,126 @@ fn world_links_the_real_binaries_and_roots_dom0_config_inside_the_world() {
         .join("usr/bin/qrexec-client-vm")
         .is_file());
     let config = std::fs::read_to_string(world.dom0_home().join(".sdci/dom0.toml")).unwrap();
+    // sdci-dom0 runs in dom0's view (the tests run as root): dom0's home is /home/user there.
+    assert!(
+        config.contains("jobs_dir = \"/home/user/.sdci/jobs\""),
+        "{config}"
+    );
+    assert!(
+        config.contains("checkout_dir = \"/home/user/securedrop-workstation\""),
+        "{config}"
+    );
     let jobs = world.dom0_home().join(".sdci/jobs");
-    assert!(config.contains(&format!("jobs_dir = {:?}", jobs.to_string_lossy())));
-    let checkout = world.dom0_home().join("securedrop-workstation");
-    assert!(config.contains(&format!("checkout_dir = {:?}", checkout.to_string_lossy())));
     assert!(jobs.is_dir());
+    // The tests run as root: dom0 is told so.
+    assert!(config.contains("allow_root = true"), "{config}");
+    // The agent in sd-dev spools inside the qube's tree, not under the machine's /var/tmp.
+    let agent_config = world.qube_root("sd-dev").join("etc/sdci/agent.toml");
+    let spool = world.qube_root("sd-dev").join("var/tmp/sdci-agent");
+    let text = std::fs::read_to_string(&agent_config).unwrap();
+    assert!(
+        text.contains(&format!("spool_dir = {:?}", spool.to_string_lossy())),
+        "{text}"
+    );
+    assert_eq!(
+        world.state().unwrap()["qubes"]["sd-dev"]["env"]["SDCI_AGENT_CONFIG"],
+        agent_config.to_string_lossy().as_ref()
+    );
     assert_eq!(world.qube_state("sd-dev").unwrap(), "halted");
     // A world copied back from a snapshot opens again from its directory alone.
     let reopened = QubesWorld::open(world.root()).unwrap();
     assert_eq!(reopened.dev_vm(), "sd-dev");
     assert_eq!(reopened.dom0_user(), "user");
     assert_eq!(reopened.dom0_home(), world.dom0_home());
+}
+
+// ------------------------------------------------------------------------------------------
+// views (contracts §6): each qube's processes see their own home on /home
+// ------------------------------------------------------------------------------------------
+
+/// The names in the machine's own `/home`, recursively.
+fn machine_home() -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            out.push(e.path());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/home"), &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_process_in_sd_dev_and_one_in_dom0_see_different_home_user_and_the_machines_home_is_untouched()
+{
+    let (tmp, world) = world();
+    let before = machine_home();
+    std::fs::write(world.dom0_home().join("who"), "dom0\n").unwrap();
+    std::fs::write(world.qube_home("sd-dev").join("who"), "sd-dev\n").unwrap();
+    // Unique per test run, so a file of that name on the machine can only come from here.
+    let mark = format!("view-{}", tmp.path().file_name().unwrap().to_string_lossy());
+
+    // dom0: the host starts dom0's sdci-dom0 entry; a qrexec service runs in dom0 too.
+    let mut entry = world.dom0_command("sdci-dom0");
+    entry.args(["run", &mark]);
+    let from_entry = run(entry, b"");
+    assert_eq!(
+        from_entry.status.code(),
+        Some(0),
+        "{}",
+        text(&from_entry.stderr)
+    );
+    assert_eq!(text(&from_entry.stdout), "dom0\n/home/user\ndom0\n");
+    let from_service = call_from(&world, "sd-dev", "dom0", &format!("sdci.Run+{mark}"), b"");
+    assert_eq!(text(&from_service.stdout), "dom0\n/home/user\ndom0\n");
+
+    // sd-dev, through qvm-run and as a test's qube command.
+    let script = format!("cat /home/user/who; echo \"$HOME\"; hostname; : > /home/user/{mark}");
+    let out = dom0(&world, &["qvm-run", "-p", "sd-dev", &script], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "sd-dev\n/home/user\nsd-dev\n");
+    let mut cmd = world.qube_command("sd-dev", "cat");
+    cmd.arg("/home/user/who");
+    assert_eq!(text(&run(cmd, b"").stdout), "sd-dev\n");
+
+    // What each wrote under /home/user landed in its own tree, nothing on the machine.
+    assert!(world.dom0_home().join(&mark).is_file());
+    assert!(world.qube_home("sd-dev").join(&mark).is_file());
+    assert!(!Path::new("/home/user").join(&mark).exists());
+    assert_eq!(machine_home(), before);
+}
+
+#[test]
+fn dom0s_view_answers_hostname_dom0_so_the_fixtures_assert_dom0_passes_only_there() {
+    let (tmp, world) = world();
+    let fixture = Fixture::create(&tmp.path().join("fixture"), TestMode::Pass).unwrap();
+    let dir = fixture.path.to_string_lossy().into_owned();
+    let mut in_dom0 = world.dom0_command("sdci-dom0");
+    in_dom0.args(["run", "assert-dom0", &dir]);
+    let out = run(in_dom0, b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // The same Makefile on the machine (with dom0's environment) and in sd-dev refuses.
+    let mut on_machine = world.dom0_command("make");
+    on_machine.args(["-s", "-C", &dir, "assert-dom0"]);
+    let out = run(on_machine, b"");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("must run in dom0"));
+    let out = dom0(
+        &world,
+        &[
+            "qvm-run",
+            "-p",
+            "sd-dev",
+            &format!("make -s -C {dir} assert-dom0"),
+        ],
+        b"",
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("must run in dom0"));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -287,8 +408,8 @@ fn service_gets_the_environment_and_argument_dom0s_qrexec_gives() {
     for (k, v) in want {
         assert_eq!(get(&env, k).as_deref(), Some(v), "{k}");
     }
-    let home = world.dom0_home();
-    assert_eq!(get(&env, "HOME"), Some(home.to_string_lossy().into()));
+    // dom0's view (contracts §6): its home tree is /home.
+    assert_eq!(get(&env, "HOME").as_deref(), Some("/home/user"));
     assert_eq!(
         get(&env, "pwd"),
         Some(world.root().to_string_lossy().into())
@@ -460,13 +581,12 @@ fn qvm_run_shell_string_runs_in_the_qubes_home_with_its_environment() {
         b"from stdin\n",
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let home = world.qube_home("sd-dev");
+    // The qube's view (contracts §6): its home tree is /home.
     let agent = world.qube_root("sd-dev").join("usr/local/bin/sdci-agent");
     assert_eq!(
         text(&out.stdout),
         format!(
-            "{h}\n{h}|sd-dev|{r}\n{a}\ntest agent run\nfrom stdin\n",
-            h = home.display(),
+            "/home/user\n/home/user|sd-dev|{r}\n{a}\ntest agent run\nfrom stdin\n",
             r = world.root().display(),
             a = agent.display()
         )
@@ -567,32 +687,25 @@ fn qvm_check_reports_existence_and_running() {
 #[test]
 fn tagged_running_qubes_are_listed_and_shut_down_the_way_the_steps_do() {
     let (_tmp, world) = world();
+    // What the steps list before shutting SDW's qubes down.
+    let running_tagged = || {
+        let out = dom0(
+            &world,
+            &[
+                "qvm-ls",
+                "--running",
+                "--raw-list",
+                "--tags",
+                "sd-workstation",
+            ],
+            b"",
+        );
+        text(&out.stdout)
+    };
     world.set_running("sd-app", true).unwrap();
-    let out = dom0(
-        &world,
-        &[
-            "qvm-ls",
-            "--running",
-            "--raw-list",
-            "--tags",
-            "sd-workstation",
-        ],
-        b"",
-    );
-    assert_eq!(text(&out.stdout), "sd-app\n");
+    assert_eq!(running_tagged(), "sd-app\n");
     world.set_running("sd-log", true).unwrap();
-    let out = dom0(
-        &world,
-        &[
-            "qvm-ls",
-            "--running",
-            "--raw-list",
-            "--tags",
-            "sd-workstation",
-        ],
-        b"",
-    );
-    assert_eq!(text(&out.stdout), "sd-app\nsd-log\n");
+    assert_eq!(running_tagged(), "sd-app\nsd-log\n");
     let out = dom0(
         &world,
         &[
@@ -609,18 +722,7 @@ fn tagged_running_qubes_are_listed_and_shut_down_the_way_the_steps_do() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(world.qube_state("sd-app").unwrap(), "halted");
     assert_eq!(world.qube_state("sd-log").unwrap(), "halted");
-    let out = dom0(
-        &world,
-        &[
-            "qvm-ls",
-            "--running",
-            "--raw-list",
-            "--tags",
-            "sd-workstation",
-        ],
-        b"",
-    );
-    assert!(out.stdout.is_empty());
+    assert!(running_tagged().is_empty());
     assert!(world.state().unwrap()["qubes"]["sys-net"]["state"] == "running");
 }
 

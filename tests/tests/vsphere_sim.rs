@@ -12,6 +12,27 @@ use sdci_tests::vsphere_sim::{Fault, SimOptions, SimVm, VsphereSim};
 
 const VM_A: &str = "Qubes_4.2_a";
 const VM_B: &str = "Qubes_4.3_a";
+/// The guest process manager's managed object.
+const PROCESS_MANAGER: (&str, &str) = ("GuestProcessManager", "guestOperationsProcessManager");
+
+/// Starts the simulator and logs in.
+async fn start_sim(opts: SimOptions) -> (VsphereSim, Vim) {
+    let sim = VsphereSim::start(opts).unwrap();
+    let vim = Vim::connect(&sim).await;
+    (sim, vim)
+}
+
+/// Starts the simulator, logs in and finds `VM_A`.
+async fn start_with_vm_a(opts: SimOptions) -> (VsphereSim, Vim, Mor) {
+    let (sim, mut vim) = start_sim(opts).await;
+    let a = vim.find_vms().await[VM_A].clone();
+    (sim, vim, a)
+}
+
+/// The names of a snapshot tree as `Vim::snapshots` lists it.
+fn snapshot_names(tree: &[(String, String)]) -> Vec<&str> {
+    tree.iter().map(|(n, _)| n.as_str()).collect()
+}
 
 // ---------------------------------------------------------------------------------------------
 // The walk
@@ -40,26 +61,17 @@ async fn walk(sim: &VsphereSim, expect: Expect) {
 
     // Revert to the newest update_* snapshot (recursive search), power on, wait for Tools.
     let tree = vim.snapshots(&a).await;
-    let names: Vec<&str> = tree.iter().map(|(n, _)| n.as_str()).collect();
+    let names = snapshot_names(&tree);
     assert_eq!(names, ["clean", "update_20260101000000"]);
     let stale = sim.guest_path(VM_A, "/home/user/stale.txt");
     std::fs::write(&stale, "left over from the last job").unwrap();
-    vim.task(
-        &("VirtualMachineSnapshot", tree[1].1.as_str()),
-        "RevertToSnapshot_Task",
-        "",
-    )
-    .await
-    .unwrap();
+    vim.revert(&tree[1].1).await.unwrap();
     assert!(
         !stale.exists(),
         "revert must restore the guest directory to the snapshot"
     );
-    vim.task(&vm_this(&a), "PowerOnVM_Task", "").await.unwrap();
-    vim.wait_vm(&a, |p| {
-        p.get("guest.toolsRunningStatus").map(String::as_str) == Some("guestToolsRunning")
-    })
-    .await;
+    vim.vm_task(&a, "PowerOnVM_Task").await.unwrap();
+    vim.wait_tools(&a).await;
 
     // A guest program that exits 3, with arguments split like a shell would (no expansion).
     let pid = vim
@@ -122,10 +134,7 @@ async fn walk(sim: &VsphereSim, expect: Expect) {
 
     // Shut down (returns at once; the guest powers off later), then snapshot and prune.
     vim.call("ShutdownGuest", &vm_this(&a), "").await.unwrap();
-    vim.wait_vm(&a, |p| {
-        p.get("runtime.powerState").map(String::as_str) == Some("poweredOff")
-    })
-    .await;
+    vim.wait_off(&a).await;
     assert!(!sim.vm(VM_A).unwrap().tools_running);
     let snap = vim
         .task(
@@ -138,7 +147,7 @@ async fn walk(sim: &VsphereSim, expect: Expect) {
         .unwrap();
     assert_eq!(snap.attr("type"), Some("VirtualMachineSnapshot"));
     let tree = vim.snapshots(&a).await;
-    let names: Vec<&str> = tree.iter().map(|(n, _)| n.as_str()).collect();
+    let names = snapshot_names(&tree);
     assert_eq!(
         names,
         ["clean", "update_20260101000000", "update_20260202000000"]
@@ -164,18 +173,12 @@ async fn walk(sim: &VsphereSim, expect: Expect) {
     assert!(!removed.exists());
     assert_eq!(std::fs::read_dir(&copies).unwrap().count(), 2);
     let tree = vim.snapshots(&a).await;
-    let names: Vec<&str> = tree.iter().map(|(n, _)| n.as_str()).collect();
+    let names = snapshot_names(&tree);
     assert_eq!(names, ["clean", "update_20260202000000"]);
 
     // The new snapshot holds the uploaded file: revert to it after a wipe brings it back.
     std::fs::remove_dir_all(sim.guest_path(VM_A, "/home/user/sd-dev")).unwrap();
-    vim.task(
-        &("VirtualMachineSnapshot", tree[1].1.as_str()),
-        "RevertToSnapshot_Task",
-        "",
-    )
-    .await
-    .unwrap();
+    vim.revert(&tree[1].1).await.unwrap();
     assert!(sim
         .guest_path(VM_A, "/home/user/sd-dev/bin/payload.txt")
         .exists());
@@ -267,11 +270,8 @@ async fn pyvmomi_walk_passes_with_the_official_python_client() {
 
 #[tokio::test]
 async fn guest_operations_check_power_then_tools_then_credentials() {
-    let sim =
-        VsphereSim::start(SimOptions::vcenter().vms(vec![SimVm::new(VM_A).tools_delay(None)]))
-            .unwrap();
-    let mut vim = Vim::connect(&sim).await;
-    let a = vim.find_vms().await[VM_A].clone();
+    let (sim, mut vim, a) =
+        start_with_vm_a(SimOptions::vcenter().vms(vec![SimVm::new(VM_A).tools_delay(None)])).await;
 
     // Off (and wrong credentials): the power state is reported first.
     let f = vim
@@ -280,7 +280,7 @@ async fn guest_operations_check_power_then_tools_then_credentials() {
         .unwrap_err();
     assert_eq!(f.kind, "InvalidPowerState");
     // On, Tools not running (and wrong credentials): Tools come second.
-    vim.task(&vm_this(&a), "PowerOnVM_Task", "").await.unwrap();
+    vim.vm_task(&a, "PowerOnVM_Task").await.unwrap();
     let f = vim
         .start_program_as(&a, "/bin/sh", "", "nobody", "wrong")
         .await
@@ -293,12 +293,9 @@ async fn guest_operations_check_power_then_tools_then_credentials() {
     assert_eq!(f.kind, "ToolsUnavailable");
     // Tools running: now credentials.
     sim.set_tools_delay(VM_A, Some(Duration::ZERO)).unwrap();
-    vim.task(&vm_this(&a), "PowerOffVM_Task", "").await.unwrap();
-    vim.task(&vm_this(&a), "PowerOnVM_Task", "").await.unwrap();
-    vim.wait_vm(&a, |p| {
-        p.get("guest.toolsRunningStatus").map(String::as_str) == Some("guestToolsRunning")
-    })
-    .await;
+    vim.vm_task(&a, "PowerOffVM_Task").await.unwrap();
+    vim.vm_task(&a, "PowerOnVM_Task").await.unwrap();
+    vim.wait_tools(&a).await;
     let f = vim
         .start_program_as(&a, "/bin/sh", "", "nobody", "wrong")
         .await
@@ -320,45 +317,26 @@ async fn guest_operations_check_power_then_tools_then_credentials() {
         .processes
         .iter()
         .any(|p| p.pid == pid && p.running));
-    vim.task(&vm_this(&a), "PowerOffVM_Task", "").await.unwrap();
+    vim.vm_task(&a, "PowerOffVM_Task").await.unwrap();
     assert!(sim.vm(VM_A).unwrap().processes.is_empty());
     // A second power-off is a task error, as on ESXi.
-    let err = vim
-        .task(&vm_this(&a), "PowerOffVM_Task", "")
-        .await
-        .unwrap_err();
+    let err = vim.vm_task(&a, "PowerOffVM_Task").await.unwrap_err();
     assert_eq!(err.kind, "InvalidPowerState");
 }
 
 #[tokio::test]
 async fn guest_programs_get_shell_split_arguments_the_mapped_directory_and_the_contract_env() {
-    let sim = VsphereSim::start(SimOptions::esx()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
-    let a = vim.find_vms().await[VM_A].clone();
+    let (sim, mut vim, a) = start_with_vm_a(SimOptions::esx()).await;
     vim.power_on_and_wait_tools(&a).await;
     let r = sim.guest_root(VM_A);
     std::fs::create_dir_all(r.join("work")).unwrap();
     let script =
         r#"-c 'printf "%s\n" "$@" > args.txt; env > env.txt' sh 'a b' "c\"d" e\ f '$HOME' && x>y"#;
-    let body = format!(
-        r#"<vm type="VirtualMachine">{}</vm>{}<spec xsi:type="GuestProgramSpec"><programPath>/bin/sh</programPath><arguments>{}</arguments><workingDirectory>/work</workingDirectory><envVariables>FOO=bar baz</envVariables><envVariables>SDCI_GUEST_ROOT=/spoofed</envVariables></spec>"#,
-        a.value,
-        Vim::auth(sim.guest_username(), sim.guest_password()),
+    let spec = format!(
+        r#"<spec xsi:type="GuestProgramSpec"><programPath>/bin/sh</programPath><arguments>{}</arguments><workingDirectory>/work</workingDirectory><envVariables>FOO=bar baz</envVariables><envVariables>SDCI_GUEST_ROOT=/spoofed</envVariables></spec>"#,
         esc(script)
     );
-    let pid: i64 = vim
-        .call(
-            "StartProgramInGuest",
-            &("GuestProcessManager", "guestOperationsProcessManager"),
-            &body,
-        )
-        .await
-        .unwrap()
-        .child("returnval")
-        .unwrap()
-        .text
-        .parse()
-        .unwrap();
+    let pid = vim.start_spec(&sim, &a, &spec).await.unwrap();
     assert_eq!(vim.wait_process(&sim, &a, pid).await.0, 0);
     let args = std::fs::read_to_string(r.join("work/args.txt")).unwrap();
     assert_eq!(args, "a b\nc\"d\ne f\n$HOME\n&&\nx>y\n");
@@ -371,42 +349,15 @@ async fn guest_programs_get_shell_split_arguments_the_mapped_directory_and_the_c
     assert!(env["PATH"].starts_with(&format!("{root}/usr/local/bin:{root}/usr/bin:")));
 
     // A spec that sets HOME and PATH keeps them; a missing working directory is FileNotFound.
-    let body = format!(
-        r#"<vm type="VirtualMachine">{}</vm>{}<spec xsi:type="GuestProgramSpec"><programPath>/bin/sh</programPath><arguments>-c 'env > env2.txt'</arguments><envVariables>HOME=/h</envVariables><envVariables>PATH=/usr/bin:/bin</envVariables></spec>"#,
-        a.value,
-        Vim::auth(sim.guest_username(), sim.guest_password()),
-    );
-    let pid: i64 = vim
-        .call(
-            "StartProgramInGuest",
-            &("GuestProcessManager", "guestOperationsProcessManager"),
-            &body,
-        )
-        .await
-        .unwrap()
-        .child("returnval")
-        .unwrap()
-        .text
-        .parse()
-        .unwrap();
+    let spec = r#"<spec xsi:type="GuestProgramSpec"><programPath>/bin/sh</programPath><arguments>-c 'env > env2.txt'</arguments><envVariables>HOME=/h</envVariables><envVariables>PATH=/usr/bin:/bin</envVariables></spec>"#;
+    let pid = vim.start_spec(&sim, &a, spec).await.unwrap();
     assert_eq!(vim.wait_process(&sim, &a, pid).await.0, 0);
     // The default working directory is R/home/<guest user> whatever HOME says.
     let env2 = std::fs::read_to_string(r.join("home/user/env2.txt")).unwrap();
     assert!(env2.lines().any(|l| l == "HOME=/h"), "{env2}");
     assert!(env2.lines().any(|l| l == "PATH=/usr/bin:/bin"), "{env2}");
-    let body = format!(
-        r#"<vm type="VirtualMachine">{}</vm>{}<spec xsi:type="GuestProgramSpec"><programPath>/bin/sh</programPath><arguments></arguments><workingDirectory>/nope</workingDirectory></spec>"#,
-        a.value,
-        Vim::auth(sim.guest_username(), sim.guest_password()),
-    );
-    let f = vim
-        .call(
-            "StartProgramInGuest",
-            &("GuestProcessManager", "guestOperationsProcessManager"),
-            &body,
-        )
-        .await
-        .unwrap_err();
+    let spec = r#"<spec xsi:type="GuestProgramSpec"><programPath>/bin/sh</programPath><arguments></arguments><workingDirectory>/nope</workingDirectory></spec>"#;
+    let f = vim.start_spec(&sim, &a, spec).await.unwrap_err();
     assert_eq!(f.kind, "FileNotFound");
 
     // Output goes to a per-process log outside the guest, readable through the harness.
@@ -428,9 +379,7 @@ async fn guest_programs_get_shell_split_arguments_the_mapped_directory_and_the_c
 
 #[tokio::test]
 async fn dropping_the_simulator_kills_its_guest_processes() {
-    let sim = VsphereSim::start(SimOptions::esx()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
-    let a = vim.find_vms().await[VM_A].clone();
+    let (sim, mut vim, a) = start_with_vm_a(SimOptions::esx()).await;
     vim.power_on_and_wait_tools(&a).await;
     // A process group with a child: both must go.
     let pid = vim
@@ -481,9 +430,7 @@ fn alive_group(pgid: i64) -> bool {
 
 #[tokio::test]
 async fn upload_refuses_to_overwrite_unless_asked_and_download_of_a_missing_file_fails() {
-    let sim = VsphereSim::start(SimOptions::vcenter()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
-    let a = vim.find_vms().await[VM_A].clone();
+    let (sim, mut vim, a) = start_with_vm_a(SimOptions::vcenter()).await;
     vim.power_on_and_wait_tools(&a).await;
     vim.upload(&sim, &a, "/tmp/x", b"one").await.unwrap();
     let f = vim
@@ -510,20 +457,13 @@ async fn files_linked_in_before_start_are_in_every_snapshot_and_later_links_only
     let tool = helper.path().join("tool.sh");
     std::fs::write(&tool, "#!/bin/sh\nexit 7\n").unwrap();
     std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let sim = VsphereSim::start(
+    let (sim, mut vim) = start_sim(
         SimOptions::vcenter().vms(vec![SimVm::new(VM_A).link("/usr/local/bin/tool", &tool)]),
     )
-    .unwrap();
-    let mut vim = Vim::connect(&sim).await;
+    .await;
     let a = vim.find_vms().await[VM_A].clone();
     let tree = vim.snapshots(&a).await;
-    vim.task(
-        &("VirtualMachineSnapshot", tree[0].1.as_str()),
-        "RevertToSnapshot_Task",
-        "",
-    )
-    .await
-    .unwrap();
+    vim.revert(&tree[0].1).await.unwrap();
     vim.power_on_and_wait_tools(&a).await;
     // PATH puts R/usr/local/bin first, but programPath is what runs.
     let pid = vim
@@ -535,10 +475,7 @@ async fn files_linked_in_before_start_are_in_every_snapshot_and_later_links_only
     sim.link_into_guest(VM_A, "/usr/local/bin/late", &tool)
         .unwrap();
     vim.call("ShutdownGuest", &vm_this(&a), "").await.unwrap();
-    vim.wait_vm(&a, |p| {
-        p.get("runtime.powerState").map(String::as_str) == Some("poweredOff")
-    })
-    .await;
+    vim.wait_off(&a).await;
     vim.task(
         &vm_this(&a),
         "CreateSnapshot_Task",
@@ -546,36 +483,23 @@ async fn files_linked_in_before_start_are_in_every_snapshot_and_later_links_only
     )
     .await
     .unwrap();
-    vim.task(
-        &("VirtualMachineSnapshot", tree[0].1.as_str()),
-        "RevertToSnapshot_Task",
-        "",
-    )
-    .await
-    .unwrap();
+    vim.revert(&tree[0].1).await.unwrap();
     assert!(!sim.guest_path(VM_A, "/usr/local/bin/late").exists());
     let tree = vim.snapshots(&a).await;
     let with_late = tree.iter().find(|(n, _)| n == "with_late").unwrap();
-    vim.task(
-        &("VirtualMachineSnapshot", with_late.1.as_str()),
-        "RevertToSnapshot_Task",
-        "",
-    )
-    .await
-    .unwrap();
+    vim.revert(&with_late.1).await.unwrap();
     let late = sim.guest_path(VM_A, "/usr/local/bin/late");
     assert!(late.symlink_metadata().unwrap().file_type().is_symlink());
 }
 
 #[tokio::test]
 async fn vcenter_inventory_spans_every_configured_datacenter() {
-    let sim = VsphereSim::start(SimOptions::vcenter().vms(vec![
+    let (_sim, mut vim) = start_sim(SimOptions::vcenter().vms(vec![
         SimVm::new("a").snapshots(&[]),
         SimVm::new("b").datacenter(1).snapshots(&[]),
         SimVm::new("c").datacenter(2).snapshots(&[]),
     ]))
-    .unwrap();
-    let mut vim = Vim::connect(&sim).await;
+    .await;
     let vms = vim.find_vms().await;
     for (name, dc) in [("a", "DC0"), ("b", "DC1"), ("c", "DC2")] {
         assert_eq!(vim.datacenter_of(&vms[name]).await, dc);
@@ -633,9 +557,7 @@ fn a_bad_fault_rule_is_refused_with_a_message() {
 
 #[tokio::test]
 async fn injected_soap_fault_is_returned_typed_for_its_count_only() {
-    let sim = VsphereSim::start(SimOptions::esx()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
-    let a = vim.find_vms().await[VM_A].clone();
+    let (sim, mut vim, a) = start_with_vm_a(SimOptions::esx()).await;
     sim.inject(Fault::SoapFault {
         method: "PowerOnVM_Task".into(),
         kind: "InsufficientResourcesFault".into(),
@@ -651,14 +573,13 @@ async fn injected_soap_fault_is_returned_typed_for_its_count_only() {
     assert_eq!(f.status, 500);
     assert!(f.message.contains("no memory left"));
     assert_eq!(sim.vm(VM_A).unwrap().power_state, "poweredOff");
-    vim.task(&vm_this(&a), "PowerOnVM_Task", "").await.unwrap();
+    vim.vm_task(&a, "PowerOnVM_Task").await.unwrap();
     assert_eq!(sim.vm(VM_A).unwrap().power_state, "poweredOn");
 }
 
 #[tokio::test]
 async fn injected_http_status_answers_that_status_then_recovers() {
-    let sim = VsphereSim::start(SimOptions::esx()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
+    let (sim, mut vim) = start_sim(SimOptions::esx()).await;
     sim.inject(Fault::HttpStatus {
         method: "*".into(),
         status: 503,
@@ -674,9 +595,7 @@ async fn injected_http_status_answers_that_status_then_recovers() {
 
 #[tokio::test]
 async fn injected_drop_closes_the_connection_without_an_answer() {
-    let sim = VsphereSim::start(SimOptions::esx()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
-    let a = vim.find_vms().await[VM_A].clone();
+    let (sim, mut vim, a) = start_with_vm_a(SimOptions::esx()).await;
     sim.inject(Fault::DropConnection {
         method: "PowerOnVM_Task".into(),
         count: 1,
@@ -692,9 +611,7 @@ async fn injected_drop_closes_the_connection_without_an_answer() {
 
 #[tokio::test]
 async fn injected_delay_answers_late_and_correctly() {
-    let sim = VsphereSim::start(SimOptions::esx()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
-    let a = vim.find_vms().await[VM_A].clone();
+    let (sim, mut vim, a) = start_with_vm_a(SimOptions::esx()).await;
     sim.inject(Fault::Delay {
         method: "PowerOnVM_Task".into(),
         ms: 300,
@@ -702,7 +619,7 @@ async fn injected_delay_answers_late_and_correctly() {
     })
     .unwrap();
     let started = Instant::now();
-    vim.task(&vm_this(&a), "PowerOnVM_Task", "").await.unwrap();
+    vim.vm_task(&a, "PowerOnVM_Task").await.unwrap();
     // A lower bound only: the simulator sleeps at least this long before answering.
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(sim.vm(VM_A).unwrap().power_state, "poweredOn");
@@ -710,19 +627,14 @@ async fn injected_delay_answers_late_and_correctly() {
 
 #[tokio::test]
 async fn injected_task_error_fails_the_task_without_running_the_method() {
-    let sim = VsphereSim::start(SimOptions::esx()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
-    let a = vim.find_vms().await[VM_A].clone();
+    let (sim, mut vim, a) = start_with_vm_a(SimOptions::esx()).await;
     sim.inject(Fault::TaskError {
         method: "PowerOnVM_Task".into(),
         kind: "InsufficientResourcesFault".into(),
         count: 1,
     })
     .unwrap();
-    let err = vim
-        .task(&vm_this(&a), "PowerOnVM_Task", "")
-        .await
-        .unwrap_err();
+    let err = vim.vm_task(&a, "PowerOnVM_Task").await.unwrap_err();
     assert_eq!(err.kind, "InsufficientResourcesFault");
     assert_eq!(sim.vm(VM_A).unwrap().power_state, "poweredOff");
     // Reverting a snapshot fails the same way and leaves the guest directory alone.
@@ -735,23 +647,14 @@ async fn injected_task_error_fails_the_task_without_running_the_method() {
         count: 1,
     })
     .unwrap();
-    let err = vim
-        .task(
-            &("VirtualMachineSnapshot", tree[0].1.as_str()),
-            "RevertToSnapshot_Task",
-            "",
-        )
-        .await
-        .unwrap_err();
+    let err = vim.revert(&tree[0].1).await.unwrap_err();
     assert_eq!(err.kind, "InvalidState");
     assert!(marker.exists());
 }
 
 #[tokio::test]
 async fn injected_task_running_stays_running_then_ends_like_the_real_call() {
-    let sim = VsphereSim::start(SimOptions::esx()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
-    let a = vim.find_vms().await[VM_A].clone();
+    let (sim, mut vim, a) = start_with_vm_a(SimOptions::esx()).await;
     sim.inject(Fault::TaskRunning {
         method: "PowerOnVM_Task".into(),
         ms: 1500,
@@ -772,17 +675,13 @@ async fn injected_task_running_stays_running_then_ends_like_the_real_call() {
         count: 1,
     })
     .unwrap();
-    let err = vim
-        .task(&vm_this(&a), "PowerOnVM_Task", "")
-        .await
-        .unwrap_err();
+    let err = vim.vm_task(&a, "PowerOnVM_Task").await.unwrap_err();
     assert_eq!(err.kind, "InvalidPowerState");
 }
 
 #[tokio::test]
 async fn injected_shutdown_never_leaves_the_vm_running_until_forced_off() {
-    let sim = VsphereSim::start(SimOptions::esx()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
+    let (sim, mut vim) = start_sim(SimOptions::esx()).await;
     let vms = vim.find_vms().await;
     let (a, b) = (vms[VM_A].clone(), vms[VM_B].clone());
     vim.power_on_and_wait_tools(&a).await;
@@ -795,23 +694,19 @@ async fn injected_shutdown_never_leaves_the_vm_running_until_forced_off() {
     vim.call("ShutdownGuest", &vm_this(&a), "").await.unwrap();
     // B gets the same shutdown delay, asked later: once B is off, A would be too.
     vim.call("ShutdownGuest", &vm_this(&b), "").await.unwrap();
-    vim.wait_vm(&b, |p| {
-        p.get("runtime.powerState").map(String::as_str) == Some("poweredOff")
-    })
-    .await;
+    vim.wait_off(&b).await;
     assert_eq!(sim.vm(VM_A).unwrap().power_state, "poweredOn");
-    vim.task(&vm_this(&a), "PowerOffVM_Task", "").await.unwrap();
+    vim.vm_task(&a, "PowerOffVM_Task").await.unwrap();
     assert_eq!(sim.vm(VM_A).unwrap().power_state, "poweredOff");
 }
 
 #[tokio::test]
 async fn injected_tools_never_keeps_guest_operations_unavailable() {
-    let sim = VsphereSim::start(SimOptions::esx()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
+    let (sim, mut vim) = start_sim(SimOptions::esx()).await;
     let vms = vim.find_vms().await;
     let (a, b) = (vms[VM_A].clone(), vms[VM_B].clone());
     sim.inject(Fault::ToolsNever { vm: VM_A.into() }).unwrap();
-    vim.task(&vm_this(&a), "PowerOnVM_Task", "").await.unwrap();
+    vim.vm_task(&a, "PowerOnVM_Task").await.unwrap();
     // B boots with the same Tools delay, powered on later: once its Tools run, A's would.
     vim.power_on_and_wait_tools(&b).await;
     assert!(!sim.vm(VM_A).unwrap().tools_running);
@@ -824,9 +719,7 @@ async fn injected_tools_never_keeps_guest_operations_unavailable() {
 
 #[tokio::test]
 async fn injected_guest_file_failures_hit_the_transfer_not_the_soap_call() {
-    let sim = VsphereSim::start(SimOptions::esx()).unwrap();
-    let mut vim = Vim::connect(&sim).await;
-    let a = vim.find_vms().await[VM_A].clone();
+    let (sim, mut vim, a) = start_with_vm_a(SimOptions::esx()).await;
     vim.power_on_and_wait_tools(&a).await;
     sim.inject(Fault::HttpStatus {
         method: "guestFile".into(),
@@ -1398,11 +1291,36 @@ impl Vim {
     }
 
     async fn power_on_and_wait_tools(&mut self, vm: &Mor) {
-        self.task(&vm_this(vm), "PowerOnVM_Task", "").await.unwrap();
+        self.vm_task(vm, "PowerOnVM_Task").await.unwrap();
+        self.wait_tools(vm).await;
+    }
+
+    /// A task on the VM itself without arguments (power operations); the task's result.
+    async fn vm_task(&mut self, vm: &Mor, method: &str) -> Result<Option<Node>, SoapFault> {
+        self.task(&vm_this(vm), method, "").await
+    }
+
+    async fn wait_tools(&mut self, vm: &Mor) {
         self.wait_vm(vm, |p| {
             p.get("guest.toolsRunningStatus").map(String::as_str) == Some("guestToolsRunning")
         })
         .await;
+    }
+
+    async fn wait_off(&mut self, vm: &Mor) {
+        self.wait_vm(vm, |p| {
+            p.get("runtime.powerState").map(String::as_str) == Some("poweredOff")
+        })
+        .await;
+    }
+
+    async fn revert(&mut self, snapshot: &str) -> Result<Option<Node>, SoapFault> {
+        self.task(
+            &("VirtualMachineSnapshot", snapshot),
+            "RevertToSnapshot_Task",
+            "",
+        )
+        .await
     }
 
     fn auth(user: &str, password: &str) -> String {
@@ -1410,6 +1328,15 @@ impl Vim {
             r#"<auth xsi:type="NamePasswordAuthentication"><interactiveSession>false</interactiveSession><username>{}</username><password>{}</password></auth>"#,
             esc(user),
             esc(password)
+        )
+    }
+
+    /// The body of a guest operation on `vm` as `user`: the VM, the credentials, then `args`.
+    fn guest_body(vm: &Mor, user: &str, password: &str, args: &str) -> String {
+        format!(
+            r#"<vm type="VirtualMachine">{}</vm>{}{args}"#,
+            vm.value,
+            Self::auth(user, password)
         )
     }
 
@@ -1423,12 +1350,34 @@ impl Vim {
         vm: &Mor,
         args: &str,
     ) -> Result<Node, SoapFault> {
-        let body = format!(
-            r#"<vm type="VirtualMachine">{}</vm>{}{args}"#,
-            vm.value,
-            Self::auth(sim.guest_username(), sim.guest_password())
-        );
+        let body = Self::guest_body(vm, sim.guest_username(), sim.guest_password(), args);
         self.call(method, &(mgr_type, mgr), &body).await
+    }
+
+    /// StartProgramInGuest with a whole `<spec>` element; the new process's pid.
+    async fn start_spec_as(
+        &mut self,
+        vm: &Mor,
+        user: &str,
+        pw: &str,
+        spec: &str,
+    ) -> Result<i64, SoapFault> {
+        let body = Self::guest_body(vm, user, pw, spec);
+        let r = self
+            .call("StartProgramInGuest", &PROCESS_MANAGER, &body)
+            .await?;
+        Ok(r.child("returnval").unwrap().text.parse().unwrap())
+    }
+
+    /// StartProgramInGuest with a whole `<spec>` element and the simulator's guest credentials.
+    async fn start_spec(
+        &mut self,
+        sim: &VsphereSim,
+        vm: &Mor,
+        spec: &str,
+    ) -> Result<i64, SoapFault> {
+        self.start_spec_as(vm, sim.guest_username(), sim.guest_password(), spec)
+            .await
     }
 
     async fn start_program_as(
@@ -1439,21 +1388,12 @@ impl Vim {
         user: &str,
         pw: &str,
     ) -> Result<i64, SoapFault> {
-        let body = format!(
-            r#"<vm type="VirtualMachine">{}</vm>{}<spec xsi:type="GuestProgramSpec"><programPath>{}</programPath><arguments>{}</arguments></spec>"#,
-            vm.value,
-            Self::auth(user, pw),
+        let spec = format!(
+            r#"<spec xsi:type="GuestProgramSpec"><programPath>{}</programPath><arguments>{}</arguments></spec>"#,
             esc(program),
             esc(args)
         );
-        let r = self
-            .call(
-                "StartProgramInGuest",
-                &("GuestProcessManager", "guestOperationsProcessManager"),
-                &body,
-            )
-            .await?;
-        Ok(r.child("returnval").unwrap().text.parse().unwrap())
+        self.start_spec_as(vm, user, pw, &spec).await
     }
 
     async fn start_program(
@@ -1478,17 +1418,14 @@ impl Vim {
         let deadline = Instant::now() + Duration::from_secs(60); // safety net only
         loop {
             assert!(Instant::now() < deadline, "process {pid} did not end");
-            let body = format!(
-                r#"<vm type="VirtualMachine">{}</vm>{}<pids>{pid}</pids>"#,
-                vm.value,
-                Self::auth(sim.guest_username(), sim.guest_password())
+            let body = Self::guest_body(
+                vm,
+                sim.guest_username(),
+                sim.guest_password(),
+                &format!("<pids>{pid}</pids>"),
             );
             let (raw, _) = self
-                .post(
-                    "ListProcessesInGuest",
-                    &("GuestProcessManager", "guestOperationsProcessManager"),
-                    &body,
-                )
+                .post("ListProcessesInGuest", &PROCESS_MANAGER, &body)
                 .await
                 .unwrap();
             let doc = parse(&raw);

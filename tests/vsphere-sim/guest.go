@@ -109,6 +109,31 @@ func (w *World) precheck(vmRef types.ManagedObjectReference, auth types.BaseGues
 	return st, nil
 }
 
+// precheckPath applies the preconditions, then maps the guest path p (guestPath).
+func (w *World) precheckPath(vmRef types.ManagedObjectReference, auth types.BaseGuestAuthentication, p string) (*vmState, string, *soap.Fault) {
+	st, f := w.precheck(vmRef, auth)
+	if f != nil {
+		return nil, "", f
+	}
+	hostPath, f := guestPath(st, p)
+	if f != nil {
+		return nil, "", f
+	}
+	return st, hostPath, nil
+}
+
+func fileNotFound(p string) *soap.Fault {
+	return fault(fmt.Sprintf("File %s was not found", p), &types.FileNotFound{FileFault: types.FileFault{File: p}})
+}
+
+func notAFile(p string) *soap.Fault {
+	return fault(fmt.Sprintf("%s is not a file", p), &types.NotAFile{FileFault: types.FileFault{File: p}})
+}
+
+func fileAlreadyExists(p string) *soap.Fault {
+	return fault(fmt.Sprintf("The file %s already exists", p), &types.FileAlreadyExists{FileFault: types.FileFault{File: p}})
+}
+
 // guestPath maps an absolute guest path to R/<path>; ".." cannot leave R.
 func guestPath(st *vmState, p string) (string, *soap.Fault) {
 	if !strings.HasPrefix(p, "/") {
@@ -131,7 +156,7 @@ func (m *ProcessManager) StartProgramInGuest(ctx *simulator.Context, req *types.
 		return body
 	}
 	if info, err := os.Stat(program); err != nil || info.IsDir() {
-		body.Fault_ = fault(fmt.Sprintf("File %s was not found", spec.ProgramPath), &types.FileNotFound{FileFault: types.FileFault{File: spec.ProgramPath}})
+		body.Fault_ = fileNotFound(spec.ProgramPath)
 		return body
 	}
 	args, err := splitWords(spec.Arguments)
@@ -148,7 +173,7 @@ func (m *ProcessManager) StartProgramInGuest(ctx *simulator.Context, req *types.
 			return body
 		}
 		if info, err := os.Stat(d); err != nil || !info.IsDir() {
-			body.Fault_ = fault(fmt.Sprintf("File %s was not found", spec.WorkingDirectory), &types.FileNotFound{FileFault: types.FileFault{File: spec.WorkingDirectory}})
+			body.Fault_ = fileNotFound(spec.WorkingDirectory)
 			return body
 		}
 		dir = d
@@ -339,23 +364,18 @@ type transfer struct {
 
 func (m *FileManager) InitiateFileTransferToGuest(ctx *simulator.Context, req *types.InitiateFileTransferToGuest) soap.HasFault {
 	body := new(methods.InitiateFileTransferToGuestBody)
-	st, f := m.w.precheck(req.Vm, req.Auth)
-	if f != nil {
-		body.Fault_ = f
-		return body
-	}
-	p, f := guestPath(st, req.GuestFilePath)
+	st, p, f := m.w.precheckPath(req.Vm, req.Auth, req.GuestFilePath)
 	if f != nil {
 		body.Fault_ = f
 		return body
 	}
 	if info, err := os.Stat(p); err == nil {
 		if info.IsDir() {
-			body.Fault_ = fault(fmt.Sprintf("%s is not a file", req.GuestFilePath), &types.NotAFile{FileFault: types.FileFault{File: req.GuestFilePath}})
+			body.Fault_ = notAFile(req.GuestFilePath)
 			return body
 		}
 		if !req.Overwrite {
-			body.Fault_ = fault(fmt.Sprintf("The file %s already exists", req.GuestFilePath), &types.FileAlreadyExists{FileFault: types.FileFault{File: req.GuestFilePath}})
+			body.Fault_ = fileAlreadyExists(req.GuestFilePath)
 			return body
 		}
 	}
@@ -370,23 +390,18 @@ func (m *FileManager) InitiateFileTransferToGuest(ctx *simulator.Context, req *t
 
 func (m *FileManager) InitiateFileTransferFromGuest(ctx *simulator.Context, req *types.InitiateFileTransferFromGuest) soap.HasFault {
 	body := new(methods.InitiateFileTransferFromGuestBody)
-	st, f := m.w.precheck(req.Vm, req.Auth)
-	if f != nil {
-		body.Fault_ = f
-		return body
-	}
-	p, f := guestPath(st, req.GuestFilePath)
+	st, p, f := m.w.precheckPath(req.Vm, req.Auth, req.GuestFilePath)
 	if f != nil {
 		body.Fault_ = f
 		return body
 	}
 	info, err := os.Stat(p)
 	if err != nil {
-		body.Fault_ = fault(fmt.Sprintf("File %s was not found", req.GuestFilePath), &types.FileNotFound{FileFault: types.FileFault{File: req.GuestFilePath}})
+		body.Fault_ = fileNotFound(req.GuestFilePath)
 		return body
 	}
 	if !info.Mode().IsRegular() {
-		body.Fault_ = fault(fmt.Sprintf("%s is not a file", req.GuestFilePath), &types.NotAFile{FileFault: types.FileFault{File: req.GuestFilePath}})
+		body.Fault_ = notAFile(req.GuestFilePath)
 		return body
 	}
 	mtime := info.ModTime().UTC()
@@ -409,18 +424,13 @@ func (m *FileManager) InitiateFileTransferFromGuest(ctx *simulator.Context, req 
 
 func (m *FileManager) MakeDirectoryInGuest(ctx *simulator.Context, req *types.MakeDirectoryInGuest) soap.HasFault {
 	body := new(methods.MakeDirectoryInGuestBody)
-	st, f := m.w.precheck(req.Vm, req.Auth)
-	if f != nil {
-		body.Fault_ = f
-		return body
-	}
-	p, f := guestPath(st, req.DirectoryPath)
+	_, p, f := m.w.precheckPath(req.Vm, req.Auth, req.DirectoryPath)
 	if f != nil {
 		body.Fault_ = f
 		return body
 	}
 	if _, err := os.Stat(p); err == nil {
-		body.Fault_ = fault(fmt.Sprintf("The file %s already exists", req.DirectoryPath), &types.FileAlreadyExists{FileFault: types.FileFault{File: req.DirectoryPath}})
+		body.Fault_ = fileAlreadyExists(req.DirectoryPath)
 		return body
 	}
 	var err error
@@ -430,7 +440,7 @@ func (m *FileManager) MakeDirectoryInGuest(ctx *simulator.Context, req *types.Ma
 		err = os.Mkdir(p, 0o755)
 	}
 	if err != nil {
-		body.Fault_ = fault(fmt.Sprintf("File %s was not found", path.Dir(req.DirectoryPath)), &types.FileNotFound{FileFault: types.FileFault{File: path.Dir(req.DirectoryPath)}})
+		body.Fault_ = fileNotFound(path.Dir(req.DirectoryPath))
 		return body
 	}
 	body.Res = new(types.MakeDirectoryInGuestResponse)
@@ -439,23 +449,18 @@ func (m *FileManager) MakeDirectoryInGuest(ctx *simulator.Context, req *types.Ma
 
 func (m *FileManager) DeleteFileInGuest(ctx *simulator.Context, req *types.DeleteFileInGuest) soap.HasFault {
 	body := new(methods.DeleteFileInGuestBody)
-	st, f := m.w.precheck(req.Vm, req.Auth)
-	if f != nil {
-		body.Fault_ = f
-		return body
-	}
-	p, f := guestPath(st, req.FilePath)
+	_, p, f := m.w.precheckPath(req.Vm, req.Auth, req.FilePath)
 	if f != nil {
 		body.Fault_ = f
 		return body
 	}
 	info, err := os.Lstat(p)
 	if err != nil {
-		body.Fault_ = fault(fmt.Sprintf("File %s was not found", req.FilePath), &types.FileNotFound{FileFault: types.FileFault{File: req.FilePath}})
+		body.Fault_ = fileNotFound(req.FilePath)
 		return body
 	}
 	if info.IsDir() {
-		body.Fault_ = fault(fmt.Sprintf("%s is not a file", req.FilePath), &types.NotAFile{FileFault: types.FileFault{File: req.FilePath}})
+		body.Fault_ = notAFile(req.FilePath)
 		return body
 	}
 	_ = os.Remove(p)
