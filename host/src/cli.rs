@@ -71,6 +71,8 @@ pub fn run(
         version: Some(version.to_owned()),
         snapshot: snapshot.map(str::to_owned),
         update_first: update,
+        commit_author: None,
+        commit_subject: None,
     })
 }
 
@@ -156,12 +158,9 @@ pub fn vms(cfg: &Config) -> Result<String> {
         );
     }
     for vm in store.vms()? {
-        let state = if vm.quarantined {
-            "QUARANTINED"
-        } else if vm.job_id.is_some() {
-            "leased"
-        } else {
-            "free"
+        let state = match vm.state() {
+            "quarantined" => "QUARANTINED",
+            other => other,
         };
         let _ = writeln!(
             out,

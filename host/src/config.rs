@@ -470,8 +470,18 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The first TOML block of the README after `heading` (for the tests that the README
+    /// shows parsing examples and the defaults).
+    pub(crate) fn readme_toml_block(heading: &str) -> String {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let section = readme.split(heading).nth(1).unwrap();
+        let block = section.split("```toml\n").nth(1).unwrap();
+        block.split("```").next().unwrap().to_owned()
+    }
 
     #[test]
     fn empty_file_gives_documented_defaults() {
@@ -518,17 +528,8 @@ mod tests {
     /// it shows as defaults must be the defaults.
     #[test]
     fn the_readme_example_parses_and_shows_the_defaults() {
-        let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-        let section = readme.split("## Host configuration").nth(1).unwrap();
-        let block = section
-            .split("```toml\n")
-            .nth(1)
-            .unwrap()
-            .split("```")
-            .next()
-            .unwrap();
-        let c = Config::parse(block, Path::new("README.md")).unwrap();
+        let block = readme_toml_block("## Host configuration");
+        let c = Config::parse(&block, Path::new("README.md")).unwrap();
         let d = Config::parse("", Path::new("x")).unwrap();
         assert_eq!(c.listen, d.listen);
         assert_eq!(c.public_url, d.public_url);

@@ -65,6 +65,18 @@ async fn stopped(rx: &mut watch::Receiver<Option<Stop>>) -> Stop {
     }
 }
 
+/// Powers `vm` off within `secs`; a failure is only logged (the reconciler powers off stray
+/// VMs). Shared with `rotation`.
+pub(crate) async fn power_off_quietly<H: Hypervisor>(hv: &H, vm: &str, secs: u64) {
+    match tokio::time::timeout(Duration::from_secs(secs), hv.power_off(vm)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(%vm, error = %e, "power-off failed; the reconciler retries")
+        }
+        Err(_) => tracing::warn!(%vm, "power-off timed out; the reconciler retries"),
+    }
+}
+
 fn job_paths(user: &str, id: &str) -> (String, String, String) {
     let home = format!("/home/{user}");
     let dir = format!("{home}/.sdci/jobs/{id}");
@@ -211,14 +223,7 @@ impl<H: Hypervisor> Orchestrator<H> {
     }
 
     async fn power_off_quietly(&self, vm: &str) {
-        let secs = self.hub.cfg.deadlines.shutdown_secs;
-        match tokio::time::timeout(Duration::from_secs(secs), self.hv.power_off(vm)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(%vm, error = %e, "power-off failed; the reconciler retries")
-            }
-            Err(_) => tracing::warn!(%vm, "power-off timed out; the reconciler retries"),
-        }
+        power_off_quietly(&*self.hv, vm, self.hub.cfg.deadlines.shutdown_secs).await
     }
 
     /// Runs one phase under its deadline, interruptible by a stop request.

@@ -364,6 +364,8 @@ pub async fn queue(cfg: &Config, store: &Store, branch: &str) -> Result<String> 
         version: Some(version.clone()),
         snapshot: None,
         update_first: true,
+        commit_author: None,
+        commit_subject: None,
     })?;
     tracing::info!(job = %id, %branch, %sha, %version, "nightly job queued");
     Ok(id)

@@ -23,7 +23,7 @@
 use crate::config::{read_secret, Config};
 use crate::store::{JobRow, Store};
 use crate::{now_ms, HostError, Result};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use sdci_protocol::job::Secret;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -112,6 +112,15 @@ pub struct CommitInfo {
 }
 
 impl CommitInfo {
+    /// From a push's head commit: the author's name (else their GitHub username) and the first
+    /// line of the message. The webhook intake reads the same fields with typed structs.
+    pub fn from_commit(name: Option<&str>, username: Option<&str>, message: Option<&str>) -> Self {
+        Self {
+            author: name.or(username).map(str::to_owned),
+            subject: message.and_then(|m| m.lines().next()).map(str::to_owned),
+        }
+    }
+
     /// From a GitHub `push` or `pull_request` payload: the head commit's author and the first
     /// line of its message, or the pull request's author and title.
     pub fn from_payload(event: &str, payload: &serde_json::Value) -> Self {
@@ -119,13 +128,11 @@ impl CommitInfo {
         match event {
             "push" => {
                 let c = &payload["head_commit"];
-                Self {
-                    author: s(&c["author"]["name"]).or_else(|| s(&c["author"]["username"])),
-                    subject: c["message"]
-                        .as_str()
-                        .and_then(|m| m.lines().next())
-                        .map(str::to_owned),
-                }
+                Self::from_commit(
+                    c["author"]["name"].as_str(),
+                    c["author"]["username"].as_str(),
+                    c["message"].as_str(),
+                )
             }
             "pull_request" => {
                 let pr = &payload["pull_request"];
@@ -334,44 +341,18 @@ pub async fn rotation_result(cfg: &Config, n: &RotationNotice) {
     }
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS notify_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS notify_outbox (
-    job_id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    sent INTEGER NOT NULL DEFAULT 0,
-    tries INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS notify_outbox_unsent ON notify_outbox(sent, created_ms);
-CREATE TABLE IF NOT EXISTS notify_commits (
-    job_id TEXT PRIMARY KEY,
-    author TEXT,
-    subject TEXT
-);
-";
-
-fn open_db(path: &Path) -> Result<Connection> {
-    let c = Connection::open(path)?;
-    c.busy_timeout(Duration::from_secs(10))?;
-    c.execute_batch(SCHEMA)?;
-    c.execute(
-        "INSERT INTO notify_meta (key, value) VALUES ('since', ?1) ON CONFLICT(key) DO NOTHING",
-        params![now_ms()],
-    )?;
-    Ok(c)
-}
-
-/// Remembers a job's commit author and subject. Opens its own connection: for occasional
-/// callers (tests, tools), not for the webhook's hot path, which should store them with the job.
+/// Remembers a job's commit author and subject (the columns the webhook intake fills in the
+/// job's own transaction). Opens its own connection: for occasional callers (tests, tools), not
+/// for the webhook's hot path.
 pub fn record_commit(db: &Path, job_id: &str, info: &CommitInfo) -> Result<()> {
-    let c = open_db(db)?;
-    c.execute(
-        "INSERT INTO notify_commits (job_id, author, subject) VALUES (?1, ?2, ?3) \
-         ON CONFLICT(job_id) DO UPDATE SET author = ?2, subject = ?3",
+    let c = crate::store::side_connection(db)?;
+    let n = c.execute(
+        "UPDATE jobs SET commit_author = ?2, commit_subject = ?3 WHERE id = ?1",
         params![job_id, info.author, info.subject],
     )?;
+    if n == 0 {
+        return Err(HostError::Invalid(format!("no job {job_id} in the store")));
+    }
     Ok(())
 }
 
@@ -402,7 +383,12 @@ impl Notifier {
         let Some(url) = webhook_url(&cfg.notify)? else {
             return Ok(None);
         };
-        let db = open_db(&cfg.db_path())?;
+        let db = crate::store::side_connection(&cfg.db_path())?;
+        // Notifications cover the jobs that end from the first time they are enabled on.
+        db.execute(
+            "INSERT INTO notify_meta (key, value) VALUES ('since', ?1) ON CONFLICT(key) DO NOTHING",
+            params![now_ms()],
+        )?;
         // A message being sent when a previous process died goes out again.
         db.execute(
             &format!("UPDATE notify_outbox SET sent = {PENDING} WHERE sent = {SENDING}"),
@@ -540,21 +526,10 @@ impl Notifier {
 
     /// What the message about `job` says.
     pub fn notice(&self, job: &JobRow) -> Result<JobNotice> {
-        let commit = self
-            .with(|c| {
-                c.query_row(
-                    "SELECT author, subject FROM notify_commits WHERE job_id = ?1",
-                    params![job.id],
-                    |r| {
-                        Ok(CommitInfo {
-                            author: r.get(0)?,
-                            subject: r.get(1)?,
-                        })
-                    },
-                )
-                .optional()
-            })?
-            .unwrap_or_default();
+        let commit = CommitInfo {
+            author: job.commit_author.clone(),
+            subject: job.commit_subject.clone(),
+        };
         let transitions = self.store.transitions(&job.id)?;
         let start = transitions
             .iter()

@@ -19,15 +19,20 @@
 //!   it. Leases are released on every path; a rotation whose process died (its pid is gone) or
 //!   whose deadline passed is released by [`release_stale`] (each `save` and every reconciler
 //!   pass call it), and [`holds`] tells the reconciler not to power off a VM being rotated.
+//! - A VM the rotation has to wait for (a job holds it) is reserved for it (`vms.reserved_by`)
+//!   until the lease is taken or the rotation gives up or ends; the scheduler's claim skips a VM
+//!   reserved by a running rotation, so the next queued job cannot take it first and a busy pool
+//!   cannot starve a rotation. A reservation of an ended (or past-deadline) rotation counts for
+//!   nothing.
 //! - Generic over [`Hypervisor`]: the vim25 client in production, the govmomi simulator through
 //!   the same client in tests.
 
 use crate::config::Config;
 use crate::notify::{self, RotationNotice};
-use crate::store::Store;
+use crate::store::{side_connection, Store};
 use crate::updates::{self, GuestStep};
 use crate::{now_ms, HostError, Result};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use sdci_vsphere::{GuestAuth, Hypervisor, PowerState};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -159,29 +164,6 @@ impl RotationReport {
     }
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS rotation_runs (
-    id TEXT PRIMARY KEY,
-    version TEXT NOT NULL,
-    snapshot TEXT NOT NULL,
-    from_snapshot TEXT NOT NULL,
-    base TEXT NOT NULL,
-    owner_pid INTEGER NOT NULL,
-    started_ms INTEGER NOT NULL,
-    deadline_ms INTEGER NOT NULL,
-    ended_ms INTEGER,
-    result TEXT,
-    error TEXT
-);
-";
-
-fn open_db(path: &Path) -> Result<Connection> {
-    let c = Connection::open(path)?;
-    c.busy_timeout(Duration::from_secs(10))?;
-    c.execute_batch(SCHEMA)?;
-    Ok(c)
-}
-
 fn pid_alive(pid: i64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -189,7 +171,7 @@ fn pid_alive(pid: i64) -> bool {
 /// Releases the leases of rotations that can no longer be running (their process is gone, or
 /// their deadline passed) and marks those runs abandoned. Returns the VMs released.
 pub fn release_stale(db: &Path) -> Result<Vec<String>> {
-    let mut c = open_db(db)?;
+    let mut c = side_connection(db)?;
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_ms();
     let runs: Vec<(String, i64, i64)> = {
@@ -215,10 +197,7 @@ pub fn release_stale(db: &Path) -> Result<Vec<String>> {
             let rows = st.query_map(params![id], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        tx.execute(
-            "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE job_id = ?1",
-            params![id],
-        )?;
+        unlease(&tx, &id)?;
         tx.execute(
             "UPDATE rotation_runs SET ended_ms = ?1, result = 'abandoned', error = ?2 \
              WHERE id = ?3",
@@ -233,7 +212,9 @@ pub fn release_stale(db: &Path) -> Result<Vec<String>> {
 
 /// Whether a live rotation holds `vm` (the reconciler must not power it off).
 pub fn holds(db: &Path, vm: &str) -> bool {
-    let Ok(c) = open_db(db) else { return false };
+    let Ok(c) = side_connection(db) else {
+        return false;
+    };
     let row: Option<(i64, i64)> = c
         .query_row(
             "SELECT r.owner_pid, r.deadline_ms FROM vms v JOIN rotation_runs r ON r.id = v.job_id \
@@ -253,7 +234,9 @@ pub fn metrics_text(db: &Path) -> String {
         "# HELP sdci_rotations Golden-snapshot rotations in the store by version and result.\n\
          # TYPE sdci_rotations gauge\n",
     );
-    let Ok(c) = open_db(db) else { return out };
+    let Ok(c) = side_connection(db) else {
+        return out;
+    };
     let rows: Vec<(String, String, i64)> = c
         .prepare(
             "SELECT version, COALESCE(result, 'running'), COUNT(*) FROM rotation_runs \
@@ -277,7 +260,7 @@ pub fn metrics_text(db: &Path) -> String {
 /// Tries to lease `vm` for rotation `id`: only if no job or rotation holds it and it is not
 /// quarantined. `Err` with a message if it is quarantined (waiting cannot help).
 fn try_lease(db: &Path, vm: &str, id: &str) -> Result<bool> {
-    let mut c = open_db(db)?;
+    let mut c = side_connection(db)?;
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let row: Option<(Option<String>, bool)> = tx
         .query_row(
@@ -301,7 +284,8 @@ fn try_lease(db: &Path, vm: &str, id: &str) -> Result<bool> {
         Some((Some(_), false)) => false,
         Some((None, false)) => {
             tx.execute(
-                "UPDATE vms SET job_id = ?1, leased_ms = ?2 WHERE name = ?3 AND job_id IS NULL",
+                "UPDATE vms SET job_id = ?1, leased_ms = ?2, reserved_by = NULL \
+                 WHERE name = ?3 AND job_id IS NULL",
                 params![id, now_ms(), vm],
             )? == 1
         }
@@ -310,13 +294,49 @@ fn try_lease(db: &Path, vm: &str, id: &str) -> Result<bool> {
     Ok(leased)
 }
 
-fn release(db: &Path, id: &str, result: &str, error: Option<&str>) -> Result<()> {
-    let mut c = open_db(db)?;
-    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// Drops rotation `id`'s leases and reservations.
+fn unlease(tx: &rusqlite::Transaction<'_>, id: &str) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE job_id = ?1",
         params![id],
     )?;
+    tx.execute(
+        "UPDATE vms SET reserved_by = NULL WHERE reserved_by = ?1",
+        params![id],
+    )?;
+    Ok(())
+}
+
+/// Reserves `vm` for rotation `id` while it waits for the VM (`Store::claim` gives a reserved
+/// VM to no job), unless another running rotation reserved it first. Cleared by the lease, by
+/// [`unreserve`], and with the rotation's leases.
+fn reserve(db: &Path, vm: &str, id: &str) -> Result<()> {
+    side_connection(db)?.execute(
+        "UPDATE vms SET reserved_by = ?1 WHERE name = ?2 AND (reserved_by IS NULL \
+         OR reserved_by NOT IN (SELECT id FROM rotation_runs WHERE ended_ms IS NULL))",
+        params![id, vm],
+    )?;
+    Ok(())
+}
+
+/// Drops rotation `id`'s reservation of `vm` (it gave up waiting).
+fn unreserve(db: &Path, vm: &str, id: &str) {
+    let r = side_connection(db).and_then(|c| {
+        c.execute(
+            "UPDATE vms SET reserved_by = NULL WHERE name = ?1 AND reserved_by = ?2",
+            params![vm, id],
+        )
+        .map_err(Into::into)
+    });
+    if let Err(e) = r {
+        tracing::warn!(%vm, error = %e, "dropping a rotation's reservation; it ends with the rotation");
+    }
+}
+
+fn release(db: &Path, id: &str, result: &str, error: Option<&str>) -> Result<()> {
+    let mut c = side_connection(db)?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    unlease(&tx, id)?;
     tx.execute(
         "UPDATE rotation_runs SET ended_ms = ?1, result = ?2, error = ?3 WHERE id = ?4",
         params![now_ms(), result, error, id],
@@ -436,7 +456,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
             }
             stamp += 1;
         };
-        open_db(&db)?.execute(
+        side_connection(&db)?.execute(
             "INSERT INTO rotation_runs (id, version, snapshot, from_snapshot, base, owner_pid, \
              started_ms, deadline_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -550,8 +570,22 @@ impl<H: Hypervisor> Rotator<'_, H> {
         Ok(report)
     }
 
-    /// Waits until `vm` is free and powered off, then leases it.
+    /// Waits until `vm` is free and powered off, then leases it. While it waits, the VM is
+    /// reserved for this rotation, so the scheduler does not hand it to the next queued job.
     async fn acquire(&self, vm: &str, id: &str, log: &Path) -> std::result::Result<(), String> {
+        let r = self.wait_and_lease(vm, id, log).await;
+        if r.is_err() {
+            unreserve(&self.db(), vm, id);
+        }
+        r
+    }
+
+    async fn wait_and_lease(
+        &self,
+        vm: &str,
+        id: &str,
+        log: &Path,
+    ) -> std::result::Result<(), String> {
         let db = self.db();
         let limit = Duration::from_secs(self.cfg.rotation.wait_free_secs);
         let started = Instant::now();
@@ -578,6 +612,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
                 ));
             }
             if !told {
+                reserve(&db, vm, id).map_err(|e| e.to_string())?;
                 log_line(
                     log,
                     &format!("[{vm}] busy; waiting for it to become free\n"),
@@ -624,7 +659,8 @@ impl<H: Hypervisor> Rotator<'_, H> {
             Err(e) => {
                 log_line(log, &format!("[{vm}] FAILED: {e}\n"));
                 tracing::error!(%vm, error = %e, "rotation of this VM failed");
-                self.power_off_quietly(vm).await;
+                crate::lifecycle::power_off_quietly(self.hv, vm, self.cfg.deadlines.shutdown_secs)
+                    .await;
                 if created {
                     if let Err(e) = self.hv.remove_snapshot(vm, snapshot).await {
                         tracing::warn!(%vm, error = %e, "removing the failed snapshot");
@@ -632,17 +668,6 @@ impl<H: Hypervisor> Rotator<'_, H> {
                 }
                 fail(e)
             }
-        }
-    }
-
-    async fn power_off_quietly(&self, vm: &str) {
-        let secs = self.cfg.deadlines.shutdown_secs;
-        match tokio::time::timeout(Duration::from_secs(secs), self.hv.power_off(vm)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(%vm, error = %e, "power-off failed; the reconciler retries")
-            }
-            Err(_) => tracing::warn!(%vm, "power-off timed out; the reconciler retries"),
         }
     }
 
@@ -874,20 +899,10 @@ mod tests {
     /// these options: it must parse, and the values it shows as defaults must be the defaults.
     #[test]
     fn the_readme_block_parses_and_shows_the_defaults() {
-        let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-        let section = readme
-            .split("### Notifications, nightly jobs, updates and snapshot rotation")
-            .nth(1)
-            .unwrap();
-        let block = section
-            .split("```toml\n")
-            .nth(1)
-            .unwrap()
-            .split("```")
-            .next()
-            .unwrap();
-        let c = Config::parse(block, Path::new("README.md")).unwrap();
+        let block = crate::config::tests::readme_toml_block(
+            "### Notifications, nightly jobs, updates and snapshot rotation",
+        );
+        let c = Config::parse(&block, Path::new("README.md")).unwrap();
         let d = Config::parse("", Path::new("x")).unwrap();
         let (n, dn) = (&c.notify, &d.notify);
         assert_eq!(
@@ -936,7 +951,7 @@ mod tests {
         let db = dir.path().join("db.sqlite3");
         let store = Store::open(&db).unwrap();
         store.register_vms("4.2", &["a".into()]).unwrap();
-        let c = open_db(&db).unwrap();
+        let c = side_connection(&db).unwrap();
         // A pid that cannot exist (above the kernel's pid_max).
         c.execute(
             "INSERT INTO rotation_runs (id, version, snapshot, from_snapshot, base, owner_pid, \

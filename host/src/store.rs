@@ -3,8 +3,10 @@
 //! Tables: `jobs` (FIFO by `seq`), `transitions` (every state change with its time), `deliveries`
 //! (`X-GitHub-Delivery` ids), `vms` (leases, failure counts, quarantine), `attempts` (one row per
 //! try of a job on a VM: its result — `done`, `infra`, `outage` (vSphere unavailable, not
-//! counted), `canceled` — and the `Result` event the agent relayed), `step_timings`, `pools` (each version's golden snapshot) and `statuses`
-//! (the outbox of commit statuses still to post).
+//! counted), `canceled` — and the `Result` event the agent relayed), `step_timings`, `pools`
+//! (each version's golden snapshot), `statuses` (the outbox of commit statuses still to post),
+//! and the tables of `notify` (`notify_meta`, `notify_outbox`) and `rotation` (`rotation_runs`).
+//! Every table comes from the numbered migrations below; no module creates one elsewhere.
 //!
 //! Invariants:
 //! - Every change that must be atomic is one `BEGIN IMMEDIATE` transaction: a delivery and its job
@@ -115,11 +117,15 @@ pub struct JobRow {
     pub created_ms: i64,
     pub updated_ms: i64,
     pub deadline_ms: Option<i64>,
+    /// Who wrote the commit (push) or opened the pull request, when the webhook said.
+    pub commit_author: Option<String>,
+    /// The first line of the commit message (push) or the pull request's title.
+    pub commit_subject: Option<String>,
 }
 
 const JOB_COLS: &str = "seq, id, repo, sha, reason, branch, supersede_key, clone_url, version, \
     snapshot, update_first, state, note, attempts, vm, pid, event_next_seq, cancel_requested, \
-    created_ms, updated_ms, deadline_ms";
+    created_ms, updated_ms, deadline_ms, commit_author, commit_subject";
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let state: String = r.get(11)?;
@@ -145,6 +151,8 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         created_ms: r.get(18)?,
         updated_ms: r.get(19)?,
         deadline_ms: r.get(20)?,
+        commit_author: r.get(21)?,
+        commit_subject: r.get(22)?,
     })
 }
 
@@ -167,6 +175,9 @@ pub struct NewJob {
     pub version: Option<String>,
     pub snapshot: Option<String>,
     pub update_first: bool,
+    /// The commit's author and subject from the webhook payload (for notifications).
+    pub commit_author: Option<String>,
+    pub commit_subject: Option<String>,
 }
 
 /// A delivery to store.
@@ -232,6 +243,19 @@ pub struct VmRow {
     pub consecutive_failures: u32,
     pub quarantined: bool,
     pub last_error: Option<String>,
+}
+
+impl VmRow {
+    /// `quarantined`, `leased` (a job or a rotation holds it) or `free`.
+    pub fn state(&self) -> &'static str {
+        if self.quarantined {
+            "quarantined"
+        } else if self.job_id.is_some() {
+            "leased"
+        } else {
+            "free"
+        }
+    }
 }
 
 /// A status waiting in the outbox.
@@ -348,6 +372,52 @@ CREATE INDEX statuses_unposted ON statuses(posted, job_id, id);
 ALTER TABLE attempts ADD COLUMN result_outcome TEXT;
 ALTER TABLE attempts ADD COLUMN result_reason TEXT;
 "#,
+    r#"
+-- 3: the commit's author and subject from the webhook, stored with the job (notifications).
+ALTER TABLE jobs ADD COLUMN commit_author TEXT;
+ALTER TABLE jobs ADD COLUMN commit_subject TEXT;
+"#,
+    r#"
+-- 4: the notification outbox (`notify`) and rotation runs (`rotation`), which earlier versions
+-- created outside the migrations: IF NOT EXISTS keeps such databases as they are. Commit
+-- details recorded in the old `notify_commits` table move into the job's columns.
+CREATE TABLE IF NOT EXISTS notify_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS notify_outbox (
+    job_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS notify_outbox_unsent ON notify_outbox(sent, created_ms);
+CREATE TABLE IF NOT EXISTS notify_commits (job_id TEXT PRIMARY KEY, author TEXT, subject TEXT);
+UPDATE jobs SET
+    commit_author = COALESCE(commit_author,
+        (SELECT author FROM notify_commits n WHERE n.job_id = jobs.id)),
+    commit_subject = COALESCE(commit_subject,
+        (SELECT subject FROM notify_commits n WHERE n.job_id = jobs.id))
+WHERE id IN (SELECT job_id FROM notify_commits);
+DROP TABLE notify_commits;
+CREATE TABLE IF NOT EXISTS rotation_runs (
+    id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    from_snapshot TEXT NOT NULL,
+    base TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    started_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    result TEXT,
+    error TEXT
+);
+"#,
+    r#"
+-- 5: a rotation waiting for a busy VM reserves it: `claim` then gives the VM to no job while
+-- that rotation is running, so a busy pool cannot starve the rotation.
+ALTER TABLE vms ADD COLUMN reserved_by TEXT;
+"#,
 ];
 
 /// WAL size past which the ingest writer resets it (see [`Store::bound_wal`]).
@@ -358,6 +428,15 @@ const WAL_RESET_BYTES: u64 = 64 * 1024 * 1024;
 pub struct Store {
     conn: Mutex<Connection>,
     path: std::path::PathBuf,
+}
+
+/// Another connection to the store's file (the checkpoint thread, the notifier, rotations, the
+/// CLI's tools), with the store's busy timeout. It applies no migrations: open the [`Store`]
+/// first.
+pub fn side_connection(path: &Path) -> Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(c)
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -519,8 +598,7 @@ impl Store {
     /// behind a checkpoint's fsync. The thread ends with the ingest writer. `None` (checkpoints
     /// stay on commit) if the second connection cannot be opened.
     fn checkpointer(&self) -> Option<std::sync::mpsc::SyncSender<()>> {
-        let conn = Connection::open(&self.path).ok()?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).ok()?;
+        let conn = side_connection(&self.path).ok()?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         std::thread::Builder::new()
             .name("sdci-checkpoint".into())
@@ -578,23 +656,27 @@ impl Store {
     /// The most recent jobs, newest first.
     pub fn recent_jobs(&self, limit: u32) -> Result<Vec<JobRow>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {JOB_COLS} FROM jobs ORDER BY seq DESC LIMIT ?1"
-            ))?;
-            let rows = st.query_map(params![limit], job_from_row)?;
-            rows.collect()
+            qrows(
+                c,
+                &format!("SELECT {JOB_COLS} FROM jobs ORDER BY seq DESC LIMIT ?1"),
+                params![limit],
+                job_from_row,
+            )
         })
     }
 
     pub fn jobs_in_states(&self, states: &[JobState]) -> Result<Vec<JobRow>> {
         let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
         self.with(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {JOB_COLS} FROM jobs WHERE state IN ({}) ORDER BY seq",
-                list.join(",")
-            ))?;
-            let rows = st.query_map([], job_from_row)?;
-            rows.collect()
+            qrows(
+                c,
+                &format!(
+                    "SELECT {JOB_COLS} FROM jobs WHERE state IN ({}) ORDER BY seq",
+                    list.join(",")
+                ),
+                [],
+                job_from_row,
+            )
         })
     }
 
@@ -609,31 +691,39 @@ impl Store {
     /// Jobs per state, for metrics.
     pub fn state_counts(&self) -> Result<Vec<(String, i64)>> {
         self.with(|c| {
-            let mut st = c.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
+            qrows(
+                c,
+                "SELECT state, COUNT(*) FROM jobs GROUP BY state",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
     }
 
     /// Queued jobs per version (`None`: version not yet known), for metrics.
     pub fn queue_depths(&self) -> Result<Vec<(Option<String>, i64)>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(
+            qrows(
+                c,
                 "SELECT version, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY version",
-            )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
     }
 
     /// Queued jobs whose Qubes version is not known yet, oldest first.
     pub fn jobs_without_version(&self) -> Result<Vec<JobRow>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {JOB_COLS} FROM jobs WHERE state = 'queued' AND version IS NULL ORDER BY seq"
-            ))?;
-            let rows = st.query_map([], job_from_row)?;
-            rows.collect()
+            qrows(
+                c,
+                &format!(
+                    "SELECT {JOB_COLS} FROM jobs WHERE state = 'queued' AND version IS NULL \
+                     ORDER BY seq"
+                ),
+                [],
+                job_from_row,
+            )
         })
     }
 
@@ -651,14 +741,13 @@ impl Store {
     /// The transitions of a job, oldest first: (at_ms, from, to, note).
     pub fn transitions(&self, id: &str) -> Result<Vec<Transition>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(
+            qrows(
+                c,
                 "SELECT at_ms, from_state, to_state, note FROM transitions WHERE job_id = ?1 \
                  ORDER BY id",
-            )?;
-            let rows = st.query_map(params![id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
-            rows.collect()
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
         })
     }
 
@@ -678,21 +767,22 @@ impl Store {
 
     pub fn vms(&self) -> Result<Vec<VmRow>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(
+            qrows(
+                c,
                 "SELECT name, pool, job_id, consecutive_failures, quarantined, last_error \
                  FROM vms ORDER BY pool, name",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(VmRow {
-                    name: r.get(0)?,
-                    pool: r.get(1)?,
-                    job_id: r.get(2)?,
-                    consecutive_failures: r.get(3)?,
-                    quarantined: r.get(4)?,
-                    last_error: r.get(5)?,
-                })
-            })?;
-            rows.collect()
+                [],
+                |r| {
+                    Ok(VmRow {
+                        name: r.get(0)?,
+                        pool: r.get(1)?,
+                        job_id: r.get(2)?,
+                        consecutive_failures: r.get(3)?,
+                        quarantined: r.get(4)?,
+                        last_error: r.get(5)?,
+                    })
+                },
+            )
         })
     }
 
@@ -740,7 +830,8 @@ impl Store {
 
     /// Claims the oldest claimable queued job of `version` and a free VM for it, in one
     /// transaction. `powered_off` are the pool VMs vSphere reports powered off right now; a VM
-    /// is taken only from that list, and only if no job holds it and it is not quarantined. A job
+    /// is taken only from that list, and only if no job holds it, it is not quarantined and no
+    /// running rotation has reserved it (`vms.reserved_by`, see `rotation`). A job
     /// is not given a VM it already failed on while it has untried VMs left in the pool.
     /// `event_secret` is stored hashed for the attempt's event stream.
     pub fn claim(
@@ -753,37 +844,41 @@ impl Store {
     ) -> Result<Option<Claim>> {
         self.tx(|tx| {
             let mut free: Vec<String> = Vec::new();
+            let now = now_ms();
             for name in powered_off {
-                let ok: Option<(Option<String>, bool)> = tx
-                    .query_row(
-                        "SELECT job_id, quarantined FROM vms WHERE name = ?1",
-                        params![name],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
-                if let Some((None, false)) = ok {
+                // Reserved: a running rotation (not ended, within its deadline) waits for it.
+                let ok: Option<(Option<String>, bool, bool)> = qrow(
+                    tx,
+                    "SELECT v.job_id, v.quarantined, EXISTS (SELECT 1 FROM rotation_runs r \
+                     WHERE r.id = v.reserved_by AND r.ended_ms IS NULL AND r.deadline_ms >= ?2) \
+                     FROM vms v WHERE v.name = ?1",
+                    params![name, now],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+                if let Some((None, false, false)) = ok {
                     free.push(name.clone());
                 }
             }
             if free.is_empty() {
                 return Ok(None);
             }
-            let queued: Vec<JobRow> = {
-                let mut st = tx.prepare_cached(&format!(
+            let queued: Vec<JobRow> = qrows(
+                tx,
+                &format!(
                     "SELECT {JOB_COLS} FROM jobs WHERE state = 'queued' AND version = ?1 \
                      AND cancel_requested IS NULL ORDER BY seq"
-                ))?;
-                let rows = st.query_map(params![version], job_from_row)?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
+                ),
+                params![version],
+                job_from_row,
+            )?;
             for job in queued {
-                let failed: Vec<String> = {
-                    let mut st = tx.prepare_cached(
-                        "SELECT DISTINCT vm FROM attempts WHERE job_id = ?1 AND result = 'infra'",
-                    )?;
-                    let rows = st.query_map(params![job.id], |r| r.get(0))?;
-                    rows.collect::<rusqlite::Result<_>>()?
-                };
+                let failed: Vec<String> = qrows(
+                    tx,
+                    "SELECT DISTINCT vm FROM attempts WHERE job_id = ?1 AND result = 'infra'",
+                    params![job.id],
+                    |r| r.get(0),
+                )?;
                 let untried = free.iter().find(|v| !failed.contains(v));
                 let vm = match untried {
                     Some(v) => v.clone(),
@@ -937,17 +1032,7 @@ impl Store {
                 finish_tx(tx, id, JobState::Error, &note, false, "infra")?;
                 return Ok(AfterFailure::GaveUp);
             }
-            exec(
-                tx,
-                "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE job_id = ?1",
-                params![id],
-            )?;
-            exec(
-                tx,
-                "UPDATE jobs SET state = 'queued', vm = NULL, pid = NULL, updated_ms = ?1, \
-                 note = ?2 WHERE id = ?3",
-                params![now, error, id],
-            )?;
+            requeue(tx, id, error, now)?;
             let note = format!("attempt {attempts} failed ({error}); queued again");
             transition(tx, id, Some(&state), "queued", Some(&note), now)?;
             let desc = format!(
@@ -996,17 +1081,7 @@ impl Store {
                  WHERE job_id = ?3 AND attempt = ?4",
                 params![now, error, id, attempts],
             )?;
-            exec(
-                tx,
-                "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE job_id = ?1",
-                params![id],
-            )?;
-            exec(
-                tx,
-                "UPDATE jobs SET state = 'queued', vm = NULL, pid = NULL, updated_ms = ?1, \
-                 note = ?2 WHERE id = ?3",
-                params![now, error, id],
-            )?;
+            requeue(tx, id, error, now)?;
             let note = format!(
                 "attempt {attempts} cut short by a vSphere outage ({error}); queued again, \
                  not counted"
@@ -1145,14 +1220,13 @@ impl Store {
     /// (step, name, duration_ms, status) of a job's latest attempt.
     pub fn step_timings(&self, id: &str) -> Result<Vec<StepTiming>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(
+            qrows(
+                c,
                 "SELECT step, name, duration_ms, status FROM step_timings WHERE job_id = ?1 \
                  AND attempt = (SELECT attempts FROM jobs WHERE id = ?1) ORDER BY step",
-            )?;
-            let rows = st.query_map(params![id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
-            rows.collect()
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
         })
     }
 
@@ -1166,21 +1240,22 @@ impl Store {
                  (SELECT MAX(s2.id) FROM statuses s2 WHERE s2.job_id = statuses.job_id)",
                 [],
             )?;
-            let mut st = tx.prepare_cached(
+            qrows(
+                tx,
                 "SELECT s.id, s.job_id, j.repo, j.sha, s.state, s.description FROM statuses s \
                  JOIN jobs j ON j.id = s.job_id WHERE s.posted = 0 ORDER BY s.id",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(PendingStatus {
-                    id: r.get(0)?,
-                    job_id: r.get(1)?,
-                    repo: r.get(2)?,
-                    sha: r.get(3)?,
-                    state: r.get(4)?,
-                    description: r.get(5)?,
-                })
-            })?;
-            rows.collect()
+                [],
+                |r| {
+                    Ok(PendingStatus {
+                        id: r.get(0)?,
+                        job_id: r.get(1)?,
+                        repo: r.get(2)?,
+                        sha: r.get(3)?,
+                        state: r.get(4)?,
+                        description: r.get(5)?,
+                    })
+                },
+            )
         })
     }
 
@@ -1209,23 +1284,25 @@ impl Store {
     /// Every status of a job: (state, description, posted) — 0 unposted, 1 posted, 2 skipped.
     pub fn statuses(&self, id: &str) -> Result<Vec<(String, String, i64)>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(
+            qrows(
+                c,
                 "SELECT state, description, posted FROM statuses WHERE job_id = ?1 ORDER BY id",
-            )?;
-            let rows = st.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect()
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
         })
     }
 
     /// Ids of terminal jobs that ended before `before_ms` (for log retention).
     pub fn ended_before(&self, before_ms: i64) -> Result<Vec<String>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(
+            qrows(
+                c,
                 "SELECT id FROM jobs WHERE state IN ('success','failure','error','canceled') \
                  AND updated_ms < ?1",
-            )?;
-            let rows = st.query_map(params![before_ms], |r| r.get(0))?;
-            rows.collect()
+                params![before_ms],
+                |r| r.get(0),
+            )
         })
     }
 }
@@ -1233,6 +1310,16 @@ impl Store {
 /// `execute` through the statement cache (the webhook path runs the same few statements often).
 fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
     c.prepare_cached(sql)?.execute(p)
+}
+
+/// Every row of a query, through the statement cache.
+fn qrows<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    c.prepare_cached(sql)?.query_map(p, f)?.collect()
 }
 
 /// `query_row` through the statement cache.
@@ -1321,8 +1408,8 @@ fn insert_job(tx: &Connection, job_id: &str, job: &NewJob, now: i64) -> rusqlite
     exec(
         tx,
         "INSERT INTO jobs (id, repo, sha, reason, branch, supersede_key, clone_url, version, \
-         snapshot, update_first, state, created_ms, updated_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'queued', ?11, ?11)",
+         snapshot, update_first, state, created_ms, updated_ms, commit_author, commit_subject) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'queued', ?11, ?11, ?12, ?13)",
         params![
             job_id,
             job.repo,
@@ -1334,7 +1421,9 @@ fn insert_job(tx: &Connection, job_id: &str, job: &NewJob, now: i64) -> rusqlite
             job.version,
             job.snapshot,
             job.update_first,
-            now
+            now,
+            job.commit_author,
+            job.commit_subject
         ],
     )?;
     transition(tx, job_id, None, "queued", Some(&job.reason), now)?;
@@ -1351,12 +1440,13 @@ fn supersede(
 ) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
     let why = format!("superseded by {}", &new_sha[..new_sha.len().min(12)]);
     let older: Vec<(String, String)> = {
-        let mut st = tx.prepare_cached(
+        qrows(
+            tx,
             "SELECT id, state FROM jobs WHERE supersede_key = ?1 AND id != ?2 AND state IN \
              ('queued','assigned','booting','running','finishing')",
-        )?;
-        let rows = st.query_map(params![key, new_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
+            params![key, new_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
     };
     let (mut queued, mut running) = (Vec::new(), Vec::new());
     for (id, state) in older {
@@ -1374,6 +1464,23 @@ fn supersede(
     }
     let _ = now;
     Ok((queued, running))
+}
+
+/// Puts an active job back in the queue and releases its VM (an infrastructure failure or a
+/// vSphere outage ended its attempt); the caller records the transition.
+fn requeue(tx: &Connection, id: &str, error: &str, now: i64) -> rusqlite::Result<()> {
+    exec(
+        tx,
+        "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE job_id = ?1",
+        params![id],
+    )?;
+    exec(
+        tx,
+        "UPDATE jobs SET state = 'queued', vm = NULL, pid = NULL, updated_ms = ?1, \
+         note = ?2 WHERE id = ?3",
+        params![now, error, id],
+    )
+    .map(drop)
 }
 
 fn transition(
@@ -1511,6 +1618,8 @@ mod tests {
             version: Some("4.2".into()),
             snapshot: None,
             update_first: false,
+            commit_author: None,
+            commit_subject: None,
         }
     }
 
@@ -1518,6 +1627,104 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("db.sqlite3")).unwrap();
         (dir, s)
+    }
+
+    fn tables(c: &Connection) -> Vec<String> {
+        let mut st = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        let rows = st.query_map([], |r| r.get(0)).unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn a_vm_reserved_by_a_running_rotation_is_given_to_no_job() {
+        let (dir, s) = open();
+        s.register_vms("4.2", &["a".into()]).unwrap();
+        s.insert_job(&job('1', "main")).unwrap();
+        let c = side_connection(&dir.path().join("db.sqlite3")).unwrap();
+        c.execute(
+            "INSERT INTO rotation_runs (id, version, snapshot, from_snapshot, base, owner_pid, \
+             started_ms, deadline_ms) VALUES ('rotation-x', '4.2', 'update_1', 'g', 'g', 1, 0, ?1)",
+            params![now_ms() + 3_600_000],
+        )
+        .unwrap();
+        c.execute("UPDATE vms SET reserved_by = 'rotation-x'", [])
+            .unwrap();
+        let off = ["a".to_string()];
+        assert!(
+            s.claim("4.2", &off, 1, "s", i64::MAX).unwrap().is_none(),
+            "claimed a VM the rotation waits for"
+        );
+        // Once the rotation has ended, its reservation no longer counts.
+        c.execute("UPDATE rotation_runs SET ended_ms = 1", [])
+            .unwrap();
+        assert!(s.claim("4.2", &off, 1, "s", i64::MAX).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_notify_and_rotation_tables_come_from_the_numbered_migrations() {
+        let (dir, _s) = open();
+        let c = side_connection(&dir.path().join("db.sqlite3")).unwrap();
+        let t = tables(&c);
+        for want in ["notify_meta", "notify_outbox", "rotation_runs"] {
+            assert!(t.contains(&want.to_owned()), "{want} missing in {t:?}");
+        }
+        assert!(!t.contains(&"notify_commits".to_owned()), "{t:?}");
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_database_whose_notify_and_rotation_tables_predate_the_migrations_keeps_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        {
+            // Schema version 2, plus the tables earlier versions created on the side.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute_batch(
+                "CREATE TABLE notify_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 CREATE TABLE notify_outbox (job_id TEXT PRIMARY KEY, state TEXT NOT NULL,
+                     created_ms INTEGER NOT NULL, sent INTEGER NOT NULL DEFAULT 0,
+                     tries INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+                 CREATE INDEX notify_outbox_unsent ON notify_outbox(sent, created_ms);
+                 CREATE TABLE notify_commits (job_id TEXT PRIMARY KEY, author TEXT, subject TEXT);
+                 CREATE TABLE rotation_runs (id TEXT PRIMARY KEY, version TEXT NOT NULL,
+                     snapshot TEXT NOT NULL, from_snapshot TEXT NOT NULL, base TEXT NOT NULL,
+                     owner_pid INTEGER NOT NULL, started_ms INTEGER NOT NULL,
+                     deadline_ms INTEGER NOT NULL, ended_ms INTEGER, result TEXT, error TEXT);
+                 INSERT INTO jobs (id, repo, sha, reason, clone_url, state, created_ms, updated_ms)
+                     VALUES ('aaaaaaa-1', 'o/r', 'aa', 'push', 'u', 'success', 1, 1);
+                 INSERT INTO notify_meta VALUES ('since', 5);
+                 INSERT INTO notify_outbox (job_id, state, created_ms, sent)
+                     VALUES ('aaaaaaa-1', 'success', 1, 1);
+                 INSERT INTO notify_commits VALUES ('aaaaaaa-1', 'Ada', 'First line');
+                 INSERT INTO rotation_runs (id, version, snapshot, from_snapshot, base,
+                     owner_pid, started_ms, deadline_ms, result)
+                     VALUES ('rotation-1', '4.2', 'update_1', 'g', 'g', 1, 1, 2, 'ok');",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let job = s.job("aaaaaaa-1").unwrap().unwrap();
+        assert_eq!(job.commit_author.as_deref(), Some("Ada"));
+        assert_eq!(job.commit_subject.as_deref(), Some("First line"));
+        let c = side_connection(&path).unwrap();
+        let kept: (i64, i64, i64) = c
+            .query_row(
+                "SELECT (SELECT value FROM notify_meta WHERE key = 'since'), \
+                 (SELECT COUNT(*) FROM notify_outbox), (SELECT COUNT(*) FROM rotation_runs)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, (5, 1, 1));
+        assert!(!tables(&c).contains(&"notify_commits".to_owned()));
     }
 
     #[test]

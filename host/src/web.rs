@@ -171,18 +171,12 @@ pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     out.push_str("# HELP sdci_vm_state Pool VMs: leased, quarantined or free (1 per VM).\n");
     out.push_str("# TYPE sdci_vm_state gauge\n");
     for vm in hub.store.vms().unwrap_or_default() {
-        let state = if vm.quarantined {
-            "quarantined"
-        } else if vm.job_id.is_some() {
-            "leased"
-        } else {
-            "free"
-        };
         let _ = writeln!(
             out,
-            "sdci_vm_state{{vm=\"{}\",pool=\"{}\",state=\"{state}\"}} 1",
+            "sdci_vm_state{{vm=\"{}\",pool=\"{}\",state=\"{}\"}} 1",
             label(&vm.name),
-            label(&vm.pool)
+            label(&vm.pool),
+            vm.state()
         );
     }
     out.push_str(&crate::rotation::metrics_text(&hub.cfg.db_path()));

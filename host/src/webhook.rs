@@ -12,6 +12,7 @@
 //! - Unknown or unwanted events get 2xx "ignored", never 5xx.
 
 use crate::config::{glob_match, Config};
+use crate::notify::CommitInfo;
 use crate::server::Hub;
 use crate::store::{Delivery, Ingest, NewJob};
 use axum::body::Body;
@@ -36,6 +37,8 @@ pub struct NewJobSpec {
     pub branch: String,
     pub supersede_key: String,
     pub clone_url: String,
+    /// The head commit's author and subject (push), or the pull request's author and title.
+    pub commit: CommitInfo,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +56,25 @@ struct Push {
     #[serde(default)]
     deleted: bool,
     repository: Repo,
+    /// `null` for a deleted ref; read in the same pass as the rest (no second parse).
+    #[serde(default)]
+    head_commit: Option<HeadCommit>,
+}
+
+#[derive(Deserialize)]
+struct HeadCommit {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    author: Option<CommitAuthor>,
+}
+
+#[derive(Deserialize)]
+struct CommitAuthor {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +91,8 @@ struct PullRequestEvent {
 struct PullRequest {
     head: Head,
     user: User,
+    #[serde(default)]
+    title: Option<String>,
     #[serde(default)]
     labels: Vec<Label>,
 }
@@ -159,6 +183,17 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
                 p.repository.clone_url.as_deref(),
                 &p.repository.full_name,
             );
+            let commit = match &p.head_commit {
+                Some(c) => {
+                    let author = c.author.as_ref();
+                    CommitInfo::from_commit(
+                        author.and_then(|a| a.name.as_deref()),
+                        author.and_then(|a| a.username.as_deref()),
+                        c.message.as_deref(),
+                    )
+                }
+                None => CommitInfo::default(),
+            };
             Ok(Decision::Job(NewJobSpec {
                 supersede_key: format!("{}@{}", p.repository.full_name, p.git_ref),
                 repo: p.repository.full_name,
@@ -166,6 +201,7 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
                 reason: "push",
                 branch: name.to_owned(),
                 clone_url,
+                commit,
             }))
         }
         "pull_request" => {
@@ -216,6 +252,10 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
                 branch: pr.head.git_ref.clone(),
                 supersede_key: format!("{base}#{}", e.number),
                 clone_url,
+                commit: CommitInfo {
+                    author: Some(pr.user.login.clone()),
+                    subject: pr.title.clone(),
+                },
             }))
         }
         other => ignore(format!("event {other} not handled")),
@@ -290,6 +330,8 @@ pub async fn receive(
         },
         snapshot: None,
         update_first: false,
+        commit_author: spec.commit.author,
+        commit_subject: spec.commit.subject,
     };
     // Concurrent deliveries share one transaction (group commit); each answer comes after
     // the commit that holds its delivery.
@@ -427,6 +469,37 @@ mod tests {
             decide(&c, "pull_request", &pr("closed", "o/r", "bob", &[])),
             Ok(Decision::Ignore(_))
         ));
+    }
+
+    #[test]
+    fn the_commit_author_and_subject_come_from_the_payload() {
+        let c = cfg("");
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&push("refs/heads/main", &"a".repeat(40))).unwrap();
+        let job = |body: &serde_json::Value| match decide(&c, "push", body.to_string().as_bytes()) {
+            Ok(Decision::Job(j)) => j,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(job(&body).commit, CommitInfo::default(), "no head_commit");
+        body["head_commit"] = serde_json::json!({"message": "Subject\n\nbody",
+            "author": {"name": "Ada", "email": "a@example", "username": "ada"}});
+        let from_payload = CommitInfo::from_payload("push", &body);
+        assert_eq!(job(&body).commit, from_payload);
+        assert_eq!(from_payload.subject.as_deref(), Some("Subject"));
+        body["head_commit"] = serde_json::Value::Null;
+        assert_eq!(job(&body).commit, CommitInfo::default(), "null head_commit");
+
+        let mut pr: serde_json::Value =
+            serde_json::from_slice(&pr("opened", "o/r", "bob", &[])).unwrap();
+        pr["pull_request"]["title"] = "Add a thing".into();
+        match decide(&c, "pull_request", pr.to_string().as_bytes()) {
+            Ok(Decision::Job(j)) => {
+                assert_eq!(j.commit, CommitInfo::from_payload("pull_request", &pr));
+                assert_eq!(j.commit.author.as_deref(), Some("bob"));
+                assert_eq!(j.commit.subject.as_deref(), Some("Add a thing"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

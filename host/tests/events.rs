@@ -25,6 +25,8 @@ async fn host_with_claimed_job(dir: &std::path::Path) -> (TestHost, String) {
             version: Some("4.2".into()),
             snapshot: None,
             update_first: false,
+            commit_author: None,
+            commit_subject: None,
         })
         .unwrap();
     s.register_vms("4.2", &["vm-a".into()]).unwrap();

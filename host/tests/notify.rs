@@ -214,3 +214,47 @@ async fn a_job_still_succeeds_when_slack_answers_500_and_the_message_is_retried_
     slack.set_status(200);
     assert_eq!(reader.sweep().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_signed_push_webhook_brings_its_head_commits_author_and_subject_to_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut slack = slack(200).await;
+    let hv = MemoryHv::with_vms(&["Qubes_4.2_a"]);
+    let extra = notify_toml(dir.path(), &slack, "[\"success\"]");
+    let host = start(dir.path(), &extra, hv.clone(), Parts::ALL).await;
+
+    let mut body: serde_json::Value = serde_json::from_str(&push_body("main", &sha(7))).unwrap();
+    body["head_commit"] = serde_json::json!({
+        "id": sha(7),
+        "message": "Harden the <unpacker>\n\nA longer body that is not the subject.",
+        "author": {"name": "Grace Hopper", "email": "grace@example", "username": "grace"}
+    });
+    let (code, text_) = deliver(
+        &reqwest::Client::new(),
+        &host.url,
+        "push",
+        "d-commit",
+        &body.to_string(),
+        Some(SECRET),
+    )
+    .await;
+    assert_eq!(code, 202, "{text_}");
+    let id = host
+        .hub
+        .store
+        .recent_jobs(10)
+        .unwrap()
+        .into_iter()
+        .find(|j| j.sha == sha(7))
+        .unwrap()
+        .id;
+    running(&host, &hv, &id).await;
+    hv.release(&id, 0);
+    assert_eq!(ended(&host, &id).await, JobState::Success);
+    let t = text(&slack.next(SAFETY).await.unwrap());
+    assert!(
+        t.contains("by Grace Hopper: Harden the &lt;unpacker&gt;"),
+        "author and subject missing in {t}"
+    );
+    assert!(!t.contains("longer body"), "only the first line: {t}");
+}

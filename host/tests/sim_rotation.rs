@@ -8,7 +8,8 @@
 //! In the guest, dom0's programs are stub scripts (contracts §2: R/usr/bin/..., R/usr/local/bin):
 //! `sudo` runs its arguments, `qubesctl`, `qvm-start` and `sdci-dom0` record each call in a host
 //! folder CTL (outside the guest, so reverts do not undo it) and exit with the code in
-//! `CTL/<tool>.exit` (default 0); `qubesctl` waits while `CTL/hold` exists.
+//! `CTL/<tool>.exit` (default 0); `qubesctl` waits while `CTL/hold` exists, a job's
+//! `sdci-dom0 launch` while `CTL/job-hold` exists.
 
 #![allow(clippy::unwrap_used)]
 
@@ -48,6 +49,7 @@ fn dom0_stub(ctl: &Path) -> String {
         "#!/bin/sh\necho \"sdci-dom0 $*\" >> '{c}/calls'\n\
          if [ \"$1\" = --version ]; then echo 'sdci-dom0 0.1.0'; exit 0; fi\n\
          dir=$(dirname \"$2\")\n\
+         while [ -f '{c}/job-hold' ]; do sleep 0.05; done\n\
          echo \"==> step 1/1 make-test: make test\" >> \"$dir/log.txt\"\n\
          echo \"result: success\" >> \"$dir/log.txt\"\nexit 0\n"
     )
@@ -620,6 +622,107 @@ fn traced_calls(log: &str) -> Vec<String> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn a_rotation_waiting_for_a_busy_vm_gets_it_before_the_next_queued_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&ctl);
+    // The first job holds the pool's only VM until the test removes this file.
+    std::fs::write(ctl.join("job-hold"), "").unwrap();
+    let host = start_host(
+        dir.path(),
+        &sim,
+        &format!("{ROTATION}[jobs]\npoll_interval_ms = 50\n"),
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let queue = |n: u32, branch: &'static str| {
+        let (c, url) = (c.clone(), host.url.clone());
+        async move {
+            let (code, text) = deliver(
+                &c,
+                &url,
+                "push",
+                &format!("d{n}"),
+                &push_body(branch, &sha(n)),
+                Some(SECRET),
+            )
+            .await;
+            assert_eq!(code, 202, "{text}");
+        }
+    };
+    let job_of = |n: u32| {
+        host.hub
+            .store
+            .recent_jobs(10)
+            .unwrap()
+            .into_iter()
+            .find(|j| j.sha == sha(n))
+            .unwrap()
+    };
+    queue(1, "a").await;
+    eventually("the first job runs", || {
+        job_of(1).state == JobState::Running
+    })
+    .await;
+
+    let hub = host.hub.clone();
+    let (hv, auth) = client(&hub.cfg).await;
+    let rotation = tokio::spawn(async move {
+        let r = Rotator {
+            cfg: &hub.cfg,
+            store: &hub.store,
+            hv: &hv,
+            auth: &auth,
+        };
+        let req = SaveRequest {
+            version: "4.2".into(),
+            update: false,
+            base: None,
+        };
+        let wake = || hub.wake_all();
+        r.save(&req, &wake).await.unwrap()
+    });
+    let logs = host.hub.cfg.log_dir();
+    eventually("the rotation waits for the busy VM", || {
+        std::fs::read_dir(&logs).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with("rotation-")
+                && std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .contains("busy; waiting")
+        })
+    })
+    .await;
+    // A second job queues behind the first; then the first ends and frees the VM. The
+    // scheduler is woken at once, the rotation only at its next poll.
+    queue(2, "b").await;
+    eventually("the second job's version is known", || {
+        job_of(2).version.is_some()
+    })
+    .await;
+    assert_eq!(job_of(2).state, JobState::Queued);
+    std::fs::remove_file(ctl.join("job-hold")).unwrap();
+
+    let report = rotation.await.unwrap();
+    assert!(report.moved, "{}", report.to_text());
+    eventually("the second job ends", || job_of(2).state.is_terminal()).await;
+    let second = job_of(2);
+    assert_eq!(second.state, JobState::Success, "{:?}", second.note);
+    let notes: Vec<String> = host
+        .hub
+        .store
+        .transitions(&second.id)
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| t.3)
+        .collect();
+    let revert = format!("revert {VM} to {}", report.snapshot);
+    assert!(
+        notes.contains(&revert),
+        "the queued job took the VM before the rotation: {notes:?}"
+    );
 }
 
 #[tokio::test]
