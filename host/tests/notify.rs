@@ -13,6 +13,7 @@ use sdci_host::server::Parts;
 use sdci_host::store::JobState;
 use sdci_tests::slack::SlackStandIn;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 const SAFETY: Duration = Duration::from_secs(120);
@@ -32,26 +33,24 @@ fn notify_toml(dir: &Path, slack: &SlackStandIn, outcomes: &str) -> String {
     )
 }
 
-async fn push(host: &TestHost, n: u32, branch: &str) -> String {
-    let c = reqwest::Client::new();
-    let (code, text) = deliver(
-        &c,
-        &host.url,
-        "push",
-        &format!("d{n}"),
-        &push_body(branch, &sha(n)),
-        Some(SECRET),
-    )
-    .await;
-    assert_eq!(code, 202, "{text}");
-    host.hub
-        .store
-        .recent_jobs(100)
+/// A service on a one-VM pool announcing `outcomes`, with its own notifier off, and a
+/// `Notifier` on its store for the test to sweep by hand.
+async fn start_swept_by_hand(
+    dir: &Path,
+    slack: &SlackStandIn,
+    outcomes: &str,
+) -> (Arc<MemoryHv>, TestHost, Arc<Notifier>) {
+    let hv = MemoryHv::with_vms(&["Qubes_4.2_a"]);
+    let extra = notify_toml(dir, slack, outcomes);
+    let parts = Parts {
+        statuses: false,
+        ..Parts::ALL
+    };
+    let host = start(dir, &extra, hv.clone(), parts).await;
+    let notifier = Notifier::from_config(&host.hub.cfg, host.hub.store.clone())
         .unwrap()
-        .into_iter()
-        .find(|j| j.sha == sha(n))
-        .unwrap()
-        .id
+        .expect("notifications are configured");
+    (hv, host, notifier)
 }
 
 async fn running(host: &TestHost, hv: &MemoryHv, id: &str) {
@@ -63,11 +62,7 @@ async fn running(host: &TestHost, hv: &MemoryHv, id: &str) {
 }
 
 async fn ended(host: &TestHost, id: &str) -> JobState {
-    eventually("job ends", || {
-        host.hub.store.job(id).unwrap().unwrap().state.is_terminal()
-    })
-    .await;
-    host.hub.store.job(id).unwrap().unwrap().state
+    job_ended(host, "job ends", id).await.state
 }
 
 fn text(m: &serde_json::Value) -> String {
@@ -85,7 +80,7 @@ async fn each_terminal_job_gets_one_well_formed_message_with_its_commit_and_log_
     let extra = notify_toml(dir.path(), &slack, "[\"success\", \"failure\", \"error\"]");
     let host = start(dir.path(), &extra, hv.clone(), Parts::ALL).await;
 
-    let ok = push(&host, 1, "main").await;
+    let ok = push_job(&host, 1, "main").await;
     // What the webhook intake records for the job (its integration point).
     notify::record_commit(
         &host.hub.cfg.db_path(),
@@ -112,7 +107,7 @@ async fn each_terminal_job_gets_one_well_formed_message_with_its_commit_and_log_
         assert!(t.contains(want), "{want:?} missing in {t}");
     }
 
-    let bad = push(&host, 2, "feature").await;
+    let bad = push_job(&host, 2, "feature").await;
     running(&host, &hv, &bad).await;
     hv.release(&bad, 1);
     assert_eq!(ended(&host, &bad).await, JobState::Failure);
@@ -128,21 +123,13 @@ async fn each_terminal_job_gets_one_well_formed_message_with_its_commit_and_log_
 async fn queued_and_running_jobs_send_nothing_and_an_ended_one_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let slack = slack(200).await;
-    let hv = MemoryHv::with_vms(&["Qubes_4.2_a"]);
-    let extra = notify_toml(dir.path(), &slack, "[\"success\", \"failure\", \"error\"]");
     // The service's own notifier is off: this test drives the sweeps itself.
-    let parts = Parts {
-        statuses: false,
-        ..Parts::ALL
-    };
-    let host = start(dir.path(), &extra, hv.clone(), parts).await;
-    let notifier = Notifier::from_config(&host.hub.cfg, host.hub.store.clone())
-        .unwrap()
-        .expect("notifications are configured");
+    let (hv, host, notifier) =
+        start_swept_by_hand(dir.path(), &slack, "[\"success\", \"failure\", \"error\"]").await;
 
     // Two jobs on one VM: the second stays queued while the first runs.
-    let first = push(&host, 1, "a").await;
-    let second = push(&host, 2, "b").await;
+    let first = push_job(&host, 1, "a").await;
+    let second = push_job(&host, 2, "b").await;
     running(&host, &hv, &first).await;
     assert_eq!(
         host.hub.store.job(&second).unwrap().unwrap().state,
@@ -163,17 +150,8 @@ async fn queued_and_running_jobs_send_nothing_and_an_ended_one_exactly_once() {
 async fn outcomes_not_configured_are_not_announced() {
     let dir = tempfile::tempdir().unwrap();
     let slack = slack(200).await;
-    let hv = MemoryHv::with_vms(&["Qubes_4.2_a"]);
-    let extra = notify_toml(dir.path(), &slack, "[\"failure\"]");
-    let parts = Parts {
-        statuses: false,
-        ..Parts::ALL
-    };
-    let host = start(dir.path(), &extra, hv.clone(), parts).await;
-    let notifier = Notifier::from_config(&host.hub.cfg, host.hub.store.clone())
-        .unwrap()
-        .unwrap();
-    let id = push(&host, 1, "main").await;
+    let (hv, host, notifier) = start_swept_by_hand(dir.path(), &slack, "[\"failure\"]").await;
+    let id = push_job(&host, 1, "main").await;
     running(&host, &hv, &id).await;
     hv.release(&id, 0);
     ended(&host, &id).await;
@@ -194,7 +172,7 @@ async fn a_job_still_succeeds_when_slack_answers_500_and_the_message_is_retried_
         .unwrap()
         .unwrap();
 
-    let id = push(&host, 1, "main").await;
+    let id = push_job(&host, 1, "main").await;
     running(&host, &hv, &id).await;
     hv.release(&id, 0);
     assert_eq!(ended(&host, &id).await, JobState::Success);

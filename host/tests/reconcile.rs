@@ -22,29 +22,11 @@ async fn a_running_job_whose_vm_disappears_ends_as_error_with_the_reason() {
     let hv = MemoryHv::with_vms(&["Qubes_4.2_a"]);
     let host = start_reconciling(dir.path(), POOL, hv.clone(), Parts::ALL, 1).await;
     let c = reqwest::Client::new();
-    let (_, text) = deliver(
-        &c,
-        &host.url,
-        "push",
-        "d1",
-        &push_body("main", &sha(1)),
-        Some(SECRET),
-    )
-    .await;
+    let (_, text) = deliver_push(&c, &host.url, "d1", "main", 1).await;
     let id = text.strip_prefix("queued job ").unwrap().to_owned();
     eventually("launch", || hv.started().len() == 1).await;
     hv.vms.lock().unwrap().remove("Qubes_4.2_a");
-    eventually("job ended", || {
-        host.hub
-            .store
-            .job(&id)
-            .unwrap()
-            .unwrap()
-            .state
-            .is_terminal()
-    })
-    .await;
-    let job = host.hub.store.job(&id).unwrap().unwrap();
+    let job = job_ended(&host, "job ended", &id).await;
     assert_eq!(job.state, JobState::Error);
     assert!(job.note.unwrap().contains("no longer exists"));
     assert_eq!(
@@ -60,15 +42,7 @@ async fn a_pool_vm_switched_on_behind_the_hosts_back_is_powered_off() {
     let host = start_reconciling(dir.path(), POOL, hv.clone(), Parts::ALL, 1).await;
     // One VM busy with a job, the other switched on by someone else.
     let c = reqwest::Client::new();
-    deliver(
-        &c,
-        &host.url,
-        "push",
-        "d1",
-        &push_body("main", &sha(1)),
-        Some(SECRET),
-    )
-    .await;
+    deliver_push(&c, &host.url, "d1", "main", 1).await;
     eventually("launch", || hv.started().len() == 1).await;
     let busy = host.hub.store.recent_jobs(1).unwrap()[0]
         .vm

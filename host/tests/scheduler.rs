@@ -17,14 +17,7 @@ const POOL: &str = "[pools.\"4.2\"]\nprefix = \"Qubes_4.2_\"\ngolden_snapshot = 
                     [jobs]\npoll_interval_ms = 20\n";
 
 fn job_id_of(host: &TestHost, n: u32) -> String {
-    host.hub
-        .store
-        .recent_jobs(100)
-        .unwrap()
-        .into_iter()
-        .find(|j| j.sha == sha(n))
-        .unwrap()
-        .id
+    job_of_commit(host, n).id
 }
 
 fn state(host: &TestHost, id: &str) -> JobState {
@@ -50,15 +43,7 @@ async fn with_three_jobs_and_two_vms_the_third_starts_when_one_frees() {
     let host = start(dir.path(), POOL, hv.clone(), Parts::ALL).await;
     let c = reqwest::Client::new();
     for n in 1..=3 {
-        let (code, _) = deliver(
-            &c,
-            &host.url,
-            "push",
-            &format!("d{n}"),
-            &push_body(&format!("b{n}"), &sha(n)),
-            Some(SECRET),
-        )
-        .await;
+        let (code, _) = deliver_push(&c, &host.url, &format!("d{n}"), &format!("b{n}"), n).await;
         assert_eq!(code, 202);
     }
     let (j1, j2, j3) = (
@@ -140,26 +125,10 @@ async fn a_push_supersedes_the_running_job_of_its_branch_when_configured() {
     let extra = format!("{POOL}supersede_running = true\n");
     let host = start(dir.path(), &extra, hv.clone(), Parts::ALL).await;
     let c = reqwest::Client::new();
-    deliver(
-        &c,
-        &host.url,
-        "push",
-        "d1",
-        &push_body("main", &sha(1)),
-        Some(SECRET),
-    )
-    .await;
+    deliver_push(&c, &host.url, "d1", "main", 1).await;
     let j1 = job_id_of(&host, 1);
     eventually("first launch", || hv.started().len() == 1).await;
-    deliver(
-        &c,
-        &host.url,
-        "push",
-        "d2",
-        &push_body("main", &sha(2)),
-        Some(SECRET),
-    )
-    .await;
+    deliver_push(&c, &host.url, "d2", "main", 2).await;
     let j2 = job_id_of(&host, 2);
     eventually("second launch", || hv.started().len() == 2).await;
     let first = host.hub.store.job(&j1).unwrap().unwrap();
@@ -176,24 +145,8 @@ async fn canceling_a_running_job_from_the_cli_stops_it_and_frees_the_vm() {
     let hv = MemoryHv::with_vms(&["Qubes_4.2_a"]);
     let host = start(dir.path(), POOL, hv.clone(), Parts::ALL).await;
     let c = reqwest::Client::new();
-    deliver(
-        &c,
-        &host.url,
-        "push",
-        "d1",
-        &push_body("main", &sha(1)),
-        Some(SECRET),
-    )
-    .await;
-    deliver(
-        &c,
-        &host.url,
-        "push",
-        "d2",
-        &push_body("dev", &sha(2)),
-        Some(SECRET),
-    )
-    .await;
+    deliver_push(&c, &host.url, "d1", "main", 1).await;
+    deliver_push(&c, &host.url, "d2", "dev", 2).await;
     let (j1, j2) = (job_id_of(&host, 1), job_id_of(&host, 2));
     eventually("first launch", || hv.started().len() == 1).await;
     // What `sdci-host jobs cancel` does: mark it in the store, then wake the service.

@@ -9,41 +9,41 @@ mod common;
 use common::sim::*;
 use common::*;
 use sdci_host::store::JobState;
-use sdci_tests::vsphere_sim::Fault;
+use sdci_tests::vsphere_sim::{Fault, VsphereSim};
+use std::path::{Path, PathBuf};
 
 const FAST: &str = "[jobs]\npoll_interval_ms = 50\nmax_attempts = 2\nquarantine_after = 2\n";
 
-fn the_job(host: &TestHost, n: u32) -> sdci_host::store::JobRow {
-    host.hub
-        .store
-        .recent_jobs(100)
-        .unwrap()
-        .into_iter()
-        .find(|j| j.sha == sha(n))
-        .unwrap()
-}
-
-async fn push(host: &TestHost, n: u32, branch: &str) -> String {
-    let c = reqwest::Client::new();
-    let (code, text) = deliver(
-        &c,
-        &host.url,
-        "push",
-        &format!("d{n}"),
-        &push_body(branch, &sha(n)),
-        Some(SECRET),
-    )
-    .await;
-    assert_eq!(code, 202, "{text}");
-    the_job(host, n).id
-}
-
 async fn ended(host: &TestHost, id: &str) -> sdci_host::store::JobRow {
-    eventually("job ends", || {
-        host.hub.store.job(id).unwrap().unwrap().state.is_terminal()
+    job_ended(host, "job ends", id).await
+}
+
+/// A temporary folder, the control folder `ctl` in it, and a simulator with the VMs `names`.
+fn sim_in_tempdir(names: &[&str]) -> (tempfile::TempDir, PathBuf, VsphereSim) {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(names, &ctl);
+    (dir, ctl, sim)
+}
+
+/// Starts the service on `sim`, pushes commit 1 to `main`, and waits for its job to end:
+/// the host, the job's id, and the ended job.
+async fn run_one_job(
+    dir: &Path,
+    sim: &VsphereSim,
+    extra: &str,
+) -> (TestHost, String, sdci_host::store::JobRow) {
+    let host = start_host(dir, sim, extra).await;
+    let id = push_job(&host, 1, "main").await;
+    let job = ended(&host, &id).await;
+    (host, id, job)
+}
+
+async fn both_vms_off(sim: &VsphereSim) {
+    eventually("VMs off", || {
+        powered_off(sim, "Qubes_4.2_a") && powered_off(sim, "Qubes_4.2_b")
     })
     .await;
-    host.hub.store.job(id).unwrap().unwrap()
 }
 
 /// Attempts of a job: the VM each one ran on.
@@ -60,12 +60,8 @@ fn attempt_vms(host: &TestHost, id: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_push_runs_through_every_phase_and_ends_with_the_vm_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&["Qubes_4.2_a"], &ctl);
-    let host = start_host(dir.path(), &sim, FAST).await;
-    let id = push(&host, 1, "main").await;
-    let job = ended(&host, &id).await;
+    let (dir, _, sim) = sim_in_tempdir(&["Qubes_4.2_a"]);
+    let (host, id, job) = run_one_job(dir.path(), &sim, FAST).await;
     assert_eq!(job.state, JobState::Success, "{:?}", job.note);
 
     let states: Vec<String> = host
@@ -125,25 +121,17 @@ async fn a_push_runs_through_every_phase_and_ends_with_the_vm_off() {
 
 #[tokio::test]
 async fn exit_code_1_is_a_failure_and_is_not_retried() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&["Qubes_4.2_a", "Qubes_4.2_b"], &ctl);
+    let (dir, ctl, sim) = sim_in_tempdir(&["Qubes_4.2_a", "Qubes_4.2_b"]);
     std::fs::write(ctl.join("exit"), "1").unwrap();
-    let host = start_host(dir.path(), &sim, FAST).await;
-    let id = push(&host, 1, "main").await;
-    let job = ended(&host, &id).await;
+    let (_host, _, job) = run_one_job(dir.path(), &sim, FAST).await;
     assert_eq!((job.state, job.attempts), (JobState::Failure, 1));
 }
 
 #[tokio::test]
 async fn exit_code_2_is_retried_on_the_other_vm_and_ends_as_error_not_failure() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&["Qubes_4.2_a", "Qubes_4.2_b"], &ctl);
+    let (dir, ctl, sim) = sim_in_tempdir(&["Qubes_4.2_a", "Qubes_4.2_b"]);
     std::fs::write(ctl.join("exit"), "2").unwrap();
-    let host = start_host(dir.path(), &sim, FAST).await;
-    let id = push(&host, 1, "main").await;
-    let job = ended(&host, &id).await;
+    let (host, id, job) = run_one_job(dir.path(), &sim, FAST).await;
     assert_eq!((job.state, job.attempts), (JobState::Error, 2));
     let mut vms = attempt_vms(&host, &id);
     vms.sort();
@@ -155,26 +143,19 @@ async fn exit_code_2_is_retried_on_the_other_vm_and_ends_as_error_not_failure() 
     let st = host.hub.store.statuses(&id).unwrap();
     assert!(st.iter().all(|s| s.0 != "failure"));
     assert_eq!(st.last().unwrap().0, "error");
-    eventually("VMs off", || {
-        powered_off(&sim, "Qubes_4.2_a") && powered_off(&sim, "Qubes_4.2_b")
-    })
-    .await;
+    both_vms_off(&sim).await;
 }
 
 #[tokio::test]
 async fn a_vsphere_fault_is_retried_on_the_other_vm() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&["Qubes_4.2_a", "Qubes_4.2_b"], &ctl);
+    let (dir, _, sim) = sim_in_tempdir(&["Qubes_4.2_a", "Qubes_4.2_b"]);
     sim.inject(Fault::TaskError {
         method: "PowerOnVM_Task".into(),
         kind: "InsufficientResourcesFault".into(),
         count: 1,
     })
     .unwrap();
-    let host = start_host(dir.path(), &sim, FAST).await;
-    let id = push(&host, 1, "main").await;
-    let job = ended(&host, &id).await;
+    let (host, id, job) = run_one_job(dir.path(), &sim, FAST).await;
     assert_eq!(
         (job.state, job.attempts),
         (JobState::Success, 2),
@@ -200,9 +181,7 @@ async fn a_vsphere_fault_is_retried_on_the_other_vm() {
 
 #[tokio::test]
 async fn persistent_vsphere_faults_end_as_error_after_the_limit_and_quarantine_the_vms() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&["Qubes_4.2_a", "Qubes_4.2_b"], &ctl);
+    let (dir, _, sim) = sim_in_tempdir(&["Qubes_4.2_a", "Qubes_4.2_b"]);
     sim.inject(Fault::SoapFault {
         method: "StartProgramInGuest".into(),
         kind: "GuestOperationsUnavailable".into(),
@@ -211,11 +190,11 @@ async fn persistent_vsphere_faults_end_as_error_after_the_limit_and_quarantine_t
     })
     .unwrap();
     let host = start_host(dir.path(), &sim, FAST).await;
-    let first = push(&host, 1, "main").await;
+    let first = push_job(&host, 1, "main").await;
     let job = ended(&host, &first).await;
     assert_eq!((job.state, job.attempts), (JobState::Error, 2));
     assert!(job.note.unwrap().contains("GuestOperationsUnavailable"));
-    let second = push(&host, 2, "dev").await;
+    let second = push_job(&host, 2, "dev").await;
     let job = ended(&host, &second).await;
     assert_eq!(job.state, JobState::Error);
     // Two failures in a row on each VM: both quarantined, and shown as such.
@@ -224,17 +203,12 @@ async fn persistent_vsphere_faults_end_as_error_after_the_limit_and_quarantine_t
     assert!(sdci_host::cli::vms(&host.hub.cfg)
         .unwrap()
         .contains("QUARANTINED"));
-    eventually("VMs off", || {
-        powered_off(&sim, "Qubes_4.2_a") && powered_off(&sim, "Qubes_4.2_b")
-    })
-    .await;
+    both_vms_off(&sim).await;
 }
 
 #[tokio::test]
 async fn tools_that_never_start_are_an_infrastructure_error_retried_elsewhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&["Qubes_4.2_a", "Qubes_4.2_b"], &ctl);
+    let (dir, _, sim) = sim_in_tempdir(&["Qubes_4.2_a", "Qubes_4.2_b"]);
     sim.inject(Fault::ToolsNever {
         vm: "Qubes_4.2_a".into(),
     })
@@ -242,8 +216,8 @@ async fn tools_that_never_start_are_an_infrastructure_error_retried_elsewhere() 
     let extra = format!("{FAST}[deadlines]\nguest_ready_secs = 2\n");
     let host = start_host(dir.path(), &sim, &extra).await;
     // Two jobs, so one of them certainly starts on the broken VM.
-    let a = push(&host, 1, "main").await;
-    let b = push(&host, 2, "dev").await;
+    let a = push_job(&host, 1, "main").await;
+    let b = push_job(&host, 2, "dev").await;
     for id in [&a, &b] {
         let job = ended(&host, id).await;
         assert_eq!(job.state, JobState::Success, "{:?}", job.note);
@@ -253,17 +227,12 @@ async fn tools_that_never_start_are_an_infrastructure_error_retried_elsewhere() 
         tries, 3,
         "exactly one attempt failed on the VM without Tools"
     );
-    eventually("VMs off", || {
-        powered_off(&sim, "Qubes_4.2_a") && powered_off(&sim, "Qubes_4.2_b")
-    })
-    .await;
+    both_vms_off(&sim).await;
 }
 
 #[tokio::test]
 async fn a_stray_powered_on_vm_is_powered_off_at_start_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&["Qubes_4.2_a"], &ctl);
+    let (dir, _, sim) = sim_in_tempdir(&["Qubes_4.2_a"]);
     // Left on by someone else (a crashed run, a human): no job holds it.
     let cfg = sdci_vsphere::VsphereConfig {
         url: sim.url(),
@@ -283,29 +252,20 @@ async fn a_stray_powered_on_vm_is_powered_off_at_start_up() {
 
 #[tokio::test]
 async fn a_job_past_its_run_deadline_ends_as_error_without_retry_and_the_vm_is_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&["Qubes_4.2_a", "Qubes_4.2_b"], &ctl);
+    let (dir, ctl, sim) = sim_in_tempdir(&["Qubes_4.2_a", "Qubes_4.2_b"]);
     std::fs::write(ctl.join("hang"), "").unwrap();
     let extra = format!("{FAST}[deadlines]\nrun_secs = 1\n");
-    let host = start_host(dir.path(), &sim, &extra).await;
-    let id = push(&host, 1, "main").await;
-    let job = ended(&host, &id).await;
+    let (_host, _, job) = run_one_job(dir.path(), &sim, &extra).await;
     assert_eq!((job.state, job.attempts), (JobState::Error, 1));
     assert!(job.note.unwrap().contains("run deadline"));
-    eventually("VMs off", || {
-        powered_off(&sim, "Qubes_4.2_a") && powered_off(&sim, "Qubes_4.2_b")
-    })
-    .await;
+    both_vms_off(&sim).await;
 }
 
 #[tokio::test]
 async fn in_app_mode_the_job_file_carries_a_fresh_token_from_the_agent() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&["Qubes_4.2_a"], &ctl);
+    let (dir, _, sim) = sim_in_tempdir(&["Qubes_4.2_a"]);
     let host = start_host_with(dir.path(), &sim, FAST, "github_app = true\n").await;
-    let id = push(&host, 1, "main").await;
+    let id = push_job(&host, 1, "main").await;
     assert_eq!(ended(&host, &id).await.state, JobState::Success);
     let file = std::fs::read(sim.guest_path(
         "Qubes_4.2_a",
@@ -321,9 +281,7 @@ async fn in_app_mode_the_job_file_carries_a_fresh_token_from_the_agent() {
 
 #[tokio::test]
 async fn a_vsphere_outage_requeues_the_job_without_using_its_attempts_or_blaming_the_vm() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&["Qubes_4.2_a"], &ctl);
+    let (dir, _, sim) = sim_in_tempdir(&["Qubes_4.2_a"]);
     // More outages than the job has attempts (2) and the VM has failures before quarantine (2).
     sim.inject(Fault::HttpStatus {
         method: "PowerOnVM_Task".into(),
@@ -331,9 +289,8 @@ async fn a_vsphere_outage_requeues_the_job_without_using_its_attempts_or_blaming
         count: 3,
     })
     .unwrap();
-    let host = start_host(dir.path(), &sim, &format!("{FAST}outage_retry_ms = 20\n")).await;
-    let id = push(&host, 1, "main").await;
-    let job = ended(&host, &id).await;
+    let (host, id, job) =
+        run_one_job(dir.path(), &sim, &format!("{FAST}outage_retry_ms = 20\n")).await;
     assert_eq!(job.state, JobState::Success, "{:?}", job.note);
     assert_eq!(
         job.attempts, 4,
@@ -364,9 +321,7 @@ async fn a_vsphere_outage_requeues_the_job_without_using_its_attempts_or_blaming
 
 #[tokio::test]
 async fn an_outage_that_outlasts_the_jobs_deadline_ends_it_as_error_and_still_blames_no_vm() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&["Qubes_4.2_a"], &ctl);
+    let (dir, _, sim) = sim_in_tempdir(&["Qubes_4.2_a"]);
     sim.inject(Fault::HttpStatus {
         method: "PowerOnVM_Task".into(),
         status: 503,
@@ -375,9 +330,7 @@ async fn an_outage_that_outlasts_the_jobs_deadline_ends_it_as_error_and_still_bl
     .unwrap();
     // The next try would start after the job's overall deadline (queue_secs after queuing).
     let extra = format!("{FAST}outage_retry_ms = 5000\n[deadlines]\nqueue_secs = 2\n");
-    let host = start_host(dir.path(), &sim, &extra).await;
-    let id = push(&host, 1, "main").await;
-    let job = ended(&host, &id).await;
+    let (host, _, job) = run_one_job(dir.path(), &sim, &extra).await;
     assert_eq!(job.state, JobState::Error);
     assert!(
         job.note

@@ -130,15 +130,7 @@ async fn killed_in(phase: Phase) {
     healthy(&url).await;
     let c = reqwest::Client::new();
     for (n, branch) in [(1, "main"), (2, "dev")] {
-        let (code, _) = deliver(
-            &c,
-            &url,
-            "push",
-            &format!("d{n}"),
-            &push_body(branch, &sha(n)),
-            Some(SECRET),
-        )
-        .await;
+        let (code, _) = deliver_push(&c, &url, &format!("d{n}"), branch, n).await;
         assert_eq!(code, 202);
     }
     eventually(

@@ -18,12 +18,12 @@ mod common;
 use common::sim::{powered_off, start_host};
 use common::*;
 use sdci_host::config::Config;
-use sdci_host::rotation::{Rotator, SaveRequest};
+use sdci_host::rotation::{RotationReport, Rotator, SaveRequest};
 use sdci_host::store::{JobState, Store};
 use sdci_tests::slack::SlackStandIn;
 use sdci_tests::vsphere_sim::{SimOptions, SimVm, VsphereSim};
 use sdci_vsphere::{GuestAuth, Hypervisor, VsphereClient};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +94,77 @@ async fn client(cfg: &Config) -> (VsphereClient, GuestAuth) {
     (hv, sdci_host::server::guest_auth(cfg).unwrap())
 }
 
+/// A simulator with the pool's VM (its dom0 tools exiting with the given `(tool, code)`s), the
+/// host config for it, and a connected client.
+struct Rig {
+    dir: tempfile::TempDir,
+    ctl: PathBuf,
+    sim: VsphereSim,
+    cfg: Config,
+    hv: VsphereClient,
+    auth: GuestAuth,
+}
+
+async fn rig(exits: &[(&str, &str)]) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&ctl);
+    for (tool, code) in exits {
+        std::fs::write(ctl.join(format!("{tool}.exit")), code).unwrap();
+    }
+    let cfg = config(dir.path(), &sim, "");
+    let (hv, auth) = client(&cfg).await;
+    Rig {
+        dir,
+        ctl,
+        sim,
+        cfg,
+        hv,
+        auth,
+    }
+}
+
+/// A simulator whose guest waits while `CTL/<hold>` exists (created here), and the service on
+/// it polling for jobs every 50 ms: the temporary folder, CTL, the simulator and the host.
+async fn start_holding(hold: &str) -> (tempfile::TempDir, PathBuf, VsphereSim, TestHost) {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&ctl);
+    std::fs::write(ctl.join(hold), "").unwrap();
+    let host = start_host(
+        dir.path(),
+        &sim,
+        &format!("{ROTATION}[jobs]\npoll_interval_ms = 50\n"),
+    )
+    .await;
+    (dir, ctl, sim, host)
+}
+
+/// Runs one rotation of pool 4.2 through a `Rotator` (with updates when `update`, from `base`
+/// when given) and returns its report; `wake` is called once the leases are released.
+async fn save(
+    hv: &VsphereClient,
+    auth: &GuestAuth,
+    cfg: &Config,
+    store: &Store,
+    update: bool,
+    base: Option<&str>,
+    wake: &(dyn Fn() + Sync),
+) -> RotationReport {
+    let r = Rotator {
+        cfg,
+        store,
+        hv,
+        auth,
+    };
+    let req = SaveRequest {
+        version: "4.2".into(),
+        update,
+        base: base.map(str::to_owned),
+    };
+    r.save(&req, wake).await.unwrap()
+}
+
 async fn names(hv: &VsphereClient) -> Vec<String> {
     hv.snapshots(VM)
         .await
@@ -130,18 +201,7 @@ async fn save_takes_a_smoke_tested_snapshot_moves_the_pointer_and_prunes_but_kee
         .set_golden_snapshot("4.2", "update_20200101000000")
         .unwrap();
     let (hv, auth) = client(&cfg).await;
-    let r = Rotator {
-        cfg: &cfg,
-        store: &store,
-        hv: &hv,
-        auth: &auth,
-    };
-    let req = SaveRequest {
-        version: "4.2".into(),
-        update: true,
-        base: None,
-    };
-    let report = r.save(&req, &|| {}).await.unwrap();
+    let report = save(&hv, &auth, &cfg, &store, true, None, &|| {}).await;
 
     assert!(report.moved, "{}", report.to_text());
     let new = report.snapshot.clone();
@@ -197,27 +257,18 @@ async fn save_takes_a_smoke_tested_snapshot_moves_the_pointer_and_prunes_but_kee
 
 #[tokio::test]
 async fn a_failing_smoke_test_keeps_the_pointer_removes_the_snapshot_and_leaves_the_vm_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&ctl);
     // The dev VM does not start on the fresh snapshot.
-    std::fs::write(ctl.join("qvm-start.exit"), "1").unwrap();
-    let cfg = config(dir.path(), &sim, "");
+    let Rig {
+        dir: _dir,
+        ctl: _,
+        sim,
+        cfg,
+        hv,
+        auth,
+    } = rig(&[("qvm-start", "1")]).await;
     let store = Store::open(&cfg.db_path()).unwrap();
-    let (hv, auth) = client(&cfg).await;
     let before = names(&hv).await;
-    let r = Rotator {
-        cfg: &cfg,
-        store: &store,
-        hv: &hv,
-        auth: &auth,
-    };
-    let req = SaveRequest {
-        version: "4.2".into(),
-        update: true,
-        base: None,
-    };
-    let report = r.save(&req, &|| {}).await.unwrap();
+    let report = save(&hv, &auth, &cfg, &store, true, None, &|| {}).await;
 
     assert!(!report.moved);
     assert!(
@@ -242,26 +293,17 @@ async fn a_failing_smoke_test_keeps_the_pointer_removes_the_snapshot_and_leaves_
 
 #[tokio::test]
 async fn a_failing_update_keeps_the_pointer_and_takes_no_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&ctl);
-    std::fs::write(ctl.join("qubesctl.exit"), "20").unwrap();
-    let cfg = config(dir.path(), &sim, "");
+    let Rig {
+        dir: _dir,
+        ctl,
+        sim,
+        cfg,
+        hv,
+        auth,
+    } = rig(&[("qubesctl", "20")]).await;
     let store = Store::open(&cfg.db_path()).unwrap();
-    let (hv, auth) = client(&cfg).await;
     let before = names(&hv).await;
-    let r = Rotator {
-        cfg: &cfg,
-        store: &store,
-        hv: &hv,
-        auth: &auth,
-    };
-    let req = SaveRequest {
-        version: "4.2".into(),
-        update: true,
-        base: None,
-    };
-    let report = r.save(&req, &|| {}).await.unwrap();
+    let report = save(&hv, &auth, &cfg, &store, true, None, &|| {}).await;
     assert!(!report.moved);
     assert!(
         report.vms[0]
@@ -278,33 +320,13 @@ async fn a_failing_update_keeps_the_pointer_and_takes_no_snapshot() {
 
 #[tokio::test]
 async fn a_job_queued_during_a_rotation_waits_for_the_vm_and_then_uses_the_new_golden() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&ctl);
     // The rotation's first update step waits until the test removes this file.
-    std::fs::write(ctl.join("hold"), "").unwrap();
-    let host = start_host(
-        dir.path(),
-        &sim,
-        &format!("{ROTATION}[jobs]\npoll_interval_ms = 50\n"),
-    )
-    .await;
+    let (_dir, ctl, sim, host) = start_holding("hold").await;
     let hub = host.hub.clone();
     let (hv, auth) = client(&hub.cfg).await;
     let rotation = tokio::spawn(async move {
-        let r = Rotator {
-            cfg: &hub.cfg,
-            store: &hub.store,
-            hv: &hv,
-            auth: &auth,
-        };
-        let req = SaveRequest {
-            version: "4.2".into(),
-            update: true,
-            base: None,
-        };
         let wake = || hub.wake_all();
-        r.save(&req, &wake).await.unwrap()
+        save(&hv, &auth, &hub.cfg, &hub.store, true, None, &wake).await
     });
     eventually("the rotation holds the VM and is updating it", || {
         !calls(&ctl).is_empty()
@@ -320,15 +342,7 @@ async fn a_job_queued_during_a_rotation_waits_for_the_vm_and_then_uses_the_new_g
     assert!(!powered_off(&sim, VM), "a VM being rotated is not stray");
 
     let c = reqwest::Client::new();
-    let (code, text) = deliver(
-        &c,
-        &host.url,
-        "push",
-        "d1",
-        &push_body("main", &sha(1)),
-        Some(SECRET),
-    )
-    .await;
+    let (code, text) = deliver_push(&c, &host.url, "d1", "main", 1).await;
     assert_eq!(code, 202, "{text}");
     let id = host.hub.store.recent_jobs(1).unwrap()[0].id.clone();
     eventually("the job's version is known", || {
@@ -344,17 +358,7 @@ async fn a_job_queued_during_a_rotation_waits_for_the_vm_and_then_uses_the_new_g
     std::fs::remove_file(ctl.join("hold")).unwrap();
     let report = rotation.await.unwrap();
     assert!(report.moved, "{}", report.to_text());
-    eventually("job ends", || {
-        host.hub
-            .store
-            .job(&id)
-            .unwrap()
-            .unwrap()
-            .state
-            .is_terminal()
-    })
-    .await;
-    let job = host.hub.store.job(&id).unwrap().unwrap();
+    let job = job_ended(&host, "job ends", &id).await;
     assert_eq!(job.state, JobState::Success, "{:?}", job.note);
     let notes: Vec<String> = host
         .hub
@@ -371,11 +375,14 @@ async fn a_job_queued_during_a_rotation_waits_for_the_vm_and_then_uses_the_new_g
 
 #[tokio::test]
 async fn a_jobs_update_phase_logs_the_updates_before_the_build_steps_and_reboots_the_vm() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&ctl);
-    let cfg = config(dir.path(), &sim, "");
-    let (hv, auth) = client(&cfg).await;
+    let Rig {
+        dir: _dir,
+        ctl: _,
+        sim,
+        cfg,
+        hv,
+        auth,
+    } = rig(&[]).await;
     let hub = sdci_host::server::hub_from_config(cfg).unwrap();
     let orch = sdci_host::scheduler::Orchestrator::new(hub.clone(), Arc::new(hv), auth.clone());
     let hv = &orch.hv;
@@ -450,12 +457,14 @@ async fn a_jobs_update_phase_logs_the_updates_before_the_build_steps_and_reboots
 
 #[tokio::test]
 async fn a_failing_update_in_a_job_is_an_infrastructure_fault_not_a_project_failure() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&ctl);
-    std::fs::write(ctl.join("qubesctl.exit"), "1").unwrap();
-    let cfg = config(dir.path(), &sim, "");
-    let (hv, auth) = client(&cfg).await;
+    let Rig {
+        dir: _dir,
+        ctl: _,
+        sim: _sim,
+        cfg,
+        hv,
+        auth,
+    } = rig(&[("qubesctl", "1")]).await;
     let hub = sdci_host::server::hub_from_config(cfg).unwrap();
     let orch = sdci_host::scheduler::Orchestrator::new(hub, Arc::new(hv), auth);
     orch.hv.revert(VM, "golden").await.unwrap();
@@ -536,18 +545,7 @@ async fn a_new_snapshot_name_never_collides_with_an_existing_one() {
     let cfg = config(dir.path(), &sim, "");
     let store = Store::open(&cfg.db_path()).unwrap();
     let (hv, auth) = client(&cfg).await;
-    let r = Rotator {
-        cfg: &cfg,
-        store: &store,
-        hv: &hv,
-        auth: &auth,
-    };
-    let req = SaveRequest {
-        version: "4.2".into(),
-        update: false,
-        base: None,
-    };
-    let report = r.save(&req, &|| {}).await.unwrap();
+    let report = save(&hv, &auth, &cfg, &store, false, None, &|| {}).await;
     assert!(report.moved, "{}", report.to_text());
     assert!(!taken.contains(&report.snapshot), "{}", report.snapshot);
     let all = names(&hv).await;
@@ -556,24 +554,25 @@ async fn a_new_snapshot_name_never_collides_with_an_existing_one() {
 
 #[tokio::test]
 async fn save_with_a_snapshot_name_starts_from_that_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&ctl);
-    let cfg = config(dir.path(), &sim, "");
+    let Rig {
+        dir: _dir,
+        ctl,
+        sim: _sim,
+        cfg,
+        hv,
+        auth,
+    } = rig(&[]).await;
     let store = Store::open(&cfg.db_path()).unwrap();
-    let (hv, auth) = client(&cfg).await;
-    let r = Rotator {
-        cfg: &cfg,
-        store: &store,
-        hv: &hv,
-        auth: &auth,
-    };
-    let req = SaveRequest {
-        version: "4.2".into(),
-        update: false,
-        base: Some("update_20200102000000".into()),
-    };
-    let report = r.save(&req, &|| {}).await.unwrap();
+    let report = save(
+        &hv,
+        &auth,
+        &cfg,
+        &store,
+        false,
+        Some("update_20200102000000"),
+        &|| {},
+    )
+    .await;
     assert!(report.moved, "{}", report.to_text());
     assert!(
         calls(&ctl).iter().all(|c| !c.starts_with("qubesctl")),
@@ -626,30 +625,13 @@ fn traced_calls(log: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_rotation_waiting_for_a_busy_vm_gets_it_before_the_next_queued_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctl = dir.path().join("ctl");
-    let sim = start_sim(&ctl);
     // The first job holds the pool's only VM until the test removes this file.
-    std::fs::write(ctl.join("job-hold"), "").unwrap();
-    let host = start_host(
-        dir.path(),
-        &sim,
-        &format!("{ROTATION}[jobs]\npoll_interval_ms = 50\n"),
-    )
-    .await;
+    let (_dir, ctl, _sim, host) = start_holding("job-hold").await;
     let c = reqwest::Client::new();
     let queue = |n: u32, branch: &'static str| {
         let (c, url) = (c.clone(), host.url.clone());
         async move {
-            let (code, text) = deliver(
-                &c,
-                &url,
-                "push",
-                &format!("d{n}"),
-                &push_body(branch, &sha(n)),
-                Some(SECRET),
-            )
-            .await;
+            let (code, text) = deliver_push(&c, &url, &format!("d{n}"), branch, n).await;
             assert_eq!(code, 202, "{text}");
         }
     };
@@ -671,19 +653,8 @@ async fn a_rotation_waiting_for_a_busy_vm_gets_it_before_the_next_queued_job() {
     let hub = host.hub.clone();
     let (hv, auth) = client(&hub.cfg).await;
     let rotation = tokio::spawn(async move {
-        let r = Rotator {
-            cfg: &hub.cfg,
-            store: &hub.store,
-            hv: &hv,
-            auth: &auth,
-        };
-        let req = SaveRequest {
-            version: "4.2".into(),
-            update: false,
-            base: None,
-        };
         let wake = || hub.wake_all();
-        r.save(&req, &wake).await.unwrap()
+        save(&hv, &auth, &hub.cfg, &hub.store, false, None, &wake).await
     });
     let logs = host.hub.cfg.log_dir();
     eventually("the rotation waits for the busy VM", || {
@@ -747,17 +718,7 @@ async fn a_job_with_updates_runs_the_updates_and_the_reboot_before_sdci_dom0_lau
     )
     .unwrap();
     host.hub.wake_all();
-    eventually("job ends", || {
-        host.hub
-            .store
-            .job(&id)
-            .unwrap()
-            .unwrap()
-            .state
-            .is_terminal()
-    })
-    .await;
-    let job = host.hub.store.job(&id).unwrap().unwrap();
+    let job = job_ended(&host, "job ends", &id).await;
     assert_eq!(job.state, JobState::Success, "{:?}", job.note);
 
     // In dom0: both update commands, then the launch.

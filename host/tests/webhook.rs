@@ -10,15 +10,17 @@ use common::*;
 use sdci_host::server::Parts;
 use sdci_host::store::JobState;
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
+/// The service's HTTP side alone (no hypervisor, no scheduler) in a fresh temporary folder, and
+/// a client for it. The folder must outlive the host.
+async fn start_http_only() -> (tempfile::TempDir, TestHost, reqwest::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), "", MemoryHv::with_vms(&[]), Parts::HTTP_ONLY).await;
+    (dir, host, reqwest::Client::new())
 }
 
 #[tokio::test]
 async fn bad_or_missing_signature_is_refused_with_401_and_creates_no_job() {
-    let dir = tmp();
-    let host = start(dir.path(), "", MemoryHv::with_vms(&[]), Parts::HTTP_ONLY).await;
-    let c = reqwest::Client::new();
+    let (_dir, host, c) = start_http_only().await;
     let body = push_body("main", &sha(1));
     let (code, _) = deliver(&c, &host.url, "push", "d1", &body, Some("wrong")).await;
     assert_eq!(code, 401);
@@ -30,9 +32,7 @@ async fn bad_or_missing_signature_is_refused_with_401_and_creates_no_job() {
 
 #[tokio::test]
 async fn a_redelivery_creates_nothing_new() {
-    let dir = tmp();
-    let host = start(dir.path(), "", MemoryHv::with_vms(&[]), Parts::HTTP_ONLY).await;
-    let c = reqwest::Client::new();
+    let (_dir, host, c) = start_http_only().await;
     let body = push_body("main", &sha(1));
     let (code, text) = deliver(&c, &host.url, "push", "same-id", &body, Some(SECRET)).await;
     assert_eq!(code, 202, "{text}");
@@ -49,36 +49,10 @@ async fn a_redelivery_creates_nothing_new() {
 
 #[tokio::test]
 async fn a_newer_push_to_a_branch_supersedes_the_queued_job() {
-    let dir = tmp();
-    let host = start(dir.path(), "", MemoryHv::with_vms(&[]), Parts::HTTP_ONLY).await;
-    let c = reqwest::Client::new();
-    deliver(
-        &c,
-        &host.url,
-        "push",
-        "a",
-        &push_body("main", &sha(1)),
-        Some(SECRET),
-    )
-    .await;
-    deliver(
-        &c,
-        &host.url,
-        "push",
-        "b",
-        &push_body("other", &sha(2)),
-        Some(SECRET),
-    )
-    .await;
-    deliver(
-        &c,
-        &host.url,
-        "push",
-        "c",
-        &push_body("main", &sha(3)),
-        Some(SECRET),
-    )
-    .await;
+    let (_dir, host, c) = start_http_only().await;
+    deliver_push(&c, &host.url, "a", "main", 1).await;
+    deliver_push(&c, &host.url, "b", "other", 2).await;
+    deliver_push(&c, &host.url, "c", "main", 3).await;
     let jobs = host.hub.store.recent_jobs(10).unwrap();
     let by_sha = |n| jobs.iter().find(|j| j.sha == sha(n)).unwrap();
     assert_eq!(by_sha(1).state, JobState::Canceled);
@@ -100,9 +74,7 @@ async fn a_newer_push_to_a_branch_supersedes_the_queued_job() {
 
 #[tokio::test]
 async fn ping_and_unknown_events_are_answered_2xx_and_ignored() {
-    let dir = tmp();
-    let host = start(dir.path(), "", MemoryHv::with_vms(&[]), Parts::HTTP_ONLY).await;
-    let c = reqwest::Client::new();
+    let (_dir, host, c) = start_http_only().await;
     let (code, text) = deliver(&c, &host.url, "ping", "p", "{\"zen\":\"x\"}", Some(SECRET)).await;
     assert_eq!((code, text.contains("pong")), (200, true));
     let (code, _) = deliver(&c, &host.url, "issues", "i", "{}", Some(SECRET)).await;
@@ -117,9 +89,7 @@ async fn ping_and_unknown_events_are_answered_2xx_and_ignored() {
 
 #[tokio::test]
 async fn an_oversized_body_is_refused_before_anything_is_parsed() {
-    let dir = tmp();
-    let host = start(dir.path(), "", MemoryHv::with_vms(&[]), Parts::HTTP_ONLY).await;
-    let c = reqwest::Client::new();
+    let (_dir, host, c) = start_http_only().await;
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(6 * 1024 * 1024));
     let (code, _) = deliver(&c, &host.url, "push", "big", &big, Some(SECRET)).await;
     assert_eq!(code, 413);
@@ -128,9 +98,7 @@ async fn an_oversized_body_is_refused_before_anything_is_parsed() {
 
 #[tokio::test]
 async fn a_signed_but_malformed_payload_is_a_400_not_a_5xx() {
-    let dir = tmp();
-    let host = start(dir.path(), "", MemoryHv::with_vms(&[]), Parts::HTTP_ONLY).await;
-    let c = reqwest::Client::new();
+    let (_dir, host, c) = start_http_only().await;
     let (code, _) = deliver(&c, &host.url, "push", "m", "{\"ref\": 3}", Some(SECRET)).await;
     assert_eq!(code, 400);
     assert_eq!(host.hub.store.count_jobs().unwrap(), 0);
@@ -138,18 +106,8 @@ async fn a_signed_but_malformed_payload_is_a_400_not_a_5xx() {
 
 #[tokio::test]
 async fn metrics_and_pages_show_the_queue() {
-    let dir = tmp();
-    let host = start(dir.path(), "", MemoryHv::with_vms(&[]), Parts::HTTP_ONLY).await;
-    let c = reqwest::Client::new();
-    let (_, text) = deliver(
-        &c,
-        &host.url,
-        "push",
-        "a",
-        &push_body("main", &sha(1)),
-        Some(SECRET),
-    )
-    .await;
+    let (_dir, host, c) = start_http_only().await;
+    let (_, text) = deliver_push(&c, &host.url, "a", "main", 1).await;
     let id = text.strip_prefix("queued job ").unwrap().to_owned();
     let m = c
         .get(format!("{}/metrics", host.url))

@@ -86,6 +86,11 @@ impl Setup {
             "the App key leaked into the logs"
         );
     }
+    /// Posts a `pending`/`queued` status and expects the agent to exit 0.
+    fn post_queued_ok(&self) {
+        let out = self.agent(&self.status_args("pending", "queued"));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
     fn status_args<'a>(&self, state: &'a str, description: &'a str) -> Vec<&'a str> {
         vec![
             "status",
@@ -264,8 +269,7 @@ fn ci_config_exits_3_and_says_so_when_the_file_or_key_is_missing() {
 fn a_status_is_retried_after_502s_and_posted_once() {
     let s = setup(false, FAST_RETRY);
     s.gh.fail_next(2, 502);
-    let out = s.agent(&s.status_args("pending", "queued"));
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    s.post_queued_ok();
     let codes: Vec<u16> = s.gh.requests().iter().map(|r| r.status).collect();
     assert_eq!(codes, [502, 502, 201]);
     assert_eq!(s.gh.statuses().len(), 1);
@@ -288,11 +292,21 @@ fn an_outage_window_is_ridden_out_by_the_retries() {
         "[retry]\nmax_attempts = 30\ninitial_backoff_ms = 20\nmax_backoff_ms = 100\n",
     );
     s.gh.outage_for(Duration::from_millis(300), 503);
-    let out = s.agent(&s.status_args("pending", "queued"));
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    s.post_queued_ok();
     let reqs = s.gh.requests();
     assert!(reqs.len() >= 2, "at least one 503 first");
     assert_eq!(reqs.last().unwrap().status, 201);
+}
+
+/// Posts a status that first meets `limit` (with fast retries), expects the agent to exit 0,
+/// and returns the two requests GitHub saw.
+fn post_through_rate_limit(limit: RateLimit) -> Vec<sdci_tests::github::RecordedRequest> {
+    let s = setup(false, FAST_RETRY);
+    s.gh.rate_limit_next(limit);
+    s.post_queued_ok();
+    let reqs = s.gh.requests();
+    assert_eq!(reqs.len(), 2);
+    reqs
 }
 
 fn reset_of(req: &sdci_tests::github::RecordedRequest) -> std::time::SystemTime {
@@ -306,15 +320,10 @@ fn reset_of(req: &sdci_tests::github::RecordedRequest) -> std::time::SystemTime 
 
 #[test]
 fn a_primary_rate_limit_is_waited_out_until_its_reset() {
-    let s = setup(false, FAST_RETRY);
-    s.gh.rate_limit_next(RateLimit::Primary {
+    let reqs = post_through_rate_limit(RateLimit::Primary {
         status: 403,
         reset_after: Duration::from_secs(1),
     });
-    let out = s.agent(&s.status_args("pending", "queued"));
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let reqs = s.gh.requests();
-    assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[0].status, 403);
     assert_eq!(reqs[0].response_header("x-ratelimit-remaining"), Some("0"));
     assert!(
@@ -326,15 +335,10 @@ fn a_primary_rate_limit_is_waited_out_until_its_reset() {
 
 #[test]
 fn a_secondary_rate_limit_honours_retry_after() {
-    let s = setup(false, FAST_RETRY);
-    s.gh.rate_limit_next(RateLimit::Secondary {
+    let reqs = post_through_rate_limit(RateLimit::Secondary {
         status: 429,
         retry_after: Duration::from_secs(1),
     });
-    let out = s.agent(&s.status_args("pending", "queued"));
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let reqs = s.gh.requests();
-    assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[0].response_header("retry-after"), Some("1"));
     assert!(reqs[1].at.duration_since(reqs[0].at).unwrap() >= Duration::from_secs(1));
 }

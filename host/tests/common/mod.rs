@@ -163,6 +163,54 @@ pub async fn deliver(
     (status, r.text().await.unwrap())
 }
 
+/// Delivers a `push` of commit `sha(n)` to `branch`, signed with `SECRET`.
+pub async fn deliver_push(
+    client: &reqwest::Client,
+    url: &str,
+    delivery: &str,
+    branch: &str,
+    n: u32,
+) -> (u16, String) {
+    deliver(
+        client,
+        url,
+        "push",
+        delivery,
+        &push_body(branch, &sha(n)),
+        Some(SECRET),
+    )
+    .await
+}
+
+/// The job of commit `sha(n)`, among the last 100.
+pub fn job_of_commit(host: &TestHost, n: u32) -> sdci_host::store::JobRow {
+    host.hub
+        .store
+        .recent_jobs(100)
+        .unwrap()
+        .into_iter()
+        .find(|j| j.sha == sha(n))
+        .unwrap()
+}
+
+/// Delivers a `push` of `sha(n)` to `branch` (delivery id `d{n}`), expects it queued, and
+/// returns the job's id.
+pub async fn push_job(host: &TestHost, n: u32, branch: &str) -> String {
+    let c = reqwest::Client::new();
+    let (code, text) = deliver_push(&c, &host.url, &format!("d{n}"), branch, n).await;
+    assert_eq!(code, 202, "{text}");
+    job_of_commit(host, n).id
+}
+
+/// Waits (failing with `what`) until job `id` has ended, and returns it.
+pub async fn job_ended(host: &TestHost, what: &str, id: &str) -> sdci_host::store::JobRow {
+    eventually(what, || {
+        host.hub.store.job(id).unwrap().unwrap().state.is_terminal()
+    })
+    .await;
+    host.hub.store.job(id).unwrap().unwrap()
+}
+
 pub fn sha(n: u32) -> String {
     format!("{n:040x}")
 }
