@@ -88,6 +88,21 @@ impl StatusState {
     }
 }
 
+impl std::str::FromStr for Outcome {
+    type Err = String;
+    /// The inverse of [`Outcome::as_str`].
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "success" => Ok(Self::Success),
+            "failure" => Ok(Self::Failure),
+            "error" => Ok(Self::Error),
+            _ => Err(format!(
+                "unknown outcome {s:?}: expected success, failure or error"
+            )),
+        }
+    }
+}
+
 impl std::str::FromStr for StatusState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
