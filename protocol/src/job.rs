@@ -9,9 +9,10 @@
 //!
 //! Invariants: unknown fields are rejected everywhere (a typo never silently drops a setting);
 //! the steps run in dom0 come from [`JobSpec`] only, never from anything sd-dev sends; secrets are
-//! wrapped in [`Secret`] so `Debug` never prints them.
+//! wrapped in [`Secret`] (re-exported here from [`crate::secret`]) so `Debug` never prints them.
 
 use crate::ids::{CommitSha, JobId, RepoName};
+pub use crate::secret::Secret;
 use crate::ProtocolError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,6 +31,8 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 4] = [Self::Push, Self::PullRequest, Self::Nightly, Self::Manual];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Push => "push",
@@ -40,24 +43,18 @@ impl Reason {
     }
 }
 
-/// A string that must never appear in a log: `Debug` prints `Secret(***)`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The secret itself. Call sites are the places a reviewer should look at.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
+impl std::str::FromStr for Reason {
+    type Err = ProtocolError;
+    /// The inverse of [`Reason::as_str`]; anything else is refused, never guessed.
+    fn from_str(s: &str) -> Result<Self, ProtocolError> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                ProtocolError::Json(format!(
+                    "unknown job reason {s:?}: expected push, pull_request, nightly or manual"
+                ))
+            })
     }
 }
 
