@@ -6,19 +6,40 @@
 //! - [`job`]: the job file the host uploads to dom0 ([`JobFile`] = [`JobSpec`] + [`AgentJob`]).
 //! - [`event`]: the NDJSON event stream dom0 → sd-dev → host, with a bounded reader.
 //! - [`outcome`]: [`Outcome`] ⇄ process exit code ⇄ GitHub commit-status state.
+//! - [`ingest`]: the host's event endpoint and its reply ([`NextSeq`]).
+//! - [`gateway`]: `sdci-agent status|token|head|ci-config`: exit codes ([`GatewayExit`]) and the
+//!   minted-token line ([`MintedToken`]).
+//! - [`paths`]: dom0's paths of a job (`.sdci/jobs/<id>/job.json`, `log.txt`).
+//! - [`secret`]: [`Secret`] and the one rule for reading a secret from a file.
+//! - [`time`]: UTC calendar dates and their formats ([`Utc`]), no date crate.
+//!
+//! CONTRACTS.md at the repository root describes each seam with both of its sides; this crate
+//! holds the types that carry them.
 //!
 //! This crate is linked into `sdci-dom0`, the most trusted program, so it depends on serde and
 //! serde_json only and never panics on input.
 
 pub mod event;
+pub mod gateway;
 pub mod ids;
+pub mod ingest;
 pub mod job;
 pub mod outcome;
+pub mod paths;
+pub mod secret;
+pub mod time;
 
 pub use event::{Event, EventKind, EventReader, EventWriter, MAX_EVENT_LINE};
+pub use gateway::{GatewayExit, MintedToken};
 pub use ids::{CommitSha, JobId, RepoName};
+pub use ingest::NextSeq;
 pub use job::{AgentJob, JobFile, JobSpec, Reason, Step, JOB_FILE_VERSION};
 pub use outcome::{Outcome, StatusState};
+pub use paths::JobPaths;
+pub use secret::Secret;
+pub use time::Utc;
+
+use std::path::PathBuf;
 
 /// Every way protocol data can be refused. One error type for the crate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +62,10 @@ pub enum ProtocolError {
     TornLine { len: usize },
     /// Reading the underlying stream failed.
     Io(String),
+    /// A secret file could not be read (the I/O error's text; never the contents).
+    SecretUnreadable { path: PathBuf, error: String },
+    /// A secret file was empty (after its one trailing newline).
+    SecretEmpty { path: PathBuf },
 }
 
 impl std::fmt::Display for ProtocolError {
@@ -74,6 +99,12 @@ impl std::fmt::Display for ProtocolError {
                 )
             }
             Self::Io(e) => write!(f, "reading the event stream failed: {e}"),
+            Self::SecretUnreadable { path, error } => {
+                write!(f, "cannot read the secret file {}: {error}", path.display())
+            }
+            Self::SecretEmpty { path } => {
+                write!(f, "the secret file {} is empty", path.display())
+            }
         }
     }
 }
