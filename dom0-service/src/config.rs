@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::unpack::Limits;
+use sdci_protocol::paths;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -91,7 +92,7 @@ impl Config {
     /// Built-in defaults for a home directory.
     pub fn defaults(home: &Path) -> Self {
         Self {
-            jobs_dir: home.join(".sdci/jobs"),
+            jobs_dir: home.join(paths::JOBS_DIR),
             checkout_dir: home.join("securedrop-workstation"),
             user: None,
             allow_root: false,
@@ -124,7 +125,7 @@ impl Config {
         if let Some(p) = explicit {
             return Self::load_file(p, home);
         }
-        let p = home.join(".sdci/dom0.toml");
+        let p = home.join(paths::DOM0_CONFIG);
         if p.exists() {
             Self::load_file(&p, home)
         } else {

@@ -5,6 +5,7 @@
 //! component of `[a-z0-9-]` under the configured jobs directory.
 
 use crate::error::{Error, Result};
+use sdci_protocol::paths::{JOB_FILE, LOG_FILE};
 use sdci_protocol::{JobFile, JobId};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,8 @@ use std::path::{Path, PathBuf};
 /// The largest job file accepted.
 pub const MAX_JOB_FILE: u64 = 1 << 20;
 
-/// The paths of one job in dom0.
+/// The paths of one job in dom0, under the configured jobs directory (the file names are
+/// protocol's, `sdci_protocol::paths`, which the host uses too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobPaths {
     pub dir: PathBuf,
@@ -25,10 +27,10 @@ impl JobPaths {
         }
     }
     pub fn job_file(&self) -> PathBuf {
-        self.dir.join("job.json")
+        self.dir.join(JOB_FILE)
     }
     pub fn log(&self) -> PathBuf {
-        self.dir.join("log.txt")
+        self.dir.join(LOG_FILE)
     }
     /// Where the archive is unpacked before it is moved into place.
     pub fn tree(&self) -> PathBuf {
