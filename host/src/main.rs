@@ -215,7 +215,7 @@ async fn vsphere_view(cfg: &Config) -> String {
                         vm.name,
                         version,
                         vm.power,
-                        if vm.tools_running { "running" } else { "off" }
+                        if vm.agent_running { "running" } else { "off" }
                     ));
                 }
             }

@@ -869,7 +869,7 @@ mod tests {
     fn snap(name: &str, secs: u64) -> SnapshotInfo {
         SnapshotInfo {
             name: name.into(),
-            moref: format!("snapshot-{secs}"),
+            id: format!("snapshot-{secs}"),
             created: Some(UNIX_EPOCH + Duration::from_secs(secs)),
             parent: None,
             is_current: false,

@@ -205,10 +205,7 @@ impl Hypervisor for VsphereClient {
         let vms = inventory::list_vms(&self.session, &scopes, prefix).await?;
         if let Ok(mut m) = self.vms.lock() {
             for v in &vms {
-                m.insert(
-                    v.name.clone(),
-                    Moref::new("VirtualMachine", v.moref.clone()),
-                );
+                m.insert(v.name.clone(), Moref::new("VirtualMachine", v.id.clone()));
             }
         }
         Ok(vms)

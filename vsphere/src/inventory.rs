@@ -212,11 +212,11 @@ pub fn power_state(text: &str) -> Option<PowerState> {
 pub fn vm_info(o: &ObjectContent) -> Option<VmInfo> {
     Some(VmInfo {
         name: o.text("name")?.to_string(),
-        moref: o.obj.value.clone(),
+        id: o.obj.value.clone(),
         uuid: o.text("config.uuid").unwrap_or("").to_string(),
         power: power_state(o.text("runtime.powerState")?)?,
-        tools_running: o.text("guest.toolsRunningStatus") == Some("guestToolsRunning"),
-        guest_ops_ready: o.text("guest.guestOperationsReady") == Some("true"),
+        agent_running: o.text("guest.toolsRunningStatus") == Some("guestToolsRunning"),
+        guest_ready: o.text("guest.guestOperationsReady") == Some("true"),
     })
 }
 

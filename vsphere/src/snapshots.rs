@@ -4,12 +4,13 @@
 //! Invariants:
 //! - The tree is flattened parents-first, each entry knowing its parent's name; an absent
 //!   `snapshot` property means "no snapshots", not an error.
-//! - When two snapshots share a name, the newest (then the last in tree order) is the one meant.
-//! - Pruning keeps the newest `keep` snapshots with the prefix and never touches the others.
+//! - Which snapshot a name means and which ones pruning removes are the backend-neutral rules of
+//!   `sdci_hypervisor::snapshots`, re-exported here.
 
 use crate::hypervisor::SnapshotInfo;
 use crate::soap::Moref;
 use crate::xmltree::Element;
+pub use sdci_hypervisor::snapshots::{find, to_prune};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Parses an `xsd:dateTime` such as `2026-11-28T16:25:00.002760968Z` or with a `+hh:mm` offset.
@@ -72,7 +73,7 @@ fn walk(node: &Element, parent: Option<&str>, current: Option<&str>, out: &mut V
     let idx = out.len();
     out.push(SnapshotInfo {
         name: name.clone(),
-        moref,
+        id: moref,
         created: node.text_at("createTime").and_then(parse_datetime),
         parent: parent.map(str::to_string),
         is_current: false,
@@ -81,7 +82,7 @@ fn walk(node: &Element, parent: Option<&str>, current: Option<&str>, out: &mut V
         walk(child, Some(&name), current, out);
     }
     // Current when this snapshot or a descendant is the current one.
-    let subtree_current = current.is_some_and(|c| out[idx..].iter().any(|s| s.moref == c));
+    let subtree_current = current.is_some_and(|c| out[idx..].iter().any(|s| s.id == c));
     out[idx].is_current = subtree_current;
 }
 
@@ -95,15 +96,6 @@ pub fn flatten(info: &Element) -> Vec<SnapshotInfo> {
         walk(root, None, current.as_deref(), &mut out);
     }
     out
-}
-
-/// The snapshot named `name`: the newest if several share it.
-pub fn find<'a>(tree: &'a [SnapshotInfo], name: &str) -> Option<&'a SnapshotInfo> {
-    tree.iter()
-        .enumerate()
-        .filter(|(_, s)| s.name == name)
-        .max_by_key(|(i, s)| (s.created, *i))
-        .map(|(_, s)| s)
 }
 
 /// Arguments of `CreateSnapshot_Task` (no memory, no quiescing).
@@ -120,23 +112,7 @@ pub const REMOVE_ARGS: &str = "<removeChildren>false</removeChildren>";
 
 /// The snapshot reference of an entry.
 pub fn moref(s: &SnapshotInfo) -> Moref {
-    Moref::new("VirtualMachineSnapshot", s.moref.clone())
-}
-
-/// Which snapshots to remove so that only the newest `keep` with `prefix` remain, oldest first.
-pub fn to_prune(tree: &[SnapshotInfo], prefix: &str, keep: usize) -> Vec<SnapshotInfo> {
-    let mut matching: Vec<(usize, &SnapshotInfo)> = tree
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.name.starts_with(prefix))
-        .collect();
-    matching.sort_by_key(|(i, s)| (s.created, *i));
-    let n = matching.len().saturating_sub(keep);
-    matching
-        .into_iter()
-        .take(n)
-        .map(|(_, s)| s.clone())
-        .collect()
+    Moref::new("VirtualMachineSnapshot", s.id.clone())
 }
 
 #[cfg(test)]
@@ -155,39 +131,5 @@ mod tests {
             1_795_883_100
         );
         assert!(parse_datetime("yesterday").is_none());
-    }
-
-    fn snap(name: &str, secs: u64) -> SnapshotInfo {
-        SnapshotInfo {
-            name: name.into(),
-            moref: format!("snapshot-{secs}"),
-            created: Some(UNIX_EPOCH + Duration::from_secs(secs)),
-            parent: None,
-            is_current: false,
-        }
-    }
-
-    #[test]
-    fn pruning_keeps_the_newest_with_the_prefix_and_nothing_else_is_touched() {
-        let tree = vec![
-            snap("clean", 1),
-            snap("update_3", 30),
-            snap("update_1", 10),
-            snap("update_2", 20),
-        ];
-        let gone: Vec<String> = to_prune(&tree, "update_", 2)
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        assert_eq!(gone, vec!["update_1"]);
-        assert!(to_prune(&tree, "update_", 5).is_empty());
-        assert_eq!(to_prune(&tree, "update_", 0).len(), 3);
-    }
-
-    #[test]
-    fn a_shared_name_finds_the_newest() {
-        let tree = vec![snap("clean", 5), snap("clean", 9), snap("clean", 7)];
-        assert_eq!(find(&tree, "clean").unwrap().moref, "snapshot-9");
-        assert!(find(&tree, "missing").is_none());
     }
 }

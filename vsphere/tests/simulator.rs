@@ -99,7 +99,7 @@ async fn every_call(sim: &VsphereSim, c: &VsphereClient, name: &str) {
     assert_eq!(info.name, name);
     assert_eq!(info.power, PowerState::Off);
     assert!(!info.uuid.is_empty());
-    assert_eq!(info.moref, sim.vm(name).unwrap().moref);
+    assert_eq!(info.id, sim.vm(name).unwrap().moref);
 
     // Snapshots: the chain, found recursively.
     let tree = c.snapshots(name).await.unwrap();
@@ -115,7 +115,7 @@ async fn every_call(sim: &VsphereSim, c: &VsphereClient, name: &str) {
     c.wait_guest_ready(name, SAFETY).await.unwrap();
     let info = c.vm(name).await.unwrap();
     assert_eq!(info.power, PowerState::On);
-    assert!(info.tools_running && info.guest_ops_ready);
+    assert!(info.agent_running && info.guest_ready);
 
     // A program with arguments, environment and working directory, and its exit code.
     let p = GuestProgram {

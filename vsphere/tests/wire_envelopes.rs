@@ -218,11 +218,11 @@ fn retrieve_properties_ex_lists_every_vm_with_its_state() {
         .map(|o| inventory::vm_info(o).unwrap())
         .collect();
     let a = infos.iter().find(|v| v.name == "Qubes_4.2_a").unwrap();
-    assert_eq!(a.moref, "vm-120");
+    assert_eq!(a.id, "vm-120");
     assert_eq!(a.uuid, "cd0681bf-2f18-5c00-9b9b-8197c0095348");
     assert_eq!(a.power, PowerState::Off);
-    assert!(!a.tools_running);
-    assert!(!a.guest_ops_ready);
+    assert!(!a.agent_running);
+    assert!(!a.guest_ready);
     let names: Vec<&str> = infos.iter().map(|v| v.name.as_str()).collect();
     assert!(names.contains(&"Qubes_4.2_b") && names.contains(&"Qubes_4.3_a"));
 
@@ -305,7 +305,7 @@ fn fetch_snapshot_tree_flattens_with_parents_and_the_current_branch() {
         ]
     );
     let found = snapshots::find(&tree, "update_20990101000001").unwrap();
-    assert_eq!(found.moref, "snapshot-170");
+    assert_eq!(found.id, "snapshot-170");
     assert!(found.created.unwrap() > tree[0].created.unwrap());
     let prune: Vec<String> = snapshots::to_prune(&tree, "update_", 2)
         .into_iter()

@@ -289,11 +289,11 @@ impl MemoryHv {
     fn info(name: &str, vm: &MemVm) -> VmInfo {
         VmInfo {
             name: name.to_owned(),
-            moref: format!("vm-{name}"),
+            id: format!("vm-{name}"),
             uuid: name.to_owned(),
             power: vm.power,
-            tools_running: vm.power == PowerState::On,
-            guest_ops_ready: vm.power == PowerState::On,
+            agent_running: vm.power == PowerState::On,
+            guest_ready: vm.power == PowerState::On,
         }
     }
 

@@ -1,0 +1,156 @@
+//! `sdci-hypervisor`: the contract between the host's scheduler and a hypervisor backend, with no
+//! vendor in it.
+//!
+//! The scheduler is generic over [`Hypervisor`]; `sdci-vsphere` (vim25 SOAP) and `sdci-libvirt`
+//! (libvirt + the QEMU guest agent) implement it. This crate owns what every backend must agree
+//! on, so that a backend can be swapped without the scheduler noticing:
+//! - [`types`]: the values passed across the seam ([`VmInfo`], [`SnapshotInfo`], [`PowerState`],
+//!   [`GuestAuth`], [`GuestProgram`], [`ProcessState`]);
+//! - [`error`]: the one error type [`HypervisorError`] and its retry [`ErrorClass`];
+//! - [`snapshots`]: which snapshot a name means and which ones pruning removes (pure rules);
+//! - the trait itself, below, with the default `prune_snapshots` and `wait_program`.
+//!
+//! VMs are addressed by name (`Qubes_4.2_a`): names are unique per pool by the deployment rules,
+//! and a backend maps them to its own ids. No method sleeps a fixed time: waits are driven by the
+//! hypervisor's own change notifications and bounded by the deadlines passed in.
+
+pub mod error;
+pub mod snapshots;
+pub mod types;
+
+pub use error::{ErrorClass, HypervisorError, Result};
+pub use types::{GuestAuth, GuestProgram, PowerState, ProcessState, SnapshotInfo, VmInfo};
+
+use std::future::Future;
+use std::time::Duration;
+
+/// The longest pause between two process-state reads in [`Hypervisor::wait_program`].
+pub const PROGRAM_POLL_MAX: Duration = Duration::from_millis(500);
+
+/// Everything the scheduler asks of the hypervisor. The scheduler is generic over it.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Every VM whose name starts with `prefix` (e.g. `Qubes_4.2_`), across everything the
+    /// backend is configured to see (datacenters and folders; libvirt URIs).
+    fn list_vms(&self, prefix: &str) -> impl Future<Output = Result<Vec<VmInfo>>> + Send;
+    fn vm(&self, name: &str) -> impl Future<Output = Result<VmInfo>> + Send;
+
+    fn snapshots(&self, vm: &str) -> impl Future<Output = Result<Vec<SnapshotInfo>>> + Send;
+    /// Reverts to the snapshot named `snapshot` (found anywhere in the tree) and waits until done.
+    fn revert(&self, vm: &str, snapshot: &str) -> impl Future<Output = Result<()>> + Send;
+    fn create_snapshot(
+        &self,
+        vm: &str,
+        name: &str,
+        description: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn remove_snapshot(&self, vm: &str, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes the oldest snapshots whose name starts with `prefix` until only the newest `keep`
+    /// of them remain; other snapshots are not touched. Returns the removed names, oldest first.
+    fn prune_snapshots(
+        &self,
+        vm: &str,
+        prefix: &str,
+        keep: usize,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send {
+        async move {
+            let tree = self.snapshots(vm).await?;
+            let mut removed = Vec::new();
+            for s in snapshots::to_prune(&tree, prefix, keep) {
+                self.remove_snapshot(vm, &s.name).await?;
+                removed.push(s.name);
+            }
+            Ok(removed)
+        }
+    }
+
+    /// Powers on and waits until it is on; an already-on VM is success.
+    fn power_on(&self, vm: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Waits (change notifications, no polling sleeps) until guest operations are ready.
+    fn wait_guest_ready(
+        &self,
+        vm: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Guest shutdown, wait up to `grace` for power-off, then hard power-off. Already off: `Ok`.
+    fn shutdown(&self, vm: &str, grace: Duration) -> impl Future<Output = Result<()>> + Send;
+    /// Hard power-off; an already-off VM is success.
+    fn power_off(&self, vm: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Starts a program in the guest; returns its pid.
+    fn start_program(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        program: &GuestProgram,
+    ) -> impl Future<Output = Result<i64>> + Send;
+    fn process_state(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        pid: i64,
+    ) -> impl Future<Output = Result<ProcessState>> + Send;
+    /// Waits until the program ends (or its pid is lost), within `timeout`. Guest processes have
+    /// no change notification, so this polls [`Hypervisor::process_state`] with a backoff from
+    /// 20 ms up to [`PROGRAM_POLL_MAX`]: a short program is seen ending within milliseconds.
+    fn wait_program(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        pid: i64,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ProcessState>> + Send {
+        async move {
+            let started = tokio::time::Instant::now();
+            let deadline = started + timeout;
+            let mut delay = Duration::from_millis(20);
+            loop {
+                match self.process_state(vm, auth, pid).await? {
+                    ProcessState::Running => {}
+                    done => return Ok(done),
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(HypervisorError::Timeout {
+                        what: format!("guest program {pid} on {vm}"),
+                        waited: now - started,
+                    });
+                }
+                tokio::time::sleep(delay.min(deadline - now)).await;
+                delay = (delay * 2).min(PROGRAM_POLL_MAX);
+            }
+        }
+    }
+    /// Ends a started program (the whole process, not a polite request). An already-ended
+    /// program is success.
+    fn terminate(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        pid: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Creates the directory `path` in the guest, with its missing parents when
+    /// `create_parents`. A directory that already exists is success. [`Hypervisor::upload`] does
+    /// not create parent directories on every backend (real ESXi does not): make them first.
+    fn make_directory(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        path: &str,
+        create_parents: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Writes `data` to `guest_path` (overwriting). The parent directory must exist (see
+    /// [`Hypervisor::make_directory`]).
+    fn upload(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        guest_path: &str,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn download(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        guest_path: &str,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send;
+}
