@@ -1,5 +1,5 @@
 //! The agent's configuration: one TOML file plus environment overrides; secrets live in files
-//! (so systemd credentials work) and are read only when needed.
+//! (so systemd credentials work), read only when needed, by protocol's one rule (`Secret::read_file`).
 //!
 //! Where the file is: `--config FILE`, else `$SDCI_AGENT_CONFIG`, else `/etc/sdci/agent.toml`.
 //! A file named explicitly must exist; the default path may be absent (built-in defaults: useful
@@ -9,6 +9,7 @@
 //! default is listed in README.md, "Agent configuration".
 
 use crate::error::{AgentError, Result};
+use sdci_protocol::Secret;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -192,22 +193,11 @@ impl Config {
     }
 }
 
-/// Reads a secret file (a token or key), trimming surrounding whitespace; never shows content.
-pub fn read_secret_file(path: &Path, what: &str) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        AgentError::Config(format!(
-            "cannot read the {what} file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let text = text.trim().to_owned();
-    if text.is_empty() {
-        return Err(AgentError::Config(format!(
-            "the {what} file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(text)
+/// Reads a secret file (a token or key) by protocol's one rule ([`Secret::read_file`]: one
+/// trailing newline ignored, nothing else; empty refused); errors name `what` and the path,
+/// never the content.
+pub fn read_secret(path: &Path, what: &str) -> Result<Secret> {
+    Secret::read_file(path).map_err(|e| AgentError::Config(format!("{what}: {e}")))
 }
 
 #[cfg(test)]
@@ -346,8 +336,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("t");
         std::fs::write(&f, "ghp_abc\n").unwrap();
-        assert_eq!(read_secret_file(&f, "token").unwrap(), "ghp_abc");
+        assert_eq!(read_secret(&f, "token").unwrap().expose(), "ghp_abc");
         std::fs::write(&f, "\n").unwrap();
-        assert!(read_secret_file(&f, "token").is_err());
+        assert!(read_secret(&f, "token").is_err());
     }
 }

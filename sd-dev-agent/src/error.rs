@@ -1,20 +1,12 @@
 //! The agent's one error type, and how each kind maps to a process exit code.
 //!
-//! Exit codes (contracts §5): `2` infrastructure (GitHub unreachable after retries, rate limited
-//! longer than the agent waits, a 5xx that outlived the retries), `3` the CI configuration file or
-//! its `qubes` key is missing, `78` (EX_CONFIG) configuration, credentials or a request GitHub
-//! refused, `64` (EX_USAGE) bad command-line input. Messages never contain a token.
+//! Exit codes (contracts §5, the table is `sdci_protocol::GatewayExit`): `2` infrastructure
+//! (GitHub unreachable after retries, rate limited longer than the agent waits, a 5xx that
+//! outlived the retries), `3` the CI configuration file or its `qubes` key is missing, `78`
+//! (EX_CONFIG) configuration, credentials or a request GitHub refused, `64` (EX_USAGE) bad
+//! command-line input. Messages never contain a token.
 
-use sdci_protocol::ProtocolError;
-
-/// Exit code for configuration and refused-request errors (sysexits' EX_CONFIG).
-pub const EXIT_CONFIG: i32 = 78;
-/// Exit code for bad command-line input (sysexits' EX_USAGE).
-pub const EXIT_USAGE: i32 = 64;
-/// Exit code of `ci-config` when the file or its key is missing.
-pub const EXIT_NO_CI_CONFIG: i32 = 3;
-/// Exit code for infrastructure errors (the shared `error` outcome).
-pub const EXIT_INFRA: i32 = 2;
+use sdci_protocol::{GatewayExit, ProtocolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -79,17 +71,24 @@ impl AgentError {
         }
     }
 
-    /// The process exit code for this error (see the module doc).
-    pub fn exit_code(&self) -> i32 {
+    /// How a gateway subcommand ending in this error exits (see the module doc).
+    pub fn gateway_exit(&self) -> GatewayExit {
         match self {
             Self::Unreachable { .. } | Self::RateLimited { .. } | Self::BadAnswer { .. } => {
-                EXIT_INFRA
+                GatewayExit::Unreachable
             }
-            Self::NoCiConfig(_) => EXIT_NO_CI_CONFIG,
-            Self::Usage(_) | Self::Protocol(_) => EXIT_USAGE,
-            Self::Config(_) | Self::GitHubRefused { .. } => EXIT_CONFIG,
-            Self::Git(_) | Self::Archive(_) | Self::Relay(_) | Self::Io { .. } => EXIT_INFRA,
+            Self::NoCiConfig(_) => GatewayExit::NoCiConfig,
+            Self::Usage(_) | Self::Protocol(_) => GatewayExit::Usage,
+            Self::Config(_) | Self::GitHubRefused { .. } => GatewayExit::Config,
+            Self::Git(_) | Self::Archive(_) | Self::Relay(_) | Self::Io { .. } => {
+                GatewayExit::Unreachable
+            }
         }
+    }
+
+    /// The process exit code for this error: [`AgentError::gateway_exit`]'s code.
+    pub fn exit_code(&self) -> i32 {
+        self.gateway_exit().code()
     }
 }
 

@@ -1,5 +1,6 @@
 //! The host-side subcommands (`status`, `token`, `head`, `ci-config`): what `sdci-host` runs
-//! instead of calling GitHub itself (contracts §5). Each parses its arguments into the protocol's
+//! instead of calling GitHub itself (contracts §5; exit codes are `sdci_protocol::GatewayExit`,
+//! through `AgentError::exit_code`). Each parses its arguments into the protocol's
 //! validated types first, so bad input is a usage error before any request is made; results go
 //! to stdout, logs to stderr.
 
@@ -43,12 +44,12 @@ pub async fn status(
     gh.post_status(&repo, &sha, &update).await
 }
 
-/// `token`: a short-lived installation token for one repository, as a JSON line.
+/// `token`: a short-lived installation token for one repository, as a JSON line
+/// ([`sdci_protocol::MintedToken`]).
 pub async fn token(cfg: &Config, repo_arg: &str) -> Result<String> {
     let repo = repo(repo_arg)?;
     let gh = GitHub::from_config(cfg)?;
-    let t = gh.installation_token(&repo).await?;
-    Ok(serde_json::json!({"token": t.token.expose(), "expires_at": t.expires_at}).to_string())
+    Ok(gh.installation_token(&repo).await?.to_json())
 }
 
 /// `head`: a branch's head commit.

@@ -24,14 +24,14 @@
 //! - Descriptions are cut to GitHub's 140 characters ([`cap_description`]).
 
 use crate::app_jwt::AppKey;
-use crate::config::{read_secret_file, Config, RetryConfig};
+use crate::config::{read_secret, Config, RetryConfig};
 use crate::error::{AgentError, Result};
 use base64::Engine;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, USER_AGENT};
 use reqwest::{Method, StatusCode};
 use sdci_protocol::job::Secret;
-use sdci_protocol::{CommitSha, RepoName, StatusState};
-use serde::{Deserialize, Serialize};
+use sdci_protocol::{CommitSha, MintedToken, RepoName, StatusState};
+use serde::Deserialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// GitHub's limit on a commit status description.
@@ -54,16 +54,14 @@ impl Auth {
     /// From the configuration: token file, or App key file. `None` when neither is configured.
     pub fn from_config(cfg: &Config) -> Result<Option<Self>> {
         if let Some(file) = &cfg.token_file {
-            return Ok(Some(Self::Token(Secret::new(read_secret_file(
-                file, "token",
-            )?))));
+            return Ok(Some(Self::Token(read_secret(file, "token")?)));
         }
         if let Some(app) = &cfg.app {
-            let pem = read_secret_file(&app.private_key_file, "GitHub App private key")?;
+            let pem = read_secret(&app.private_key_file, "GitHub App private key")?;
             return Ok(Some(Self::App {
                 app_id: app.app_id,
                 installation_id: app.installation_id,
-                key: Box::new(AppKey::from_pem(&pem)?),
+                key: Box::new(AppKey::from_pem(pem.expose())?),
             }));
         }
         Ok(None)
@@ -77,13 +75,6 @@ pub struct StatusUpdate {
     pub description: String,
     pub target_url: Option<String>,
     pub context: String,
-}
-
-/// An installation token and its expiry, as `sdci-agent token` prints it.
-#[derive(Debug, Clone, Serialize)]
-pub struct InstallationToken {
-    pub token: Secret,
-    pub expires_at: String,
 }
 
 /// Cuts a description to [`MAX_DESCRIPTION`] characters (ending in `…` when cut) and turns
@@ -314,7 +305,7 @@ impl GitHub {
     }
 
     /// Mints an installation token narrowed to `repo` and `statuses: write`, `contents: read`.
-    pub async fn installation_token(&self, repo: &RepoName) -> Result<InstallationToken> {
+    pub async fn installation_token(&self, repo: &RepoName) -> Result<MintedToken> {
         let Auth::App {
             app_id,
             installation_id,
@@ -348,7 +339,7 @@ impl GitHub {
             expires_at: String,
         }
         let m: Minted = Self::json(&what, resp).await?;
-        Ok(InstallationToken {
+        Ok(MintedToken {
             token: Secret::new(m.token),
             expires_at: m.expires_at,
         })

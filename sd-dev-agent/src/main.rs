@@ -2,9 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use sdci_agent::config::Config;
-use sdci_agent::error::{EXIT_INFRA, EXIT_USAGE};
 use sdci_agent::{gateway, run, AgentError};
-use sdci_protocol::AgentJob;
+use sdci_protocol::{AgentJob, GatewayExit, Outcome};
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -85,11 +84,12 @@ async fn dispatch(cli: Cli) -> Result<i32, (i32, String)> {
     let fail = |e: AgentError| (e.exit_code(), e.to_string());
     if let Command::Run { job } = &cli.command {
         // Every failure of `run` is the job's infrastructure error (exit 2).
-        let job = read_job(job).map_err(|e| (EXIT_INFRA, format!("{e:#}")))?;
-        let cfg = Config::load(cli.config.as_deref()).map_err(|e| (EXIT_INFRA, e.to_string()))?;
+        let infra = Outcome::Error.exit_code();
+        let job = read_job(job).map_err(|e| (infra, format!("{e:#}")))?;
+        let cfg = Config::load(cli.config.as_deref()).map_err(|e| (infra, e.to_string()))?;
         let outcome = run::run_job(job, &cfg)
             .await
-            .map_err(|e| (EXIT_INFRA, e.to_string()))?;
+            .map_err(|e| (infra, e.to_string()))?;
         return Ok(outcome.exit_code());
     }
     let cfg = Config::load(cli.config.as_deref()).map_err(fail)?;
@@ -121,14 +121,18 @@ async fn dispatch(cli: Cli) -> Result<i32, (i32, String)> {
     if let Some(line) = out {
         println!("{line}");
     }
-    Ok(0)
+    Ok(GatewayExit::Ok.code())
 }
 
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let code = if e.use_stderr() {
+                GatewayExit::Usage.code()
+            } else {
+                GatewayExit::Ok.code()
+            };
             let _ = e.print();
             std::process::exit(code);
         }
@@ -148,7 +152,7 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sdci-agent: cannot start the async runtime: {e}");
-            std::process::exit(EXIT_INFRA);
+            std::process::exit(GatewayExit::Unreachable.code());
         }
     };
     let code = match rt.block_on(dispatch(cli)) {

@@ -1,5 +1,6 @@
 //! The event relay: every event from dom0 goes to a spool file on disk, and from there to the
-//! host's event endpoint (contracts §1) over one streamed HTTP request at a time.
+//! host's event endpoint (contracts §1; `sdci_protocol::ingest`) over one streamed HTTP request
+//! at a time.
 //!
 //! ```text
 //! qrexec stdout ─EventReader─▶ Spool::push ─▶ spool file (append) ─▶ body stream ─▶ POST event_url
@@ -20,6 +21,7 @@
 
 use crate::error::{AgentError, Result};
 use bytes::Bytes;
+use sdci_protocol::ingest::{NextSeq, CONTENT_TYPE};
 use sdci_protocol::job::Secret;
 use sdci_protocol::Event;
 use std::fs::{File, OpenOptions};
@@ -217,17 +219,13 @@ impl Relay {
     }
 
     async fn answer(resp: std::result::Result<reqwest::Response, reqwest::Error>) -> Answer {
-        #[derive(serde::Deserialize)]
-        struct Next {
-            next_seq: u64,
-        }
         let resp = match resp {
             Ok(r) => r,
             Err(e) => return Answer::Transient(format!("network error: {e}")),
         };
         let status = resp.status();
         if status.is_success() || status == reqwest::StatusCode::CONFLICT {
-            return match resp.json::<Next>().await {
+            return match resp.json::<NextSeq>().await {
                 Ok(n) => Answer::NextSeq(n.next_seq),
                 Err(e) => {
                     Answer::Transient(format!("HTTP {status} without a readable next_seq: {e}"))
@@ -253,7 +251,7 @@ impl Relay {
             .client
             .post(&self.url)
             .header(reqwest::header::AUTHORIZATION, self.auth())
-            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
             .body(spool.body_from(from))
             .send()
             .await;

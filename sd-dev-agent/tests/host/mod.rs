@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use futures::StreamExt;
+use sdci_protocol::ingest::{NextSeq, EVENTS_ROUTE};
 use sdci_protocol::Event;
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
@@ -71,7 +72,7 @@ impl HostEvents {
             changed: Condvar::new(),
         });
         let app = Router::new()
-            .route("/api/v1/jobs/{id}/events", post(post_events).get(get_next))
+            .route(EVENTS_ROUTE, post(post_events).get(get_next))
             .with_state(shared.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -140,7 +141,7 @@ async fn get_next(State(shared): State<S>, Path(id): Path<String>, headers: Head
         return r.into_response();
     }
     shared.state.lock().unwrap().gets += 1;
-    Json(serde_json::json!({"next_seq": next_seq(&shared)})).into_response()
+    Json(NextSeq::new(next_seq(&shared))).into_response()
 }
 
 async fn post_events(
@@ -160,7 +161,7 @@ async fn post_events(
     let finish = |status: StatusCode| {
         let n = next_seq(&shared);
         shared.state.lock().unwrap().posts[index].status = Some(status.as_u16());
-        (status, Json(serde_json::json!({"next_seq": n}))).into_response()
+        (status, Json(NextSeq::new(n))).into_response()
     };
     let mut stream = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
