@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine;
 use ring::signature::KeyPair;
+use sdci_protocol::Utc;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Component, Path, PathBuf};
@@ -319,26 +320,9 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 UTC time for a Unix timestamp (no external date crate needed).
+/// RFC 3339 UTC time for a Unix timestamp, as GitHub writes it (`protocol::time`).
 pub fn rfc3339(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    Utc::from_unix(i64::try_from(unix).unwrap_or(i64::MAX)).rfc3339()
 }
 
 fn gh_json(status: u16, body: Value) -> Response {

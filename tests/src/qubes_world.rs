@@ -1,6 +1,6 @@
 //! A simulated Qubes machine in a directory: the stand-ins of `tests/qubes-sim/` over dom0's and
-//! the qubes' trees, laid out the way `/tmp/contracts.md` §2 says (R is dom0's `/`, another qube's
-//! `/` is `R/var/lib/qubes-sim/<name>/`).
+//! the qubes' trees, laid out the way contracts §2 says (CONTRACTS.md: R is dom0's `/`, another
+//! qube's `/` is `R/var/lib/qubes-sim/<name>/`).
 //!
 //! Invariants of a world built here:
 //! - dom0: `/usr/local/bin/sdci-dom0` enters dom0's view and execs the real built binary,
@@ -24,6 +24,7 @@
 //! tests/README.md lists which Qubes behaviours the stand-ins reproduce and which they do not.
 
 use anyhow::{bail, Context, Result};
+use sdci_protocol::paths;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -265,7 +266,7 @@ impl QubesWorld {
             0o644,
         )?;
         let home = world.dom0_home();
-        mkdirs(&home.join(".sdci/jobs"))?;
+        mkdirs(&home.join(paths::JOBS_DIR))?;
         // sdci-dom0 runs in dom0's view, where dom0's home is /home/<user> (contracts §6);
         // without views, the same directories by their real paths.
         let home_seen = if views_supported() {
@@ -277,7 +278,7 @@ impl QubesWorld {
             "# qubes-sim world: sdci-dom0's paths (dom0's home inside the world root); the\n\
              # processes of the world run as the test's own account\n\
              jobs_dir = {:?}\ncheckout_dir = {:?}\nuser = {:?}\n",
-            home_seen.join(".sdci/jobs").to_string_lossy(),
+            home_seen.join(paths::JOBS_DIR).to_string_lossy(),
             home_seen.join("securedrop-workstation").to_string_lossy(),
             current_user()?,
         );
@@ -286,7 +287,7 @@ impl QubesWorld {
                 "# the simulated dom0 runs as root (tests run as root)\nallow_root = true\n",
             );
         }
-        std::fs::write(home.join(".sdci/dom0.toml"), dom0_toml).context("write dom0.toml")?;
+        std::fs::write(home.join(paths::DOM0_CONFIG), dom0_toml).context("write dom0.toml")?;
 
         // the other qubes
         let mut qubes = serde_json::Map::new();
