@@ -9,9 +9,16 @@
 //!
 //! Invariants:
 //! - `seq` starts at 0 and grows by one per event from one writer; receivers deduplicate by it.
-//! - Log text never carries control characters other than tab: they are shown as `\xNN`
-//!   ([`sanitize_text`]), on encode *and* on decode, so a hostile stream cannot drive a terminal
-//!   or a log viewer.
+//! - Every string field of every event (step names, argv words, log text, result reasons) is
+//!   sanitized on encode *and* on decode, so a hostile stream from the dev VM cannot drive a
+//!   terminal (ESC/CSI/OSC sequences, C1 controls such as U+009B CSI and U+009D OSC), forge a
+//!   line in a log file or a listing (CR, LF, U+0085, U+2028, U+2029), or reorder displayed text
+//!   (bidirectional controls): such characters are shown as `\xNN` or `\u{NNNN}`
+//!   ([`sanitize_field`]). Log text keeps tab; the one-line fields escape it too.
+//! - Every string field is capped after escaping, with a visible marker: step names at
+//!   [`MAX_STEP_NAME`] bytes, argv at [`MAX_ARGV_WORDS`] words of [`MAX_ARGV_WORD`] bytes, log
+//!   text at [`MAX_LOG_TEXT`], reasons at [`MAX_REASON`]. Sanitizing is idempotent, so an event
+//!   that is decoded and encoded again (the agent relaying dom0's stream) is unchanged.
 //! - No line is longer than [`MAX_EVENT_LINE`]; [`EventReader`] refuses longer or torn lines with
 //!   an error after reading at most that many bytes, never panicking or allocating without bound.
 
@@ -24,8 +31,24 @@ use std::io::{BufRead, Write};
 pub const EVENT_VERSION: u32 = 1;
 /// The longest line (without its newline) a reader accepts.
 pub const MAX_EVENT_LINE: usize = 64 * 1024;
-/// Log text longer than this is cut (with a marker) before encoding, so lines stay under the cap.
+/// Log text longer than this (in bytes, after escaping) is cut, marker included.
 pub const MAX_LOG_TEXT: usize = 8 * 1024;
+/// A step name longer than this (bytes, after escaping) is cut, marker included.
+pub const MAX_STEP_NAME: usize = 128;
+/// An argv word longer than this (bytes, after escaping) is cut, marker included.
+pub const MAX_ARGV_WORD: usize = 512;
+/// At most this many argv words are kept; the last one says how many were dropped.
+pub const MAX_ARGV_WORDS: usize = 32;
+/// A result reason longer than this (bytes, after escaping) is cut, marker included.
+pub const MAX_REASON: usize = 1024;
+/// What a cut field ends with.
+pub const TRUNCATED: &str = "…[truncated]";
+
+// The caps keep every sanitized event, JSON-escaped (at most two bytes per byte), inside a line.
+const _: () = assert!(
+    2 * (MAX_STEP_NAME + MAX_ARGV_WORDS * MAX_ARGV_WORD + MAX_LOG_TEXT + MAX_REASON) + 1024
+        < MAX_EVENT_LINE
+);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,40 +109,83 @@ impl Event {
         Ok(ev.sanitized())
     }
 
-    fn sanitized(mut self) -> Self {
-        if let EventKind::Log { text, .. } = &mut self.kind {
-            *text = sanitize_text(text);
+    /// Every string field escaped and capped (the module's invariants). Idempotent.
+    pub fn sanitized(mut self) -> Self {
+        match &mut self.kind {
+            EventKind::StepStarted { name, argv, .. } => {
+                *name = sanitize_field(name, MAX_STEP_NAME);
+                *argv = sanitize_argv(argv);
+            }
+            EventKind::Log { text, .. } => *text = sanitize_text(text),
+            EventKind::StepFinished { .. } => {}
+            EventKind::Result { reason, .. } => *reason = sanitize_field(reason, MAX_REASON),
         }
         self
     }
 }
 
-/// Shows every control character except tab as `\xNN` (C0, DEL) or `\u{NN}` (C1), and cuts
-/// text longer than [`MAX_LOG_TEXT`] bytes. Idempotent.
+/// Log text: control characters other than tab escaped (see [`sanitize_field`]), cut at
+/// [`MAX_LOG_TEXT`] bytes. Idempotent.
 pub fn sanitize_text(text: &str) -> String {
-    const MARK: &str = "…[truncated]";
-    let (body, cut) = if text.len() > MAX_LOG_TEXT && !text.ends_with(MARK) {
-        let mut end = MAX_LOG_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        (&text[..end], true)
-    } else {
-        (text, false)
+    sanitize(text, MAX_LOG_TEXT, true)
+}
+
+/// A one-line field: every control character (tab included), line and paragraph separator and
+/// bidirectional control shown as `\xNN` (C0, DEL) or `\u{NNNN}` (the rest), then cut to at most
+/// `max` bytes, [`TRUNCATED`] included. Idempotent for the same `max`.
+pub fn sanitize_field(text: &str, max: usize) -> String {
+    sanitize(text, max, false)
+}
+
+/// At most [`MAX_ARGV_WORDS`] words, each a [`sanitize_field`] of [`MAX_ARGV_WORD`]; when words
+/// are dropped the last kept slot says how many. Idempotent.
+pub fn sanitize_argv(argv: &[String]) -> Vec<String> {
+    let words = |a: &[String]| -> Vec<String> {
+        a.iter().map(|w| sanitize_field(w, MAX_ARGV_WORD)).collect()
     };
-    let mut out = String::with_capacity(body.len());
-    for c in body.chars() {
+    if argv.len() <= MAX_ARGV_WORDS {
+        return words(argv);
+    }
+    let keep = MAX_ARGV_WORDS - 1;
+    let mut out = words(&argv[..keep]);
+    out.push(format!("…[{} more words]", argv.len() - keep));
+    out
+}
+
+/// Characters that must never reach a terminal, a log file or a listing unescaped.
+fn is_unsafe(c: char) -> bool {
+    c.is_control() // C0, DEL, C1 (U+0080–U+009F, including U+0085 NEL, U+009B CSI, U+009D OSC)
+        || matches!(c,
+            '\u{2028}' | '\u{2029}' // line and paragraph separators
+            | '\u{061c}' | '\u{200e}' | '\u{200f}' // bidirectional marks
+            | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' // embeddings, overrides, isolates
+        )
+}
+
+fn sanitize(text: &str, max: usize, keep_tab: bool) -> String {
+    let limit = max.saturating_sub(TRUNCATED.len());
+    let mut out = String::with_capacity(text.len().min(max));
+    // Where `out` may be cut: the end of the last whole (escaped) character that fits `limit`.
+    let mut fits = 0;
+    for c in text.chars() {
         match c {
-            '\t' => out.push(c),
+            '\t' if keep_tab => out.push(c),
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
                 out.push_str(&format!("\\x{:02x}", c as u32))
             }
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if is_unsafe(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
         }
+        if out.len() <= limit {
+            fits = out.len();
+        }
+        if out.len() > max {
+            break;
+        }
     }
-    if cut {
-        out.push_str(MARK);
+    if out.len() > max {
+        out.truncate(fits);
+        out.push_str(TRUNCATED);
     }
     out
 }
@@ -299,6 +365,88 @@ mod tests {
         );
     }
 
+    fn decoded(kind: EventKind) -> EventKind {
+        // Encoded raw, as a hostile writer would (not through `to_line`, which sanitizes).
+        let raw = serde_json::to_string(&Event {
+            v: 1,
+            seq: 0,
+            ts_ms: 0,
+            kind,
+        })
+        .unwrap();
+        Event::from_line(raw.as_bytes()).unwrap().kind
+    }
+
+    #[test]
+    fn a_forged_result_line_in_a_reason_cannot_survive_decode() {
+        let kind = decoded(EventKind::Result {
+            outcome: Outcome::Failure,
+            reason: "step failed\n=== result: success\r=== result: success\u{2028}x\u{85}y".into(),
+        });
+        let EventKind::Result { reason, .. } = kind else {
+            panic!("{kind:?}")
+        };
+        assert_eq!(
+            reason,
+            "step failed\\x0a=== result: success\\x0d=== result: success\\u{2028}x\\u{85}y"
+        );
+        assert!(reason.lines().count() == 1);
+    }
+
+    #[test]
+    fn osc_52_and_csi_in_a_step_name_or_argv_cannot_survive_decode() {
+        let osc52 = "\x1b]52;c;ZWNobyBwd25lZA==\x07";
+        let kind = decoded(EventKind::StepStarted {
+            step: 0,
+            name: format!("build{osc52}\x1b[2J\u{9d}52;c;eA==\u{9c}\u{9b}2J"),
+            argv: vec![format!("make\t{osc52}"), "\u{202e}txt.exe".into()],
+        });
+        let EventKind::StepStarted { name, argv, .. } = kind else {
+            panic!("{kind:?}")
+        };
+        assert_eq!(
+            name,
+            "build\\x1b]52;c;ZWNobyBwd25lZA==\\x07\\x1b[2J\\u{9d}52;c;eA==\\u{9c}\\u{9b}2J"
+        );
+        assert_eq!(
+            argv,
+            [
+                "make\\x09\\x1b]52;c;ZWNobyBwd25lZA==\\x07",
+                "\\u{202e}txt.exe"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_string_field_is_capped_on_decode() {
+        let kind = decoded(EventKind::StepStarted {
+            step: 0,
+            name: "n".repeat(5000),
+            argv: vec!["\x1b".repeat(200); 40],
+        });
+        let EventKind::StepStarted { name, argv, .. } = kind else {
+            panic!("{kind:?}")
+        };
+        assert!(
+            name.len() <= MAX_STEP_NAME && name.ends_with(TRUNCATED),
+            "{name}"
+        );
+        assert_eq!(argv.len(), MAX_ARGV_WORDS);
+        assert_eq!(argv[MAX_ARGV_WORDS - 1], "…[9 more words]");
+        assert!(argv[0].len() <= MAX_ARGV_WORD && argv[0].ends_with(TRUNCATED));
+        assert!(
+            argv[0].trim_end_matches(TRUNCATED).ends_with("\\x1b"),
+            "cut between escapes"
+        );
+        let EventKind::Result { reason, .. } = decoded(EventKind::Result {
+            outcome: Outcome::Error,
+            reason: "r".repeat(50_000),
+        }) else {
+            panic!()
+        };
+        assert_eq!(reason.len(), MAX_REASON);
+    }
+
     #[test]
     fn long_log_text_is_cut_so_lines_stay_under_the_cap() {
         let ev = Event {
@@ -368,8 +516,13 @@ mod tests {
 
     fn arb_kind() -> impl Strategy<Value = EventKind> {
         prop_oneof![
-            (any::<u32>(), ".*", proptest::collection::vec(".*", 0..4))
-                .prop_map(|(step, name, argv)| EventKind::StepStarted { step, name, argv }),
+            (any::<u32>(), ".*", proptest::collection::vec(".*", 0..40)).prop_map(
+                |(step, name, argv)| EventKind::StepStarted {
+                    step,
+                    name: sanitize_field(&name, MAX_STEP_NAME),
+                    argv: sanitize_argv(&argv),
+                }
+            ),
             (proptest::option::of(any::<u32>()), ".*").prop_map(|(step, text)| EventKind::Log {
                 step,
                 text: sanitize_text(&text)
@@ -382,8 +535,10 @@ mod tests {
                     duration_ms
                 }
             ),
-            (arb_outcome(), ".*")
-                .prop_map(|(outcome, reason)| EventKind::Result { outcome, reason }),
+            (arb_outcome(), ".*").prop_map(|(outcome, reason)| EventKind::Result {
+                outcome,
+                reason: sanitize_field(&reason, MAX_REASON)
+            }),
         ]
     }
 
@@ -410,7 +565,48 @@ mod tests {
         fn sanitize_is_idempotent_and_leaves_no_controls(text in ".*") {
             let once = sanitize_text(&text);
             prop_assert_eq!(sanitize_text(&once), once.clone());
-            prop_assert!(once.chars().all(|c| c == '\t' || !c.is_control()));
+            prop_assert!(once.chars().all(|c| c == '\t' || !is_unsafe(c)));
+            let field = sanitize_field(&text, 40);
+            prop_assert_eq!(sanitize_field(&field, 40), field.clone());
+            prop_assert!(field.len() <= 40 && !field.chars().any(is_unsafe));
+        }
+
+    }
+
+    proptest! {
+        // Long generated strings are slow to make in debug builds; 64 cases cover the classes.
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_decoded_event_has_only_safe_capped_fields(
+            name in "(.|\u{1b}|\u{9d}|\u{2028}|\n){0,300}",
+            words in proptest::collection::vec("(.|\u{1b}|\r|\u{85}){0,160}", 0..36),
+            reason in "(.|\n|\u{2029}|\u{202e}){0,1500}",
+        ) {
+            for kind in [
+                EventKind::StepStarted { step: 0, name: name.clone(), argv: words.clone() },
+                EventKind::Result { outcome: Outcome::Failure, reason: reason.clone() },
+            ] {
+                let raw = serde_json::to_string(&Event { v: 1, seq: 0, ts_ms: 0, kind }).unwrap();
+                let ev = Event::from_line(raw.as_bytes()).unwrap();
+                let fields: Vec<&String> = match &ev.kind {
+                    EventKind::StepStarted { name, argv, .. } => {
+                        prop_assert!(name.len() <= MAX_STEP_NAME);
+                        prop_assert!(argv.len() <= MAX_ARGV_WORDS);
+                        prop_assert!(argv.iter().all(|w| w.len() <= MAX_ARGV_WORD));
+                        std::iter::once(name).chain(argv).collect()
+                    }
+                    EventKind::Result { reason, .. } => {
+                        prop_assert!(reason.len() <= MAX_REASON);
+                        vec![reason]
+                    }
+                    _ => unreachable!(),
+                };
+                for f in fields {
+                    prop_assert!(!f.chars().any(|c| c == '\t' || is_unsafe(c)), "{f:?}");
+                }
+                prop_assert_eq!(ev.clone().sanitized(), ev);
+            }
         }
     }
 }
