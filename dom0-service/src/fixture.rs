@@ -1,6 +1,6 @@
 //! Test material shared by the tests, the benchmark and the fuzz target: a raw tar writer that
 //! can write what well-behaved tar libraries refuse to (hostile archives), and generators of
-//! trees shaped like SecureDrop Workstation's (`research/qubes.md` §4.5: 220 tracked files,
+//! trees shaped like SecureDrop Workstation's (at HEAD when measured: 220 tracked files,
 //! 3 relative symlinks under `launcher/`, 24 executables).
 //!
 //! Not used by the service itself. Deterministic: the same call writes the same bytes.

@@ -1,6 +1,7 @@
-//! The hostile-archive corpus (`research/qubes.md` §5.4), each sent to the real service: every
-//! archive is refused with a clear message, the job fails as an infrastructure error (exit 2),
-//! no step runs, and nothing appears outside the job directory (nor is the fresh tree kept).
+//! The hostile-archive corpus (the rules of `src/unpack.rs`, contracts §7), each sent to the
+//! real service: every archive is refused with a clear message, the job fails as an
+//! infrastructure error (exit 2), no step runs, and nothing appears outside the job directory
+//! (nor is the fresh tree kept).
 #![allow(clippy::unwrap_used)]
 
 mod common;

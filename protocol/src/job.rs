@@ -232,9 +232,9 @@ impl AgentJob {
     }
 }
 
-/// The default step list, after the original `dom0/runner.py`, updated for SDW at HEAD
-/// (`research/qubes.md` §4): test prerequisites through `make install-dom0-test-prereqs`, which
-/// installs what HEAD's `test-prereqs` checks for. `CI=true` is set for the test step.
+/// The default step list, after the original `dom0/runner.py`, updated for SDW at HEAD: test
+/// prerequisites through `make install-dom0-test-prereqs`, which installs what HEAD's
+/// `test-prereqs` checks for (more than the original's package list). `CI=true` is set for the test step.
 pub fn default_steps() -> Vec<Step> {
     vec![
         Step::new("os-release", &["cat", "/etc/os-release"], 60),
@@ -254,7 +254,7 @@ pub fn default_steps() -> Vec<Step> {
         ),
         Step::new("make-clone", &["make", "clone"], 60 * 60),
         Step::new("make-dev", &["make", "dev"], 3 * 60 * 60),
-        // `qvm-shutdown` has no tag filter (research/qubes.md §2.3): list the tagged qubes first.
+        // `qvm-shutdown` has no tag filter (qvm-shutdown(1)): list the tagged qubes first.
         Step::new(
             "shutdown-sd-vms",
             &[

@@ -1,9 +1,9 @@
 //! `.github/workstation-ci.yml`: which Qubes release a commit wants.
 //!
-//! The file is a one-key YAML mapping (`qubes: "4.2"`, plus comments; `research/qubes.md`
-//! §4.5). This reader understands exactly that subset instead of linking a YAML library: a
-//! top-level `qubes:` key whose value is a plain, single-quoted or double-quoted scalar, with an
-//! optional trailing comment. The value must look like `^\d+\.\d+$`; `4.2` and `"4.2"` are both
+//! The file is a one-key YAML mapping (`qubes: "4.2"`, plus comments, as SDW's commits wrote
+//! it; contracts §5). This reader understands exactly that subset instead of linking a YAML
+//! library: a top-level `qubes:` key whose value is a plain, single-quoted or double-quoted
+//! scalar, with an optional trailing comment. The value must look like `^\d+\.\d+$`; `4.2` and `"4.2"` are both
 //! accepted (the original crashed on the unquoted form). Anything else is a clear error.
 
 use crate::error::{AgentError, Result};

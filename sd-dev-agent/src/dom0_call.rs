@@ -1,6 +1,6 @@
 //! The qrexec call to dom0: `qrexec-client-vm dom0 sdci.Run+<job id>`, the tarball written to
 //! its stdin while its stdout (the event stream) is read concurrently, and the exit code read
-//! the way `research/qubes.md` §1.6 documents it.
+//! as qrexec-client-vm(1) documents it (contracts §7).
 //!
 //! Invariants:
 //! - stdin is closed as soon as the archive is written (dom0 reads to EOF); stdout is read on
