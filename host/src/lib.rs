@@ -1,41 +1,32 @@
 //! `sdci-host`: the orchestrator on the bastion.
 //!
 //! Turns signed GitHub webhooks into jobs in a durable SQLite queue, claims VMs from per-version
-//! pools, drives them through vSphere, receives the agents' event streams and serves job pages.
-//! It never calls the GitHub API itself: statuses go through the `sdci-agent` binary.
+//! pools, drives them through the `Hypervisor` contract (vSphere), receives the agents' event
+//! streams and serves job pages. It never calls the GitHub API itself: statuses go through the
+//! `sdci-agent` binary.
 //!
-//! Modules, from the outside in:
-//! - [`config`]: the one TOML file and its defaults.
-//! - [`webhook`]: `POST /hooks/github` — signature, filters, one job per delivery.
-//! - [`store`]: the SQLite database: jobs, transitions, leases, deliveries, statuses, timings.
-//! - [`scheduler`]: per-version pools, FIFO claims, dispatch the moment a VM frees.
-//! - [`lifecycle`]: one job on one VM, phase by phase, each with its own deadline.
-//! - [`reconcile`]: start-up and periodic repair: stray VMs off, stuck jobs ended, statuses sent.
-//! - [`events`]: the agent's NDJSON event ingest and the job logs on disk.
-//! - [`web`]: job pages, `/healthz`, Prometheus `/metrics`.
-//! - [`agent`]: runs `sdci-agent` for statuses, tokens and `ci-config`; the status outbox.
-//! - [`server`]: wires the above into the `serve` process.
-//! - [`cli`]: the non-`serve` subcommands, working on the store directly.
-//! - [`notify`]: Slack messages for terminal jobs (an outbox over the store) and rotations.
-//! - [`nightly`]: nightly jobs, and the cron schedules (nightly and rotation) of `serve`.
-//! - [`updates`]: Qubes updates and checks run in dom0 through guest operations; reboot.
-//! - [`rotation`]: golden-snapshot rotation (`save`): lease, update, snapshot, smoke test, move.
+//! Layers, bottom up; a module imports only from its own layer or below (a tidy test fails on an
+//! import cycle between top-level modules):
+//! 1. [`domain`] (job states, commit info, cron schedules) and [`metrics`] — no I/O.
+//! 2. [`config`]: the one TOML file, one file per table, validated once at load.
+//! 3. [`store`] (the only SQL) and [`joblog`] (the job logs on disk).
+//! 4. [`gateway`]: GitHub through `sdci-agent`, Slack, vSphere.
+//! 5. [`hub`]: the state a `serve` process shares.
+//! 6. [`orchestration`]: scheduler, lifecycle, VM procedures, dom0 scripts, updates,
+//!    reconciler, rotation, nightly, the outbox workers.
+//! 7. [`surface`]: webhook, event ingest, web pages, CLI.
+//! 8. [`server`]: wires the routes and the background tasks; then `main.rs`.
 
-pub mod agent;
-pub mod cli;
 pub mod config;
-pub mod events;
-pub mod lifecycle;
-pub mod nightly;
-pub mod notify;
-pub mod reconcile;
-pub mod rotation;
-pub mod scheduler;
+pub mod domain;
+pub mod gateway;
+pub mod hub;
+pub mod joblog;
+pub mod metrics;
+pub mod orchestration;
 pub mod server;
 pub mod store;
-pub mod updates;
-pub mod web;
-pub mod webhook;
+pub mod surface;
 
 use std::path::PathBuf;
 

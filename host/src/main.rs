@@ -3,7 +3,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sdci_host::config::Config;
-use sdci_host::{cli, server};
+use sdci_host::server;
+use sdci_host::surface::{check_config, cli};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -57,6 +58,13 @@ enum Command {
         /// Branch whose head is tested (resolved with `sdci-agent head`).
         #[arg(long)]
         branch: String,
+    },
+    /// Check the configuration as every subcommand would and print it, defaults filled in.
+    CheckConfig {
+        /// Also log in to vSphere, list each pool's VMs and golden snapshots, and run
+        /// `sdci-agent --version` (touches no VM and no database).
+        #[arg(long)]
+        connect: bool,
     },
     /// Rotate a pool's golden snapshot: update, snapshot, smoke-test, then switch to it.
     Save {
@@ -160,9 +168,18 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::CheckConfig { connect } => {
+                print!("{}", check_config::report(&cfg, &cli.config)?);
+                if connect {
+                    let (text, ok) = check_config::connect(&cfg).await;
+                    print!("{text}");
+                    anyhow::ensure!(ok, "the checks above failed; fix what they name");
+                }
+                Ok(())
+            }
             Command::Nightly { branch } => {
                 let store = sdci_host::store::Store::open(&cfg.db_path())?;
-                let id = sdci_host::nightly::queue(&cfg, &store, &branch).await?;
+                let id = sdci_host::orchestration::nightly::queue(&cfg, &store, &branch).await?;
                 cli::wake(&cfg).await;
                 println!("{id}");
                 Ok(())
@@ -172,12 +189,12 @@ fn main() -> anyhow::Result<()> {
                 update,
                 snapshot,
             } => {
-                let req = sdci_host::rotation::SaveRequest {
+                let req = sdci_host::orchestration::rotation::SaveRequest {
                     version,
                     update,
                     base: snapshot,
                 };
-                let report = sdci_host::rotation::save_from_cli(&cfg, &req).await?;
+                let report = sdci_host::orchestration::rotation::save_from_cli(&cfg, &req).await?;
                 cli::wake(&cfg).await;
                 print!("{}", report.to_text());
                 anyhow::ensure!(
@@ -197,11 +214,7 @@ async fn vsphere_view(cfg: &Config) -> String {
     if cfg.vsphere.url.is_empty() {
         return "vSphere: not configured ([vsphere] url)\n".into();
     }
-    let client = match cli::vsphere_config(cfg) {
-        Ok(v) => sdci_vsphere::VsphereClient::connect(v).await,
-        Err(e) => return format!("vSphere: {e}\n"),
-    };
-    let client = match client {
+    let client = match sdci_host::gateway::vsphere::connect(cfg).await {
         Ok(c) => c,
         Err(e) => return format!("vSphere: cannot connect: {e}\n"),
     };
@@ -226,13 +239,12 @@ async fn vsphere_view(cfg: &Config) -> String {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let vcfg = cli::vsphere_config(&cfg)?;
     let auth = server::guest_auth(&cfg)?;
     let listen = cfg.listen;
-    let hub = server::hub_from_config(cfg)?;
-    let hv = sdci_vsphere::VsphereClient::connect(vcfg)
+    let hv = sdci_host::gateway::vsphere::connect(&cfg)
         .await
         .context("connecting to vSphere (check [vsphere] in the host config)")?;
+    let hub = server::hub_from_config(cfg)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

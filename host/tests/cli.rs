@@ -9,7 +9,8 @@
 mod common;
 
 use common::*;
-use sdci_host::store::{JobState, Store};
+use sdci_host::domain::JobState;
+use sdci_host::store::Store;
 use std::process::Command;
 
 fn host(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {

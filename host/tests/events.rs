@@ -16,9 +16,9 @@ async fn host_with_claimed_job(dir: &std::path::Path) -> (TestHost, String) {
     let s = &host.hub.store;
     let id = s
         .insert_job(&NewJob {
-            repo: "o/r".into(),
-            sha: sha(7),
-            reason: "manual".into(),
+            repo: "o/r".parse().unwrap(),
+            sha: sha(7).parse().unwrap(),
+            reason: sdci_protocol::Reason::Manual,
             branch: None,
             supersede_key: None,
             clone_url: "x".into(),
@@ -33,7 +33,7 @@ async fn host_with_claimed_job(dir: &std::path::Path) -> (TestHost, String) {
     s.claim("4.2", &["vm-a".into()], 1, BEARER, i64::MAX)
         .unwrap()
         .unwrap();
-    (host, id)
+    (host, id.to_string())
 }
 
 fn lines(range: std::ops::Range<u64>) -> String {
@@ -190,7 +190,7 @@ async fn relay_result(host: &TestHost, id: &str, outcome: Outcome, reason: &str)
 fn final_status(host: &TestHost, id: &str) -> (String, String) {
     let s = host.hub.store.statuses(id).unwrap();
     let last = s.last().unwrap();
-    (last.0.clone(), last.1.clone())
+    (last.state.as_str().to_owned(), last.description.clone())
 }
 
 #[tokio::test]
@@ -199,7 +199,7 @@ async fn the_final_status_says_the_reason_the_agent_relayed() {
     let (host, id) = host_with_claimed_job(dir.path()).await;
     let why = "step \"make-test\" failed with exit status 2";
     relay_result(&host, &id, Outcome::Failure, why).await;
-    use sdci_host::store::JobState;
+    use sdci_host::domain::JobState;
     assert!(host
         .hub
         .store
@@ -242,7 +242,7 @@ async fn an_infrastructure_error_after_retries_says_the_last_attempts_reason() {
 
 #[tokio::test]
 async fn without_a_matching_result_the_host_text_stays_and_descriptions_fit_github() {
-    use sdci_host::store::JobState;
+    use sdci_host::domain::JobState;
     let dir = tempfile::tempdir().unwrap();
     // No Result relayed: the host's own text.
     let (host, id) = host_with_claimed_job(dir.path()).await;

@@ -3,7 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use sdci_host::store::{JobState, Store};
+use sdci_host::domain::JobState;
+use sdci_host::store::Store;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,7 +73,7 @@ fn nightly_queues_the_branch_head_with_updates_and_the_commits_qubes_version() {
     let store = Store::open(&dir.path().join("data/sdci.sqlite3")).unwrap();
     let job = store.job(&id).unwrap().unwrap();
     assert_eq!(job.state, JobState::Queued);
-    assert_eq!(job.reason, "nightly");
+    assert_eq!(job.reason.as_str(), "nightly");
     assert!(job.update_first, "a nightly job applies updates first");
     assert_eq!(job.sha, HEAD);
     assert_eq!(job.branch.as_deref(), Some("main"));

@@ -8,9 +8,10 @@
 mod common;
 
 use common::*;
-use sdci_host::notify::{self, CommitInfo, Notifier};
+use sdci_host::domain::CommitInfo;
+use sdci_host::domain::JobState;
+use sdci_host::orchestration::notifier::Notifier;
 use sdci_host::server::Parts;
-use sdci_host::store::JobState;
 use sdci_tests::slack::SlackStandIn;
 use std::path::Path;
 use std::sync::Arc;
@@ -82,15 +83,16 @@ async fn each_terminal_job_gets_one_well_formed_message_with_its_commit_and_log_
 
     let ok = push_job(&host, 1, "main").await;
     // What the webhook intake records for the job (its integration point).
-    notify::record_commit(
-        &host.hub.cfg.db_path(),
-        &ok,
-        &CommitInfo {
-            author: Some("Ada Lovelace".into()),
-            subject: Some("Make the engine <analytical>".into()),
-        },
-    )
-    .unwrap();
+    host.hub
+        .store
+        .set_commit_info(
+            &ok,
+            &CommitInfo {
+                author: Some("Ada Lovelace".into()),
+                subject: Some("Make the engine <analytical>".into()),
+            },
+        )
+        .unwrap();
     running(&host, &hv, &ok).await;
     hv.release(&ok, 0);
     assert_eq!(ended(&host, &ok).await, JobState::Success);
@@ -187,7 +189,7 @@ async fn a_job_still_succeeds_when_slack_answers_500_and_the_message_is_retried_
     let job = host.hub.store.job(&id).unwrap().unwrap();
     assert_eq!(job.state, JobState::Success, "the outcome is unchanged");
     let statuses = host.hub.store.statuses(&id).unwrap();
-    assert_eq!(statuses.last().unwrap().0, "success");
+    assert_eq!(statuses.last().unwrap().state.as_str(), "success");
     // And the stand-in answering again does not resend a given-up message.
     slack.set_status(200);
     assert_eq!(reader.sweep().await.unwrap(), 0);

@@ -9,8 +9,8 @@
 mod common;
 
 use common::*;
+use sdci_host::domain::JobState;
 use sdci_host::server::Parts;
-use sdci_host::store::JobState;
 use sdci_vsphere::PowerState;
 
 const POOL: &str = "[pools.\"4.2\"]\nprefix = \"Qubes_4.2_\"\ngolden_snapshot = \"golden\"\n\
@@ -30,7 +30,14 @@ async fn a_running_job_whose_vm_disappears_ends_as_error_with_the_reason() {
     assert_eq!(job.state, JobState::Error);
     assert!(job.note.unwrap().contains("no longer exists"));
     assert_eq!(
-        host.hub.store.statuses(&id).unwrap().last().unwrap().0,
+        host.hub
+            .store
+            .statuses(&id)
+            .unwrap()
+            .last()
+            .unwrap()
+            .state
+            .as_str(),
         "error"
     );
 }

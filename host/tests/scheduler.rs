@@ -9,15 +9,15 @@
 mod common;
 
 use common::*;
+use sdci_host::domain::JobState;
 use sdci_host::server::Parts;
-use sdci_host::store::JobState;
 use sdci_vsphere::PowerState;
 
 const POOL: &str = "[pools.\"4.2\"]\nprefix = \"Qubes_4.2_\"\ngolden_snapshot = \"golden\"\n\
                     [jobs]\npoll_interval_ms = 20\n";
 
 fn job_id_of(host: &TestHost, n: u32) -> String {
-    job_of_commit(host, n).id
+    job_of_commit(host, n).id.to_string()
 }
 
 fn state(host: &TestHost, id: &str) -> JobState {
@@ -151,10 +151,10 @@ async fn canceling_a_running_job_from_the_cli_stops_it_and_frees_the_vm() {
     eventually("first launch", || hv.started().len() == 1).await;
     // What `sdci-host jobs cancel` does: mark it in the store, then wake the service.
     assert!(
-        !sdci_host::cli::cancel(&host.hub.cfg, &j1).unwrap(),
+        !sdci_host::surface::cli::cancel(&host.hub.cfg, &j1).unwrap(),
         "running: stop requested"
     );
-    sdci_host::cli::wake(&host.hub.cfg).await;
+    sdci_host::surface::cli::wake(&host.hub.cfg).await;
     eventually("second launch on the freed VM", || hv.started().len() == 2).await;
     assert_eq!(state(&host, &j1), JobState::Canceled);
     assert_eq!(hv.started()[1], j2);

@@ -8,7 +8,7 @@ mod common;
 
 use common::sim::*;
 use common::*;
-use sdci_host::store::JobState;
+use sdci_host::domain::JobState;
 use sdci_tests::vsphere_sim::{Fault, VsphereSim};
 use std::path::{Path, PathBuf};
 
@@ -141,8 +141,8 @@ async fn exit_code_2_is_retried_on_the_other_vm_and_ends_as_error_not_failure() 
         "the retry used the other VM"
     );
     let st = host.hub.store.statuses(&id).unwrap();
-    assert!(st.iter().all(|s| s.0 != "failure"));
-    assert_eq!(st.last().unwrap().0, "error");
+    assert!(st.iter().all(|s| s.state.as_str() != "failure"));
+    assert_eq!(st.last().unwrap().state.as_str(), "error");
     both_vms_off(&sim).await;
 }
 
@@ -200,7 +200,7 @@ async fn persistent_vsphere_faults_end_as_error_after_the_limit_and_quarantine_t
     // Two failures in a row on each VM: both quarantined, and shown as such.
     let vms = host.hub.store.vms().unwrap();
     assert!(vms.iter().all(|v| v.quarantined), "{vms:?}");
-    assert!(sdci_host::cli::vms(&host.hub.cfg)
+    assert!(sdci_host::surface::cli::vms(&host.hub.cfg)
         .unwrap()
         .contains("QUARANTINED"));
     both_vms_off(&sim).await;
@@ -312,10 +312,11 @@ async fn a_vsphere_outage_requeues_the_job_without_using_its_attempts_or_blaming
     assert!(notes[0].contains("503"), "{notes:?}");
     let st = host.hub.store.statuses(&id).unwrap();
     assert!(
-        st.iter().all(|s| !s.1.contains("retrying on another VM")),
+        st.iter()
+            .all(|s| !s.description.contains("retrying on another VM")),
         "{st:?}"
     );
-    assert_eq!(st.last().unwrap().0, "success");
+    assert_eq!(st.last().unwrap().state.as_str(), "success");
     eventually("VM off", || powered_off(&sim, "Qubes_4.2_a")).await;
 }
 

@@ -10,7 +10,8 @@ mod common;
 
 use common::sim::*;
 use common::*;
-use sdci_host::store::{JobState, Store};
+use sdci_host::domain::JobState;
+use sdci_host::store::Store;
 use sdci_tests::vsphere_sim::VsphereSim;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -189,7 +190,8 @@ async fn killed_in(phase: Phase) {
         [1, 2].iter().all(|n| {
             let id = job_by_sha(&store, *n).unwrap().id;
             let st = store.statuses(&id).unwrap();
-            st.last().is_some_and(|s| s.0 == "success" && s.2 == 1)
+            st.last()
+                .is_some_and(|s| s.state.as_str() == "success" && s.posted.as_str() == "posted")
         })
     })
     .await;

@@ -18,8 +18,9 @@ mod common;
 use common::sim::{powered_off, start_host};
 use common::*;
 use sdci_host::config::Config;
-use sdci_host::rotation::{RotationReport, Rotator, SaveRequest};
-use sdci_host::store::{JobState, Store};
+use sdci_host::domain::JobState;
+use sdci_host::orchestration::rotation::{RotationReport, Rotator, SaveRequest};
+use sdci_host::store::Store;
 use sdci_tests::slack::SlackStandIn;
 use sdci_tests::vsphere_sim::{SimOptions, SimVm, VsphereSim};
 use sdci_vsphere::{GuestAuth, Hypervisor, VsphereClient};
@@ -88,7 +89,7 @@ fn config(dir: &Path, sim: &VsphereSim, extra: &str) -> Config {
 }
 
 async fn client(cfg: &Config) -> (VsphereClient, GuestAuth) {
-    let hv = VsphereClient::connect(sdci_host::cli::vsphere_config(cfg).unwrap())
+    let hv = VsphereClient::connect(cfg.vsphere.client_config().unwrap())
         .await
         .unwrap();
     (hv, sdci_host::server::guest_auth(cfg).unwrap())
@@ -248,7 +249,7 @@ async fn save_takes_a_smoke_tested_snapshot_moves_the_pointer_and_prunes_but_kee
     let m = slack.next(Duration::from_secs(60)).await.unwrap();
     let t = m["text"].as_str().unwrap();
     assert!(t.contains("rotation ok") && t.contains(&new), "{t}");
-    let metrics = sdci_host::rotation::metrics_text(&cfg.db_path());
+    let metrics = sdci_host::surface::web::rotation_metrics(&Store::open(&cfg.db_path()).unwrap());
     assert!(
         metrics.contains("sdci_rotations{version=\"4.2\",result=\"ok\"} 1"),
         "{metrics}"
@@ -287,7 +288,7 @@ async fn a_failing_smoke_test_keeps_the_pointer_removes_the_snapshot_and_leaves_
         "the failed snapshot is removed, nothing pruned"
     );
     assert_eq!(store.vms().unwrap()[0].job_id, None, "lease released");
-    let metrics = sdci_host::rotation::metrics_text(&cfg.db_path());
+    let metrics = sdci_host::surface::web::rotation_metrics(&Store::open(&cfg.db_path()).unwrap());
     assert!(metrics.contains("result=\"failed\"} 1"), "{metrics}");
 }
 
@@ -337,7 +338,7 @@ async fn a_job_queued_during_a_rotation_waits_for_the_vm_and_then_uses_the_new_g
     // The service's reconciler sees a powered-on VM without a job: the rotation's lease keeps it
     // from powering the VM off.
     let (hv2, auth2) = client(&host.hub.cfg).await;
-    let orch = sdci_host::scheduler::Orchestrator::new(host.hub.clone(), Arc::new(hv2), auth2);
+    let orch = sdci_host::orchestration::Orchestrator::new(host.hub.clone(), Arc::new(hv2), auth2);
     orch.reconcile_once().await;
     assert!(!powered_off(&sim, VM), "a VM being rotated is not stray");
 
@@ -384,7 +385,7 @@ async fn a_jobs_update_phase_logs_the_updates_before_the_build_steps_and_reboots
         auth,
     } = rig(&[]).await;
     let hub = sdci_host::server::hub_from_config(cfg).unwrap();
-    let orch = sdci_host::scheduler::Orchestrator::new(hub.clone(), Arc::new(hv), auth.clone());
+    let orch = sdci_host::orchestration::Orchestrator::new(hub.clone(), Arc::new(hv), auth.clone());
     let hv = &orch.hv;
     hv.revert(VM, "golden").await.unwrap();
     hv.power_on(VM).await.unwrap();
@@ -407,7 +408,7 @@ async fn a_jobs_update_phase_logs_the_updates_before_the_build_steps_and_reboots
         .unwrap();
 
     let job = "1234567-abcd";
-    orch.update_phase(VM, job).await.unwrap();
+    orch.update_phase(VM, &job.parse().unwrap()).await.unwrap();
     assert_ne!(
         hv.process_state(VM, &auth, before).await.unwrap(),
         sdci_vsphere::ProcessState::Running,
@@ -448,7 +449,7 @@ async fn a_jobs_update_phase_logs_the_updates_before_the_build_steps_and_reboots
     assert!(at("<== update-templates: exit status 0") < at("==> step 1/1 make-test"));
     // The host's copy of the job log got the update output as it went.
     let host_log =
-        std::fs::read_to_string(sdci_host::events::log_path(&hub.cfg.log_dir(), job)).unwrap();
+        std::fs::read_to_string(sdci_host::joblog::log_path(&hub.cfg.log_dir(), job)).unwrap();
     assert!(
         host_log.contains("qubesctl output: --show-output state.sls update.qubes-dom0"),
         "{host_log}"
@@ -466,14 +467,17 @@ async fn a_failing_update_in_a_job_is_an_infrastructure_fault_not_a_project_fail
         auth,
     } = rig(&[("qubesctl", "1")]).await;
     let hub = sdci_host::server::hub_from_config(cfg).unwrap();
-    let orch = sdci_host::scheduler::Orchestrator::new(hub, Arc::new(hv), auth);
+    let orch = sdci_host::orchestration::Orchestrator::new(hub, Arc::new(hv), auth);
     orch.hv.revert(VM, "golden").await.unwrap();
     orch.hv.power_on(VM).await.unwrap();
     orch.hv
         .wait_guest_ready(VM, Duration::from_secs(60))
         .await
         .unwrap();
-    let e = orch.update_phase(VM, "1234567-abcd").await.unwrap_err();
+    let e = orch
+        .update_phase(VM, &"1234567-abcd".parse().unwrap())
+        .await
+        .unwrap_err();
     assert_eq!(e.class(), sdci_vsphere::ErrorClass::RetryOtherVm);
     assert!(
         e.to_string().contains("update-dom0 exited with status 1"),
@@ -536,7 +540,12 @@ async fn a_new_snapshot_name_never_collides_with_an_existing_one() {
         .unwrap()
         .as_secs() as i64;
     let taken: Vec<String> = (0..30)
-        .map(|i| format!("update_{}", sdci_host::nightly::utc_stamp(now + i)))
+        .map(|i| {
+            format!(
+                "update_{}",
+                sdci_protocol::Utc::from_unix(now + i).compact()
+            )
+        })
         .collect();
     let mut chain = vec!["golden"];
     chain.extend(taken.iter().map(String::as_str));
@@ -708,7 +717,7 @@ async fn a_job_with_updates_runs_the_updates_and_the_reboot_before_sdci_dom0_lau
         &format!("{ROTATION}[jobs]\npoll_interval_ms = 50\n"),
     )
     .await;
-    let id = sdci_host::cli::run(
+    let id = sdci_host::surface::cli::run(
         &host.hub.cfg,
         Some("freedomofpress/securedrop-workstation"),
         "4.2",
@@ -773,7 +782,7 @@ async fn a_job_with_updates_runs_the_updates_and_the_reboot_before_sdci_dom0_lau
     assert_eq!(file.spec.steps, sdci_protocol::job::default_steps());
     // dom0's log (the job's log) shows the updates before the build steps.
     let log =
-        std::fs::read_to_string(sdci_host::events::log_path(&host.hub.cfg.log_dir(), &id)).unwrap();
+        std::fs::read_to_string(sdci_host::joblog::log_path(&host.hub.cfg.log_dir(), &id)).unwrap();
     let (u, b) = (
         log.find("update step 2/2 update-templates").unwrap(),
         log.find("==> step 1/1 make-test").unwrap(),

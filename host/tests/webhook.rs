@@ -7,8 +7,8 @@
 mod common;
 
 use common::*;
+use sdci_host::domain::JobState;
 use sdci_host::server::Parts;
-use sdci_host::store::JobState;
 
 /// The service's HTTP side alone (no hypervisor, no scheduler) in a fresh temporary folder, and
 /// a client for it. The folder must outlive the host.
@@ -69,7 +69,7 @@ async fn a_newer_push_to_a_branch_supersedes_the_queued_job() {
     assert_eq!(by_sha(3).state, JobState::Queued);
     // The superseded commit gets a final status, never a lingering pending.
     let st = host.hub.store.statuses(&by_sha(1).id).unwrap();
-    assert_eq!(st.last().unwrap().0, "error");
+    assert_eq!(st.last().unwrap().state.as_str(), "error");
 }
 
 #[tokio::test]

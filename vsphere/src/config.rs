@@ -18,12 +18,12 @@
 //! ```
 
 use sdci_protocol::job::Secret;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// How to trust the endpoint's TLS certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TlsPolicy {
     /// The operating system's trusted roots (a vCenter with a public or enterprise certificate).
@@ -41,7 +41,7 @@ pub enum TlsPolicy {
 }
 
 /// Bounds on how long things may take. Defaults fit a real ESXi.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
     /// TCP + TLS connect.

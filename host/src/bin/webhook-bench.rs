@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
         (0..total)
             .map(|n| {
                 let b = body(n);
-                let sig = sdci_host::webhook::sign(SECRET.as_bytes(), b.as_bytes());
+                let sig = sdci_host::surface::webhook::sign(SECRET.as_bytes(), b.as_bytes());
                 (b, sig)
             })
             .collect(),

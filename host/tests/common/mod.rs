@@ -10,7 +10,8 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use sdci_host::config::Config;
-use sdci_host::server::{self, Hub, Parts};
+use sdci_host::hub::Hub;
+use sdci_host::server::{self, Parts};
 use sdci_vsphere::{
     GuestAuth, GuestProgram, Hypervisor, PowerState, ProcessState, SnapshotInfo, VmInfo,
     VsphereError,
@@ -155,7 +156,7 @@ pub async fn deliver(
     if let Some(s) = secret {
         req = req.header(
             "X-Hub-Signature-256",
-            sdci_host::webhook::sign(s.as_bytes(), body.as_bytes()),
+            sdci_host::surface::webhook::sign(s.as_bytes(), body.as_bytes()),
         );
     }
     let r = req.send().await.unwrap();
@@ -199,7 +200,7 @@ pub async fn push_job(host: &TestHost, n: u32, branch: &str) -> String {
     let c = reqwest::Client::new();
     let (code, text) = deliver_push(&c, &host.url, &format!("d{n}"), branch, n).await;
     assert_eq!(code, 202, "{text}");
-    job_of_commit(host, n).id
+    job_of_commit(host, n).id.to_string()
 }
 
 /// Waits (failing with `what`) until job `id` has ended, and returns it.
@@ -472,7 +473,7 @@ pub mod sim {
         let text = config_text_with(dir, &addr, &sim_toml(sim, dir, extra), agent_extra);
         std::fs::write(dir.join("dom0-password"), sim.guest_password()).unwrap();
         let cfg = Config::parse(&text, Path::new("test.toml")).unwrap();
-        let vcfg = sdci_host::cli::vsphere_config(&cfg).unwrap();
+        let vcfg = cfg.vsphere.client_config().unwrap();
         let hv = Arc::new(sdci_vsphere::VsphereClient::connect(vcfg).await.unwrap());
         let auth = server::guest_auth(&cfg).unwrap();
         let hub = server::hub_from_config(cfg).unwrap();

@@ -5,9 +5,10 @@
 //! Invariants: everything shown is HTML-escaped (logs come from the code under test); the pages
 //! never show a secret (the store holds only the hash of event secrets).
 
-use crate::events::log_path;
-use crate::server::{Hub, BUCKETS};
-use crate::store::JobRow;
+use crate::hub::Hub;
+use crate::joblog::log_path;
+use crate::metrics::BUCKETS;
+use crate::store::{JobRow, Store};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -48,13 +49,13 @@ fn row(j: &JobRow) -> String {
         "<tr><td><a href=\"/jobs/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td>\
          <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         escape(j.state.as_str()),
-        escape(&j.repo),
+        escape(j.repo.as_str()),
         escape(&j.sha[..j.sha.len().min(12)]),
         escape(j.branch.as_deref().unwrap_or("")),
         escape(j.version.as_deref().unwrap_or("?")),
         escape(j.vm.as_deref().unwrap_or("")),
         escape(j.note.as_deref().unwrap_or("")),
-        id = escape(&j.id),
+        id = escape(j.id.as_str()),
     )
 }
 
@@ -90,7 +91,7 @@ pub async fn job(State(hub): State<Arc<Hub>>, UrlPath(id): UrlPath<String>) -> R
         "<h1>Job {}</h1><p><b>{}</b> {}</p><table><tr><th>job</th><th>state</th><th>repo</th>\
          <th>commit</th><th>branch</th><th>Qubes</th><th>VM</th><th>note</th></tr>{}</table>\
          <p>attempts: {}</p>",
-        escape(&j.id),
+        escape(j.id.as_str()),
         escape(j.state.as_str()),
         escape(j.note.as_deref().unwrap_or("")),
         row(&j),
@@ -151,6 +152,23 @@ fn label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Prometheus lines: rotations by version and result (`running` for those not ended).
+pub fn rotation_metrics(store: &Store) -> String {
+    let mut out = String::from(
+        "# HELP sdci_rotations Golden-snapshot rotations in the store by version and result.\n\
+         # TYPE sdci_rotations gauge\n",
+    );
+    for (v, r, n) in store.rotation_counts().unwrap_or_default() {
+        let _ = writeln!(
+            out,
+            "sdci_rotations{{version=\"{}\",result=\"{}\"}} {n}",
+            label(&v),
+            label(&r)
+        );
+    }
+    out
+}
+
 /// `GET /metrics` in the Prometheus text format.
 pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     let mut out = String::new();
@@ -179,7 +197,7 @@ pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
             vm.state()
         );
     }
-    out.push_str(&crate::rotation::metrics_text(&hub.cfg.db_path()));
+    out.push_str(&rotation_metrics(&hub.store));
     out.push_str("# HELP sdci_events_total Things that happened since start-up.\n");
     out.push_str("# TYPE sdci_events_total counter\n");
     for (name, n) in hub.metrics.counters() {

@@ -1,24 +1,20 @@
-//! Runs the `sdci-agent` binary, the host's only way to GitHub (contracts §5), and drains the
-//! status outbox through it.
+//! GitHub, through the `sdci-agent` binary: the host never calls the GitHub API itself
+//! (CONTRACTS.md §5). `status`, `token`, `head` and `ci-config`, each a subprocess with a
+//! timeout, answered by exit code (protocol's [`GatewayExit`] table) and stdout.
 //!
-//! Invariants: every invocation has a timeout and is killed at it; the token the agent prints is
-//! wrapped in a [`Secret`] at once and never logged; a failed status post is recorded on the
-//! outbox row and retried later (on the next wake-up or reconciler tick) — the job's outcome is
-//! already durable in the store, so nothing is lost by a failed post.
+//! Invariants: every invocation has a timeout and is killed at it (and with the host); the token
+//! the agent prints is wrapped in a [`Secret`] at once and never logged.
 
 use crate::config::Config;
-use crate::store::Store;
 use crate::{HostError, Result};
-use sdci_protocol::job::Secret;
+use sdci_protocol::{GatewayExit, MintedToken, Secret};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::Command;
-use tokio::sync::Notify;
 
 /// How to call the agent.
 #[derive(Debug, Clone)]
-pub struct Agent {
+pub struct GithubGateway {
     pub path: std::path::PathBuf,
     pub config: Option<std::path::PathBuf>,
     pub timeout: Duration,
@@ -32,7 +28,7 @@ struct Output {
     stderr: String,
 }
 
-impl Agent {
+impl GithubGateway {
     pub fn from_config(cfg: &Config) -> Self {
         Self {
             path: cfg.agent.path.clone(),
@@ -114,7 +110,7 @@ impl Agent {
                 &self.context,
             ])
             .await?;
-        if out.code == 0 {
+        if out.code == GatewayExit::Ok.code() {
             Ok(())
         } else {
             Err(Self::fail("status", &out))
@@ -123,19 +119,15 @@ impl Agent {
 
     /// `sdci-agent token`: a short-lived installation token.
     pub async fn token(&self, repo: &str) -> Result<Secret> {
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: String,
-        }
         let out = self.run(&["token", "--repo", repo]).await?;
-        if out.code != 0 {
+        if out.code != GatewayExit::Ok.code() {
             return Err(Self::fail("token", &out));
         }
-        let t: Token = serde_json::from_str(out.stdout.trim()).map_err(|e| HostError::Agent {
+        let t = MintedToken::from_json(out.stdout.trim()).map_err(|e| HostError::Agent {
             command: "token".into(),
             message: format!("unexpected output (not {{\"token\":...}}): {e}"),
         })?;
-        Ok(Secret::new(t.token))
+        Ok(t.token)
     }
 
     /// `sdci-agent ci-config`: `Ok(Some(version))`, `Ok(None)` when the commit names none
@@ -144,8 +136,8 @@ impl Agent {
         let out = self
             .run(&["ci-config", "--repo", repo, "--sha", sha])
             .await?;
-        match out.code {
-            0 => {
+        match GatewayExit::from_code(out.code) {
+            Some(GatewayExit::Ok) => {
                 let v = out.stdout.trim().to_owned();
                 if v.is_empty() || v.len() > 32 || v.chars().any(|c| c.is_whitespace()) {
                     return Err(HostError::Agent {
@@ -155,42 +147,32 @@ impl Agent {
                 }
                 Ok(Some(v))
             }
-            3 => Ok(None),
+            Some(GatewayExit::NoCiConfig) => Ok(None),
             _ => Err(Self::fail("ci-config", &out)),
         }
     }
-}
 
-/// Posts every unposted status in the outbox, in order. Failures stay in the outbox.
-pub async fn drain_statuses(store: &Store, agent: &Agent, public_url: &str) -> Result<usize> {
-    let mut posted = 0;
-    for s in store.unposted_statuses()? {
-        let url = format!("{public_url}/jobs/{}", s.job_id);
-        match agent
-            .status(&s.repo, &s.sha, &s.state, &s.description, &url)
-            .await
-        {
-            Ok(()) => {
-                store.status_posted(s.id)?;
-                posted += 1;
-                tracing::info!(job = %s.job_id, state = %s.state, "status posted");
-            }
-            Err(e) => {
-                tracing::warn!(job = %s.job_id, state = %s.state, error = %e,
-                    "posting the status failed; it stays in the outbox and is retried");
-                store.status_failed(s.id, &e.to_string())?;
-            }
+    /// `sdci-agent head --repo R --branch B`: the branch's head commit.
+    pub async fn head(&self, repo: &str, branch: &str) -> Result<sdci_protocol::CommitSha> {
+        let out = self
+            .run(&["head", "--repo", repo, "--branch", branch])
+            .await?;
+        if out.code != GatewayExit::Ok.code() {
+            return Err(Self::fail("head", &out));
         }
+        let sha = out.stdout.trim();
+        sha.parse().map_err(|e| HostError::Agent {
+            command: "head".into(),
+            message: format!("printed {sha:?}, not a commit id: {e}"),
+        })
     }
-    Ok(posted)
-}
 
-/// The outbox worker: drains on every wake-up; the reconciler wakes it periodically too.
-pub async fn status_worker(store: Arc<Store>, agent: Agent, public_url: String, wake: Arc<Notify>) {
-    loop {
-        if let Err(e) = drain_statuses(&store, &agent, &public_url).await {
-            tracing::error!(error = %e, "status outbox");
+    /// `sdci-agent --version`: proves the configured binary runs (for `check-config`).
+    pub async fn version(&self) -> Result<String> {
+        let out = self.run(&["--version"]).await?;
+        if out.code != GatewayExit::Ok.code() {
+            return Err(Self::fail("--version", &out));
         }
-        wake.notified().await;
+        Ok(out.stdout.trim().to_owned())
     }
 }

@@ -1,6 +1,6 @@
 //! One attempt of one job on one claimed VM, phase by phase:
 //! revert → power on → guest operations ready → (a job with `update = true`: Qubes updates and a
-//! reboot, `crate::updates`) → make the job's folder, upload the job file → `sdci-dom0 launch`
+//! reboot, `updates`) → make the job's folder, upload the job file → `sdci-dom0 launch`
 //! → wait → download dom0's log → shut down.
 //!
 //! Invariants:
@@ -17,11 +17,14 @@
 //! - Whatever happens, the attempt ends with the VM powered off (or handed to the reconciler when
 //!   vSphere refuses), the lease released, and a terminal status in the outbox when the job ended.
 
-use crate::events::{append_log, replace_log};
-use crate::scheduler::Orchestrator;
-use crate::server::Stop;
-use crate::store::{AfterFailure, Claim, JobState};
-use sdci_protocol::job::{AgentJob, JobFile, JobSpec, Reason, Secret, JOB_FILE_VERSION};
+use super::vm_power::{self, Phase, VmError};
+use super::Orchestrator;
+use crate::domain::JobState;
+use crate::hub::Stop;
+use crate::joblog::{append_log, replace_log};
+use crate::store::{AfterFailure, Claim};
+use sdci_protocol::job::{AgentJob, JobFile, JobSpec, JOB_FILE_VERSION};
+use sdci_protocol::{Outcome, Secret};
 use sdci_vsphere::{ErrorClass, GuestProgram, Hypervisor, ProcessState, VsphereError};
 use std::future::Future;
 use std::sync::Arc;
@@ -53,6 +56,15 @@ fn vsphere_fail(what: &str, e: &VsphereError) -> Fail {
     }
 }
 
+/// A failed VM procedure: an outage of vSphere itself, or an infrastructure failure.
+fn vm_fail(e: &VmError) -> Fail {
+    if e.class() == ErrorClass::RetryLater {
+        Fail::Outage(e.to_string())
+    } else {
+        Fail::Infra(e.to_string())
+    }
+}
+
 /// Waits until a stop is requested (forever if the sender is gone).
 async fn stopped(rx: &mut watch::Receiver<Option<Stop>>) -> Stop {
     loop {
@@ -63,24 +75,6 @@ async fn stopped(rx: &mut watch::Receiver<Option<Stop>>) -> Stop {
             std::future::pending::<()>().await;
         }
     }
-}
-
-/// Powers `vm` off within `secs`; a failure is only logged (the reconciler powers off stray
-/// VMs). Shared with `rotation`.
-pub(crate) async fn power_off_quietly<H: Hypervisor>(hv: &H, vm: &str, secs: u64) {
-    match tokio::time::timeout(Duration::from_secs(secs), hv.power_off(vm)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(%vm, error = %e, "power-off failed; the reconciler retries")
-        }
-        Err(_) => tracing::warn!(%vm, "power-off timed out; the reconciler retries"),
-    }
-}
-
-fn job_paths(user: &str, id: &str) -> (String, String, String) {
-    let home = format!("/home/{user}");
-    let dir = format!("{home}/.sdci/jobs/{id}");
-    (home, format!("{dir}/job.json"), format!("{dir}/log.txt"))
 }
 
 impl<H: Hypervisor> Orchestrator<H> {
@@ -223,7 +217,7 @@ impl<H: Hypervisor> Orchestrator<H> {
     }
 
     async fn power_off_quietly(&self, vm: &str) {
-        power_off_quietly(&*self.hv, vm, self.hub.cfg.deadlines.shutdown_secs).await
+        vm_power::power_off_quietly(&*self.hv, vm, self.hub.cfg.deadlines.shutdown_secs).await
     }
 
     /// Runs one phase under its deadline, interruptible by a stop request.
@@ -270,15 +264,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         let cfg = &self.hub.cfg;
         let j = &claim.job;
         let bad = |what: &str, e: sdci_protocol::ProtocolError| Fail::Fatal(format!("{what}: {e}"));
-        let id: sdci_protocol::JobId = j.id.parse().map_err(|e| bad("job id", e))?;
-        let repo: sdci_protocol::RepoName = j.repo.parse().map_err(|e| bad("repository", e))?;
-        let sha: sdci_protocol::CommitSha = j.sha.parse().map_err(|e| bad("commit", e))?;
-        let reason = match j.reason.as_str() {
-            "push" => Reason::Push,
-            "pull_request" => Reason::PullRequest,
-            "nightly" => Reason::Nightly,
-            _ => Reason::Manual,
-        };
+        let (id, repo, sha, reason) = (j.id.clone(), j.repo.clone(), j.sha.clone(), j.reason);
         let now = crate::now_ms() / 1000;
         let file = JobFile {
             version: JOB_FILE_VERSION,
@@ -305,7 +291,7 @@ impl<H: Hypervisor> Orchestrator<H> {
                 token,
                 status_context: cfg.agent.status_context.clone(),
                 target_url: format!("{}/jobs/{}", cfg.public_url, j.id),
-                event_url: format!("{}/api/v1/jobs/{}/events", cfg.public_url, j.id),
+                event_url: sdci_protocol::ingest::event_url(&cfg.public_url, &j.id),
                 event_secret: Secret::new(secret),
                 // The host posts every terminal status from its durable outbox.
                 post_final_status: false,
@@ -345,33 +331,29 @@ impl<H: Hypervisor> Orchestrator<H> {
         };
 
         self.advance(id, JobState::Booting, &format!("revert {vm} to {snapshot}"))?;
-        self.phase("revert", d.revert_secs, stop, self.hv.revert(vm, &snapshot))
-            .await?;
-        self.phase("power_on", d.power_on_secs, stop, self.hv.power_on(vm))
-            .await?;
-        let ready = Duration::from_secs(d.guest_ready_secs);
-        self.phase(
-            "guest_ready",
-            d.guest_ready_secs + 5,
-            stop,
-            self.hv.wait_guest_ready(vm, ready),
-        )
-        .await?;
+        let metrics = &hub.metrics;
+        let mut observe = |p: Phase, t: Duration| metrics.observe_phase(p.name(), t.as_secs_f64());
+        tokio::select! {
+            r = vm_power::boot(&*self.hv, vm, Some(&snapshot), d, &mut observe) => {
+                r.map_err(|e| vm_fail(&e))?
+            }
+            s = stopped(stop) => return Err(Fail::Stop(s)),
+        }
         if claim.job.update_first {
             // The only place a job's updates run (never as job-file steps): the Qubes updates,
             // then a reboot, before the job file exists in dom0.
             self.phase(
                 "updates",
-                crate::updates::update_budget_secs(cfg),
+                super::updates::update_budget_secs(cfg),
                 stop,
-                self.update_phase(vm, id),
+                self.update_phase(vm, &claim.job.id),
             )
             .await?;
         }
 
         let token = if cfg.agent.github_app {
             Some(
-                hub.agent
+                hub.github
                     .token(&claim.job.repo)
                     .await
                     .map_err(|e| Fail::Infra(e.to_string()))?,
@@ -380,8 +362,10 @@ impl<H: Hypervisor> Orchestrator<H> {
             None
         };
         let file = self.job_file(claim, secret, token)?;
-        let (home, job_path, log_path) = job_paths(&cfg.dom0.user, id);
-        let job_dir = job_path.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+        let home = sdci_protocol::paths::dom0_home(&cfg.dom0.user);
+        let paths = sdci_protocol::JobPaths::in_home(&home, &claim.job.id);
+        let (job_dir, job_path, log_path) =
+            (paths.dir().to_owned(), paths.job_file(), paths.log_file());
         let data = file.to_json().into_bytes();
         self.phase("upload", d.upload_secs, stop, async {
             // Real ESXi does not create parent directories on upload.
@@ -395,7 +379,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         self.advance(id, JobState::Running, "sdci-dom0 launch")?;
         let program = GuestProgram {
             path: cfg.dom0.program.clone(),
-            arguments: format!("launch .sdci/jobs/{id}/job.json"),
+            arguments: format!("launch {}", claim.job.id.dom0_paths().job_file()),
             env: Vec::new(),
             working_directory: Some(home),
         };
@@ -428,33 +412,18 @@ impl<H: Hypervisor> Orchestrator<H> {
 
         let _ = self.advance(id, JobState::Finishing, &format!("launch exited {code}"));
         self.fetch_log(vm, &log_path, id).await;
-        let verdict = match code {
-            0 => (JobState::Success, "all steps passed".to_owned()),
-            1 => (JobState::Failure, "a step failed".to_owned()),
-            c => {
+        // Only a deliberate 0 or 1 decides the project's verdict (protocol's table).
+        let verdict = match Outcome::from_exit_code(code) {
+            Outcome::Success => (JobState::Success, "all steps passed".to_owned()),
+            Outcome::Failure => (JobState::Failure, "a step failed".to_owned()),
+            Outcome::Error => {
                 return Err(Fail::Infra(format!(
-                    "sdci-dom0 launch exited {c} (infrastructure)"
+                    "sdci-dom0 launch exited {code} (infrastructure)"
                 )))
             }
         };
         let started = Instant::now();
-        let grace = Duration::from_secs(d.shutdown_grace_secs);
-        match tokio::time::timeout(
-            Duration::from_secs(d.shutdown_secs),
-            self.hv.shutdown(vm, grace),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "shutdown failed; powering off");
-                self.power_off_quietly(vm).await;
-            }
-            Err(_) => {
-                tracing::warn!("shutdown timed out; powering off");
-                self.power_off_quietly(vm).await;
-            }
-        }
+        vm_power::shut_down_or_power_off(&*self.hv, vm, d).await;
         hub.metrics
             .observe_phase("shutdown", started.elapsed().as_secs_f64());
         Ok(verdict)

@@ -15,10 +15,11 @@
 //!   pointer where it was, powers the VM off, removes the snapshot that failed, and is reported
 //!   in the log, in `rotation_runs` (read by `/metrics`) and to Slack.
 //! - A lease is the VM row's `job_id` set to the rotation's id (`rotation-…`), taken in one
-//!   `BEGIN IMMEDIATE` transaction only while no job holds the VM: the scheduler's claim skips
-//!   it. Leases are released on every path; a rotation whose process died (its pid is gone) or
-//!   whose deadline passed is released by [`release_stale`] (each `save` and every reconciler
-//!   pass call it), and [`holds`] tells the reconciler not to power off a VM being rotated.
+//!   `BEGIN IMMEDIATE` transaction only while no job holds the VM (`store::vms`): the scheduler's
+//!   claim skips it. Leases are released on every path; a rotation whose process died (its pid
+//!   is gone) or whose deadline passed is released by `Store::release_stale_rotations` (each
+//!   `save` and every reconciler pass call it), and `Store::rotation_holds` tells the reconciler
+//!   not to power off a VM being rotated.
 //! - A VM the rotation has to wait for (a job holds it) is reserved for it (`vms.reserved_by`)
 //!   until the lease is taken or the rotation gives up or ends; the scheduler's claim skips a VM
 //!   reserved by a running rotation, so the next queued job cannot take it first and a busy pool
@@ -27,79 +28,25 @@
 //! - Generic over [`Hypervisor`]: the vim25 client in production, the govmomi simulator through
 //!   the same client in tests.
 
+use super::dom0_script::{self, GuestStep};
+use super::updates;
+use super::vm_power::{self, Phase};
 use crate::config::Config;
-use crate::notify::{self, RotationNotice};
-use crate::store::{side_connection, Store};
-use crate::updates::{self, GuestStep};
+use crate::gateway::slack::{self, RotationNotice};
+use crate::hub::Hub;
+use crate::store::{RotationRun, Store};
 use crate::{now_ms, HostError, Result};
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use sdci_protocol::Utc;
 use sdci_vsphere::{GuestAuth, Hypervisor, PowerState};
-use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Names of the snapshots a rotation takes (`update_20261128170509`).
 pub const SNAPSHOT_PREFIX: &str = "update_";
 /// Store lease holders that are rotations, not jobs.
 pub const LEASE_PREFIX: &str = "rotation-";
-
-/// `[rotation]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotationConfig {
-    /// `update_*` snapshots kept per VM (the current and previous golden are kept regardless).
-    #[serde(default = "default_keep")]
-    pub keep: usize,
-    /// Seconds to wait for a busy VM to become free before the rotation fails.
-    #[serde(default = "default_wait_free")]
-    pub wait_free_secs: u64,
-    /// Seconds between looks at a busy VM.
-    #[serde(default = "default_poll")]
-    pub busy_poll_secs: u64,
-    /// Seconds each smoke-test command may take.
-    #[serde(default = "default_smoke")]
-    pub smoke_step_secs: u64,
-    /// Rotations on a schedule.
-    #[serde(default)]
-    pub schedule: Vec<RotationSchedule>,
-}
-
-/// `[[rotation.schedule]]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotationSchedule {
-    pub version: String,
-    /// 5-field cron expression (see `nightly`).
-    pub cron: String,
-    /// `UTC` or a fixed offset such as `+02:00`.
-    pub time_zone: String,
-    /// Apply updates before the snapshot.
-    #[serde(default = "yes")]
-    pub update: bool,
-}
-
-fn default_keep() -> usize {
-    3
-}
-fn default_wait_free() -> u64 {
-    6 * 3600
-}
-fn default_poll() -> u64 {
-    10
-}
-fn default_smoke() -> u64 {
-    300
-}
-fn yes() -> bool {
-    true
-}
-
-impl Default for RotationConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("every field of [rotation] has a default")
-    }
-}
 
 /// What to rotate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,187 +111,6 @@ impl RotationReport {
     }
 }
 
-fn pid_alive(pid: i64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Releases the leases of rotations that can no longer be running (their process is gone, or
-/// their deadline passed) and marks those runs abandoned. Returns the VMs released.
-pub fn release_stale(db: &Path) -> Result<Vec<String>> {
-    let mut c = side_connection(db)?;
-    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let now = now_ms();
-    let runs: Vec<(String, i64, i64)> = {
-        let mut st = tx.prepare(
-            "SELECT id, owner_pid, deadline_ms FROM rotation_runs WHERE ended_ms IS NULL",
-        )?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    let mut released = Vec::new();
-    for (id, pid, deadline) in runs {
-        let ours = i64::from(std::process::id()) == pid;
-        if (ours || pid_alive(pid)) && now <= deadline {
-            continue;
-        }
-        let why = if now > deadline {
-            "its deadline passed"
-        } else {
-            "its process is gone"
-        };
-        let vms: Vec<String> = {
-            let mut st = tx.prepare("SELECT name FROM vms WHERE job_id = ?1")?;
-            let rows = st.query_map(params![id], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        unlease(&tx, &id)?;
-        tx.execute(
-            "UPDATE rotation_runs SET ended_ms = ?1, result = 'abandoned', error = ?2 \
-             WHERE id = ?3",
-            params![now, why, id],
-        )?;
-        tracing::warn!(rotation = %id, ?vms, "released the leases of a rotation: {why}");
-        released.extend(vms);
-    }
-    tx.commit()?;
-    Ok(released)
-}
-
-/// Whether a live rotation holds `vm` (the reconciler must not power it off).
-pub fn holds(db: &Path, vm: &str) -> bool {
-    let Ok(c) = side_connection(db) else {
-        return false;
-    };
-    let row: Option<(i64, i64)> = c
-        .query_row(
-            "SELECT r.owner_pid, r.deadline_ms FROM vms v JOIN rotation_runs r ON r.id = v.job_id \
-             WHERE v.name = ?1 AND r.ended_ms IS NULL",
-            params![vm],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .ok()
-        .flatten();
-    row.is_some_and(|(pid, deadline)| pid_alive(pid) && now_ms() <= deadline)
-}
-
-/// Prometheus lines: rotations by version and result.
-pub fn metrics_text(db: &Path) -> String {
-    let mut out = String::from(
-        "# HELP sdci_rotations Golden-snapshot rotations in the store by version and result.\n\
-         # TYPE sdci_rotations gauge\n",
-    );
-    let Ok(c) = side_connection(db) else {
-        return out;
-    };
-    let rows: Vec<(String, String, i64)> = c
-        .prepare(
-            "SELECT version, COALESCE(result, 'running'), COUNT(*) FROM rotation_runs \
-             GROUP BY version, result",
-        )
-        .and_then(|mut st| {
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect()
-        })
-        .unwrap_or_default();
-    for (v, r, n) in rows {
-        out.push_str(&format!(
-            "sdci_rotations{{version=\"{}\",result=\"{}\"}} {n}\n",
-            crate::web::escape(&v),
-            crate::web::escape(&r)
-        ));
-    }
-    out
-}
-
-/// Tries to lease `vm` for rotation `id`: only if no job or rotation holds it and it is not
-/// quarantined. `Err` with a message if it is quarantined (waiting cannot help).
-fn try_lease(db: &Path, vm: &str, id: &str) -> Result<bool> {
-    let mut c = side_connection(db)?;
-    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let row: Option<(Option<String>, bool)> = tx
-        .query_row(
-            "SELECT job_id, quarantined FROM vms WHERE name = ?1",
-            params![vm],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let leased = match row {
-        None => {
-            return Err(HostError::Invalid(format!(
-                "{vm} is not registered in the store"
-            )))
-        }
-        Some((_, true)) => {
-            return Err(HostError::Invalid(format!(
-                "{vm} is quarantined: lift it (sdci-host vms unquarantine {vm}) or take it out \
-                 of the pool, then save again"
-            )))
-        }
-        Some((Some(_), false)) => false,
-        Some((None, false)) => {
-            tx.execute(
-                "UPDATE vms SET job_id = ?1, leased_ms = ?2, reserved_by = NULL \
-                 WHERE name = ?3 AND job_id IS NULL",
-                params![id, now_ms(), vm],
-            )? == 1
-        }
-    };
-    tx.commit()?;
-    Ok(leased)
-}
-
-/// Drops rotation `id`'s leases and reservations.
-fn unlease(tx: &rusqlite::Transaction<'_>, id: &str) -> rusqlite::Result<()> {
-    tx.execute(
-        "UPDATE vms SET job_id = NULL, leased_ms = NULL WHERE job_id = ?1",
-        params![id],
-    )?;
-    tx.execute(
-        "UPDATE vms SET reserved_by = NULL WHERE reserved_by = ?1",
-        params![id],
-    )?;
-    Ok(())
-}
-
-/// Reserves `vm` for rotation `id` while it waits for the VM (`Store::claim` gives a reserved
-/// VM to no job), unless another running rotation reserved it first. Cleared by the lease, by
-/// [`unreserve`], and with the rotation's leases.
-fn reserve(db: &Path, vm: &str, id: &str) -> Result<()> {
-    side_connection(db)?.execute(
-        "UPDATE vms SET reserved_by = ?1 WHERE name = ?2 AND (reserved_by IS NULL \
-         OR reserved_by NOT IN (SELECT id FROM rotation_runs WHERE ended_ms IS NULL))",
-        params![id, vm],
-    )?;
-    Ok(())
-}
-
-/// Drops rotation `id`'s reservation of `vm` (it gave up waiting).
-fn unreserve(db: &Path, vm: &str, id: &str) {
-    let r = side_connection(db).and_then(|c| {
-        c.execute(
-            "UPDATE vms SET reserved_by = NULL WHERE name = ?1 AND reserved_by = ?2",
-            params![vm, id],
-        )
-        .map_err(Into::into)
-    });
-    if let Err(e) = r {
-        tracing::warn!(%vm, error = %e, "dropping a rotation's reservation; it ends with the rotation");
-    }
-}
-
-fn release(db: &Path, id: &str, result: &str, error: Option<&str>) -> Result<()> {
-    let mut c = side_connection(db)?;
-    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    unlease(&tx, id)?;
-    tx.execute(
-        "UPDATE rotation_runs SET ended_ms = ?1, result = ?2, error = ?3 WHERE id = ?4",
-        params![now_ms(), result, error, id],
-    )?;
-    tx.commit()?;
-    Ok(())
-}
-
 /// The `update_*` snapshots to remove so that the newest `keep` remain, never one in
 /// `protected`. Newest is by creation time, then by name (the name holds a UTC timestamp).
 pub fn to_prune(
@@ -362,6 +128,28 @@ pub fn to_prune(
         .filter(|s| !protected.contains(&s.name) && !s.is_current)
         .map(|s| s.name.clone())
         .collect()
+}
+
+/// The smoke test of a fresh snapshot: `sdci-dom0 --version` runs, and the dev VM starts.
+pub fn smoke_steps(cfg: &Config, timeout: Duration) -> Vec<GuestStep> {
+    vec![
+        GuestStep {
+            name: "sdci-dom0-version".into(),
+            argv: vec![cfg.dom0.program.clone(), "--version".into()],
+            timeout,
+            direct: true,
+        },
+        GuestStep {
+            name: "start-dev-vm".into(),
+            argv: vec![
+                "qvm-start".into(),
+                "--skip-if-running".into(),
+                cfg.dom0.dev_vm.clone(),
+            ],
+            timeout,
+            direct: false,
+        },
+    ]
 }
 
 /// Everything a rotation needs.
@@ -392,10 +180,6 @@ fn log_bytes(path: &Path, bytes: &[u8]) {
 }
 
 impl<H: Hypervisor> Rotator<'_, H> {
-    fn db(&self) -> PathBuf {
-        self.cfg.db_path()
-    }
-
     /// A budget long enough for the slowest honest rotation, after which the lease is stale.
     fn budget(&self, update: bool) -> Duration {
         let d = &self.cfg.deadlines;
@@ -424,8 +208,9 @@ impl<H: Hypervisor> Rotator<'_, H> {
                 self.cfg.pools.keys().collect::<Vec<_>>()
             ))
         })?;
-        let db = self.db();
-        release_stale(&db)?;
+        for (rotation, vms, why) in self.store.release_stale_rotations()? {
+            tracing::warn!(%rotation, ?vms, "released the leases of a rotation: {why}");
+        }
         let current = self
             .store
             .golden_snapshot(&req.version, &pool.golden_snapshot)?;
@@ -450,26 +235,22 @@ impl<H: Hypervisor> Rotator<'_, H> {
             taken.extend(self.hv.snapshots(vm).await?.into_iter().map(|s| s.name));
         }
         let snapshot = loop {
-            let name = format!("{SNAPSHOT_PREFIX}{}", crate::nightly::utc_stamp(stamp));
+            let name = format!("{SNAPSHOT_PREFIX}{}", Utc::from_unix(stamp).compact());
             if !taken.contains(&name) {
                 break name;
             }
             stamp += 1;
         };
-        side_connection(&db)?.execute(
-            "INSERT INTO rotation_runs (id, version, snapshot, from_snapshot, base, owner_pid, \
-             started_ms, deadline_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                id,
-                req.version,
-                snapshot,
-                current,
-                base,
-                i64::from(std::process::id()),
-                now,
-                now + self.budget(req.update).as_millis() as i64
-            ],
-        )?;
+        self.store.rotation_begin(&RotationRun {
+            id: id.clone(),
+            version: req.version.clone(),
+            snapshot: snapshot.clone(),
+            from_snapshot: current.clone(),
+            base: base.clone(),
+            owner_pid: std::process::id(),
+            started_ms: now,
+            deadline_ms: now + self.budget(req.update).as_millis() as i64,
+        })?;
         log_line(
             &log,
             &format!(
@@ -518,7 +299,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
             }
         }
         let result = if moved { "ok" } else { "failed" };
-        if let Err(e) = release(&db, &id, result, error.as_deref()) {
+        if let Err(e) = self.store.rotation_end(&id, result, error.as_deref()) {
             tracing::error!(rotation = %id, error = %e, "releasing the rotation's leases");
         }
         on_release();
@@ -551,7 +332,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
             log,
             duration: started.elapsed(),
         };
-        notify::rotation_result(
+        slack::rotation_result(
             self.cfg,
             &RotationNotice {
                 version: report.version.clone(),
@@ -575,7 +356,10 @@ impl<H: Hypervisor> Rotator<'_, H> {
     async fn acquire(&self, vm: &str, id: &str, log: &Path) -> std::result::Result<(), String> {
         let r = self.wait_and_lease(vm, id, log).await;
         if r.is_err() {
-            unreserve(&self.db(), vm, id);
+            if let Err(e) = self.store.rotation_unreserve(vm, id) {
+                tracing::warn!(%vm, error = %e,
+                    "dropping a rotation's reservation; it ends with the rotation");
+            }
         }
         r
     }
@@ -586,7 +370,6 @@ impl<H: Hypervisor> Rotator<'_, H> {
         id: &str,
         log: &Path,
     ) -> std::result::Result<(), String> {
-        let db = self.db();
         let limit = Duration::from_secs(self.cfg.rotation.wait_free_secs);
         let started = Instant::now();
         let mut told = false;
@@ -599,7 +382,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
                 Err(_) => false,
             };
             if off {
-                match try_lease(&db, vm, id) {
+                match self.store.rotation_try_lease(vm, id) {
                     Ok(true) => return Ok(()),
                     Ok(false) => {}
                     Err(e) => return Err(e.to_string()),
@@ -612,7 +395,9 @@ impl<H: Hypervisor> Rotator<'_, H> {
                 ));
             }
             if !told {
-                reserve(&db, vm, id).map_err(|e| e.to_string())?;
+                self.store
+                    .rotation_reserve(vm, id)
+                    .map_err(|e| e.to_string())?;
                 log_line(
                     log,
                     &format!("[{vm}] busy; waiting for it to become free\n"),
@@ -659,8 +444,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
             Err(e) => {
                 log_line(log, &format!("[{vm}] FAILED: {e}\n"));
                 tracing::error!(%vm, error = %e, "rotation of this VM failed");
-                crate::lifecycle::power_off_quietly(self.hv, vm, self.cfg.deadlines.shutdown_secs)
-                    .await;
+                vm_power::power_off_quietly(self.hv, vm, self.cfg.deadlines.shutdown_secs).await;
                 if created {
                     if let Err(e) = self.hv.remove_snapshot(vm, snapshot).await {
                         tracing::warn!(%vm, error = %e, "removing the failed snapshot");
@@ -671,47 +455,24 @@ impl<H: Hypervisor> Rotator<'_, H> {
         }
     }
 
-    async fn timed<T>(
-        &self,
-        what: &str,
-        secs: u64,
-        fut: impl std::future::Future<Output = sdci_vsphere::hypervisor::Result<T>>,
-    ) -> std::result::Result<T, String> {
-        match tokio::time::timeout(Duration::from_secs(secs), fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!("{what}: {e}")),
-            Err(_) => Err(format!("{what} did not finish within {secs}s")),
-        }
-    }
-
+    /// Reverts to `snapshot`, powers on and waits for guest operations (the shared procedure).
     async fn boot(&self, vm: &str, snapshot: &str) -> std::result::Result<(), String> {
-        let d = &self.cfg.deadlines;
-        self.timed(
-            &format!("reverting to {snapshot}"),
-            d.revert_secs,
-            self.hv.revert(vm, snapshot),
-        )
-        .await?;
-        self.timed("powering on", d.power_on_secs, self.hv.power_on(vm))
-            .await?;
-        let ready = Duration::from_secs(d.guest_ready_secs);
-        self.timed(
-            "waiting for dom0 to answer guest operations",
-            d.guest_ready_secs + 5,
-            self.hv.wait_guest_ready(vm, ready),
+        vm_power::boot(
+            self.hv,
+            vm,
+            Some(snapshot),
+            &self.cfg.deadlines,
+            &mut |_, _| {},
         )
         .await
+        .map_err(|e| format!("{e} (snapshot {snapshot})"))
     }
 
+    /// Guest shutdown, power-off at the grace: a clean disk for the snapshot that follows.
     async fn shutdown(&self, vm: &str) -> std::result::Result<(), String> {
-        let d = &self.cfg.deadlines;
-        let grace = Duration::from_secs(d.shutdown_grace_secs);
-        self.timed(
-            "shutting down",
-            d.shutdown_secs,
-            self.hv.shutdown(vm, grace),
-        )
-        .await
+        vm_power::shut_down(self.hv, vm, &self.cfg.deadlines)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn steps(
@@ -723,7 +484,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
     ) -> std::result::Result<(), String> {
         let log_dir = format!(".sdci/rotation/{id}");
         let mut sink = |b: &[u8]| log_bytes(log, b);
-        updates::run_steps(self.hv, vm, self.auth, self.cfg, &log_dir, steps, &mut sink)
+        dom0_script::run_steps(self.hv, vm, self.auth, self.cfg, &log_dir, steps, &mut sink)
             .await
             .map(drop)
             .map_err(|e| e.to_string())
@@ -748,30 +509,40 @@ impl<H: Hypervisor> Rotator<'_, H> {
                 .await
                 .map_err(|e| format!("updates: {e}"))?;
         } else {
-            self.timed(
-                &format!("reverting to {base}"),
+            vm_power::bounded(
+                Phase::Revert,
                 self.cfg.deadlines.revert_secs,
                 self.hv.revert(vm, base),
             )
-            .await?;
+            .await
+            .map_err(|e| format!("{e} (snapshot {base})"))?;
         }
         self.shutdown(vm).await?;
         let description = format!(
             "sdci rotation {id}: {base}{}",
             if update { " + Qubes updates" } else { "" }
         );
-        self.timed(
-            &format!("taking {snapshot}"),
-            self.cfg.deadlines.revert_secs,
+        match tokio::time::timeout(
+            Duration::from_secs(self.cfg.deadlines.revert_secs),
             self.hv.create_snapshot(vm, snapshot, &description),
         )
-        .await?;
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("taking {snapshot}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "taking {snapshot} did not finish within {}s",
+                    self.cfg.deadlines.revert_secs
+                ))
+            }
+        }
         *created = true;
         log_line(log, &format!("[{vm}] took {snapshot}; smoke test\n"));
         self.boot(vm, snapshot)
             .await
             .map_err(|e| format!("smoke test: {e}"))?;
-        let smoke = updates::smoke_steps(
+        let smoke = smoke_steps(
             self.cfg,
             Duration::from_secs(self.cfg.rotation.smoke_step_secs),
         );
@@ -801,10 +572,9 @@ impl<H: Hypervisor> Rotator<'_, H> {
 
 /// `sdci-host save`: connects to vSphere with the host's configuration and runs one rotation.
 pub async fn save_from_cli(cfg: &Config, req: &SaveRequest) -> Result<RotationReport> {
-    let vcfg = crate::cli::vsphere_config(cfg)?;
-    let auth = crate::server::guest_auth(cfg)?;
+    let auth = crate::gateway::vsphere::guest_auth(cfg)?;
     let store = Store::open(&cfg.db_path())?;
-    let hv = sdci_vsphere::VsphereClient::connect(vcfg).await?;
+    let hv = crate::gateway::vsphere::connect(cfg).await?;
     let r = Rotator {
         cfg,
         store: &store,
@@ -817,13 +587,9 @@ pub async fn save_from_cli(cfg: &Config, req: &SaveRequest) -> Result<RotationRe
 /// The `serve` side: one task per `[[rotation.schedule]]`. Each run leases the pool's VMs like
 /// `sdci-host save`, wakes the scheduler when it releases them, and counts its result in the
 /// service's metrics.
-pub fn spawn_schedules<H: Hypervisor>(
-    hub: std::sync::Arc<crate::server::Hub>,
-    hv: std::sync::Arc<H>,
-    auth: GuestAuth,
-) {
+pub fn spawn_schedules<H: Hypervisor>(hub: Arc<Hub>, hv: Arc<H>, auth: GuestAuth) {
     for s in hub.cfg.rotation.schedule.clone() {
-        let schedule = match crate::nightly::Schedule::parse(&s.cron, &s.time_zone) {
+        let schedule = match s.schedule() {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(version = %s.version, error = %e, "rotation schedule ignored");
@@ -832,7 +598,7 @@ pub fn spawn_schedules<H: Hypervisor>(
         };
         let (hub, hv, auth) = (hub.clone(), hv.clone(), auth.clone());
         let what = format!("rotation {}", s.version);
-        tokio::spawn(crate::nightly::every(schedule, what, move || {
+        tokio::spawn(super::nightly::every(schedule, what, move || {
             let (hub, hv, auth, s) = (hub.clone(), hv.clone(), auth.clone(), s.clone());
             async move {
                 let r = Rotator {
@@ -893,77 +659,5 @@ mod tests {
             to_prune(&tree, 1, &protected),
             vec!["update_4".to_string(), "update_3".into(), "update_2".into()]
         );
-    }
-
-    /// README's "Notifications, nightly jobs, updates and snapshot rotation" block documents
-    /// these options: it must parse, and the values it shows as defaults must be the defaults.
-    #[test]
-    fn the_readme_block_parses_and_shows_the_defaults() {
-        let block = crate::config::tests::readme_toml_block(
-            "### Notifications, nightly jobs, updates and snapshot rotation",
-        );
-        let c = Config::parse(&block, Path::new("README.md")).unwrap();
-        let d = Config::parse("", Path::new("x")).unwrap();
-        let (n, dn) = (&c.notify, &d.notify);
-        assert_eq!(
-            (
-                &n.outcomes,
-                n.rotation,
-                n.attempts,
-                n.backoff_ms,
-                n.timeout_secs,
-                n.sweep_ms
-            ),
-            (
-                &dn.outcomes,
-                dn.rotation,
-                dn.attempts,
-                dn.backoff_ms,
-                dn.timeout_secs,
-                dn.sweep_ms
-            )
-        );
-        assert_eq!(c.updates.dom0, d.updates.dom0);
-        assert_eq!(c.updates.templates, d.updates.templates);
-        assert_eq!(c.updates.step_timeout_secs, d.updates.step_timeout_secs);
-        let (r, dr) = (&c.rotation, &d.rotation);
-        assert_eq!(
-            (
-                r.keep,
-                r.wait_free_secs,
-                r.busy_poll_secs,
-                r.smoke_step_secs
-            ),
-            (
-                dr.keep,
-                dr.wait_free_secs,
-                dr.busy_poll_secs,
-                dr.smoke_step_secs
-            )
-        );
-        assert!(r.schedule[0].update);
-        crate::nightly::validate(&c).unwrap();
-    }
-
-    #[test]
-    fn a_stale_lease_of_a_dead_process_is_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("db.sqlite3");
-        let store = Store::open(&db).unwrap();
-        store.register_vms("4.2", &["a".into()]).unwrap();
-        let c = side_connection(&db).unwrap();
-        // A pid that cannot exist (above the kernel's pid_max).
-        c.execute(
-            "INSERT INTO rotation_runs (id, version, snapshot, from_snapshot, base, owner_pid, \
-             started_ms, deadline_ms) VALUES ('rotation-x', '4.2', 'update_1', 'g', 'g', \
-             99999999, 0, ?1)",
-            params![now_ms() + 3_600_000],
-        )
-        .unwrap();
-        assert!(try_lease(&db, "a", "rotation-x").unwrap());
-        assert!(!try_lease(&db, "a", "rotation-y").unwrap(), "leased twice");
-        assert!(!holds(&db, "a"), "a dead rotation holds nothing");
-        assert_eq!(release_stale(&db).unwrap(), vec!["a".to_string()]);
-        assert_eq!(store.vms().unwrap()[0].job_id, None);
     }
 }

@@ -11,21 +11,16 @@
 //! - Unposted statuses are retried, so no commit stays `pending`.
 //! - Logs older than `log_retention_days` are deleted.
 
-use crate::scheduler::Orchestrator;
-use crate::server::Stop;
-use crate::store::JobState;
-use crate::{events, now_ms};
+use super::Orchestrator;
+use crate::domain::JobState;
+use crate::hub::Stop;
+use crate::{joblog, now_ms};
 use sdci_vsphere::{Hypervisor, PowerState};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-const ACTIVE: [JobState; 4] = [
-    JobState::Assigned,
-    JobState::Booting,
-    JobState::Running,
-    JobState::Finishing,
-];
+const ACTIVE: [JobState; 4] = JobState::ACTIVE;
 
 impl<H: Hypervisor> Orchestrator<H> {
     /// Start-up reconciliation, before anything is dispatched.
@@ -85,8 +80,13 @@ impl<H: Hypervisor> Orchestrator<H> {
     pub async fn reconcile_once(&self) {
         let hub = &self.hub;
         let now = now_ms();
-        if let Err(e) = crate::rotation::release_stale(&hub.cfg.db_path()) {
-            tracing::warn!(error = %e, "releasing stale rotation leases");
+        match hub.store.release_stale_rotations() {
+            Ok(released) => {
+                for (rotation, vms, why) in released {
+                    tracing::warn!(%rotation, ?vms, "released the leases of a rotation: {why}");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "releasing stale rotation leases"),
         }
         let active = hub.store.jobs_in_states(&ACTIVE).unwrap_or_default();
         let mut present: HashSet<String> = HashSet::new();
@@ -111,7 +111,7 @@ impl<H: Hypervisor> Orchestrator<H> {
                     .unwrap_or_default()
                     .into_iter()
                     .any(|j| j.vm.as_deref() == Some(&vm.name) && hub.is_live(&j.id))
-                    || crate::rotation::holds(&hub.cfg.db_path(), &vm.name);
+                    || hub.store.rotation_holds(&vm.name).unwrap_or(false);
                 if !held {
                     tracing::warn!(vm = %vm.name, "powered on with no live job: powering off");
                     hub.metrics.count("stray_vms_powered_off");
@@ -152,7 +152,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         let keep_ms = (hub.cfg.log_retention_days * 86_400_000) as i64;
         if let Ok(old) = hub.store.ended_before(now - keep_ms) {
             for id in old {
-                let p = events::log_path(&hub.cfg.log_dir(), &id);
+                let p = joblog::log_path(&hub.cfg.log_dir(), &id);
                 if p.exists() {
                     let _ = std::fs::remove_file(p);
                 }

@@ -8,16 +8,17 @@
 //!   delivery, the job, its `pending` status and the superseding of older jobs of the same branch
 //!   are one store transaction.
 //! - The answer comes as soon as that transaction commits; everything slow (Qubes version lookup,
-//!   statuses, VMs) happens after, in other tasks woken through [`crate::server::Hub`].
+//!   statuses, VMs) happens after, in other tasks woken through [`crate::hub::Hub`].
 //! - Unknown or unwanted events get 2xx "ignored", never 5xx.
 
-use crate::config::{glob_match, Config};
-use crate::notify::CommitInfo;
-use crate::server::Hub;
+use crate::config::Config;
+use crate::domain::CommitInfo;
+use crate::hub::Hub;
 use crate::store::{Delivery, Ingest, NewJob};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use sdci_protocol::{CommitSha, Reason, RepoName};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -31,9 +32,9 @@ pub enum Decision {
 /// A job the delivery asks for (before it reaches the store).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJobSpec {
-    pub repo: String,
-    pub sha: String,
-    pub reason: &'static str,
+    pub repo: RepoName,
+    pub sha: CommitSha,
+    pub reason: Reason,
     pub branch: String,
     pub supersede_key: String,
     pub clone_url: String,
@@ -137,8 +138,35 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     )
 }
 
-fn valid_sha(s: &str) -> bool {
-    s.parse::<sdci_protocol::CommitSha>().is_ok()
+/// Matches `text` against a pattern where `*` stands for any run of characters (the branch
+/// and tag filters).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The repository and commit of a payload, parsed once (`what` names the event in the error).
+fn ids(repo: &str, sha: &str, what: &str) -> Result<(RepoName, CommitSha), String> {
+    match (repo.parse::<RepoName>(), sha.parse::<CommitSha>()) {
+        (Ok(r), Ok(s)) => Ok((r, s)),
+        _ => Err(format!(
+            "{what} payload has an invalid repository name or sha"
+        )),
+    }
 }
 
 /// Applies the configured rules to a signed, parsed delivery.
@@ -160,14 +188,7 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
                     p.repository.full_name
                 ));
             }
-            if p.repository
-                .full_name
-                .parse::<sdci_protocol::RepoName>()
-                .is_err()
-                || !valid_sha(&p.after)
-            {
-                return Err("push payload has an invalid repository name or sha".into());
-            }
+            let (repo, sha) = ids(&p.repository.full_name, &p.after, "push")?;
             let (name, patterns, kind) = if let Some(b) = p.git_ref.strip_prefix("refs/heads/") {
                 (b, &cfg.webhook.branches, "branch")
             } else if let Some(t) = p.git_ref.strip_prefix("refs/tags/") {
@@ -196,9 +217,9 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
             };
             Ok(Decision::Job(NewJobSpec {
                 supersede_key: format!("{}@{}", p.repository.full_name, p.git_ref),
-                repo: p.repository.full_name,
-                sha: p.after,
-                reason: "push",
+                repo,
+                sha,
+                reason: Reason::Push,
                 branch: name.to_owned(),
                 clone_url,
                 commit,
@@ -237,18 +258,16 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
                     pr.user.login
                 ));
             }
-            if base.parse::<sdci_protocol::RepoName>().is_err() || !valid_sha(&pr.head.sha) {
-                return Err("pull_request payload has an invalid repository name or sha".into());
-            }
+            let (repo, sha) = ids(base, &pr.head.sha, "pull_request")?;
             let (clone_name, clone_raw) = match &pr.head.repo {
                 Some(r) => (r.full_name.as_str(), r.clone_url.as_deref()),
                 None => (base.as_str(), e.repository.clone_url.as_deref()),
             };
             let clone_url = clone_url(cfg, clone_raw, clone_name);
             Ok(Decision::Job(NewJobSpec {
-                repo: base.clone(),
-                sha: pr.head.sha.clone(),
-                reason: "pull_request",
+                repo,
+                sha,
+                reason: Reason::PullRequest,
                 branch: pr.head.git_ref.clone(),
                 supersede_key: format!("{base}#{}", e.number),
                 clone_url,
@@ -319,7 +338,7 @@ pub async fn receive(
     let job = NewJob {
         repo: spec.repo,
         sha: spec.sha,
-        reason: spec.reason.into(),
+        reason: spec.reason,
         branch: Some(spec.branch),
         supersede_key: Some(spec.supersede_key),
         clone_url: spec.clone_url,
@@ -398,6 +417,17 @@ mod tests {
             "repository": {"full_name": "o/r"}})
         .to_string()
         .into_bytes()
+    }
+
+    #[test]
+    fn glob_matches_stars_anywhere() {
+        assert!(glob_match("*", "main"));
+        assert!(glob_match("release/*", "release/2.0"));
+        assert!(glob_match("*-ci*", "x-ci-y"));
+        assert!(!glob_match("release/*", "main"));
+        assert!(glob_match("main", "main"));
+        assert!(!glob_match("main", "mainx"));
+        assert!(!glob_match("a*a", "a"));
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! to stop it; output is plain text, one job or VM per line.
 
 use crate::config::Config;
-use crate::store::{JobState, NewJob, Store};
+use crate::domain::JobState;
+use crate::store::{NewJob, Store};
 use crate::{HostError, Result};
+use sdci_protocol::{CommitSha, JobId, Reason, RepoName};
 use std::fmt::Write;
 
 fn open(cfg: &Config) -> Result<Store> {
@@ -35,7 +37,7 @@ pub fn run(
     commit: &str,
     snapshot: Option<&str>,
     update: bool,
-) -> Result<String> {
+) -> Result<JobId> {
     let repo = repo
         .map(str::to_owned)
         .or_else(|| cfg.default_repo.clone())
@@ -45,11 +47,12 @@ pub fn run(
                     .into(),
             )
         })?;
-    repo.parse::<sdci_protocol::RepoName>()
-        .map_err(|e| HostError::Invalid(e.to_string()))?;
-    commit
-        .parse::<sdci_protocol::CommitSha>()
-        .map_err(|e| HostError::Invalid(format!("{e}; pass the full commit id")))?;
+    let repo: RepoName = repo
+        .parse()
+        .map_err(|e: sdci_protocol::ProtocolError| HostError::Invalid(e.to_string()))?;
+    let sha: CommitSha = commit.parse().map_err(|e: sdci_protocol::ProtocolError| {
+        HostError::Invalid(format!("{e}; pass the full commit id"))
+    })?;
     if !cfg.pools.contains_key(version) {
         return Err(HostError::Invalid(format!(
             "no pool for Qubes {version}: the host config has {:?}",
@@ -63,8 +66,8 @@ pub fn run(
         .unwrap_or_else(|| format!("https://github.com/{repo}.git"));
     open(cfg)?.insert_job(&NewJob {
         repo,
-        sha: commit.to_owned(),
-        reason: "manual".into(),
+        sha,
+        reason: Reason::Manual,
         branch: None,
         supersede_key: None,
         clone_url,
@@ -85,7 +88,7 @@ pub fn list(cfg: &Config, limit: u32) -> Result<String> {
             "{:<20} {:<10} {:<12} {:<40} {:<6} {:<16} {}",
             j.id,
             j.state.as_str(),
-            j.reason,
+            j.reason.as_str(),
             format!("{}@{}", j.repo, &j.sha[..j.sha.len().min(12)]),
             j.version.as_deref().unwrap_or("?"),
             j.vm.as_deref().unwrap_or("-"),
@@ -109,7 +112,7 @@ pub fn show(cfg: &Config, id: &str) -> Result<String> {
         j.repo,
         j.sha,
         j.branch.as_deref().unwrap_or("-"),
-        j.reason,
+        j.reason.as_str(),
         j.version.as_deref().unwrap_or("?"),
         j.vm.as_deref().unwrap_or("-"),
         j.attempts,
@@ -126,13 +129,14 @@ pub fn show(cfg: &Config, id: &str) -> Result<String> {
         );
     }
     out.push_str("statuses:\n");
-    for (state, desc, posted) in store.statuses(id)? {
-        let p = match posted {
-            0 => "unposted",
-            1 => "posted",
-            _ => "skipped",
-        };
-        let _ = writeln!(out, "  {state:<8} {p:<8} {desc}");
+    for s in store.statuses(id)? {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<8} {}",
+            s.state.as_str(),
+            s.posted.as_str(),
+            s.description
+        );
     }
     Ok(out)
 }
@@ -183,39 +187,6 @@ pub fn unquarantine(cfg: &Config, name: &str) -> Result<()> {
     } else {
         Err(HostError::Invalid(format!("no VM {name:?} in the store")))
     }
-}
-
-/// The vSphere client's configuration, built from the host's (the password read from its file).
-pub fn vsphere_config(cfg: &Config) -> Result<sdci_vsphere::VsphereConfig> {
-    let v = &cfg.vsphere;
-    let bad = |m: String| HostError::Config {
-        path: "[vsphere]".into(),
-        message: m,
-    };
-    if v.url.is_empty() || v.user.is_empty() {
-        return Err(bad(
-            "vsphere.url and vsphere.user are required for serve".into()
-        ));
-    }
-    let password = crate::config::read_secret(&v.password_file, "vSphere password")?;
-    let mut t = toml::Table::new();
-    t.insert("url".into(), toml::Value::String(v.url.clone()));
-    t.insert("user".into(), toml::Value::String(v.user.clone()));
-    t.insert(
-        "password".into(),
-        toml::Value::String(password.expose().to_owned()),
-    );
-    t.insert("tls".into(), toml::Value::Table(v.tls.clone()));
-    t.insert("timeouts".into(), toml::Value::Table(v.timeouts.clone()));
-    if let Some(dcs) = &v.datacenters {
-        t.insert(
-            "datacenters".into(),
-            toml::Value::Array(dcs.iter().cloned().map(toml::Value::String).collect()),
-        );
-    }
-    toml::Value::Table(t)
-        .try_into()
-        .map_err(|e: toml::de::Error| bad(e.to_string()))
 }
 
 /// Whether a job state counts as finished, for the CLI's exit code.

@@ -1,4 +1,5 @@
-//! Per-version pools: which queued job gets which VM, and when.
+//! The [`Orchestrator`] of a `serve` process, and its scheduler: per-version pools, which queued
+//! job gets which VM and when, and the version intake.
 //!
 //! Invariants:
 //! - Dispatch is event-driven: the loop runs whenever [`Hub::scheduler`] is notified (a job was
@@ -11,8 +12,8 @@
 //! The scheduler is generic over [`Hypervisor`]: the real vim25 client in production, the govmomi
 //! simulator through that same client in tests.
 
-use crate::server::Hub;
-use crate::store::JobState;
+use crate::domain::JobState;
+use crate::hub::Hub;
 use crate::{now_ms, random_hex};
 use sdci_vsphere::{GuestAuth, Hypervisor, PowerState};
 use std::sync::Arc;
@@ -136,7 +137,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         };
         for job in jobs {
             let version = if hub.cfg.agent.resolve_version {
-                match hub.agent.ci_config(&job.repo, &job.sha).await {
+                match hub.github.ci_config(&job.repo, &job.sha).await {
                     Ok(Some(v)) => v,
                     Ok(None) => hub.cfg.default_version.clone(),
                     Err(e) => {

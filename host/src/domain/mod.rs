@@ -1,0 +1,16 @@
+//! The host's own domain types, below everything else: the configuration, the store and every
+//! surface use them without importing each other.
+//!
+//! - [`JobState`]: a job's place in its life, mapped to GitHub through protocol's table.
+//! - [`CommitInfo`]: the tested commit's author and subject, from the webhook.
+//! - [`cron`]: 5-field cron schedules in UTC or a fixed offset, parsed once at load.
+//!
+//! Invariant: nothing here performs I/O or depends on another module of the host.
+
+mod commit;
+pub mod cron;
+mod job_state;
+
+pub use commit::CommitInfo;
+pub use cron::Schedule;
+pub use job_state::JobState;

@@ -1,0 +1,134 @@
+//! The [`Hub`]: the state one `serve` process shares between its HTTP handlers and its
+//! background tasks — configuration, store, the GitHub gateway, the wake-ups, the jobs this
+//! process drives (with the channel that asks each to stop), and the metrics.
+//!
+//! Invariants: nothing waits on a timer to notice work. Every producer of work wakes its consumer
+//! through a [`Notify`] (a stored permit, so no wake-up is lost between a check and a wait): a new
+//! job wakes the intake and the outbox, a resolved version or a freed VM wakes the scheduler.
+
+use crate::config::Config;
+use crate::gateway::GithubGateway;
+use crate::metrics::Metrics;
+use crate::store::{IngestWriter, Store};
+use sdci_protocol::Secret;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{watch, Notify};
+
+/// Why a live job is asked to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// `true`: report `canceled` (superseded, user cancel); `false`: `error` (deadline, VM gone).
+    pub canceled: bool,
+    pub reason: String,
+}
+
+/// State shared by the HTTP handlers and the background tasks.
+pub struct Hub {
+    pub cfg: Config,
+    pub store: Arc<Store>,
+    pub webhook_secret: Secret,
+    pub github: GithubGateway,
+    /// Group-commit writer for webhook deliveries.
+    pub ingest: IngestWriter,
+    /// Wakes the scheduler: a job became claimable or a VM became free.
+    pub scheduler: Arc<Notify>,
+    /// Wakes the version intake: a new job needs its Qubes version.
+    pub intake: Arc<Notify>,
+    /// Wakes the status outbox.
+    pub statuses: Arc<Notify>,
+    /// Jobs being driven by this process, with the channel that asks them to stop.
+    live: Mutex<HashMap<String, watch::Sender<Option<Stop>>>>,
+    event_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while deciding that a VM is stray and powering it off, and while claiming, so a VM
+    /// claimed a moment ago is never powered off as stray.
+    pub vm_decisions: tokio::sync::Mutex<()>,
+    pub metrics: Metrics,
+}
+
+impl Hub {
+    pub fn new(cfg: Config, store: Arc<Store>, webhook_secret: Secret) -> Self {
+        let github = GithubGateway::from_config(&cfg);
+        let ingest = store.ingest_writer(cfg.jobs.supersede_running);
+        Self {
+            cfg,
+            store,
+            webhook_secret,
+            github,
+            ingest,
+            scheduler: Arc::new(Notify::new()),
+            intake: Arc::new(Notify::new()),
+            statuses: Arc::new(Notify::new()),
+            live: Mutex::new(HashMap::new()),
+            event_locks: Mutex::new(HashMap::new()),
+            vm_decisions: tokio::sync::Mutex::new(()),
+            metrics: Metrics::default(),
+        }
+    }
+
+    pub fn wake_all(&self) {
+        self.intake.notify_one();
+        self.statuses.notify_one();
+        self.scheduler.notify_one();
+    }
+
+    /// Registers a job as driven by this process; the receiver learns when it must stop.
+    pub fn register_live(&self, id: &str) -> watch::Receiver<Option<Stop>> {
+        let (tx, rx) = watch::channel(None);
+        lock(&self.live).insert(id.to_owned(), tx);
+        rx
+    }
+
+    pub fn unregister_live(&self, id: &str) {
+        lock(&self.live).remove(id);
+        lock(&self.event_locks).remove(id);
+    }
+
+    pub fn is_live(&self, id: &str) -> bool {
+        lock(&self.live).contains_key(id)
+    }
+
+    pub fn live_ids(&self) -> Vec<String> {
+        lock(&self.live).keys().cloned().collect()
+    }
+
+    /// Asks a live job to stop. `false` if this process is not driving it.
+    pub fn stop_live(&self, id: &str, stop: Stop) -> bool {
+        match lock(&self.live).get(id) {
+            Some(tx) => {
+                tx.send_replace(Some(stop));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A superseded running job: stop it, reported as canceled.
+    pub fn cancel_live(&self, id: &str) {
+        let reason = self
+            .store
+            .job(id)
+            .ok()
+            .flatten()
+            .and_then(|j| j.cancel_requested)
+            .unwrap_or_else(|| "canceled".into());
+        self.stop_live(
+            id,
+            Stop {
+                canceled: true,
+                reason,
+            },
+        );
+    }
+
+    pub fn event_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.event_locks)
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,32 @@
+//! Orchestration: everything that drives VMs and jobs over time, generic over the
+//! `Hypervisor` contract (the vim25 client in production, VMware's govmomi simulator through
+//! that same client in tests).
+//!
+//! - [`orchestrator`]: the [`Orchestrator`] — scheduler (claims, dispatch the moment a VM frees)
+//!   and the version intake.
+//! - [`lifecycle`]: one attempt of one job on one VM, phase by phase.
+//! - [`vm_power`]: the shared VM procedures (boot from a snapshot, shut down with the power-off
+//!   fallback, power off quietly), written once.
+//! - [`dom0_script`]: commands run in dom0 through guest operations, their output in dom0's log.
+//! - [`updates`]: a job's update phase (Qubes updates, then a reboot).
+//! - [`reconcile`]: start-up and periodic repair.
+//! - [`rotation`]: golden-snapshot rotation (`save` and its schedules).
+//! - [`nightly`]: nightly jobs and the schedule loop.
+//! - [`statuses`]: the status outbox drained through the GitHub gateway.
+//! - [`notifier`]: the Slack outbox.
+//!
+//! Boundary: this layer uses the store, the gateways and the hub; it never reads an HTTP request
+//! (that is `surface`).
+
+pub mod dom0_script;
+pub mod lifecycle;
+pub mod nightly;
+pub mod notifier;
+pub mod orchestrator;
+pub mod reconcile;
+pub mod rotation;
+pub mod statuses;
+pub mod updates;
+pub mod vm_power;
+
+pub use orchestrator::Orchestrator;

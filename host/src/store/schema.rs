@@ -1,0 +1,262 @@
+//! The schema: numbered migrations applied in order (`PRAGMA user_version`), each in its own
+//! `BEGIN IMMEDIATE` transaction. Every table of the store comes from here; no other code creates
+//! one. A database newer than this binary is refused, never downgraded.
+
+use crate::{HostError, Result};
+use rusqlite::{Connection, TransactionBehavior};
+use std::path::Path;
+
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    repo TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    branch TEXT,
+    supersede_key TEXT,
+    clone_url TEXT NOT NULL,
+    version TEXT,
+    snapshot TEXT,
+    update_first INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    note TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    vm TEXT,
+    pid INTEGER,
+    event_secret_hash TEXT,
+    event_next_seq INTEGER NOT NULL DEFAULT 0,
+    cancel_requested TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    deadline_ms INTEGER
+);
+CREATE INDEX jobs_by_state ON jobs(state, version, seq);
+CREATE INDEX jobs_by_commit ON jobs(repo, sha, reason);
+CREATE INDEX jobs_by_key ON jobs(supersede_key, state);
+CREATE TABLE transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    note TEXT
+);
+CREATE INDEX transitions_by_job ON transitions(job_id, id);
+CREATE TABLE deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    event TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    job_id TEXT
+) WITHOUT ROWID;
+CREATE TABLE vms (
+    name TEXT PRIMARY KEY,
+    pool TEXT NOT NULL,
+    job_id TEXT,
+    leased_ms INTEGER,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    quarantined INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE attempts (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    vm TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    result TEXT,
+    error TEXT,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE TABLE step_timings (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    started_ms INTEGER,
+    duration_ms INTEGER,
+    status INTEGER,
+    timed_out INTEGER,
+    PRIMARY KEY (job_id, attempt, step)
+);
+CREATE TABLE pools (
+    version TEXT PRIMARY KEY,
+    golden_snapshot TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE statuses (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    posted INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX statuses_unposted ON statuses(posted, job_id, id);
+"#,
+    r#"
+-- 2: the Result event an attempt relayed (the agent's verdict and reason), for the final status.
+ALTER TABLE attempts ADD COLUMN result_outcome TEXT;
+ALTER TABLE attempts ADD COLUMN result_reason TEXT;
+"#,
+    r#"
+-- 3: the commit's author and subject from the webhook, stored with the job (notifications).
+ALTER TABLE jobs ADD COLUMN commit_author TEXT;
+ALTER TABLE jobs ADD COLUMN commit_subject TEXT;
+"#,
+    r#"
+-- 4: the notification outbox (`notify`) and rotation runs (`rotation`), which earlier versions
+-- created outside the migrations: IF NOT EXISTS keeps such databases as they are. Commit
+-- details recorded in the old `notify_commits` table move into the job's columns.
+CREATE TABLE IF NOT EXISTS notify_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS notify_outbox (
+    job_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS notify_outbox_unsent ON notify_outbox(sent, created_ms);
+CREATE TABLE IF NOT EXISTS notify_commits (job_id TEXT PRIMARY KEY, author TEXT, subject TEXT);
+UPDATE jobs SET
+    commit_author = COALESCE(commit_author,
+        (SELECT author FROM notify_commits n WHERE n.job_id = jobs.id)),
+    commit_subject = COALESCE(commit_subject,
+        (SELECT subject FROM notify_commits n WHERE n.job_id = jobs.id))
+WHERE id IN (SELECT job_id FROM notify_commits);
+DROP TABLE notify_commits;
+CREATE TABLE IF NOT EXISTS rotation_runs (
+    id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    from_snapshot TEXT NOT NULL,
+    base TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    started_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    result TEXT,
+    error TEXT
+);
+"#,
+    r#"
+-- 5: a rotation waiting for a busy VM reserves it: `claim` then gives the VM to no job while
+-- that rotation is running, so a busy pool cannot starve the rotation.
+ALTER TABLE vms ADD COLUMN reserved_by TEXT;
+"#,
+];
+
+/// Applies the migrations `conn` has not seen yet.
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version as usize > MIGRATIONS.len() {
+        return Err(HostError::Invalid(format!(
+            "the database {} has schema version {version}, newer than this sdci-host knows \
+             ({}); run the newer sdci-host",
+            path.display(),
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{test_job as job, test_store as open, JobState, Store};
+    use super::*;
+
+    fn tables(c: &Connection) -> Vec<String> {
+        let mut st = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        let rows = st.query_map([], |r| r.get(0)).unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn the_notify_and_rotation_tables_come_from_the_numbered_migrations() {
+        let (dir, _s) = open();
+        let c = super::super::side_connection(&dir.path().join("db.sqlite3")).unwrap();
+        let t = tables(&c);
+        for want in ["notify_meta", "notify_outbox", "rotation_runs"] {
+            assert!(t.contains(&want.to_owned()), "{want} missing in {t:?}");
+        }
+        assert!(!t.contains(&"notify_commits".to_owned()), "{t:?}");
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_database_whose_notify_and_rotation_tables_predate_the_migrations_keeps_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        {
+            // Schema version 2, plus the tables earlier versions created on the side.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute_batch(
+                "CREATE TABLE notify_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 CREATE TABLE notify_outbox (job_id TEXT PRIMARY KEY, state TEXT NOT NULL,
+                     created_ms INTEGER NOT NULL, sent INTEGER NOT NULL DEFAULT 0,
+                     tries INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+                 CREATE INDEX notify_outbox_unsent ON notify_outbox(sent, created_ms);
+                 CREATE TABLE notify_commits (job_id TEXT PRIMARY KEY, author TEXT, subject TEXT);
+                 CREATE TABLE rotation_runs (id TEXT PRIMARY KEY, version TEXT NOT NULL,
+                     snapshot TEXT NOT NULL, from_snapshot TEXT NOT NULL, base TEXT NOT NULL,
+                     owner_pid INTEGER NOT NULL, started_ms INTEGER NOT NULL,
+                     deadline_ms INTEGER NOT NULL, ended_ms INTEGER, result TEXT, error TEXT);
+                 INSERT INTO jobs (id, repo, sha, reason, clone_url, state, created_ms, updated_ms)
+                     VALUES ('aaaaaaa-1', 'o/r', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 'push', 'u', 'success', 1, 1);
+                 INSERT INTO notify_meta VALUES ('since', 5);
+                 INSERT INTO notify_outbox (job_id, state, created_ms, sent)
+                     VALUES ('aaaaaaa-1', 'success', 1, 1);
+                 INSERT INTO notify_commits VALUES ('aaaaaaa-1', 'Ada', 'First line');
+                 INSERT INTO rotation_runs (id, version, snapshot, from_snapshot, base,
+                     owner_pid, started_ms, deadline_ms, result)
+                     VALUES ('rotation-1', '4.2', 'update_1', 'g', 'g', 1, 1, 2, 'ok');",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let job = s.job("aaaaaaa-1").unwrap().unwrap();
+        assert_eq!(job.commit_author.as_deref(), Some("Ada"));
+        assert_eq!(job.commit_subject.as_deref(), Some("First line"));
+        let c = super::super::side_connection(&path).unwrap();
+        let kept: (i64, i64, i64) = c
+            .query_row(
+                "SELECT (SELECT value FROM notify_meta WHERE key = 'since'), \
+                 (SELECT COUNT(*) FROM notify_outbox), (SELECT COUNT(*) FROM rotation_runs)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, (5, 1, 1));
+        assert!(!tables(&c).contains(&"notify_commits".to_owned()));
+    }
+
+    #[test]
+    fn reopening_keeps_jobs_and_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("db.sqlite3");
+        let id = Store::open(&p)
+            .unwrap()
+            .insert_job(&job('a', "main"))
+            .unwrap();
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.job(&id).unwrap().unwrap().state, JobState::Queued);
+    }
+}

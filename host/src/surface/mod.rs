@@ -1,0 +1,16 @@
+//! The surfaces: everything that takes input from outside the process and answers it.
+//!
+//! - [`webhook`]: `POST /hooks/github` — signature, filters, one job per delivery.
+//! - [`events`]: the agents' NDJSON event ingest (contracts §1).
+//! - [`web`]: job pages, `/healthz`, Prometheus `/metrics`, `POST /api/v1/wake`.
+//! - [`cli`]: the subcommands other than `serve`, on the store file directly.
+//! - [`check_config`]: `sdci-host check-config [--connect]`.
+//!
+//! Boundary: a surface parses and checks what it is given, then calls the store, the hub or the
+//! orchestration; nothing below imports a surface.
+
+pub mod check_config;
+pub mod cli;
+pub mod events;
+pub mod web;
+pub mod webhook;
