@@ -109,3 +109,65 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let store = Store::open(&dir.path().join("data/sdci.sqlite3")).unwrap();
     assert_eq!(store.count_jobs().unwrap(), 0);
 }
+
+#[test]
+fn a_bad_cron_entry_in_the_readme_example_is_refused_by_check_config_run_save_and_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let readme = std::fs::read_to_string(sdci_tests::workspace_root().join("README.md")).unwrap();
+    let section = readme
+        .split("### Notifications, nightly jobs, updates and snapshot rotation")
+        .nth(1)
+        .unwrap();
+    let block = section.split("```toml\n").nth(1).unwrap();
+    let block = block.split("```").next().unwrap();
+    let bad = block.replace("cron = \"0 2 * * *\"", "cron = \"0 26 * * *\"");
+    assert_ne!(
+        bad, block,
+        "the README's nightly schedule moved; update this test"
+    );
+    std::fs::write(dir.path().join("host.toml"), &bad).unwrap();
+    let path = dir.path().join("host.toml").display().to_string();
+    for args in [
+        &["check-config"][..],
+        &["run", "--version", "4.2", "--commit", &sha(5)][..],
+        &["save", "--version", "4.2"][..],
+        &["jobs", "list"][..],
+    ] {
+        let (code, out, err) = host(dir.path(), args);
+        assert_ne!(code, 0, "{args:?} accepted a bad cron entry: {out}");
+        for want in [path.as_str(), "nightly.schedule[0]", "hour", "write e.g."] {
+            assert!(err.contains(want), "{args:?}: {want:?} missing in {err}");
+        }
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_with_secret_files_not_their_contents() {
+    let dir = setup();
+    let (code, out, err) = host(dir.path(), &["check-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("valid"), "{out}");
+    assert!(
+        out.contains("max_attempts = 3"),
+        "defaults filled in: {out}"
+    );
+    let secret = dir.path().join("secret").display().to_string();
+    assert!(
+        out.contains(&format!("<file: {secret}, {} bytes>", SECRET.len())),
+        "{out}"
+    );
+    assert!(
+        !out.contains(SECRET),
+        "the webhook secret itself was printed: {out}"
+    );
+    // The printed configuration is one the host reads back.
+    let printed: String = out
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        toml::from_str::<toml::Table>(&printed).is_ok(),
+        "not TOML: {printed}"
+    );
+}

@@ -1,6 +1,6 @@
 //! Repair, at start-up and every `reconcile_interval_secs`: make the store and vSphere agree.
 //!
-//! Invariants (each is a rule the other anchors learned the hard way, research/anchors.md §3):
+//! Invariants (each is a rule the CI systems sdci learned from found the hard way):
 //! - At start-up no job is driven by this process yet, so every job in a transitional state was
 //!   left by a dead process: its VM is powered off and the attempt counts as an infrastructure
 //!   failure (queued again, or `error` after the limit). Queued jobs stay queued.
