@@ -77,6 +77,9 @@ struct LimitsFile {
     zstd_window_log_max: Option<u32>,
     read_timeout_secs: Option<u64>,
     min_free_bytes: Option<u64>,
+    min_free_inodes: Option<u64>,
+    min_rate_bytes_per_sec: Option<u64>,
+    rate_grace_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -196,8 +199,13 @@ impl Config {
         set!(max_depth);
         set!(zstd_window_log_max);
         set!(min_free_bytes);
+        set!(min_free_inodes);
+        set!(min_rate_bytes_per_sec);
         if let Some(s) = lf.read_timeout_secs {
             l.read_timeout = Duration::from_secs(s);
+        }
+        if let Some(s) = lf.rate_grace_secs {
+            l.rate_grace = Duration::from_secs(s);
         }
         if !(10..=31).contains(&l.zstd_window_log_max) {
             return Err("limits.zstd_window_log_max must be between 10 and 31".into());
@@ -269,6 +277,9 @@ mod tests {
             zstd_window_log_max = 20
             read_timeout_secs = 6
             min_free_bytes = 7
+            min_free_inodes = 9
+            min_rate_bytes_per_sec = 10
+            rate_grace_secs = 11
             [launch]
             qvm_start = "/x/qvm-start"
             qvm_run = "/x/qvm-run"
@@ -293,6 +304,11 @@ mod tests {
         assert_eq!(c.limits.zstd_window_log_max, 20);
         assert_eq!(c.limits.read_timeout, Duration::from_secs(6));
         assert_eq!(c.limits.min_free_bytes, 7);
+        assert_eq!(
+            (c.limits.min_free_inodes, c.limits.min_rate_bytes_per_sec),
+            (9, 10)
+        );
+        assert_eq!(c.limits.rate_grace, Duration::from_secs(11));
         assert_eq!(c.launch.qvm_run, "/x/qvm-run");
         assert_eq!(c.launch.ready_timeout, Duration::from_secs(8));
     }

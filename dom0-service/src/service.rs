@@ -6,7 +6,8 @@
 //! 2. if started as root, switch to the dom0 user (before reading anything from the caller);
 //! 3. dom0's own job file exists and `QREXEC_REMOTE_DOMAIN` is its dev VM; the job has not run
 //!    before (a job runs once);
-//! 4. the archive on stdin is unpacked into a fresh `<job dir>/tree` and moved into place;
+//! 4. the archive on stdin is unpacked into a fresh `<job dir>/tree` and moved into place, all
+//!    before the job's deadline (the reader also enforces a minimum average rate);
 //! 5. the job's steps run in order, the first failure stops the job.
 //!
 //! Nothing from the dev VM chooses a step, a path or an environment variable: `QREXEC_*`
@@ -18,10 +19,10 @@ use crate::error::Error;
 use crate::job::{read_job_file, JobPaths};
 use crate::log::JobLog;
 use crate::steps;
-use crate::unpack::{human, unpack, TimeoutReader};
+use crate::unpack::{human, unpack_until, PacedReader};
 use crate::{privilege, tree};
 use sdci_protocol::{JobFile, JobId, Outcome};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The environment qrexec gives a service, as read at startup.
 #[derive(Debug, Clone, Default)]
@@ -173,8 +174,24 @@ fn serve(
         spec.repo,
         spec.sha.short()
     ));
-    let input = TimeoutReader::new(std::io::stdin(), config.limits.read_timeout);
-    let summary = unpack(input, &paths.tree(), &config.limits)?;
+    // The whole unpack is bounded by the job's deadline (and the reader's minimum rate), and
+    // the tree is never moved into place once the deadline has passed.
+    let deadline = deadline_instant(spec.deadline_unix).ok_or_else(|| {
+        Error::Refused(format!(
+            "the job's deadline passed before the tree was received (job {})",
+            spec.id
+        ))
+    })?;
+    let input = PacedReader::new(std::io::stdin(), &config.limits, Some(deadline));
+    let summary = unpack_until(input, &paths.tree(), &config.limits, Some(deadline))?;
+    if Instant::now() >= deadline {
+        let _ = tree::remove_tree(&paths.tree());
+        return Err(Error::archive(
+            None,
+            "the job's deadline passed while the tree was being unpacked; nothing was moved into \
+             place",
+        ));
+    }
     log.note(&format!(
         "unpacked {} files ({} executable), {} symlinks, {} directories: {} from {} compressed",
         summary.files,
@@ -200,6 +217,16 @@ fn serve(
         )),
     }
     run_steps(config, job, log)
+}
+
+/// The job's deadline (Unix seconds) as an `Instant` on the monotonic clock; `None` once passed.
+fn deadline_instant(deadline_unix: u64) -> Option<Instant> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(deadline_unix).checked_sub(now)?;
+    // A deadline centuries away is "none"; a year keeps `Instant` arithmetic in range.
+    Instant::now().checked_add(left.min(Duration::from_secs(365 * 86_400)))
 }
 
 /// The steps' base environment: the service's own minus everything qrexec set (the caller

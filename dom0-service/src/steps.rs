@@ -9,10 +9,16 @@
 //!   or keeps a qrexec call open. A process that left the group (e.g. `setsid`) and still holds
 //!   the pipe is waited for only `drain`, then abandoned.
 //!
-//! Exit status: the exit code, or 128 + the signal number.
+//! Exit status: the exit code, or 128 + the signal number. Process-group signals, `waitid` and
+//! `waitpid` go through `nix` (no `unsafe` here).
 
 use crate::ansi;
 use crate::error::{Error, Result};
+use nix::errno::Errno;
+use nix::sys::prctl;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -53,60 +59,37 @@ enum Msg {
 /// Makes this process the reaper of its orphaned descendants (Linux `PR_SET_CHILD_SUBREAPER`),
 /// so the remains of a step's process group can be reaped and waited for.
 pub fn become_subreaper() {
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument and touches no memory.
-    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    if r != 0 {
-        tracing::warn!(
-            "cannot become a child subreaper: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = prctl::set_child_subreaper(true) {
+        tracing::warn!("cannot become a child subreaper: {e}");
     }
 }
 
-fn kill_group(pgid: i32, signal: i32) {
-    // SAFETY: killpg takes plain integers.
-    unsafe {
-        libc::killpg(pgid, signal);
-    }
+fn kill_group(pgid: Pid, signal: Signal) {
+    // ESRCH (the group is gone) is the expected end; there is nothing else to do on failure.
+    let _ = killpg(pgid, signal);
 }
 
 /// Waits (without reaping) until process `pid` has exited.
-fn wait_exited(pid: i32) {
-    loop {
-        // SAFETY: siginfo_t is plain data; waitid writes into it.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointer to a local siginfo_t.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return;
-        }
+fn wait_exited(pid: Pid) {
+    while let Err(Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+    {
     }
 }
 
 /// Reaps every child of ours still in group `pgid` (they were sent SIGKILL), for at most `limit`.
-fn reap_group(pgid: i32, limit: Duration) {
+fn reap_group(pgid: Pid, limit: Duration) {
     let until = Instant::now() + limit;
+    let group = Pid::from_raw(-pgid.as_raw());
     loop {
-        let mut status = 0;
-        // SAFETY: valid pointer to a local int.
-        let r = unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
-        if r > 0 {
-            continue;
+        match waitpid(group, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(_) => return, // ECHILD: none left.
         }
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
+        if Instant::now() >= until {
+            return;
         }
-        if r < 0 || Instant::now() >= until {
-            return; // ECHILD: none left.
-        }
-        kill_group(pgid, libc::SIGKILL);
+        kill_group(pgid, Signal::SIGKILL);
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -138,7 +121,7 @@ pub fn run(spec: &Spec<'_>, mut on_line: impl FnMut(&str)) -> Result<Finished> {
             .stderr(writer)
             .process_group(0);
         let child = cmd.spawn().map_err(spawn_err)?;
-        let pid = child.id() as i32;
+        let pid = Pid::from_raw(child.id() as i32);
         (child, pid)
         // `cmd` (holding our copies of the pipe's write end) is dropped here, so the pipe reaches
         // EOF when the command's processes close it.
@@ -183,7 +166,7 @@ pub fn run(spec: &Spec<'_>, mut on_line: impl FnMut(&str)) -> Result<Finished> {
             Ok(Msg::Eof) => eof = true,
             Ok(Msg::Exited) => {
                 // The leader is a zombie, so its group id cannot be reused yet.
-                kill_group(pid, libc::SIGKILL);
+                kill_group(pid, Signal::SIGKILL);
                 let st = child.wait().map_err(spawn_err)?;
                 reap_group(pid, drain.max(Duration::from_secs(1)));
                 status = Some(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
@@ -200,11 +183,11 @@ pub fn run(spec: &Spec<'_>, mut on_line: impl FnMut(&str)) -> Result<Finished> {
                         "(timed out after {} s: sending SIGTERM to the process group)",
                         timeout.as_secs()
                     ));
-                    kill_group(pid, libc::SIGTERM);
+                    kill_group(pid, Signal::SIGTERM);
                     next_kill = Some(Instant::now() + grace);
                 } else {
                     on_line("(still running after the grace period: sending SIGKILL)");
-                    kill_group(pid, libc::SIGKILL);
+                    kill_group(pid, Signal::SIGKILL);
                     next_kill = Some(Instant::now() + grace.max(Duration::from_secs(1)));
                 }
             }

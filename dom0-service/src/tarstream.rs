@@ -10,7 +10,16 @@
 //! - The archive must end with two zero blocks, followed by nothing but zero padding (at most
 //!   [`MAX_TRAILING_ZEROS`] bytes) up to the end of the input. An input that ends anywhere else
 //!   is truncated and an error.
-//! - Member types are reported, not judged: the unpacker decides what is allowed.
+//! - Member types are reported, not judged: the unpacker decides what is allowed. The one
+//!   exception is GNU sparse (`S`), whose layout this reader does not parse: it is refused here.
+//! - No archive is accepted that another reader could read differently. The fuzz target checks
+//!   every accepted archive against the `tar` crate (a differential oracle), and these are
+//!   refused because readers disagree on them: a PAX `path` together with a GNU long name (or
+//!   `linkpath` with a GNU long link), a PAX key set twice in one header, a PAX record with a
+//!   newline inside (the `tar` crate splits records at newlines, not by their length), a NUL
+//!   inside a GNU long name (other than one at the end), a global header between an extended
+//!   header and its member, a checksum that only matches as signed bytes or is not octal, and a
+//!   mode field that is not octal.
 
 use std::io::{self, Read};
 
@@ -82,12 +91,22 @@ pub struct TarStream<R: Read> {
 
 #[derive(Default)]
 struct Pending {
+    /// From a PAX `path` record.
     path: Option<Vec<u8>>,
+    /// From a PAX `linkpath` record.
     link: Option<Vec<u8>>,
     size: Option<u64>,
+    /// From a GNU `L` record.
+    gnu_path: Option<Vec<u8>>,
+    /// From a GNU `K` record.
+    gnu_link: Option<Vec<u8>>,
     pax_seen: bool,
-    gnu_name_seen: bool,
-    gnu_link_seen: bool,
+}
+
+impl Pending {
+    fn any(&self) -> bool {
+        self.pax_seen || self.gnu_path.is_some() || self.gnu_link.is_some()
+    }
 }
 
 impl<R: Read> TarStream<R> {
@@ -114,7 +133,7 @@ impl<R: Read> TarStream<R> {
                 );
             };
             if block.iter().all(|&b| b == 0) {
-                if pending.pax_seen || pending.gnu_name_seen || pending.gnu_link_seen {
+                if pending.any() {
                     return format_err("an extended header is not followed by a member");
                 }
                 self.finish()?;
@@ -146,28 +165,39 @@ impl<R: Read> TarStream<R> {
                             apply_pax(&data, &mut pending, false)?;
                         }
                         b'g' => {
+                            if pending.any() {
+                                return format_err(
+                                    "a PAX global header between an extended header and its \
+                                     member",
+                                );
+                            }
                             let mut global = Pending::default();
                             apply_pax(&data, &mut global, true)?;
                         }
                         b'L' => {
-                            if pending.gnu_name_seen {
+                            if pending.gnu_path.is_some() {
                                 return format_err("two GNU long names for one member");
                             }
-                            pending.gnu_name_seen = true;
-                            // PAX takes precedence over a GNU long name, as in GNU tar.
-                            if pending.path.is_none() {
-                                pending.path = Some(cstr(&data).to_vec());
-                            }
+                            pending.gnu_path = Some(gnu_name(data, "long name")?);
                         }
                         _ => {
-                            if pending.gnu_link_seen {
+                            if pending.gnu_link.is_some() {
                                 return format_err("two GNU long link names for one member");
                             }
-                            pending.gnu_link_seen = true;
-                            if pending.link.is_none() {
-                                pending.link = Some(cstr(&data).to_vec());
-                            }
+                            pending.gnu_link = Some(gnu_name(data, "long link name")?);
                         }
+                    }
+                    if pending.path.is_some() && pending.gnu_path.is_some() {
+                        return format_err(
+                            "both a PAX path and a GNU long name for one member (readers \
+                             disagree on which wins)",
+                        );
+                    }
+                    if pending.link.is_some() && pending.gnu_link.is_some() {
+                        return format_err(
+                            "both a PAX linkpath and a GNU long link name for one member \
+                             (readers disagree on which wins)",
+                        );
                     }
                     continue;
                 }
@@ -183,10 +213,15 @@ impl<R: Read> TarStream<R> {
                 b'6' => Kind::Fifo,
                 other => Kind::Other(other),
             };
+            if kind == Kind::Other(b'S') {
+                // Its sparse map and extension blocks are not parsed here, so its data could
+                // not be told from the next header.
+                return format_err("sparse files are not allowed (GNU sparse member)");
+            }
             let size = pending.size.unwrap_or(size);
             // Some writers (the `tar` crate) include the file-type bits of st_mode; the type
             // flag is what counts, so only the permission bits are kept.
-            let mode = parse_number(&block[100..108], "mode")? & 0o7777;
+            let mode = parse_octal(&block[100..108], "mode")? & 0o7777;
             let header_name = {
                 let name = cstr(&block[0..100]);
                 let prefix = if posix {
@@ -200,13 +235,18 @@ impl<R: Read> TarStream<R> {
                     [prefix, b"/", name].concat()
                 }
             };
-            let raw_path = pending.path.take().unwrap_or(header_name);
+            let raw_path = pending
+                .path
+                .take()
+                .or(pending.gnu_path.take())
+                .unwrap_or(header_name);
             let path = utf8(raw_path, "member name")?;
             let link = match kind {
                 Kind::Symlink | Kind::HardLink => {
                     let raw = pending
                         .link
                         .take()
+                        .or(pending.gnu_link.take())
                         .unwrap_or_else(|| cstr(&block[157..257]).to_vec());
                     Some(utf8(raw, "link target")?)
                 }
@@ -342,6 +382,18 @@ fn cstr(field: &[u8]) -> &[u8] {
         .map_or(field, |i| &field[..i])
 }
 
+/// A GNU long name or link record: the name, optionally followed by one NUL (as GNU tar writes
+/// it). Any other NUL is refused: readers disagree on whether the name ends there.
+fn gnu_name(mut data: Vec<u8>, what: &str) -> TResult<Vec<u8>> {
+    if data.last() == Some(&0) {
+        data.pop();
+    }
+    if data.contains(&0) {
+        return format_err(format!("a GNU {what} record contains a NUL byte"));
+    }
+    Ok(data)
+}
+
 fn utf8(raw: Vec<u8>, what: &str) -> TResult<String> {
     String::from_utf8(raw).map_err(|e| TarError::BadName {
         lossy: String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -349,16 +401,16 @@ fn utf8(raw: Vec<u8>, what: &str) -> TResult<String> {
     })
 }
 
+/// The checksum: an octal field equal to the sum of the header's bytes as unsigned values (with
+/// the checksum field counted as spaces). The historic signed sum is not accepted.
 fn verify_checksum(block: &[u8; BLOCK]) -> TResult<()> {
-    let stored = parse_number(&block[148..156], "checksum")?;
-    let mut unsigned: u64 = 0;
-    let mut signed: i64 = 0;
-    for (i, &b) in block.iter().enumerate() {
-        let b = if (148..156).contains(&i) { b' ' } else { b };
-        unsigned += u64::from(b);
-        signed += i64::from(b as i8);
-    }
-    if stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed) {
+    let stored = parse_octal(&block[148..156], "checksum")?;
+    let unsigned: u64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| u64::from(if (148..156).contains(&i) { b' ' } else { b }))
+        .sum();
+    if stored == unsigned {
         Ok(())
     } else {
         format_err("header checksum mismatch (corrupt or not a tar archive)")
@@ -382,6 +434,11 @@ fn parse_number(field: &[u8], what: &str) -> TResult<u64> {
             return Ok(v);
         }
     }
+    parse_octal(field, what)
+}
+
+/// An octal field only: leading spaces, octal digits, then NUL/space padding.
+fn parse_octal(field: &[u8], what: &str) -> TResult<u64> {
     let s = field
         .iter()
         .skip_while(|&&b| b == b' ')
@@ -410,6 +467,7 @@ fn parse_number(field: &[u8], what: &str) -> TResult<u64> {
 /// used; `GNU.sparse.*` is refused; everything else (times, owners, xattrs, comments) ignored.
 fn apply_pax(data: &[u8], p: &mut Pending, global: bool) -> TResult<()> {
     let mut rest = data;
+    let mut seen: Vec<&[u8]> = Vec::with_capacity(3);
     while !rest.is_empty() {
         let sp = rest
             .iter()
@@ -429,7 +487,21 @@ fn apply_pax(data: &[u8], p: &mut Pending, global: bool) -> TResult<()> {
             .position(|&b| b == b'=')
             .ok_or_else(|| TarError::Format("malformed PAX record (no '=')".into()))?;
         let (key, value) = (&record[..eq], &record[eq + 1..]);
+        if record.contains(&b'\n') {
+            return format_err(
+                "a PAX record contains a newline (readers disagree on where it ends)",
+            );
+        }
         let relevant = matches!(key, b"path" | b"linkpath" | b"size");
+        if relevant && seen.contains(&key) {
+            return format_err(format!(
+                "a PAX header sets {:?} twice",
+                String::from_utf8_lossy(key)
+            ));
+        }
+        if relevant {
+            seen.push(key);
+        }
         if key.starts_with(b"GNU.sparse.") {
             return format_err("sparse files are not allowed");
         }

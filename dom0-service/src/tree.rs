@@ -5,11 +5,14 @@
 //! symlink inside the tree (or the tree's own path being a symlink) removes the link, never what
 //! it points to. Replacing the checkout first renames the old copy aside (a rename moves the
 //! directory entry itself, whatever it is), so the new tree is in place even when the old copy
-//! holds files only root can delete.
+//! holds files only root can delete. System calls go through `nix`.
 
 use crate::error::{Error, Result};
-use rustix::fs::{openat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags, CWD};
-use rustix::io::Errno;
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag, AT_FDCWD};
+use nix::sys::stat::Mode;
+use nix::unistd::{unlinkat, UnlinkatFlags};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -19,14 +22,14 @@ use std::path::{Path, PathBuf};
 pub fn remove_tree(path: &Path) -> Result<()> {
     let (parent, name) = split(path)?;
     let parent_fd = openat(
-        CWD,
+        AT_FDCWD,
         parent,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| Error::io(format!("opening {}", parent.display()), e.into()))?;
     match remove_at(parent_fd.as_fd(), name) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(Error::io(format!("removing {}", path.display()), e.into())),
     }
 }
@@ -51,19 +54,19 @@ fn split(path: &Path) -> Result<(&Path, &OsStr)> {
 /// Removes the entry `name` in `dir`: unlinks it, or empties and removes it if it is a real
 /// directory.
 fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno> {
-    match unlinkat(dir, name, AtFlags::empty()) {
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) => return Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
+        Err(Errno::EISDIR) | Err(Errno::EPERM) => {}
         Err(e) => return Err(e),
     }
-    let fd = openat(
+    let mut listing = Dir::openat(
         dir,
         name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
     let mut children = Vec::new();
-    for entry in Dir::read_from(&fd)? {
+    for entry in listing.iter() {
         let entry = entry?;
         let n = entry.file_name().to_bytes();
         if n == b"." || n == b".." {
@@ -71,18 +74,19 @@ fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno
         }
         children.push((OsStr::from_bytes(n).to_owned(), entry.file_type()));
     }
+    let fd = listing.as_fd();
     for (child, ty) in children {
-        if ty == FileType::Directory {
-            remove_at(fd.as_fd(), &child)?;
+        if ty == Some(Type::Directory) {
+            remove_at(fd, &child)?;
         } else {
-            match unlinkat(fd.as_fd(), &child, AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => {}
-                Err(Errno::ISDIR) => remove_at(fd.as_fd(), &child)?,
+            match unlinkat(fd, child.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(Errno::EISDIR) => remove_at(fd, &child)?,
                 Err(e) => return Err(e),
             }
         }
     }
-    unlinkat(dir, name, AtFlags::REMOVEDIR)
+    unlinkat(dir, name, UnlinkatFlags::RemoveDir)
 }
 
 /// What [`replace_checkout`] did with the previous copy.
@@ -118,7 +122,7 @@ pub fn replace_checkout(
         }
     };
     std::fs::rename(fresh, checkout).map_err(|e| {
-        let hint = if e.raw_os_error() == Some(libc::EXDEV) {
+        let hint = if e.raw_os_error() == Some(Errno::EXDEV as i32) {
             "; jobs_dir and checkout_dir must be on the same file system"
         } else {
             ""

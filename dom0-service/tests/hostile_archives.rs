@@ -11,7 +11,7 @@ use sdci_dom0::fixture::TarBuilder;
 use sdci_protocol::Outcome;
 
 /// Sends `archive` (already compressed) to a fresh job and checks the refusal.
-fn assert_refused_with(config: &str, archive: &[u8], expected: &str) {
+fn assert_refused_with(config: &str, archive: &[u8], expected: &str) -> String {
     let d = Dom0::with_config(config);
     d.job("hostile-1", vec![sh("must-not-run", "echo STEP RAN", 60)]);
     let job_dir = d.job_dir("hostile-1");
@@ -44,6 +44,7 @@ fn assert_refused_with(config: &str, archive: &[u8], expected: &str) {
             "{outside} exists"
         );
     }
+    reason
 }
 
 fn assert_refused(tar: TarBuilder, expected: &str) {
@@ -404,5 +405,135 @@ fn other_member_types_are_refused() {
             b.raw_header("v", b'V', 0o644, 0, "");
         }),
         "member type \"V\"",
+    );
+}
+
+/// The review's archive: 20,000 members `iNNNNN/a/…/a/f`, 32 components deep, with no directory
+/// members, so every directory is implicit (620,000 of them, 2.4 GB in dom0 before the fix).
+fn implicit_directory_bomb() -> Vec<u8> {
+    let deep = "a/".repeat(30);
+    let mut b = TarBuilder::new();
+    for i in 0..20_000 {
+        b.file(&format!("i{i:05}/{deep}f"), 0o644, b"");
+    }
+    // Level 12 is 35 KiB (level 19, the review's 31 KiB, takes 15 s in a debug build).
+    zstd::encode_all(&b.finish()[..], 12).unwrap()
+}
+
+#[test]
+fn twenty_thousand_deep_paths_are_refused_early_because_implicit_directories_count() {
+    let bomb = implicit_directory_bomb();
+    assert!(bomb.len() < 40 << 10, "{} bytes compressed", bomb.len());
+    let start = std::time::Instant::now();
+    let reason = assert_refused_with(
+        "",
+        &bomb,
+        "more than 20000 entries: files, directories and symlinks, parent directories implied",
+    );
+    // 32 inodes per member: members 0–624 make exactly 20,000, so the refusal names i00625,
+    // long before the 20,000th member.
+    assert!(reason.contains("at entry \"i00625/a/a/"), "{reason}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(60));
+}
+
+/// Free bytes and inodes where the test's jobs live, as the service will measure them.
+fn free_at(d: &Dom0) -> (u64, u64) {
+    let st = nix::sys::statvfs::statvfs(&d.jobs).unwrap();
+    #[allow(clippy::useless_conversion)]
+    let bytes = u64::from(st.blocks_available()) * u64::from(st.fragment_size());
+    #[allow(clippy::useless_conversion)]
+    (bytes, u64::from(st.files_available()))
+}
+
+fn empty_dirs(n: usize) -> TarBuilder {
+    let mut b = TarBuilder::new();
+    for i in 0..n {
+        b.dir(&format!("d{i:05}/"), 0o755);
+    }
+    b
+}
+
+#[test]
+fn every_directory_is_charged_against_the_free_space_reserve() {
+    // 30,000 empty directories hold no data but take 30,000 blocks (117 MiB on 4 KiB blocks);
+    // the reserve leaves 8 MiB for the tree.
+    let probe = Dom0::new();
+    let (free, _) = free_at(&probe);
+    let config = format!(
+        "[limits]\nmax_entries = 100000\nmin_free_bytes = {}\n",
+        free.saturating_sub(8 << 20)
+    );
+    assert_refused_with(
+        &config,
+        &compress(&empty_dirs(30_000).finish()),
+        "free-space reserve",
+    );
+}
+
+#[test]
+fn every_inode_is_charged_against_the_free_inode_reserve() {
+    let probe = Dom0::new();
+    let (_, inodes) = free_at(&probe);
+    if inodes == 0 {
+        eprintln!("skipped: this file system does not count inodes");
+        return;
+    }
+    let config = format!(
+        "[limits]\nmax_entries = 100000\nmin_free_inodes = {}\n",
+        inodes.saturating_sub(2000)
+    );
+    assert_refused_with(&config, &compress(&empty_dirs(15_000).finish()), "inodes");
+}
+
+#[test]
+fn a_git_directory_or_file_anywhere_in_the_tree_is_refused() {
+    let refused = "a .git directory or file is not allowed anywhere in the tree";
+    assert_refused(
+        with(|b| {
+            b.file(
+                ".git/config",
+                0o644,
+                b"[core]\n\tfsmonitor = touch /tmp/sdci-escape\n",
+            );
+        }),
+        refused,
+    );
+    assert_refused(
+        with(|b| {
+            b.dir("sub/.git/", 0o755);
+        }),
+        refused,
+    );
+    assert_refused(
+        with(|b| {
+            b.file("sub/.git", 0o644, b"gitdir: /tmp\n");
+        }),
+        refused,
+    );
+    assert_refused(
+        with(|b| {
+            b.file(".GIT/hooks/post-checkout", 0o755, b"#!/bin/sh\n");
+        }),
+        refused,
+    );
+    assert_refused(
+        with(|b| {
+            b.symlink(".git", "launcher");
+        }),
+        refused,
+    );
+    assert_refused(
+        with(|b| {
+            b.dir("launcher/", 0o755);
+            b.symlink("launcher/repo", "../.git");
+        }),
+        refused,
+    );
+    assert_refused(
+        with(|b| {
+            b.pax(&[("path", "x/.git/HEAD")]);
+            b.file("innocent", 0o644, b"ref: refs/heads/main\n");
+        }),
+        refused,
     );
 }
