@@ -40,9 +40,8 @@ fn default_tls() -> TlsPolicy {
 
 impl VsphereConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
-        if !self.url.is_empty()
-            && !(self.url.starts_with("https://") || self.url.starts_with("http://"))
-        {
+        let scheme_ok = self.url.starts_with("https://") || self.url.starts_with("http://");
+        if !self.url.is_empty() && !scheme_ok {
             return Err(format!(
                 "vsphere.url {:?}: write https://esxi-or-vcenter (the /sdk path is added)",
                 self.url
