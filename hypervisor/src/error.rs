@@ -80,8 +80,7 @@ const RETRY_LATER_KINDS: &[&str] = &[
     "HostCommunication",
     "HostNotConnected",
     "RequestCanceled",
-    // libvirt
-    "VIR_ERR_SYSTEM_ERROR",
+    // libvirt (a failed system call is usually one domain's problem: not listed)
     "VIR_ERR_RPC",
     "VIR_ERR_NO_CONNECT",
     "VIR_ERR_INVALID_CONN",

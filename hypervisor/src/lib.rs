@@ -45,17 +45,19 @@ pub trait Hypervisor: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     fn remove_snapshot(&self, vm: &str, name: &str) -> impl Future<Output = Result<()>> + Send;
     /// Removes the oldest snapshots whose name starts with `prefix` until only the newest `keep`
-    /// of them remain; other snapshots are not touched. Returns the removed names, oldest first.
+    /// of them remain, never one in `protected` ([`snapshots::to_prune`], sdci's one rule);
+    /// other snapshots are not touched. Returns the removed names, oldest first.
     fn prune_snapshots(
         &self,
         vm: &str,
         prefix: &str,
         keep: usize,
+        protected: &[String],
     ) -> impl Future<Output = Result<Vec<String>>> + Send {
         async move {
             let tree = self.snapshots(vm).await?;
             let mut removed = Vec::new();
-            for s in snapshots::to_prune(&tree, prefix, keep) {
+            for s in snapshots::to_prune(&tree, prefix, keep, protected) {
                 self.remove_snapshot(vm, &s.name).await?;
                 removed.push(s.name);
             }

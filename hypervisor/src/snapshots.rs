@@ -3,7 +3,12 @@
 //!
 //! Invariants:
 //! - When two snapshots share a name, the newest (then the last in tree order) is the one meant.
-//! - Pruning keeps the newest `keep` snapshots with the prefix and never touches the others.
+//! - Pruning keeps the newest `keep` snapshots with the prefix, never removes a protected one
+//!   (e.g. the current and previous golden snapshot), and never touches snapshots without the
+//!   prefix. Being an ancestor of the VM's current state protects nothing: removing a parent
+//!   snapshot merges it into its children (vSphere consolidates, qcow2 keeps the clusters), so
+//!   the chain golden → update_1 → update_2 … can be pruned like any other. This is sdci's one pruning rule: the trait's
+//!   `prune_snapshots` applies it, and the host's rotation calls that.
 
 use crate::types::SnapshotInfo;
 
@@ -16,8 +21,15 @@ pub fn find<'a>(tree: &'a [SnapshotInfo], name: &str) -> Option<&'a SnapshotInfo
         .map(|(_, s)| s)
 }
 
-/// Which snapshots to remove so that only the newest `keep` with `prefix` remain, oldest first.
-pub fn to_prune(tree: &[SnapshotInfo], prefix: &str, keep: usize) -> Vec<SnapshotInfo> {
+/// Which snapshots to remove so that only the newest `keep` with `prefix` remain, oldest first;
+/// never one named in `protected` (it stays even when older than the newest `keep`). Newest is
+/// by creation time, then tree order.
+pub fn to_prune(
+    tree: &[SnapshotInfo],
+    prefix: &str,
+    keep: usize,
+    protected: &[String],
+) -> Vec<SnapshotInfo> {
     let mut matching: Vec<(usize, &SnapshotInfo)> = tree
         .iter()
         .enumerate()
@@ -28,6 +40,7 @@ pub fn to_prune(tree: &[SnapshotInfo], prefix: &str, keep: usize) -> Vec<Snapsho
     matching
         .into_iter()
         .take(n)
+        .filter(|(_, s)| !protected.contains(&s.name))
         .map(|(_, s)| s.clone())
         .collect()
 }
@@ -55,13 +68,13 @@ mod tests {
             snap("update_1", 10),
             snap("update_2", 20),
         ];
-        let gone: Vec<String> = to_prune(&tree, "update_", 2)
+        let gone: Vec<String> = to_prune(&tree, "update_", 2, &[])
             .into_iter()
             .map(|s| s.name)
             .collect();
         assert_eq!(gone, vec!["update_1"]);
-        assert!(to_prune(&tree, "update_", 5).is_empty());
-        assert_eq!(to_prune(&tree, "update_", 0).len(), 3);
+        assert!(to_prune(&tree, "update_", 5, &[]).is_empty());
+        assert_eq!(to_prune(&tree, "update_", 0, &[]).len(), 3);
     }
 
     #[test]
@@ -69,5 +82,27 @@ mod tests {
         let tree = vec![snap("clean", 5), snap("clean", 9), snap("clean", 7)];
         assert_eq!(find(&tree, "clean").unwrap().id, "snapshot-9");
         assert!(find(&tree, "missing").is_none());
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_n_and_never_the_protected_current_or_previous_golden() {
+        let tree = vec![
+            snap("golden", 1),
+            snap("update_1", 10),
+            snap("update_2", 20),
+            snap("update_3", 30),
+            snap("update_4", 40),
+            snap("update_5", 50),
+        ];
+        let protected = ["update_5".to_string(), "update_1".to_string()];
+        let names = |keep| -> Vec<String> {
+            to_prune(&tree, "update_", keep, &protected)
+                .into_iter()
+                .map(|s| s.name)
+                .collect()
+        };
+        assert_eq!(names(3), ["update_2"]);
+        // keep = 1: everything older than the newest goes, except the protected one.
+        assert_eq!(names(1), ["update_2", "update_3", "update_4"]);
     }
 }

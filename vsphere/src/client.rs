@@ -269,11 +269,17 @@ impl Hypervisor for VsphereClient {
         .await
     }
 
-    async fn prune_snapshots(&self, vm: &str, prefix: &str, keep: usize) -> Result<Vec<String>> {
+    async fn prune_snapshots(
+        &self,
+        vm: &str,
+        prefix: &str,
+        keep: usize,
+        protected: &[String],
+    ) -> Result<Vec<String>> {
         self.with_vm(vm, |m| async move {
             let tree = self.snapshot_tree(&m).await?;
             let mut removed = Vec::new();
-            for s in snapshots::to_prune(&tree, prefix, keep) {
+            for s in snapshots::to_prune(&tree, prefix, keep, protected) {
                 self.remove_snapshot_moref(&m, vm, &snapshots::moref(&s))
                     .await?;
                 removed.push(s.name);

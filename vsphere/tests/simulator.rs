@@ -230,7 +230,7 @@ async fn every_call(sim: &VsphereSim, c: &VsphereClient, name: &str) {
     c.create_snapshot(name, "update_20990102000000", "ci")
         .await
         .unwrap();
-    let removed = c.prune_snapshots(name, "update_", 2).await.unwrap();
+    let removed = c.prune_snapshots(name, "update_", 2, &[]).await.unwrap();
     assert_eq!(removed, ["update_20260101000000"]);
     c.remove_snapshot(name, "update_20990101000000")
         .await

@@ -307,7 +307,7 @@ fn fetch_snapshot_tree_flattens_with_parents_and_the_current_branch() {
     let found = snapshots::find(&tree, "update_20990101000001").unwrap();
     assert_eq!(found.id, "snapshot-170");
     assert!(found.created.unwrap() > tree[0].created.unwrap());
-    let prune: Vec<String> = snapshots::to_prune(&tree, "update_", 2)
+    let prune: Vec<String> = snapshots::to_prune(&tree, "update_", 2, &[])
         .into_iter()
         .map(|s| s.name)
         .collect();

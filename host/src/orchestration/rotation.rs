@@ -6,8 +6,8 @@
 //! apply the updates (`--update`), shut down, take `update_<UTC timestamp>`, and smoke-test it
 //! (revert to it, boot, dom0 answers guest operations, `sdci-dom0 --version` runs, the dev VM
 //! starts). Only when every VM passed does the pool's golden pointer in the store move to the new
-//! snapshot; then the `update_*` snapshots beyond the newest `rotation.keep` are removed, never the
-//! new golden nor the one before it. The leases are held until the pointer has moved, so a job
+//! snapshot; then the `update_*` snapshots beyond the newest `rotation.keep` are removed (the
+//! hypervisor's one pruning rule), never the new golden, the one before it, nor the base. The leases are held until the pointer has moved, so a job
 //! queued meanwhile waits for the VM and then reverts to the new golden snapshot.
 //!
 //! Invariants:
@@ -109,25 +109,6 @@ impl RotationReport {
         out.push_str(&format!("log: {}\n", self.log.display()));
         out
     }
-}
-
-/// The `update_*` snapshots to remove so that the newest `keep` remain, never one in
-/// `protected`. Newest is by creation time, then by name (the name holds a UTC timestamp).
-pub fn to_prune(
-    tree: &[sdci_vsphere::SnapshotInfo],
-    keep: usize,
-    protected: &HashSet<String>,
-) -> Vec<String> {
-    let mut ours: Vec<&sdci_vsphere::SnapshotInfo> = tree
-        .iter()
-        .filter(|s| s.name.starts_with(SNAPSHOT_PREFIX))
-        .collect();
-    ours.sort_by(|a, b| (b.created, &b.name).cmp(&(a.created, &a.name)));
-    ours.into_iter()
-        .skip(keep)
-        .filter(|s| !protected.contains(&s.name) && !s.is_current)
-        .map(|s| s.name.clone())
-        .collect()
 }
 
 /// The smoke test of a fresh snapshot: `sdci-dom0 --version` runs, and the dev VM starts.
@@ -286,7 +267,8 @@ impl<H: Hypervisor> Rotator<'_, H> {
             );
         }
         if moved {
-            let protected: HashSet<String> = [snapshot.clone(), current.clone()].into();
+            // Never the new golden, the previous one, nor the snapshot this rotation started from.
+            let protected = [snapshot.clone(), current.clone(), base.clone()];
             for r in &mut results {
                 match self.prune(&r.vm, &protected).await {
                     Ok(p) => r.pruned = p,
@@ -552,21 +534,17 @@ impl<H: Hypervisor> Rotator<'_, H> {
         self.shutdown(vm).await
     }
 
+    /// Removes the `update_*` snapshots beyond the newest `rotation.keep`, never the new or the
+    /// previous golden one (the hypervisor's one pruning rule).
     async fn prune(
         &self,
         vm: &str,
-        protected: &HashSet<String>,
+        protected: &[String],
     ) -> std::result::Result<Vec<String>, String> {
-        let tree = self.hv.snapshots(vm).await.map_err(|e| e.to_string())?;
-        let mut removed = Vec::new();
-        for name in to_prune(&tree, self.cfg.rotation.keep, protected) {
-            self.hv
-                .remove_snapshot(vm, &name)
-                .await
-                .map_err(|e| format!("{name}: {e}"))?;
-            removed.push(name);
-        }
-        Ok(removed)
+        self.hv
+            .prune_snapshots(vm, SNAPSHOT_PREFIX, self.cfg.rotation.keep, protected)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -623,41 +601,5 @@ pub fn spawn_schedules<H: Hypervisor>(hub: Arc<Hub>, hv: Arc<H>, auth: GuestAuth
                 }
             }
         }));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sdci_vsphere::SnapshotInfo;
-    use std::time::UNIX_EPOCH;
-
-    fn snap(name: &str, secs: u64) -> SnapshotInfo {
-        SnapshotInfo {
-            name: name.into(),
-            id: format!("snapshot-{secs}"),
-            created: Some(UNIX_EPOCH + Duration::from_secs(secs)),
-            parent: None,
-            is_current: false,
-        }
-    }
-
-    #[test]
-    fn pruning_keeps_the_newest_n_and_never_the_current_or_previous_golden() {
-        let tree = vec![
-            snap("golden", 1),
-            snap("update_1", 10),
-            snap("update_2", 20),
-            snap("update_3", 30),
-            snap("update_4", 40),
-            snap("update_5", 50),
-        ];
-        let protected: HashSet<String> = ["update_5".into(), "update_1".into()].into();
-        assert_eq!(to_prune(&tree, 3, &protected), vec!["update_2".to_string()]);
-        // keep = 1: everything older than the newest goes, except the protected one.
-        assert_eq!(
-            to_prune(&tree, 1, &protected),
-            vec!["update_4".to_string(), "update_3".into(), "update_2".into()]
-        );
     }
 }
