@@ -607,6 +607,76 @@ mod tests {
         assert!(members(&bytes).is_err());
     }
 
+    fn refusal(bytes: &[u8]) -> String {
+        match members(bytes) {
+            Err(TarError::Format(m)) => m,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    /// Rewrites a header's checksum field as `sum` (octal, `%06o\0 `).
+    fn set_checksum(block: &mut [u8], sum: u64) {
+        block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
+
+    #[test]
+    fn a_checksum_that_only_matches_as_signed_bytes_is_refused() {
+        let mut b = TarBuilder::new();
+        b.raw_header_bytes(b"caf\xc3\xa9", b'0', 0o644, 0, "");
+        let mut bytes = b.finish();
+        let signed: i64 = bytes[..512]
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                i64::from(if (148..156).contains(&i) {
+                    b' ' as i8
+                } else {
+                    x as i8
+                })
+            })
+            .sum();
+        set_checksum(&mut bytes[..512], signed as u64);
+        assert!(refusal(&bytes).contains("checksum"));
+    }
+
+    #[test]
+    fn a_base_256_mode_or_checksum_is_refused() {
+        let mut b = TarBuilder::new();
+        b.file("a", 0o644, b"");
+        let mut bytes = b.finish();
+        bytes[100..108].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 0x01, 0xa4]);
+        let sum: u64 = bytes[..512]
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| u64::from(if (148..156).contains(&i) { b' ' } else { x }))
+            .sum();
+        set_checksum(&mut bytes[..512], sum);
+        assert!(refusal(&bytes).contains("malformed mode"));
+        let mut bytes = b.finish();
+        bytes[148..156].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(refusal(&bytes).contains("malformed checksum"));
+    }
+
+    #[test]
+    fn a_nul_inside_a_gnu_long_name_is_refused_but_one_at_the_end_is_not() {
+        let mut b = TarBuilder::new();
+        b.gnu_long_name("visible\0hidden");
+        b.file("x", 0o644, b"");
+        assert!(refusal(&b.finish()).contains("NUL"));
+        let mut b = TarBuilder::new();
+        b.raw_header("././@LongLink", b'L', 0o644, 4, "");
+        b.data(b"abc\0");
+        b.file("x", 0o644, b"");
+        assert_eq!(members(&b.finish()).unwrap()[0].0.path, "abc");
+    }
+
+    #[test]
+    fn gnu_sparse_members_are_refused_by_the_reader_itself() {
+        let mut b = TarBuilder::new();
+        b.raw_header("s", b'S', 0o644, 0, "");
+        assert!(refusal(&b.finish()).contains("sparse"));
+    }
+
     #[test]
     fn oversized_extended_header_is_refused_before_reading_it() {
         let mut b = TarBuilder::new();

@@ -936,6 +936,65 @@ mod tests {
     }
 
     #[test]
+    fn the_reserve_check_refuses_below_either_reserve_and_ignores_uncounted_inodes() {
+        let limits = Limits {
+            min_free_bytes: 1000,
+            min_free_inodes: 10,
+            ..l()
+        };
+        let free = |bytes, inodes| FsFree {
+            bytes,
+            inodes,
+            block: 4096,
+        };
+        assert!(check_reserve(&free(1000, Some(10)), &limits).is_ok());
+        assert!(check_reserve(&free(999, Some(10)), &limits)
+            .unwrap_err()
+            .contains("limits.min_free_bytes"));
+        assert!(check_reserve(&free(5000, Some(9)), &limits)
+            .unwrap_err()
+            .contains("limits.min_free_inodes"));
+        assert!(check_reserve(&free(5000, None), &limits).is_ok(), "btrfs");
+    }
+
+    #[test]
+    fn the_paced_reader_cuts_off_a_sender_below_the_minimum_rate() {
+        let (r, mut w) = std::io::pipe().unwrap();
+        let limits = Limits {
+            read_timeout: Duration::from_secs(5),
+            min_rate_bytes_per_sec: 1000,
+            rate_grace: Duration::from_millis(200),
+            ..l()
+        };
+        let mut paced = PacedReader::new(r, &limits, None);
+        w.write_all(b"x").unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(paced.read(&mut buf).unwrap(), 1);
+        let start = Instant::now();
+        let err = paced.read(&mut buf).unwrap_err();
+        assert!(err.to_string().contains("too slowly"), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "waited for the read timeout"
+        );
+    }
+
+    #[test]
+    fn the_paced_reader_stops_at_the_deadline() {
+        let (r, _w) = std::io::pipe().unwrap();
+        let limits = Limits {
+            read_timeout: Duration::from_secs(5),
+            min_rate_bytes_per_sec: 0,
+            ..l()
+        };
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let mut paced = PacedReader::new(r, &limits, Some(deadline));
+        let err = paced.read(&mut [0u8; 8]).unwrap_err();
+        assert!(err.to_string().contains("deadline passed"), "{err}");
+        assert!(Instant::now() < deadline + Duration::from_secs(1));
+    }
+
+    #[test]
     fn human_sizes() {
         assert_eq!(human(512), "512 B");
         assert_eq!(human(10 << 30), "10.0 GiB");

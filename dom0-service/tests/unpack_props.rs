@@ -1,8 +1,13 @@
 //! Randomized archives against the unpacker (a stable-Rust complement to the cargo-fuzz target
 //! in `dom0-service/fuzz`): whatever the archive, unpacking never panics; a refusal leaves
 //! nothing behind; an accepted tree holds only files, directories and symlinks that resolve
-//! inside it, with no special mode bits; and nothing ever appears beside the destination.
+//! inside it, with no special mode bits, and exactly the inodes the summary counts, never more
+//! than `max_entries` (implicit parent directories included); nothing ever appears beside the
+//! destination; and whatever `tarstream` accepts, the `tar` crate reads the same way.
 #![allow(clippy::unwrap_used)]
+
+#[path = "common/oracle.rs"]
+mod oracle;
 
 use proptest::prelude::*;
 use sdci_dom0::fixture::TarBuilder;
@@ -19,6 +24,15 @@ enum Op {
     Special(String, u8),
     PaxPath(String, String),
     GnuLong(String, String),
+    /// A file whose parents are all implicit.
+    Deep(String),
+}
+
+/// Paths up to 40 components deep (beyond `max_depth`), made of few names so they share
+/// parents.
+fn deep() -> impl Strategy<Value = String> {
+    proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just(".git")], 1..40)
+        .prop_map(|v| format!("{}/f", v.join("/")))
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -69,6 +83,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(n, t)| Op::Special(n, t)),
         1 => (name(), name()).prop_map(|(p, n)| Op::PaxPath(p, n)),
         1 => (name(), name()).prop_map(|(p, n)| Op::GnuLong(p, n)),
+        2 => deep().prop_map(Op::Deep),
     ]
 }
 
@@ -83,17 +98,25 @@ fn build(ops: &[Op]) -> Vec<u8> {
             Op::Special(n, t) => b.raw_header(n, *t, 0o644, 0, ""),
             Op::PaxPath(p, n) => b.pax(&[("path", p)]).file(n, 0o644, b"pax"),
             Op::GnuLong(p, n) => b.gnu_long_name(p).file(n, 0o644, b"gnu"),
+            Op::Deep(p) => b.gnu_long_name(p).file("deep", 0o644, b"d"),
         };
     }
     b.finish()
 }
 
-fn check_tree(dest: &Path) {
+/// Checks every inode below `dest` and returns how many there are.
+fn check_tree(dest: &Path) -> u64 {
     let root = std::fs::canonicalize(dest).unwrap();
     let mut stack = vec![dest.to_path_buf()];
+    let mut inodes = 0;
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
+            inodes += 1;
+            assert!(
+                !p.file_name().unwrap().eq_ignore_ascii_case(".git"),
+                "{p:?}: a .git was unpacked"
+            );
             let md = std::fs::symlink_metadata(&p).unwrap();
             let ft = md.file_type();
             let mode = md.permissions().mode();
@@ -115,12 +138,21 @@ fn check_tree(dest: &Path) {
             }
         }
     }
+    inodes
+}
+
+/// An accepted tree: checked, and its inodes are exactly the summary's, within the cap.
+fn check_accepted(dest: &Path, s: &sdci_dom0::unpack::Summary, limits: &Limits) {
+    let inodes = check_tree(dest);
+    assert_eq!(inodes, s.files + s.dirs + s.symlinks, "{s:?}");
+    assert!(inodes <= limits.max_entries, "{inodes} inodes: {s:?}");
 }
 
 fn limits() -> Limits {
     Limits {
         max_entries: 50,
         min_free_bytes: 0,
+        min_free_inodes: 0,
         ..Limits::default()
     }
 }
@@ -143,11 +175,12 @@ proptest! {
             let n = at.index(tar.len());
             tar.truncate(n);
         }
+        oracle::assert_readers_agree(&tar);
         let compressed = zstd::encode_all(&tar[..], 1).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("tree");
         match unpack(&compressed[..], &dest, &limits()) {
-            Ok(_) => check_tree(&dest),
+            Ok(s) => check_accepted(&dest, &s, &limits()),
             Err(e) => {
                 prop_assert!(!e.to_string().is_empty());
                 prop_assert!(!dest.exists(), "refused ({e}) but the tree is still there");
@@ -168,84 +201,110 @@ proptest! {
         let input = if compress { zstd::encode_all(&bytes[..], 1).unwrap() } else { bytes };
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("tree");
-        if unpack(&input[..], &dest, &limits()).is_err() {
-            prop_assert!(!dest.exists());
-        } else {
-            check_tree(&dest);
+        if !compress {
+            oracle::assert_readers_agree(&input);
+        }
+        match unpack(&input[..], &dest, &limits()) {
+            Err(_) => prop_assert!(!dest.exists()),
+            Ok(s) => check_accepted(&dest, &s, &limits()),
+        }
+    }
+
+    #[test]
+    fn implicit_directories_count_against_max_entries_exactly(
+        paths in proptest::collection::btree_set(
+            proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c")], 1..8),
+            1..12,
+        ),
+        max_entries in 1u64..80,
+    ) {
+        // Files named `f` below directories named a/b/c, never listed: every directory is
+        // implicit. The tree needs one inode per distinct directory prefix and one per file.
+        let mut b = TarBuilder::new();
+        let mut dirs = std::collections::BTreeSet::new();
+        for p in &paths {
+            for i in 1..=p.len() {
+                dirs.insert(p[..i].join("/"));
+            }
+            b.file(&format!("{}/f", p.join("/")), 0o644, b"x");
+        }
+        let needed = (dirs.len() + paths.len()) as u64;
+        let limits = Limits { max_entries, ..limits() };
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("tree");
+        let got = unpack(&zstd::encode_all(&b.finish()[..], 1).unwrap()[..], &dest, &limits);
+        match got {
+            Ok(s) => {
+                prop_assert!(needed <= max_entries, "{needed} inodes accepted under a cap of {max_entries}");
+                prop_assert_eq!(s.dirs, dirs.len() as u64);
+                check_accepted(&dest, &s, &limits);
+            }
+            Err(e) => {
+                prop_assert!(needed > max_entries, "refused although {needed} <= {max_entries}: {e}");
+                prop_assert!(e.to_string().contains("more than"), "{e}");
+                prop_assert!(!dest.exists());
+            }
         }
     }
 }
 
+/// The archives `tarstream` refuses because readers disagree on them. For each, the `tar` crate
+/// names the file one way and a length-respecting, last-record-wins, PAX-first reader (what
+/// `tarstream` was before the oracle) another: an archive a checker and an extractor would see
+/// differently.
 #[test]
-fn legitimate_trees_from_the_generator_are_accepted() {
-    let ops = [
-        Op::Dir("launcher/".into(), 0o755),
-        Op::File("sdw_notify/a.py".into(), 0o644, b"x".to_vec()),
-        Op::Symlink("launcher/sdw_notify".into(), "../sdw_notify".into()),
-        Op::File("scripts/run".into(), 0o755, b"#!/bin/sh\n".to_vec()),
-    ];
-    let tmp = tempfile::tempdir().unwrap();
-    let dest = tmp.path().join("tree");
-    let s = unpack(
-        &zstd::encode_all(&build(&ops)[..], 1).unwrap()[..],
-        &dest,
-        &limits(),
-    )
-    .unwrap();
-    assert_eq!((s.files, s.symlinks, s.executables), (2, 1, 1));
-    check_tree(&dest);
-    assert_eq!(
-        std::fs::read(dest.join("launcher/sdw_notify/a.py")).unwrap(),
-        b"x"
-    );
-}
-
-#[test]
-fn archives_written_by_the_tar_crate_as_the_agent_writes_them_are_accepted() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let shape = sdci_dom0::fixture::sdw_tree(&src, 300_000).unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    b.follow_symlinks(false);
-    b.append_dir_all("securedrop-workstation", &src).unwrap();
-    // A name longer than 100 bytes (GNU long-name record).
-    let long = format!(
-        "securedrop-workstation/{}/deep.txt",
-        "long-directory-name".repeat(8)
-    );
-    let mut h = tar::Header::new_gnu();
-    h.set_size(3);
-    h.set_mode(0o100644);
-    h.set_entry_type(tar::EntryType::Regular);
-    b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
-    let bytes = b.into_inner().unwrap();
-    let dest = tmp.path().join("tree");
-    let s = unpack(
-        &zstd::encode_all(&bytes[..], 3).unwrap()[..],
-        &dest,
-        &limits_for_trees(),
-    )
-    .unwrap();
-    assert_eq!(
+fn archives_that_readers_disagree_on_are_refused_by_tarstream() {
+    let newline = {
+        let mut b = TarBuilder::new();
+        // A PAX value holding a newline and a well-formed fake record: the tar crate splits
+        // records at newlines and finds `path=evil` first.
+        b.pax(&[("comment", "x\n13 path=evil"), ("path", "good")]);
+        b.file("header-name", 0o644, b"data");
+        b.finish()
+    };
+    let both_names = {
+        let mut b = TarBuilder::new();
+        b.gnu_long_name("gnu-name");
+        b.pax(&[("path", "pax-name")]);
+        b.file("header-name", 0o644, b"");
+        b.finish()
+    };
+    let twice = {
+        let mut b = TarBuilder::new();
+        b.pax(&[("path", "second"), ("path", "first")]);
+        b.file("header-name", 0o644, b"");
+        b.finish()
+    };
+    let global_between = {
+        let mut b = TarBuilder::new();
+        b.pax(&[("path", "pax-name")]);
+        b.pax_global(&[("comment", "c")]);
+        b.file("header-name", 0o644, b"");
+        b.finish()
+    };
+    for (what, tar, tar_crate_reads, other_reading) in [
+        ("a newline in a PAX record", newline, "evil", "good"),
         (
-            s.files as usize,
-            s.symlinks as usize,
-            s.executables as usize
+            "a PAX path and a GNU long name",
+            both_names,
+            "gnu-name",
+            "pax-name",
         ),
-        (shape.files + 1, 3, 24)
-    );
-    check_tree(&dest);
-    assert_eq!(std::fs::read(dest.join(&long)).unwrap(), b"abc");
-    assert_eq!(
-        std::fs::read_link(dest.join("securedrop-workstation/launcher/sdw_util")).unwrap(),
-        Path::new("../sdw_util")
-    );
-}
-
-fn limits_for_trees() -> Limits {
-    Limits {
-        min_free_bytes: 0,
-        ..Limits::default()
+        ("a PAX key twice", twice, "second", "first"),
+        (
+            "a global header in between",
+            global_between,
+            "header-name",
+            "pax-name",
+        ),
+    ] {
+        let theirs = oracle::tar_crate_members(&tar).unwrap();
+        let file = theirs.iter().find(|m| m.kind == b'0').unwrap();
+        assert_eq!(file.path, tar_crate_reads.as_bytes(), "{what}");
+        assert_ne!(tar_crate_reads, other_reading);
+        assert!(
+            oracle::tarstream_members(&tar).is_none(),
+            "{what}: accepted by tarstream"
+        );
     }
 }
