@@ -51,14 +51,9 @@ pub fn parse_datetime(s: &str) -> Option<SystemTime> {
         let n: u32 = digits.parse().ok()?;
         n * 10u32.pow(9 - digits.len() as u32)
     };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = if y2 >= 0 { y2 } else { y2 - 399 } / 400;
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    // sdci's one civil-date algorithm.
+    let (mo, da) = (u32::try_from(mo).ok()?, u32::try_from(da).ok()?);
+    let days = sdci_protocol::time::days_from_civil(y, mo, da);
     let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
     let secs = u64::try_from(secs).ok()?;
     Some(UNIX_EPOCH + Duration::new(secs, nanos))

@@ -7,8 +7,9 @@
 //! (revert to it, boot, dom0 answers guest operations, `sdci-dom0 --version` runs, the dev VM
 //! starts). Only when every VM passed does the pool's golden pointer in the store move to the new
 //! snapshot; then the `update_*` snapshots beyond the newest `rotation.keep` are removed (the
-//! hypervisor's one pruning rule), never the new golden, the one before it, nor the base. The leases are held until the pointer has moved, so a job
-//! queued meanwhile waits for the VM and then reverts to the new golden snapshot.
+//! hypervisor's one pruning rule), never the new golden, the one before it, nor the base. The
+//! leases are held until the pointer has moved, so a job queued meanwhile waits for the VM and
+//! then reverts to the new golden snapshot.
 //!
 //! Invariants:
 //! - A failure (update, snapshot, smoke test, a VM that stays busy or is quarantined) leaves the
