@@ -10,6 +10,8 @@
 //!   that do not allow fetching unadvertised objects), a full fetch of branches and pull-request
 //!   heads. Either way the commit is verified to exist before it is checked out, detached.
 //! - Any previous directory at `dev_dir` is removed first, so nothing of an older job survives.
+//! - The `.example` copies read and write regular files only, never through or onto a symlink
+//!   the commit put there ([`copy_examples`]).
 
 use crate::error::{AgentError, Result};
 use sdci_protocol::job::Secret;
@@ -182,23 +184,113 @@ fn url_has_credentials(url: &str) -> bool {
     authority.contains('@')
 }
 
+/// The largest `.example` file copied; SDW's are a few hundred bytes.
+pub const MAX_EXAMPLE_BYTES: u64 = 1 << 20;
+
 /// Copies `files/config.json.example` → `config.json` and `sd-journalist.sec.example` →
 /// `sd-journalist.sec` when the examples exist; returns the files written.
+///
+/// The commit is hostile input: only a regular file is copied, and never through or onto a
+/// symlink. A source that is (or lies below) a symlink, or is not a regular file, and a
+/// destination that exists as a symlink or anything but a regular file, refuse the job with an
+/// error saying which (rather than skipping: the build would then run without the file it needs).
+/// Both ends are opened with `O_NOFOLLOW`, the source's parents are checked without following
+/// them, and at most [`MAX_EXAMPLE_BYTES`] are copied.
 pub fn copy_examples(dir: &Path) -> Result<Vec<&'static str>> {
     let mut written = Vec::new();
     for (from, to) in [
         ("files/config.json.example", "config.json"),
         ("sd-journalist.sec.example", "sd-journalist.sec"),
     ] {
-        let src = dir.join(from);
-        if !src.is_file() {
+        let refuse = |why: String| {
+            AgentError::io(
+                format!("copying {from} to {to}"),
+                std::io::Error::other(format!(
+                    "{why}; the agent copies only regular files, never through or onto a \
+                     symlink (commit the example as a regular file)"
+                )),
+            )
+        };
+        let Some(src) = open_regular(dir, from).map_err(refuse)? else {
             continue;
+        };
+        let mut dst =
+            open_destination(&dir.join(to)).map_err(|why| refuse(format!("{to} {why}")))?;
+        let copied = std::io::copy(
+            &mut std::io::Read::take(src, MAX_EXAMPLE_BYTES + 1),
+            &mut dst,
+        )
+        .map_err(|e| AgentError::io(format!("copying {from} to {to}"), e))?;
+        if copied > MAX_EXAMPLE_BYTES {
+            return Err(refuse(format!(
+                "{from} is larger than {MAX_EXAMPLE_BYTES} bytes"
+            )));
         }
-        std::fs::copy(&src, dir.join(to))
-            .map_err(|e| AgentError::io(format!("copying {from} to {to}"), e))?;
+        tracing::info!(from, to, bytes = copied, "example copied");
         written.push(to);
     }
     Ok(written)
+}
+
+/// Opens `dir/rel` for reading if it is a regular file reached without following a symlink;
+/// `Ok(None)` if it does not exist; `Err` (why) otherwise.
+fn open_regular(dir: &Path, rel: &str) -> std::result::Result<Option<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut path = dir.to_path_buf();
+    let comps: Vec<&str> = rel.split('/').collect();
+    for (i, c) in comps.iter().enumerate() {
+        path.push(c);
+        let md = match std::fs::symlink_metadata(&path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot inspect {}: {e}", comps[..=i].join("/"))),
+        };
+        let here = comps[..=i].join("/");
+        let last = i + 1 == comps.len();
+        if md.file_type().is_symlink() {
+            return Err(format!("{here} is a symlink"));
+        }
+        if !last && !md.is_dir() {
+            return Err(format!("{here} is not a directory"));
+        }
+        if last && !md.is_file() {
+            return Err(format!("{here} is not a regular file"));
+        }
+    }
+    // O_NOFOLLOW: if the last component became a symlink since, the open fails; O_NONBLOCK: a
+    // FIFO put there would not block the agent.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("cannot open {rel}: {e}"))?;
+    match file.metadata() {
+        Ok(md) if md.is_file() => Ok(Some(file)),
+        Ok(_) => Err(format!("{rel} is not a regular file")),
+        Err(e) => Err(format!("cannot inspect {rel}: {e}")),
+    }
+}
+
+/// Creates or truncates `path` for writing, refusing a symlink (`O_NOFOLLOW`, so a dangling one
+/// is not created through either) and anything but a regular file.
+fn open_destination(path: &Path) -> std::result::Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_symlink() => return Err("exists as a symlink".into()),
+        Ok(md) if !md.is_file() => return Err("exists and is not a regular file".into()),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => "exists as a symlink".into(),
+            _ => format!("cannot be written: {e}"),
+        })
 }
 
 #[cfg(test)]
@@ -247,6 +339,56 @@ mod tests {
         );
         let mode = std::fs::metadata(&script).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_symlinked_example_is_refused_and_what_it_points_to_is_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "SECRET").unwrap();
+        std::fs::create_dir(dir.path().join("files")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret"),
+            dir.path().join("files/config.json.example"),
+        )
+        .unwrap();
+        let err = copy_examples(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("files/config.json.example is a symlink"),
+            "{err}"
+        );
+        assert!(!dir.path().join("config.json").exists());
+    }
+
+    #[test]
+    fn an_example_below_a_symlinked_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("config.json.example"), "SECRET").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("files")).unwrap();
+        let err = copy_examples(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("files is a symlink"), "{err}");
+        assert!(!dir.path().join("config.json").exists());
+    }
+
+    #[test]
+    fn a_symlinked_destination_is_refused_and_its_target_is_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "ORIGINAL").unwrap();
+        std::fs::write(dir.path().join("sd-journalist.sec.example"), "KEY").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("sd-journalist.sec")).unwrap();
+        let err = copy_examples(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("sd-journalist.sec exists as a symlink"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "ORIGINAL");
+        // A dangling one is not created through either.
+        std::fs::remove_file(&victim).unwrap();
+        assert!(copy_examples(dir.path()).is_err());
+        assert!(!victim.exists());
     }
 
     #[test]

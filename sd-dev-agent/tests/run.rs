@@ -64,11 +64,23 @@ struct World {
 
 impl World {
     fn new(id: &str, qrexec_script: Option<&str>, steps: Vec<Step>) -> Self {
+        Self::with_commit(id, qrexec_script, steps, |_, _| {})
+    }
+
+    /// Like [`World::new`], but `change` (given the origin repository and the temporary root)
+    /// alters the fixture's tree and commits it; the job is for that commit.
+    fn with_commit(
+        id: &str,
+        qrexec_script: Option<&str>,
+        steps: Vec<Step>,
+        change: impl FnOnce(&Path, &Path),
+    ) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dom0 = tempfile::tempdir().unwrap();
         let gh = GitHub::start();
         gh.add_pat(PAT);
         let fixture = Fixture::create(&tmp.path().join("origin"), TestMode::Pass).unwrap();
+        change(&fixture.path, tmp.path());
         let sha = fixture.head().unwrap();
         // A later commit on main: the job must get exactly the first one.
         fixture.commit_mode(TestMode::Fail, "later").unwrap();
@@ -496,4 +508,128 @@ fn a_host_that_refuses_the_event_secret_does_not_change_the_jobs_outcome() {
         }
     ));
     assert_eq!(w.gh.statuses().last().unwrap().state, "success");
+}
+
+/// Commits whatever `change` did to the origin repository.
+fn commit_all(origin: &Path, message: &str) {
+    for args in [
+        vec!["add", "-A"],
+        vec![
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.org",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        ],
+    ] {
+        let ok = Command::new("git")
+            .args(&args)
+            .current_dir(origin)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "git {args:?}");
+    }
+}
+
+/// Everything below `root` that holds `needle`, by path.
+fn files_containing(root: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p);
+            } else if md.is_file()
+                && String::from_utf8_lossy(&std::fs::read(&p).unwrap()).contains(needle)
+            {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_symlinked_example_pointing_outside_the_checkout_is_never_read_into_the_archive() {
+    const SECRET: &str = "SD-DEV-PRIVATE-KEY-0001";
+    let w = World::with_commit(
+        "job-example-link-1",
+        None,
+        vec![sh("must-not-run", "echo STEP RAN")],
+        |origin, root| {
+            // A file in sd-dev outside the checkout, and the commit's example pointing at it.
+            let private = root.join("sd-dev/home/user/.ssh/id_ed25519");
+            std::fs::create_dir_all(private.parent().unwrap()).unwrap();
+            std::fs::write(&private, SECRET).unwrap();
+            let example = origin.join("files/config.json.example");
+            std::fs::remove_file(&example).unwrap();
+            std::os::unix::fs::symlink(&private, &example).unwrap();
+            commit_all(origin, "example is a symlink");
+        },
+    );
+    let out = w.wait(w.spawn_agent());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let events = w.host.events();
+    let reason = match &events.last().unwrap().kind {
+        EventKind::Result { outcome, reason } => {
+            assert_eq!(*outcome, Outcome::Error);
+            reason.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        reason.contains("files/config.json.example is a symlink")
+            && reason.contains("only regular files"),
+        "{reason}"
+    );
+    assert!(!texts(&events).contains(&"STEP RAN".to_owned()));
+    let dev_dir = Path::new(&w.job.dev_dir);
+    assert!(!dev_dir.join("config.json").exists());
+    // The secret reached neither dom0 nor the host.
+    assert_eq!(
+        files_containing(w.dom0.path(), SECRET),
+        Vec::<PathBuf>::new()
+    );
+    assert!(!format!("{events:?}").contains(SECRET));
+}
+
+#[test]
+fn a_symlinked_sd_journalist_sec_never_overwrites_a_file_outside_the_checkout() {
+    let w = World::with_commit(
+        "job-example-link-2",
+        None,
+        vec![sh("must-not-run", "echo STEP RAN")],
+        |origin, root| {
+            let victim = root.join("sd-dev/home/user/.bashrc");
+            std::fs::create_dir_all(victim.parent().unwrap()).unwrap();
+            std::fs::write(&victim, "ORIGINAL BASHRC\n").unwrap();
+            std::os::unix::fs::symlink(&victim, origin.join("sd-journalist.sec")).unwrap();
+            commit_all(origin, "destination is a symlink");
+        },
+    );
+    let out = w.wait(w.spawn_agent());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let victim = w.path("sd-dev/home/user/.bashrc");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "ORIGINAL BASHRC\n",
+        "the file outside the checkout was overwritten"
+    );
+    let events = w.host.events();
+    let EventKind::Result { reason, .. } = &events.last().unwrap().kind else {
+        panic!("{events:?}")
+    };
+    assert!(
+        reason.contains("sd-journalist.sec exists as a symlink"),
+        "{reason}"
+    );
+    assert!(!texts(&events).contains(&"STEP RAN".to_owned()));
 }
