@@ -130,6 +130,9 @@ pub fn probe_accel(image: &Image) -> DomainType {
         return t;
     }
     let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let _ = fs::create_dir_all(target_dir().join("libvirt-env"));
+    // One probe at a time: the others wait and read its answer.
+    let _lock = FileLock::take(&target_dir().join("libvirt-env/.accel-lock"));
     let cache = target_dir().join(format!("libvirt-env/accel-{}", boot.trim()));
     if let Ok(s) = fs::read_to_string(&cache) {
         let t = if s.starts_with("kvm") {
@@ -145,7 +148,6 @@ pub fn probe_accel(image: &Image) -> DomainType {
         return t;
     }
     let (t, why) = probe_kvm(image);
-    let _ = fs::create_dir_all(target_dir().join("libvirt-env"));
     let _ = fs::write(
         &cache,
         format!(
