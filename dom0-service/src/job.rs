@@ -1,8 +1,10 @@
 //! dom0's own job files: `<jobs_dir>/<id>/job.json`, uploaded by the host (trusted), and the
 //! files the service keeps next to it (`log.txt`, the fresh `tree/`, the `run.started` marker).
 //!
-//! Invariant: a job id reaches the file system only as a validated [`JobId`], i.e. one path
-//! component of `[a-z0-9-]` under the configured jobs directory.
+//! Invariants: a job id reaches the file system only as a validated [`JobId`], i.e. one path
+//! component of `[a-z0-9-]` under the configured jobs directory; the job file is replaced only
+//! atomically ([`replace_job_file`]: a fresh file beside it, fsync, rename, fsync of the
+//! directory), so a reader sees the old file or the new one, never a torn one.
 
 use crate::error::{Error, Result};
 use sdci_protocol::paths::{JOB_FILE, LOG_FILE};
@@ -75,6 +77,42 @@ pub fn read_job_file(path: &Path) -> Result<JobFile> {
         )));
     }
     Ok(file)
+}
+
+/// Replaces the job file at `path` with `file` atomically (a fresh `.job.json.new` beside it,
+/// created exclusively without following a symlink, mode 0600, written and fsynced, renamed
+/// over `path`, the directory fsynced). Used by `launch` to drop the agent's secrets.
+pub fn replace_job_file(path: &Path, file: &JobFile) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |what: &str, e: std::io::Error| Error::JobFile {
+        path: path.to_owned(),
+        why: format!("{what}: {e}"),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(".job.json.new");
+    // A leftover of a crash (or anything else put there) goes first; unlink never follows.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("removing a stale .job.json.new", e)),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| fail("creating .job.json.new", e))?;
+    f.write_all(file.to_json().as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| fail("writing .job.json.new", e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| fail("renaming .job.json.new over it", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fail("syncing its directory", e))?;
+    Ok(())
 }
 
 /// A Qubes VM name: a letter, then up to 30 letters, digits, `-`, `_` or `.`.

@@ -7,10 +7,16 @@
 //!
 //! Watchdog: every command runs with the time left until the job's deadline as its timeout, so at
 //! the deadline the running command's process group is killed and `launch` exits 2.
+//!
+//! Secrets: before it starts anything, `launch` rewrites dom0's job file without the agent's
+//! secrets (the token and the event secret; `JobFile::without_secrets`, atomically), keeping
+//! them only in memory for the agent's stdin. So no dom0 step (which runs later, with sudo)
+//! finds them on disk; `sdci.Run` still reads its steps from the rewritten file. A job file
+//! whose secrets are gone was handed over already: `launch` refuses it (a job launches once).
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::job::{read_job_file, JobPaths};
+use crate::job::{read_job_file, replace_job_file, JobPaths};
 use crate::log::JobLog;
 use crate::steps;
 use sdci_protocol::Outcome;
@@ -41,6 +47,18 @@ pub fn launch(jobfile: &Path) -> i32 {
             "the job file must be {} (where sdci.Run reads it), not {}",
             paths.job_file().display(),
             jobfile.display()
+        ));
+    }
+    if !job.has_agent_secrets() {
+        return fail_early(&format!(
+            "{} was handed over to an agent already (its secrets are gone); the host uploads a \
+             fresh job file for every attempt",
+            paths.job_file().display()
+        ));
+    }
+    if let Err(e) = replace_job_file(&paths.job_file(), &job.without_secrets()) {
+        return fail_early(&format!(
+            "cannot remove the agent's secrets from dom0's copy of the job file: {e}"
         ));
     }
     let mut log = match JobLog::open(&paths.log(), false) {

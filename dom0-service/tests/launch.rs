@@ -96,6 +96,55 @@ fn launch_starts_the_dev_vm_and_pipes_the_agent_job_to_the_agent() {
     assert!(!text.contains("ghs_test_token") && !text.contains("per-job-secret"));
 }
 
+/// The code under test runs in dom0 with sudo: after `launch` handed the agent its part, dom0's
+/// copy of the job file holds no token and no event secret, and still gives `sdci.Run` its steps.
+#[test]
+fn launch_removes_the_agents_secrets_from_dom0s_job_file_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = tmp.path().join("rec");
+    // The agent stand-in copies dom0's job file as it is while the agent runs.
+    let f = fakes(
+        tmp.path(),
+        0,
+        0,
+        &format!(
+            "cat > {rec}/agent-stdin; cat \"$HOME/.sdci/jobs/secrets-1/job.json\" > {rec}/job-during; exit 0",
+            rec = rec.display()
+        ),
+    );
+    let d = Dom0::with_config(&config(&f, ""));
+    let job = d.job("secrets-1", vec![sh("s", "true", 60)]);
+    let out = launch(&d, "secrets-1");
+    assert_eq!(out.status.code(), Some(0), "{}", log(&d, "secrets-1"));
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(
+        read(&rec.join("agent-stdin")),
+        job.agent.to_json(),
+        "the agent got its secrets"
+    );
+    let after = read(&d.job_dir("secrets-1").join("job.json"));
+    for text in [after.as_str(), read(&rec.join("job-during")).as_str()] {
+        assert!(
+            !text.contains("ghs_test_token") && !text.contains("per-job-secret"),
+            "{text}"
+        );
+    }
+    let kept = sdci_protocol::JobFile::from_json(after.as_bytes()).unwrap();
+    assert_eq!(kept.spec, job.spec, "dom0 keeps the job id and the steps");
+    assert!(!d.job_dir("secrets-1").join(".job.json.new").exists());
+
+    // A second launch of the same file has nothing to hand over: refused, the agent not run.
+    std::fs::remove_file(rec.join("agent-stdin")).unwrap();
+    let out = launch(&d, "secrets-1");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("handed over"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!rec.join("agent-stdin").exists());
+}
+
 #[test]
 fn the_agents_exit_code_is_the_jobs_outcome() {
     for (agent, want) in [(1, 1), (2, 2), (126, 2), (137, 2)] {

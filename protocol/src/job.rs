@@ -10,6 +10,17 @@
 //! Invariants: unknown fields are rejected everywhere (a typo never silently drops a setting);
 //! the steps run in dom0 come from [`JobSpec`] only, never from anything sd-dev sends; secrets are
 //! wrapped in [`Secret`] (re-exported here from [`crate::secret`]) so `Debug` never prints them.
+//!
+//! Secrets and their lifetime: the host uploads a job file with the agent's secrets (an optional
+//! `contents: read` token and the event secret); `sdci-dom0 launch` rewrites dom0's copy
+//! without them ([`JobFile::without_secrets`]) before it starts anything, so no dom0 step can
+//! read them from disk. A file without secrets still parses as a [`JobFile`] (dom0's `sdci.Run`
+//! needs only the spec), but [`AgentJob::from_json`] refuses an agent part without its event
+//! secret, and `launch` refuses to hand one over twice.
+//!
+//! Compatibility: every field added to version 1 has a default that means what older files
+//! meant, so files written by an older host read the same (`post_final_status`,
+//! `post_running_status` default to `true`: standalone behaviour).
 
 use crate::ids::{CommitSha, JobId, RepoName};
 pub use crate::secret::Secret;
@@ -126,8 +137,9 @@ pub struct AgentJob {
     pub clone_url: String,
     /// GitHub REST API base, e.g. `https://api.github.com`.
     pub github_api: String,
-    /// Short-lived, repository-scoped token (App installation token), if any.
-    #[serde(default)]
+    /// Short-lived, repository-scoped token (an App installation token, `contents: read`), if
+    /// any; the agent revokes it after the fetch unless it posts the final status itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
     /// Commit-status context, default `sd-ci-runner`.
     pub status_context: String,
@@ -135,17 +147,32 @@ pub struct AgentJob {
     pub target_url: String,
     /// `POST` endpoint for the event stream (`/api/v1/jobs/{id}/events` on the host).
     pub event_url: String,
-    /// Per-job bearer secret for `event_url`.
+    /// Per-job bearer secret for `event_url`. Absent (empty) only in dom0's copy after `launch`
+    /// handed it over ([`JobFile::without_secrets`]); [`AgentJob::from_json`] refuses that.
+    #[serde(default = "no_secret", skip_serializing_if = "is_no_secret")]
     pub event_secret: Secret,
     /// Whether the agent posts the final status itself. `sdci-host` sets `false`: it posts every
     /// terminal status from its durable outbox (retried until GitHub takes it), so a GitHub outage
     /// at the end of a job cannot leave the commit `pending`. Defaults to `true` for standalone use.
     #[serde(default = "default_true")]
     pub post_final_status: bool,
+    /// Whether the agent posts `pending` "The build is running" when it starts. `sdci-host` sets
+    /// `false`: it posts `running` itself when launch starts, so the token the VM gets needs no
+    /// `statuses` permission (contracts §8). Defaults to `true` for standalone use.
+    #[serde(default = "default_true")]
+    pub post_running_status: bool,
 }
 
 fn default_true() -> bool {
     true
+}
+
+fn no_secret() -> Secret {
+    Secret::new(String::new())
+}
+
+fn is_no_secret(s: &Secret) -> bool {
+    s.expose().is_empty()
 }
 
 /// The file at `~/.sdci/jobs/<id>/job.json` in dom0.
@@ -190,6 +217,20 @@ impl JobFile {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// This file with the agent's secrets (token, event secret) removed: what dom0 keeps once
+    /// `launch` has the agent's part in memory.
+    pub fn without_secrets(&self) -> JobFile {
+        let mut file = self.clone();
+        file.agent.token = None;
+        file.agent.event_secret = no_secret();
+        file
+    }
+
+    /// Whether the agent part still carries its event secret (i.e. it was not handed over yet).
+    pub fn has_agent_secrets(&self) -> bool {
+        !is_no_secret(&self.agent.event_secret)
+    }
+
     pub fn validate(&self) -> Result<(), ProtocolError> {
         let (s, a) = (&self.spec, &self.agent);
         if self.version != JOB_FILE_VERSION || a.version != JOB_FILE_VERSION {
@@ -222,9 +263,18 @@ impl JobFile {
 }
 
 impl AgentJob {
+    /// Parses the agent's part; refuses one without its event secret (a copy whose secrets
+    /// were removed after the hand-over).
     pub fn from_json(json: &[u8]) -> Result<Self, ProtocolError> {
         check_version(json)?;
-        serde_json::from_slice(json).map_err(|e| ProtocolError::Json(e.to_string()))
+        let job: Self =
+            serde_json::from_slice(json).map_err(|e| ProtocolError::Json(e.to_string()))?;
+        if is_no_secret(&job.event_secret) {
+            return Err(ProtocolError::Inconsistent(
+                "the agent job has no event_secret (its secrets were already handed over)".into(),
+            ));
+        }
+        Ok(job)
     }
 
     pub fn to_json(&self) -> String {
@@ -318,6 +368,7 @@ mod tests {
                 event_url: "https://ci.example/api/v1/jobs/job-1/events".into(),
                 event_secret: Secret::new("per-job"),
                 post_final_status: true,
+                post_running_status: true,
             },
         }
     }
@@ -374,6 +425,45 @@ mod tests {
             !AgentJob::from_json(v.to_string().as_bytes())
                 .unwrap()
                 .post_final_status
+        );
+    }
+
+    #[test]
+    fn agent_posts_the_running_status_unless_told_otherwise() {
+        let mut v = serde_json::to_value(sample().agent).unwrap();
+        v.as_object_mut().unwrap().remove("post_running_status");
+        assert!(
+            AgentJob::from_json(v.to_string().as_bytes())
+                .unwrap()
+                .post_running_status,
+            "files of older hosts keep their meaning"
+        );
+        v["post_running_status"] = serde_json::json!(false);
+        assert!(
+            !AgentJob::from_json(v.to_string().as_bytes())
+                .unwrap()
+                .post_running_status
+        );
+    }
+
+    #[test]
+    fn a_job_file_without_secrets_keeps_the_spec_and_names_no_secret() {
+        let file = sample();
+        assert!(file.has_agent_secrets());
+        let bare = file.without_secrets();
+        let json = bare.to_json();
+        assert!(
+            !json.contains("ghs_secret") && !json.contains("per-job"),
+            "{json}"
+        );
+        assert!(!json.contains("event_secret") && !json.contains("\"token\""));
+        let back = JobFile::from_json(json.as_bytes()).unwrap();
+        assert_eq!(back.spec, file.spec, "dom0 still has its steps");
+        assert!(!back.has_agent_secrets());
+        let err = AgentJob::from_json(back.agent.to_json().as_bytes()).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Inconsistent(ref m) if m.contains("event_secret")),
+            "{err}"
         );
     }
 

@@ -1,4 +1,4 @@
-//! The host-side subcommands (`status`, `token`, `head`, `ci-config`): what `sdci-host` runs
+//! The host-side subcommands (`status`, `token`, `revoke`, `head`, `ci-config`): what `sdci-host` runs
 //! instead of calling GitHub itself (contracts §5; exit codes are `sdci_protocol::GatewayExit`,
 //! through `AgentError::exit_code`). Each parses its arguments into the protocol's
 //! validated types first, so bad input is a usage error before any request is made; results go
@@ -7,8 +7,9 @@
 use crate::ci_config::{self, CI_CONFIG_PATH};
 use crate::config::Config;
 use crate::error::{AgentError, Result};
-use crate::github::{GitHub, StatusUpdate};
-use sdci_protocol::{CommitSha, RepoName, StatusState};
+use crate::github::{Auth, GitHub, Permissions, StatusUpdate};
+use sdci_protocol::{CommitSha, RepoName, Secret, StatusState};
+use std::io::Read;
 
 fn repo(s: &str) -> Result<RepoName> {
     s.parse()
@@ -44,12 +45,54 @@ pub async fn status(
     gh.post_status(&repo, &sha, &update).await
 }
 
-/// `token`: a short-lived installation token for one repository, as a JSON line
+/// `token`: a short-lived installation token for one repository, narrowed to `permissions`
+/// (`name:level,…`; default `contents:read`, what a job needs), as a JSON line
 /// ([`sdci_protocol::MintedToken`]).
-pub async fn token(cfg: &Config, repo_arg: &str) -> Result<String> {
+pub async fn token(cfg: &Config, repo_arg: &str, permissions: Option<&str>) -> Result<String> {
     let repo = repo(repo_arg)?;
+    let permissions = match permissions {
+        Some(p) => Permissions::parse(p)?,
+        None => Permissions::job(),
+    };
     let gh = GitHub::from_config(cfg)?;
-    Ok(gh.installation_token(&repo).await?.to_json())
+    Ok(gh.installation_token(&repo, &permissions).await?.to_json())
+}
+
+/// The largest token file `revoke` reads (an installation token is about 40 bytes).
+const MAX_TOKEN_INPUT: u64 = 4096;
+
+/// `revoke --token-file FILE|-`: revokes an installation token (`DELETE /installation/token`).
+/// The token comes from a file or stdin, never the command line (where `ps` would show it), by
+/// the one rule for secret files; a `token` output line (`{"token":…}`) is accepted too.
+pub async fn revoke(cfg: &Config, token_file: &str) -> Result<()> {
+    let mut text = String::new();
+    if token_file == "-" {
+        std::io::stdin()
+            .take(MAX_TOKEN_INPUT)
+            .read_to_string(&mut text)
+            .map_err(|e| AgentError::Usage(format!("--token-file -: cannot read stdin: {e}")))?;
+    } else {
+        std::fs::File::open(token_file)
+            .and_then(|f| f.take(MAX_TOKEN_INPUT).read_to_string(&mut text))
+            .map_err(|e| AgentError::Usage(format!("--token-file {token_file}: {e}")))?;
+    }
+    let token = match sdci_protocol::MintedToken::from_json(text.trim()) {
+        Ok(m) => m.token,
+        Err(_) => Secret::from_file_contents(text)
+            .ok_or_else(|| AgentError::Usage("--token-file: no token given".into()))?,
+    };
+    if token
+        .expose()
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(AgentError::Usage(
+            "--token-file: not one token (whitespace or control characters inside)".into(),
+        ));
+    }
+    GitHub::new(&cfg.api_url, Auth::Token(token.clone()), cfg.retry.clone())?
+        .revoke_token(&token)
+        .await
 }
 
 /// `head`: a branch's head commit.

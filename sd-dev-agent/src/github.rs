@@ -1,7 +1,8 @@
 //! The GitHub REST client: the four endpoints sdci uses, two ways to authenticate, retries.
 //!
 //! Endpoints: `POST /repos/{o}/{r}/statuses/{sha}`, `GET /repos/{o}/{r}/contents/{path}?ref=`,
-//! `GET /repos/{o}/{r}/branches/{b}`, `POST /app/installations/{id}/access_tokens`.
+//! `GET /repos/{o}/{r}/branches/{b}`, `POST /app/installations/{id}/access_tokens`,
+//! `DELETE /installation/token` (revoke the installation token the request carries).
 //!
 //! Why not octocrab: octocrab 0.54 (default-features off, rustls) would add ~76k lines of
 //! generated models plus hyper-rustls, tower, tower-http, jsonwebtoken, chrono, url and snafu to
@@ -20,7 +21,8 @@
 //!   `x-ratelimit-reset`; a bare 429 means one minute) are waited out when the wait is at most
 //!   `retry.max_rate_limit_wait_secs`, else the call fails as [`AgentError::RateLimited`].
 //! - In App mode every repository call uses an installation token narrowed to that one
-//!   repository and to `statuses: write`, `contents: read`.
+//!   repository and to `statuses: write`, `contents: read`; a token minted for a job
+//!   ([`GitHub::installation_token`] with [`Permissions::job`]) gets `contents: read` only.
 //! - Descriptions are cut to GitHub's 140 characters ([`cap_description`]).
 
 use crate::app_jwt::AppKey;
@@ -65,6 +67,61 @@ impl Auth {
             }));
         }
         Ok(None)
+    }
+}
+
+/// The permissions an installation token is narrowed to: `name → read|write|admin`, as GitHub's
+/// `permissions` object of `POST /app/installations/{id}/access_tokens`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions(pub std::collections::BTreeMap<String, String>);
+
+impl Permissions {
+    /// What a job in the VM may do: read the repository, nothing else.
+    pub fn job() -> Self {
+        Self::parse("contents:read").unwrap_or_else(|_| Self(Default::default()))
+    }
+
+    /// What the gateway's own calls need (statuses, contents, branches).
+    pub fn gateway() -> Self {
+        Self::parse("statuses:write,contents:read").unwrap_or_else(|_| Self(Default::default()))
+    }
+
+    /// Parses `name:level[,name:level…]`: names of lower-case letters and `_`, levels `read`,
+    /// `write` or `admin`, each name once.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut map = std::collections::BTreeMap::new();
+        for item in text.split(',') {
+            let (name, level) = item.trim().split_once(':').ok_or_else(|| {
+                AgentError::Usage(format!(
+                    "--permissions: {item:?} is not name:level (e.g. contents:read)"
+                ))
+            })?;
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                return Err(AgentError::Usage(format!(
+                    "--permissions: {name:?} is not a GitHub permission name"
+                )));
+            }
+            if !matches!(level, "read" | "write" | "admin") {
+                return Err(AgentError::Usage(format!(
+                    "--permissions: level {level:?} of {name} is not read, write or admin"
+                )));
+            }
+            if map.insert(name.to_owned(), level.to_owned()).is_some() {
+                return Err(AgentError::Usage(format!(
+                    "--permissions: {name} is given twice"
+                )));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        )
     }
 }
 
@@ -304,8 +361,12 @@ impl GitHub {
         })
     }
 
-    /// Mints an installation token narrowed to `repo` and `statuses: write`, `contents: read`.
-    pub async fn installation_token(&self, repo: &RepoName) -> Result<MintedToken> {
+    /// Mints an installation token narrowed to `repo` and `permissions`.
+    pub async fn installation_token(
+        &self,
+        repo: &RepoName,
+        permissions: &Permissions,
+    ) -> Result<MintedToken> {
         let Auth::App {
             app_id,
             installation_id,
@@ -324,7 +385,7 @@ impl GitHub {
         );
         let body = serde_json::json!({
             "repositories": [repo.name()],
-            "permissions": {"statuses": "write", "contents": "read"},
+            "permissions": permissions.to_json(),
         });
         let jwt = key.jwt(*app_id, now_unix())?;
         let resp = self
@@ -349,8 +410,30 @@ impl GitHub {
     async fn repo_token(&self, repo: &RepoName) -> Result<Secret> {
         match &self.auth {
             Auth::Token(t) => Ok(t.clone()),
-            Auth::App { .. } => Ok(self.installation_token(repo).await?.token),
+            Auth::App { .. } => Ok(self
+                .installation_token(repo, &Permissions::gateway())
+                .await?
+                .token),
         }
+    }
+
+    /// `DELETE /installation/token`: revokes the installation token `token` (the request is
+    /// authenticated with that very token). GitHub answers `204`; a token that is already
+    /// revoked or expired answers `401`, which is success here too (it no longer works).
+    pub async fn revoke_token(&self, token: &Secret) -> Result<()> {
+        let what = "DELETE /installation/token";
+        let url = format!("{}/installation/token", self.api);
+        let resp = self.send(what, Method::DELETE, &url, token, None).await?;
+        let status = resp.status();
+        if status == StatusCode::NO_CONTENT || status.is_success() {
+            tracing::info!("installation token revoked");
+            return Ok(());
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            tracing::info!("installation token was already revoked or expired");
+            return Ok(());
+        }
+        Err(Self::refused(what, resp).await)
     }
 
     /// Posts a commit status (description capped to 140 characters).
@@ -518,6 +601,28 @@ mod tests {
         assert!((75..=125).contains(&ms(1)));
         assert!((150..=250).contains(&ms(2)));
         assert!((750..=1250).contains(&ms(30)));
+    }
+
+    #[test]
+    fn permissions_parse_name_level_pairs_and_refuse_anything_else() {
+        let p = Permissions::parse("contents:read, statuses:write").unwrap();
+        assert_eq!(p.0.get("contents").map(String::as_str), Some("read"));
+        assert_eq!(p.0.get("statuses").map(String::as_str), Some("write"));
+        assert_eq!(
+            Permissions::job().0.len(),
+            1,
+            "a job token reads contents only"
+        );
+        for bad in [
+            "",
+            "contents",
+            "contents:own",
+            "Contents:read",
+            "contents:read,contents:write",
+            "a b:read",
+        ] {
+            assert!(Permissions::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

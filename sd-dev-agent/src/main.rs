@@ -47,6 +47,15 @@ enum Command {
     Token {
         #[arg(long)]
         repo: String,
+        /// The token's permissions, name:level[,name:level…] [default: contents:read]
+        #[arg(long)]
+        permissions: Option<String>,
+    },
+    /// Revoke an installation token (DELETE /installation/token).
+    Revoke {
+        /// File holding the token (or a `token` output line); - reads stdin. Never argv.
+        #[arg(long)]
+        token_file: String,
     },
     /// Print a branch's head commit.
     Head {
@@ -112,7 +121,10 @@ async fn dispatch(cli: Cli) -> Result<i32, (i32, String)> {
         )
         .await
         .map(|()| None),
-        Command::Token { repo } => gateway::token(&cfg, &repo).await.map(Some),
+        Command::Token { repo, permissions } => gateway::token(&cfg, &repo, permissions.as_deref())
+            .await
+            .map(Some),
+        Command::Revoke { token_file } => gateway::revoke(&cfg, &token_file).await.map(|()| None),
         Command::Head { repo, branch } => gateway::head(&cfg, &repo, &branch).await.map(Some),
         Command::CiConfig { repo, sha } => gateway::ci_config(&cfg, &repo, &sha).await.map(Some),
         Command::Run { .. } => unreachable!("handled above"),

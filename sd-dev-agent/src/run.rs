@@ -1,17 +1,22 @@
 //! `sdci-agent run`: one job in sd-dev, start to end.
 //!
-//! 1. Post `pending` "The build is running" (with the job page as `target_url`).
-//! 2. Fetch exactly the commit into `dev_dir`; copy the `.example` files.
-//! 3. Call dom0 (`dom0_call`): tarball in, events out, events into the spool.
-//! 4. Meanwhile the relay forwards the spool to the host; when the call is over it gets
+//! 1. Post `pending` "The build is running" (with the job page as `target_url`), unless the job
+//!    says the host does (`post_running_status = false`, what `sdci-host` sends).
+//! 2. Fetch exactly the commit into `dev_dir`. Then revoke the job's token
+//!    (`DELETE /installation/token`) unless the agent still needs it for the final status
+//!    (`post_final_status`): the code under test never finds a working token.
+//! 3. Copy the `.example` files.
+//! 4. Call dom0 (`dom0_call`): tarball in, events out, events into the spool.
+//! 5. Meanwhile the relay forwards the spool to the host; when the call is over it gets
 //!    `relay_finish_timeout_secs` to deliver the rest.
-//! 5. Post the final status and return the outcome (the process exit code).
+//! 6. Post the final status (when the job asks for it) and return the outcome (the exit code).
 //!
 //! Invariants: the checkout stays in place until the call returns (SDW's `make clone` reads it
 //! back from dom0); a failure of ours before or instead of dom0's result (fetch failed, qrexec
 //! refused) is appended to the event stream as a log line and a `result` event, so the job page
 //! always ends with a result; GitHub being down never changes the outcome (the host posts
-//! `error` for jobs whose status did not arrive).
+//! `error` for jobs whose status did not arrive); a failed revocation is logged and does not
+//! change the outcome (the host revokes the token again when the job ends).
 
 use crate::archive::Compression;
 use crate::checkout::{self, Git};
@@ -59,26 +64,32 @@ fn append_result(spool: &Spool, outcome: Outcome, reason: &str) {
     }
 }
 
-/// The blocking part: checkout, examples, the dom0 call. Returns the outcome and reason.
-fn fetch_and_call(
+/// The blocking fetch; `Err` is the job's end (already appended to the spool).
+fn fetch(
     job: &AgentJob,
     cfg: &Config,
     token: Option<&Secret>,
     spool: &Spool,
-) -> (Outcome, String) {
+) -> std::result::Result<(), (Outcome, String)> {
     let dir = Path::new(&job.dev_dir);
     let fetched = Git::new(&cfg.run.git, dir, token)
         .and_then(|git| git.fetch_commit(&job.clone_url, &job.sha));
     match fetched {
         Ok(how) => {
-            tracing::info!(sha = job.sha.short(), ?how, dir = %dir.display(), "commit checked out")
+            tracing::info!(sha = job.sha.short(), ?how, dir = %dir.display(), "commit checked out");
+            Ok(())
         }
         Err(e) => {
             let reason = format!("fetching commit {} failed: {e}", job.sha.short());
             append_result(spool, Outcome::Error, &reason);
-            return (Outcome::Error, reason);
+            Err((Outcome::Error, reason))
         }
     }
+}
+
+/// The blocking rest: examples, the dom0 call. Returns the outcome and reason.
+fn examples_and_call(job: &AgentJob, cfg: &Config, spool: &Spool) -> (Outcome, String) {
+    let dir = Path::new(&job.dev_dir);
     if let Err(e) = checkout::copy_examples(dir) {
         let reason = e.to_string();
         append_result(spool, Outcome::Error, &reason);
@@ -155,17 +166,23 @@ pub async fn run_job(job: AgentJob, cfg: &Config) -> Result<Outcome> {
             .join(job.id.as_str())
             .join("events.ndjson"),
     )?;
-    if let Some(gh) = &github {
-        if let Err(e) = gh
-            .post_status(
-                &job.repo,
-                &job.sha,
-                &status(StatusState::Pending, RUNNING_DESCRIPTION.into()),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "could not post the running status; continuing");
+    match &github {
+        Some(_) if !job.post_running_status => {
+            tracing::info!("the host posts the running status (post_running_status = false)")
         }
+        Some(gh) => {
+            if let Err(e) = gh
+                .post_status(
+                    &job.repo,
+                    &job.sha,
+                    &status(StatusState::Pending, RUNNING_DESCRIPTION.into()),
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "could not post the running status; continuing");
+            }
+        }
+        None => {}
     }
 
     let relay = Relay::new(
@@ -176,18 +193,43 @@ pub async fn run_job(job: AgentJob, cfg: &Config) -> Result<Outcome> {
     let relay_spool = spool.clone();
     let relay_task = tokio::spawn(async move { relay.run(relay_spool).await });
 
-    let (outcome, reason) = {
-        let job = job.clone();
-        let cfg = cfg.clone();
-        let spool = spool.clone();
-        tokio::task::spawn_blocking(move || fetch_and_call(&job, &cfg, git_token.as_ref(), &spool))
+    let worker_failed = |e: tokio::task::JoinError| {
+        (
+            Outcome::Error,
+            format!("the job's worker thread failed: {e}"),
+        )
+    };
+    let fetched = {
+        let (job, cfg, spool) = (job.clone(), cfg.clone(), spool.clone());
+        tokio::task::spawn_blocking(move || fetch(&job, &cfg, git_token.as_ref(), &spool))
             .await
-            .unwrap_or_else(|e| {
-                (
-                    Outcome::Error,
-                    format!("the job's worker thread failed: {e}"),
-                )
-            })
+            .unwrap_or_else(|e| Err(worker_failed(e)))
+    };
+    // The token was for the fetch; unless the final status needs it, it goes now, before any
+    // code of the commit runs.
+    if let (Some(token), false) = (&job.token, job.post_final_status) {
+        match GitHub::new(
+            &job.github_api,
+            Auth::Token(token.clone()),
+            cfg.retry.clone(),
+        ) {
+            Ok(gh) => match gh.revoke_token(token).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not revoke the job's token; the host revokes it at the job's end")
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "could not revoke the job's token"),
+        }
+    }
+    let (outcome, reason) = match fetched {
+        Err(end) => end,
+        Ok(()) => {
+            let (job, cfg, spool) = (job.clone(), cfg.clone(), spool.clone());
+            tokio::task::spawn_blocking(move || examples_and_call(&job, &cfg, &spool))
+                .await
+                .unwrap_or_else(worker_failed)
+        }
     };
     spool.finish();
     tracing::info!(outcome = outcome.as_str(), %reason, "dom0 call finished");

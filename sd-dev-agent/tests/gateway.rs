@@ -186,6 +186,106 @@ fn token_prints_a_short_lived_installation_token_and_its_expiry_as_json() {
 }
 
 #[test]
+fn token_for_a_job_is_narrowed_to_contents_read_unless_permissions_are_given() {
+    let s = setup(true, "");
+    let out = agent(&s.config(), &["token", "--repo", REPO]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = agent(
+        &s.config(),
+        &[
+            "token",
+            "--repo",
+            REPO,
+            "--permissions=contents:read,metadata:read",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let minted = s.gh.minted();
+    let perms = |i: usize| minted[i].permissions.clone().unwrap();
+    assert_eq!(perms(0).len(), 1, "{:?}", perms(0));
+    assert_eq!(perms(0)["contents"], "read");
+    assert!(!perms(0).contains_key("statuses"), "no token that writes");
+    assert_eq!(perms(1).len(), 2);
+    assert_eq!(perms(1)["metadata"], "read");
+    // What the stand-in received is GitHub's documented body.
+    let body = s.gh.requests()[0].json();
+    assert_eq!(
+        body,
+        serde_json::json!({"repositories": ["securedrop-workstation"],
+            "permissions": {"contents": "read"}})
+    );
+}
+
+#[test]
+fn a_malformed_permissions_list_is_a_usage_error_without_a_request() {
+    let s = setup(true, "");
+    for bad in ["contents", "contents:own", "contents:read,contents:write"] {
+        let out = s.agent(&["token", "--repo", REPO, "--permissions", bad]);
+        assert_eq!(out.status.code(), Some(64), "{bad}: {}", stderr(&out));
+    }
+    assert!(s.gh.requests().is_empty());
+}
+
+#[test]
+fn revoke_deletes_the_installation_token_read_from_stdin_and_it_stops_working() {
+    let s = setup(true, "");
+    let out = agent(&s.config(), &["token", "--repo", REPO]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = String::from_utf8(out.stdout).unwrap();
+    let token = s.gh.minted()[0].token.clone();
+    // The token line `token` printed, on stdin: never on the command line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sdci-agent"))
+        .arg("--config")
+        .arg(s.config())
+        .args(["revoke", "--token-file", "-"])
+        .env_remove("SDCI_GITHUB_API")
+        .env("RUST_LOG", "trace")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(line.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    s.assert_no_secret_in(&out);
+    let reqs = s.gh.requests();
+    let del = reqs.last().unwrap();
+    assert_eq!(
+        (del.method.as_str(), del.path.as_str()),
+        ("DELETE", "/installation/token")
+    );
+    assert_eq!(del.status, 204);
+    assert!(del.body.is_empty(), "the endpoint takes no body");
+    assert!(s.gh.minted()[0].revoked);
+    // A second revoke (the host's, at the job's end) of a dead token is still success.
+    let file = s.dir.path().join("job-token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let out = s.agent(&["revoke", "--token-file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(s.gh.requests().last().unwrap().status, 401);
+}
+
+#[test]
+fn revoke_without_a_token_is_a_usage_error_without_a_request() {
+    let s = setup(true, "");
+    let empty = s.dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = s.agent(&["revoke", "--token-file", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let out = s.agent(&["revoke", "--token-file", "/nonexistent/token"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(s.gh.requests().is_empty());
+}
+
+#[test]
 fn token_without_an_app_is_a_configuration_error() {
     let s = setup(false, "");
     let out = s.agent(&["token", "--repo", REPO]);

@@ -102,6 +102,7 @@ impl World {
             event_url: format!("http://{}/api/v1/jobs/{id}/events", proxy.addr()),
             event_secret: Secret::new(EVENT_SECRET),
             post_final_status: true,
+            post_running_status: true,
         };
         let w = Self {
             tmp,
@@ -632,4 +633,82 @@ fn a_symlinked_sd_journalist_sec_never_overwrites_a_file_outside_the_checkout() 
         "{reason}"
     );
     assert!(!texts(&events).contains(&"STEP RAN".to_owned()));
+}
+
+/// What `sdci-host` hands the agent: a `contents: read` installation token, and both statuses
+/// left to the host. The agent posts nothing, and the token is revoked after the fetch, before
+/// any step of the commit runs in dom0.
+#[test]
+fn a_host_job_posts_no_status_and_its_read_token_is_revoked_before_dom0_runs_a_step() {
+    const READ_TOKEN: &str = "ghs_jobReadOnlyInstallationToken0000001";
+    let steps = vec![sh("stamp", "echo \"stamp $(date +%s%N)\"")];
+    let mut w = World::new("job-run-token", None, steps);
+    w.gh.add_installation_token(
+        READ_TOKEN,
+        &["securedrop-workstation"],
+        &[("contents", "read")],
+    );
+    w.job.token = Some(Secret::new(READ_TOKEN));
+    w.job.post_running_status = false;
+    w.job.post_final_status = false;
+    let out = w.wait(w.spawn_agent());
+    assert_eq!(out.status.code(), Some(0), "agent:\n{}", stderr(&out));
+    assert!(
+        w.gh.statuses().is_empty(),
+        "the host posts running and the end: {:?}",
+        w.gh.statuses()
+    );
+    let reqs = w.gh.requests();
+    assert!(
+        !reqs.iter().any(|r| r.path.contains("/statuses/")),
+        "not even an attempt to post a status"
+    );
+    let revokes: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.method == "DELETE" && r.path == "/installation/token")
+        .collect();
+    assert_eq!(revokes.len(), 1, "{reqs:?}");
+    assert_eq!(revokes[0].status, 204);
+    assert!(w
+        .gh
+        .minted()
+        .iter()
+        .any(|m| m.token == READ_TOKEN && m.revoked));
+    // The fetch used the token, and came before the revocation.
+    let fetch_at = reqs
+        .iter()
+        .filter(|r| r.path.contains(".git/") && r.status == 200)
+        .map(|r| r.at)
+        .max()
+        .expect("git requests");
+    assert!(fetch_at <= revokes[0].at);
+    // The step ran after the revocation.
+    let stamp: u128 = texts(&w.host.events())
+        .iter()
+        .find_map(|t| t.strip_prefix("stamp ").map(|n| n.trim().parse().unwrap()))
+        .expect("the step's stamp");
+    let revoked_ns = revokes[0]
+        .at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    assert!(
+        revoked_ns < stamp,
+        "the token was revoked before the step ran"
+    );
+    w.assert_no_secret_leaked(&out);
+}
+
+/// Standalone use keeps its token for the final status: nothing is revoked.
+#[test]
+fn a_standalone_job_keeps_its_token_for_the_final_status() {
+    let w = World::new("job-run-standalone", None, vec![sh("ok", "true")]);
+    let out = w.wait(w.spawn_agent());
+    assert_eq!(out.status.code(), Some(0), "agent:\n{}", stderr(&out));
+    assert!(!w
+        .gh
+        .requests()
+        .iter()
+        .any(|r| r.path == "/installation/token"));
+    assert_eq!(w.gh.statuses().len(), 2);
 }

@@ -8,6 +8,7 @@
 //! | `GET /repos/{o}/{r}/contents/{path}?ref=` | token with `contents: read`; `200` base64 file object or `404` |
 //! | `GET /repos/{o}/{r}/branches/{b}`, `GET /repos/{o}/{r}/git/ref/heads/{b}` | token with `contents: read` |
 //! | `POST /app/installations/{id}/access_tokens` | RS256 JWT (signature, `iss` = app id, `exp` in the future and at most 10 minutes after `iat`); body: `repositories` (names of registered repos), `repository_ids`, `permissions` (`read`/`write`/`admin`) |
+//! | `DELETE /installation/token` | an installation token (not a PAT, not a JWT: `401`/`403` as GitHub); no body; `204`, after which the token answers `401 Bad credentials` everywhere |
 //! | `GET /{o}/{r}.git/...` | git dumb HTTP from a registered repository, Basic auth with a token that may read contents |
 //!
 //! Every request must carry a `User-Agent` (GitHub answers 403 otherwise). Every request is
@@ -87,6 +88,8 @@ pub struct MintedToken {
     pub permissions: Option<BTreeMap<String, String>>,
     pub token: String,
     pub expires_at: String,
+    /// Revoked through `DELETE /installation/token`: every later use answers 401.
+    pub revoked: bool,
 }
 
 /// A rate-limit answer, as GitHub documents them.
@@ -239,6 +242,31 @@ impl GitHub {
             .entry(repo.to_owned())
             .or_default()
             .git_dir = Some(git_dir);
+    }
+
+    /// Registers `token` as an installation token minted earlier (as the host would have, with
+    /// `sdci-agent token`), narrowed to the repository names and permissions given.
+    pub fn add_installation_token(
+        &self,
+        token: &str,
+        repos: &[&str],
+        permissions: &[(&str, &str)],
+    ) {
+        let mut inner = self.lock();
+        let installation_id = inner.app.as_ref().map_or(1, |a| a.installation_id);
+        inner.minted.push(MintedToken {
+            installation_id,
+            repositories: Some(repos.iter().map(|r| (*r).to_owned()).collect()),
+            permissions: Some(
+                permissions
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            token: token.to_owned(),
+            expires_at: rfc3339(now_unix() + 3600),
+            revoked: false,
+        });
     }
 
     /// Accepts `token` as a personal access token (all permissions, all repositories).
@@ -520,6 +548,7 @@ fn respond(
         ("POST", ["app", "installations", id, "access_tokens"]) => {
             access_token(inner, id, headers, body)
         }
+        ("DELETE", ["installation", "token"]) => revoke_token(inner, headers, body),
         ("GET", [o, r, rest @ ..]) if r.ends_with(".git") && !rest.is_empty() => {
             let repo = format!("{o}/{}", r.trim_end_matches(".git"));
             git_file(inner, &repo, &rest.join("/"), headers)
@@ -559,7 +588,7 @@ fn authorize(
     if inner.pats.contains(&token) {
         return Ok(());
     }
-    let Some(minted) = inner.minted.iter().find(|m| m.token == token) else {
+    let Some(minted) = inner.minted.iter().find(|m| m.token == token && !m.revoked) else {
         return Err(Box::new(message(401, "Bad credentials")));
     };
     let name = repo.split_once('/').map_or(repo, |(_, n)| n);
@@ -807,6 +836,35 @@ fn check_jwt(app: &App, jwt: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `DELETE /installation/token` ("Revoke an installation access token"): authenticated with the
+/// installation token itself, no request body; `204 No Content`. A PAT is not an installation
+/// token (GitHub: 403), an unknown or revoked token is `401 Bad credentials`.
+fn revoke_token(inner: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Response {
+    if !body.is_empty() {
+        return message(400, "This endpoint takes no request body");
+    }
+    let Some(token) = presented_token(headers) else {
+        return message(401, "Requires authentication");
+    };
+    if inner.pats.contains(&token) {
+        return message(
+            403,
+            "This endpoint requires you to be authenticated as an installation.",
+        );
+    }
+    match inner
+        .minted
+        .iter_mut()
+        .find(|m| m.token == token && !m.revoked)
+    {
+        Some(m) => {
+            m.revoked = true;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => message(401, "Bad credentials"),
+    }
+}
+
 fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
     let Some(app) = inner.app.as_ref() else {
         return message(404, "Not Found");
@@ -898,6 +956,7 @@ fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -
         permissions: permissions.clone(),
         token: token.clone(),
         expires_at: expires_at.clone(),
+        revoked: false,
     });
     let repo_objs: Vec<Value> = repositories
         .iter()

@@ -191,6 +191,7 @@ pub fn job_file(id: &str, steps: Vec<Step>) -> JobFile {
             event_url: "http://127.0.0.1:1/api/v1/jobs/x/events".into(),
             event_secret: Secret::new("per-job-secret"),
             post_final_status: true,
+            post_running_status: true,
         },
     }
 }

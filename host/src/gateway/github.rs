@@ -1,5 +1,5 @@
 //! GitHub, through the `sdci-agent` binary: the host never calls the GitHub API itself
-//! (CONTRACTS.md §5). `status`, `token`, `head` and `ci-config`, each a subprocess with a
+//! (CONTRACTS.md §5). `status`, `token`, `revoke`, `head` and `ci-config`, each a subprocess with a
 //! timeout, answered by exit code (protocol's [`GatewayExit`] table) and stdout.
 //!
 //! Invariants: every invocation has a timeout and is killed at it (and with the host); the token
@@ -39,23 +39,38 @@ impl GithubGateway {
     }
 
     async fn run(&self, args: &[&str]) -> Result<Output> {
+        self.run_with_input(args, None).await
+    }
+
+    /// Like `run`, with `input` written to the agent's stdin (a secret that must not be in argv).
+    async fn run_with_input(&self, args: &[&str], input: Option<&Secret>) -> Result<Output> {
         let command = args.first().copied().unwrap_or("").to_owned();
         let mut cmd = Command::new(&self.path);
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
         cmd.args(args)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| HostError::Agent {
+        let mut child = cmd.spawn().map_err(|e| HostError::Agent {
             command: command.clone(),
             message: format!(
                 "cannot start {}: {e}; check agent.path in the host config",
                 self.path.display()
             ),
         })?;
+        if let (Some(secret), Some(mut stdin)) = (input, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            let line = format!("{}\n", secret.expose());
+            // A failed write shows as the agent's usage error (no token given).
+            let _ = tokio::time::timeout(self.timeout, stdin.write_all(line.as_bytes())).await;
+        }
         let out = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
             .map_err(|_| HostError::Agent {
@@ -117,7 +132,21 @@ impl GithubGateway {
         }
     }
 
-    /// `sdci-agent token`: a short-lived installation token.
+    /// `sdci-agent revoke --token-file -`: revokes an installation token (handed over on stdin,
+    /// never argv). An already revoked or expired token is success.
+    pub async fn revoke(&self, token: &Secret) -> Result<()> {
+        let out = self
+            .run_with_input(&["revoke", "--token-file", "-"], Some(token))
+            .await?;
+        if out.code == GatewayExit::Ok.code() {
+            Ok(())
+        } else {
+            Err(Self::fail("revoke", &out))
+        }
+    }
+
+    /// `sdci-agent token`: a short-lived installation token, `contents: read` on that one
+    /// repository (the agent's default for job tokens).
     pub async fn token(&self, repo: &str) -> Result<Secret> {
         let out = self.run(&["token", "--repo", repo]).await?;
         if out.code != GatewayExit::Ok.code() {

@@ -295,6 +295,8 @@ impl<H: Hypervisor> Orchestrator<H> {
                 event_secret: Secret::new(secret),
                 // The host posts every terminal status from its durable outbox.
                 post_final_status: false,
+                // Until the host posts `running` itself at launch (then `false`).
+                post_running_status: true,
             },
         };
         file.validate().map_err(|e| bad("job file", e))?;
