@@ -6,9 +6,12 @@
 //! on: a broken stdout never changes the job's outcome. Text is ANSI-stripped by the caller and
 //! control characters are escaped here (`sanitize_text`), in the file as in the events. Each line
 //! is appended with one `write` to an `O_APPEND` file, so `launch` and `run` can share the file.
+//! A line and the event it is emitted as carry one clock reading and the texts of
+//! `protocol::logline`, so the host's live copy of the log (rendered from the events) reads
+//! exactly as this file does.
 
 use crate::error::{Error, Result};
-use sdci_protocol::event::sanitize_text;
+use sdci_protocol::logline;
 use sdci_protocol::{EventKind, EventWriter, Outcome, Utc};
 use std::fs::File;
 use std::io::Write;
@@ -48,37 +51,45 @@ impl JobLog {
 
     /// A message from the service itself.
     pub fn note(&mut self, text: &str) {
-        self.line(&format!("dom0: {text}"));
-        self.emit(EventKind::Log {
-            step: None,
-            text: text.to_owned(),
-        });
+        let ts = now_ms();
+        self.line_at(ts, &logline::note(text));
+        self.emit_at(
+            EventKind::Log {
+                step: None,
+                text: text.to_owned(),
+            },
+            ts,
+        );
     }
 
     /// A line tagged with where it came from (`launch` uses `[agent]`, `[qvm-start]`…).
     pub fn tagged(&mut self, tag: &str, text: &str) {
-        self.line(&format!("[{tag}] {text}"));
+        self.line(&logline::step_line(tag, text));
     }
 
     pub fn step_started(&mut self, index: u32, total: usize, name: &str, argv: &[String]) {
-        self.line(&format!(
-            "==> step {}/{total} {name}: {}",
-            index + 1,
-            argv.join(" ")
-        ));
-        self.emit(EventKind::StepStarted {
-            step: index,
-            name: name.to_owned(),
-            argv: argv.to_vec(),
-        });
+        let ts = now_ms();
+        self.line_at(ts, &logline::step_started(index, total, name, argv));
+        self.emit_at(
+            EventKind::StepStarted {
+                step: index,
+                name: name.to_owned(),
+                argv: argv.to_vec(),
+            },
+            ts,
+        );
     }
 
     pub fn step_line(&mut self, index: u32, name: &str, text: &str) {
-        self.line(&format!("[{name}] {text}"));
-        self.emit(EventKind::Log {
-            step: Some(index),
-            text: text.to_owned(),
-        });
+        let ts = now_ms();
+        self.line_at(ts, &logline::step_line(name, text));
+        self.emit_at(
+            EventKind::Log {
+                step: Some(index),
+                text: text.to_owned(),
+            },
+            ts,
+        );
     }
 
     pub fn step_finished(
@@ -89,33 +100,41 @@ impl JobLog {
         timed_out: bool,
         took: Duration,
     ) {
-        let how = if timed_out {
-            format!("timed out, killed (status {status})")
-        } else {
-            format!("exit status {status}")
-        };
-        self.line(&format!(
-            "<== {name}: {how} after {:.1} s",
-            took.as_secs_f64()
-        ));
-        self.emit(EventKind::StepFinished {
-            step: index,
-            status,
-            timed_out,
-            duration_ms: took.as_millis().min(u128::from(u64::MAX)) as u64,
-        });
+        let ts = now_ms();
+        let duration_ms = took.as_millis().min(u128::from(u64::MAX)) as u64;
+        self.line_at(
+            ts,
+            &logline::step_finished(name, status, timed_out, duration_ms),
+        );
+        self.emit_at(
+            EventKind::StepFinished {
+                step: index,
+                status,
+                timed_out,
+                duration_ms,
+            },
+            ts,
+        );
     }
 
     pub fn result(&mut self, outcome: Outcome, reason: &str) {
-        self.line(&format!("result: {} ({reason})", outcome.as_str()));
-        self.emit(EventKind::Result {
-            outcome,
-            reason: reason.to_owned(),
-        });
+        let ts = now_ms();
+        self.line_at(ts, &logline::result(outcome, reason));
+        self.emit_at(
+            EventKind::Result {
+                outcome,
+                reason: reason.to_owned(),
+            },
+            ts,
+        );
     }
 
     fn line(&mut self, text: &str) {
-        let line = format!("{} {}\n", timestamp(SystemTime::now()), sanitize_text(text));
+        self.line_at(now_ms(), text);
+    }
+
+    fn line_at(&mut self, ts_ms: u64, text: &str) {
+        let line = logline::stamp(ts_ms, text);
         if let Some(f) = &mut self.file {
             if let Err(e) = f.write_all(line.as_bytes()) {
                 tracing::error!("writing the job log failed: {e}");
@@ -127,15 +146,23 @@ impl JobLog {
         }
     }
 
-    fn emit(&mut self, kind: EventKind) {
+    fn emit_at(&mut self, kind: EventKind, ts_ms: u64) {
         let Some(w) = &mut self.events else { return };
-        if let Err(e) = w.emit(kind) {
+        if let Err(e) = w.emit_at(kind, ts_ms) {
             self.events = None;
             self.line(&format!(
                 "dom0: stdout to the dev VM is gone ({e}); continuing, this file has the rest"
             ));
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock set before it).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+        .unwrap_or(0)
 }
 
 /// `2026-11-28T17:13:00.123Z`: RFC 3339 UTC to the millisecond (`protocol::time`).

@@ -210,10 +210,16 @@ impl<W: Write> EventWriter<W> {
 
     /// Stamps, numbers and writes one event; returns it as written.
     pub fn emit(&mut self, kind: EventKind) -> std::io::Result<Event> {
+        self.emit_at(kind, now_ms())
+    }
+
+    /// Numbers and writes one event stamped `ts_ms` (a writer that also logs the event as a line
+    /// stamps both with one clock reading, [`crate::logline`]); returns it as written.
+    pub fn emit_at(&mut self, kind: EventKind, ts_ms: u64) -> std::io::Result<Event> {
         let ev = Event {
             v: EVENT_VERSION,
             seq: self.next_seq,
-            ts_ms: now_ms(),
+            ts_ms,
             kind,
         };
         // The sequence number is used even if the write fails, so numbers stay unique.

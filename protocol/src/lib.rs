@@ -7,6 +7,8 @@
 //! - [`event`]: the NDJSON event stream dom0 → sd-dev → host, with a bounded reader.
 //! - [`outcome`]: [`Outcome`] ⇄ process exit code ⇄ GitHub commit-status state.
 //! - [`ingest`]: the host's event endpoint and its reply ([`NextSeq`]).
+//! - [`logline`]: the line format of a job's log, shared by dom0's `log.txt` and the host's
+//!   live copy.
 //! - [`gateway`]: `sdci-agent status|token|head|ci-config`: exit codes ([`GatewayExit`]) and the
 //!   minted-token line ([`MintedToken`]).
 //! - [`paths`]: dom0's paths of a job (`.sdci/jobs/<id>/job.json`, `log.txt`).
@@ -24,6 +26,7 @@ pub mod gateway;
 pub mod ids;
 pub mod ingest;
 pub mod job;
+pub mod logline;
 pub mod outcome;
 pub mod paths;
 pub mod secret;
