@@ -439,7 +439,7 @@ impl LibvirtClient {
         Fut: Future<Output = Result<bool>>,
     {
         loop {
-            let conn = self.conn(i).await?;
+            let conn = self.read(|| self.conn(i)).await?;
             let mut rx = conn.subscribe();
             if done().await? {
                 return Ok(true);

@@ -188,11 +188,18 @@ pub fn parse_uri(uri: &str) -> Result<Target, String> {
                 Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h, Some(p)),
                 _ => (authority, None),
             };
-            let mut args = vec![
-                "-o".to_string(),
-                "BatchMode=yes".to_string(),
-                "-T".to_string(),
-            ];
+            // ServerAlive: a vanished host ends the connection (and so every wait) in 45 s.
+            let mut args: Vec<String> = [
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ServerAliveInterval=15",
+                "-o",
+                "ServerAliveCountMax=3",
+                "-T",
+            ]
+            .map(String::from)
+            .to_vec();
             if let Some(p) = port {
                 args.extend(["-p".to_string(), p.to_string()]);
             }
@@ -262,6 +269,10 @@ mod tests {
             [
                 "-o",
                 "BatchMode=yes",
+                "-o",
+                "ServerAliveInterval=15",
+                "-o",
+                "ServerAliveCountMax=3",
                 "-T",
                 "-p",
                 "2222",
