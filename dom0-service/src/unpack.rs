@@ -224,10 +224,11 @@ impl<F: AsFd> Read for PacedReader<F> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let start = *self.start.get_or_insert_with(Instant::now);
+        // Fixed before the loop, so an interrupted poll does not restart the idle window.
+        let idle_until = Instant::now() + self.read_timeout.min(Duration::from_secs(365 * 86_400));
+        let rate_cut = self.rate_cut(start);
         loop {
             let now = Instant::now();
-            let idle_until = now + self.read_timeout.min(Duration::from_secs(365 * 86_400));
-            let rate_cut = self.rate_cut(start);
             if self.deadline.is_some_and(|d| now >= d) {
                 return Err(self.deadline_passed());
             }
@@ -245,7 +246,7 @@ impl<F: AsFd> Read for PacedReader<F> {
             let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
             let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, timeout) {
-                Ok(0) if wake == idle_until && Instant::now() >= idle_until => {
+                Ok(0) if Instant::now() >= idle_until => {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("no data for {} s", self.read_timeout.as_secs()),
