@@ -9,7 +9,7 @@ use crate::config::{read_secret, Config};
 use crate::hub::Hub;
 use crate::orchestration::{self, Orchestrator};
 use crate::store::Store;
-use crate::surface::{events, web, webhook};
+use crate::surface::{events, health, metrics, web, webhook};
 use crate::{HostError, Result};
 use axum::routing::{get, post};
 use axum::Router;
@@ -29,8 +29,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/wake", post(web::wake))
         .route("/jobs", get(web::jobs))
         .route("/jobs/{id}", get(web::job))
-        .route("/healthz", get(web::healthz))
-        .route("/metrics", get(web::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(metrics::metrics))
         .with_state(hub)
 }
 

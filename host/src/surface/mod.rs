@@ -2,7 +2,8 @@
 //!
 //! - [`webhook`]: `POST /hooks/github` — signature, filters, one job per delivery.
 //! - [`events`]: the agents' NDJSON event ingest (contracts §1).
-//! - [`web`]: job pages, `/healthz`, Prometheus `/metrics`, `POST /api/v1/wake`.
+//! - [`web`]: job pages, `POST /api/v1/wake`.
+//! - [`metrics`]: Prometheus `/metrics`; [`health`]: `/healthz`.
 //! - [`cli`]: the subcommands other than `serve`, on the store file directly.
 //! - [`check_config`]: `sdci-host check-config [--connect]`.
 //!
@@ -12,5 +13,7 @@
 pub mod check_config;
 pub mod cli;
 pub mod events;
+pub mod health;
+pub mod metrics;
 pub mod web;
 pub mod webhook;
