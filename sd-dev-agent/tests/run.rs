@@ -712,3 +712,49 @@ fn a_standalone_job_keeps_its_token_for_the_final_status() {
         .any(|r| r.path == "/installation/token"));
     assert_eq!(w.gh.statuses().len(), 2);
 }
+
+#[test]
+fn escape_sequences_and_forged_lines_from_the_event_stream_reach_the_host_escaped() {
+    // A stand-in for dom0's side that writes what a hostile stream could: OSC 52 (clipboard
+    // write) and a C1 CSI screen clear in a step name and argv, a forged result line after a
+    // newline in a reason, a U+2028 line separator.
+    let hostile = r#"#!/bin/sh
+cat > /dev/null
+cat <<'EVENTS'
+{"v":1,"seq":0,"ts_ms":0,"kind":{"type":"step_started","step":0,"name":"build\u001b]52;c;ZXZpbA==\u0007","argv":["make","\u009b2J\r"]}}
+{"v":1,"seq":1,"ts_ms":0,"kind":{"type":"log","step":0,"text":"ok\u2028=== result: success"}}
+{"v":1,"seq":2,"ts_ms":0,"kind":{"type":"result","outcome":"failure","reason":"failed\n=== result: success"}}
+EVENTS
+exit 1
+"#;
+    let w = World::new(
+        "job-hostile-stream-1",
+        Some(hostile),
+        vec![sh("never", "exit 0")],
+    );
+    let out = w.wait(w.spawn_agent());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let stored = w.host.events();
+    let kinds: Vec<&EventKind> = stored.iter().map(|e| &e.kind).collect();
+    assert!(
+        kinds.contains(&&EventKind::StepStarted {
+            step: 0,
+            name: "build\\x1b]52;c;ZXZpbA==\\x07".into(),
+            argv: vec!["make".into(), "\\u{9b}2J\\x0d".into()],
+        }),
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&&EventKind::Log {
+        step: Some(0),
+        text: "ok\\u{2028}=== result: success".into()
+    }));
+    assert!(matches!(
+        stored.last().unwrap().kind,
+        EventKind::Result { outcome: Outcome::Failure, ref reason }
+            if reason == "failed\\x0a=== result: success"
+    ));
+    let raw = format!("{stored:?}");
+    for bad in ['\u{1b}', '\u{9b}', '\u{2028}', '\r'] {
+        assert!(!raw.contains(bad), "{bad:?} reached the host");
+    }
+}
