@@ -273,12 +273,12 @@ mod tests {
     }
 
     #[test]
-    fn stdout_and_stderr_are_merged_in_order_and_stripped() {
+    fn stdout_and_stderr_are_merged_in_order_and_stripped_but_for_colours() {
         let (f, lines) = sh(
-            "echo one; echo two >&2; printf '\\033[31mred\\033[0m\\r\\n'; exit 3",
+            "echo one; echo two >&2; printf '\\033[31mred\\033[0m\\033[2K\\r\\n'; exit 3",
             60,
         );
-        assert_eq!(lines, ["one", "two", "red"]);
+        assert_eq!(lines, ["one", "two", "\x1b[31mred\x1b[0m"]);
         assert_eq!((f.status, f.timed_out), (3, false));
     }
 

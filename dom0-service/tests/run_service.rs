@@ -126,8 +126,8 @@ fn an_sdw_shaped_tree_arrives_intact_and_every_step_runs_in_it() {
         &"vm=sd-dev dir=/home/user/securedrop-workstation ci=unset q=nonenone".to_string()
     ));
     assert!(
-        texts.contains(&"passed ci=true".to_string()),
-        "ANSI stripped, CI set: {texts:?}"
+        texts.contains(&"\\x1b[32mpassed\\x1b[0m ci=true".to_string()),
+        "colours kept but escaped, CI set: {texts:?}"
     );
     assert!(texts
         .iter()
