@@ -8,6 +8,7 @@
 
 use crate::config::Config;
 use crate::gateway::GithubGateway;
+use crate::joblog::LiveLogs;
 use crate::metrics::Metrics;
 use crate::store::{IngestWriter, Store};
 use sdci_protocol::Secret;
@@ -44,6 +45,9 @@ pub struct Hub {
     /// claimed a moment ago is never powered off as stray.
     pub vm_decisions: tokio::sync::Mutex<()>,
     pub metrics: Metrics,
+    /// The job logs as served to viewers: line indexes, and the wake-ups of live viewers (the
+    /// event ingest notifies them as it appends, `unregister_live` when a job's attempt ends).
+    pub logs: LiveLogs,
 }
 
 impl Hub {
@@ -63,6 +67,7 @@ impl Hub {
             event_locks: Mutex::new(HashMap::new()),
             vm_decisions: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
+            logs: LiveLogs::default(),
         }
     }
 
@@ -82,6 +87,7 @@ impl Hub {
     pub fn unregister_live(&self, id: &str) {
         lock(&self.live).remove(id);
         lock(&self.event_locks).remove(id);
+        self.logs.notify(id);
     }
 
     pub fn is_live(&self, id: &str) -> bool {

@@ -27,8 +27,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(events::ingest).get(events::position),
         )
         .route("/api/v1/wake", post(web::wake))
-        .route("/jobs", get(web::jobs))
-        .route("/jobs/{id}", get(web::job))
+        .merge(web::routes())
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
         .with_state(hub)

@@ -12,6 +12,8 @@
 //! - [`attempts`]: `attempts` (one row per try of a job on a VM: `done`, `infra`, `outage`,
 //!   `canceled`, and the `Result` event the agent relayed), `step_timings`, the event stream's
 //!   authentication and position.
+//! - [`pages`]: read-only queries of the job pages, the JSON API and `jobs --json` (filtered
+//!   pages of jobs, attempts, steps, queue places, pool states).
 //! - [`outbox`]: `statuses` (commit statuses still to post) and `notify_meta`/`notify_outbox`
 //!   (Slack messages still to send).
 //!
@@ -30,6 +32,7 @@ mod attempts;
 mod ingest;
 mod jobs;
 mod outbox;
+mod pages;
 mod schema;
 mod vms;
 
@@ -37,6 +40,7 @@ pub use attempts::{AfterFailure, AttemptEnd, EventAuth, StepTiming};
 pub use ingest::{Delivery, Ingest, IngestWriter};
 pub use jobs::{JobRow, NewJob, Transition};
 pub use outbox::{NotifyCounts, NotifyState, PendingStatus, PostState, StatusRow};
+pub use pages::{AttemptRow, JobFilter, JobPage, PoolVm, QueueSpot, StepRow, MAX_PAGE};
 pub use vms::{Claim, RotationRun, VmRow};
 
 use crate::domain::JobState;

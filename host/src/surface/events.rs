@@ -16,7 +16,7 @@
 //!   the host posts every terminal status, and its description is that reason.
 
 use crate::hub::Hub;
-use crate::joblog::{append_log, render};
+use crate::joblog::{append_log, Renderer};
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -94,6 +94,14 @@ pub async fn ingest(
         Err(r) => return r,
     };
     let dir = hub.cfg.log_dir();
+    // Lines as dom0 writes them (contracts §3): steps of the job's total, named as they started
+    // (names from the store when the stream resumes mid-step).
+    let known = hub.store.step_timings(&id).unwrap_or_default();
+    let known = known
+        .into_iter()
+        .filter(|t| !t.1.is_empty())
+        .map(|t| (t.0, t.1));
+    let mut renderer = Renderer::new(hub.cfg.steps().len(), known);
     let mut stream = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut outcome: Option<Reply> = None;
@@ -128,7 +136,7 @@ pub async fn ingest(
                 outcome = Some(reply(StatusCode::CONFLICT, next));
                 break;
             }
-            text.push_str(&render(&ev));
+            text.push_str(&renderer.render(&ev));
             step_timing(&hub, &id, attempt, &ev);
             next += 1;
         }
@@ -138,6 +146,8 @@ pub async fn ingest(
                 tracing::error!(job = %id, error = %e, "writing the job log failed");
                 return error(StatusCode::SERVICE_UNAVAILABLE, "cannot write the log");
             }
+            // Live viewers of the job page (`surface::web`) wait for this.
+            hub.logs.notify(&id);
         }
         if let Err(e) = hub.store.set_event_next_seq(&id, next) {
             tracing::error!(job = %id, error = %e, "saving the event position failed");

@@ -1,0 +1,395 @@
+//! The HTML pages, as maud templates: `GET /jobs` (filters, paging) and `GET /jobs/{id}` (the
+//! job, its attempts newest first with their steps and logs, its history).
+//!
+//! Invariants: every value goes through maud's escaping (`(expr)`); nothing is `PreEscaped`
+//! but the constant doctype. Times are written as UTC with their epoch milliseconds in
+//! `data-ms`, which `assets/sdci.js` turns into the viewer's zone; the page works without script
+//! (the log tail is in the HTML, the raw log is linked). A log is never rendered whole: the
+//! current attempt's last [`TAIL_LINES`] lines are, the rest loads on demand.
+
+use super::ansi;
+use super::model::{AttemptView, JobDetail, JobList, JobSummary, StepView};
+use crate::joblog::LogLines;
+use maud::{html, Markup, DOCTYPE};
+use sdci_protocol::Utc;
+
+/// Lines of the current attempt's log in the page itself.
+pub const TAIL_LINES: u64 = 1000;
+/// At most this much log text in the page itself.
+pub const TAIL_BYTES: usize = 512 * 1024;
+
+fn utc(ms: i64) -> Utc {
+    Utc::from_unix_millis(ms)
+}
+
+/// A time the script shows in the viewer's zone (UTC without script).
+fn time(ms: i64) -> Markup {
+    let t = utc(ms);
+    let text = t.rfc3339_millis();
+    html! {
+        time datetime=(t.rfc3339()) data-ms=(ms) {
+            (text.get(..10).unwrap_or(&text)) " " (text.get(11..19).unwrap_or("")) " UTC"
+        }
+    }
+}
+
+/// `2 h 03 min`, `4 min 05 s`, `12.3 s`.
+pub fn duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    let s = ms / 1000;
+    if s >= 3600 {
+        format!("{} h {:02} min", s / 3600, s / 60 % 60)
+    } else if s >= 60 {
+        format!("{} min {:02} s", s / 60, s % 60)
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+fn layout(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                link rel="stylesheet" href="/assets/style.css";
+                script src="/assets/sdci.js" defer {}
+            }
+            body {
+                header.top {
+                    a.brand href="/jobs" { "sdci" }
+                    nav { a href="/jobs" { "Jobs" } }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn badge(state: &str) -> Markup {
+    html! { span class={ "badge s-" (state) } data-state=(state) { (state) } }
+}
+
+/// One log line: its number (an anchor) and its text with ANSI colours as classes.
+pub fn line(prefix: &str, n: u64, text: &str) -> Markup {
+    let id = format!("{prefix}{n}");
+    html! {
+        div.ln id=(id) {
+            a.no href={ "#" (id) } { (n) }
+            span.tx {
+                @for run in ansi::runs(text) {
+                    @if run.class.is_empty() { (run.text) } @else { span class=(run.class) { (run.text) } }
+                }
+            }
+        }
+    }
+}
+
+/// The anchor prefix of an attempt's lines: `L` for the current one, `A2-L` for attempt 2.
+pub fn anchor_prefix(a: &AttemptView) -> String {
+    if a.current {
+        "L".into()
+    } else {
+        format!("A{}-L", a.attempt)
+    }
+}
+
+fn step_icon(state: &str) -> &'static str {
+    match state {
+        "passed" => "✓",
+        "failed" | "timed_out" => "✗",
+        "running" => "●",
+        "stopped" => "■",
+        "skipped" => "–",
+        _ => "○",
+    }
+}
+
+fn step_item(
+    s: &StepView,
+    prefix: &str,
+    failing: Option<u32>,
+    step_tail: Option<&LogLines>,
+) -> Markup {
+    let failing = failing == Some(s.number);
+    html! {
+        li class={ "step st-" (s.state) } data-step=(s.number) {
+            @if failing {
+                details.failing open {
+                    summary { (step_row(s, prefix)) }
+                    @if let Some(t) = step_tail {
+                        div.steptail {
+                            @for (i, l) in t.lines.iter().enumerate() {
+                                (line(&format!("{prefix}tail-"), t.from + i as u64 + 1, l))
+                            }
+                        }
+                    }
+                }
+            } @else {
+                (step_row(s, prefix))
+            }
+        }
+    }
+}
+
+fn step_row(s: &StepView, prefix: &str) -> Markup {
+    html! {
+        span.icon { (step_icon(&s.state)) }
+        span.name { (s.name) }
+        span.sstate { (s.state.replace('_', " ")) @if let Some(st) = s.status { @if st != 0 { " (exit " (st) ")" } } }
+        span.dur data-started=[s.started_ms.filter(|_| s.state == "running")] {
+            @if let Some(d) = s.duration_ms { (duration(d)) }
+        }
+        @if let Some(l) = s.line { a.steplink href={ "#" (prefix) (l) } data-line=(l) { "log" } }
+    }
+}
+
+/// The first step that did not pass, for an attempt that is over.
+pub fn failing_step(a: &AttemptView) -> Option<u32> {
+    a.steps
+        .iter()
+        .find(|s| matches!(s.state.as_str(), "failed" | "timed_out" | "stopped"))
+        .map(|s| s.number)
+}
+
+fn attempt_section(
+    d: &JobDetail,
+    a: &AttemptView,
+    tail: Option<&LogLines>,
+    step_tail: Option<&LogLines>,
+) -> Markup {
+    let prefix = anchor_prefix(a);
+    let live = a.current && a.ended_ms.is_none() && d.job.ended_ms.is_none();
+    let failing = failing_step(a);
+    let gen = a.log.as_ref().map(|l| l.generation).unwrap_or(0);
+    html! {
+        details.attempt open[a.current] id={ "attempt-" (a.attempt) } data-attempt=(a.attempt) {
+            summary {
+                span.aname { "Attempt " (a.attempt) } " on " code { (a.vm) } " "
+                @if let Some(o) = &a.outcome { (badge(o)) } @else if let Some(r) = &a.result { (badge(r)) } @else if live { (badge(&d.job.state)) }
+                " " span.dur data-started=[live.then_some(a.started_ms)] { (duration(a.duration_ms)) }
+                " · started " (time(a.started_ms))
+            }
+            @if let Some(r) = &a.reason { p.reason { (r) } }
+            @if let Some(e) = &a.error { p.error { (e) } }
+            ol.steps { @for s in &a.steps { (step_item(s, &prefix, failing, step_tail)) } }
+            @if let Some(log) = &a.log {
+                div.logtools {
+                    a href=(log.raw_url) { "Raw" } " · "
+                    a href=(log.download_url) download { "Download" } " · "
+                    span.count { (log.lines) " lines" }
+                    @if live { label.follow { input type="checkbox" checked; " follow" } }
+                }
+                div.log data-job=(d.job.id) data-attempt=(a.attempt) data-gen=(gen)
+                    data-prefix=(prefix) data-live=(if live { "1" } else { "0" })
+                    data-total=(log.lines)
+                    data-from=(tail.map(|t| t.from).unwrap_or(log.lines))
+                    data-next=(tail.map(|t| t.next()).unwrap_or(log.lines)) {
+                    @if let Some(t) = tail {
+                        @if t.from > 0 { button.earlier type="button" { "Show earlier lines (" (t.from) " more)" } }
+                        div.lines {
+                            @for (i, l) in t.lines.iter().enumerate() { (line(&prefix, t.from + i as u64 + 1, l)) }
+                        }
+                    } @else {
+                        @if log.lines > 0 { button.earlier type="button" { "Show the log (" (log.lines) " lines)" } }
+                        div.lines {}
+                    }
+                }
+            } @else {
+                p.nolog { "No log was kept for this attempt." }
+            }
+        }
+    }
+}
+
+fn facts(d: &JobDetail) -> Markup {
+    let j = &d.job;
+    html! {
+        dl.facts {
+            dt { "Repository" } dd { a href=(d.links.repo) { (j.repo) } }
+            dt { "Commit" } dd.commit {
+                a.sha href=(d.links.commit) { code { (j.short_sha) } }
+                @if let Some(s) = &j.subject { " " span.subject { (s) } }
+                @if let Some(a) = &j.author { " by " span.author { (a) } }
+            }
+            @if let Some(pr) = j.pr {
+                dt { "Pull request" } dd {
+                    @if let Some(u) = &d.links.pull_request { a href=(u) { "#" (pr) } }
+                    @if let Some(b) = &j.branch { " from " code.branch { (b) } }
+                }
+            } @else if let Some(b) = &j.branch {
+                dt { "Branch" } dd { @if let Some(u) = &d.links.branch { a href=(u) { code.branch { (b) } } } }
+            }
+            dt { "Reason" } dd { (j.reason.replace('_', " ")) }
+            dt { "Qubes" } dd { (j.version.as_deref().unwrap_or("not known yet")) }
+            dt { "VM" } dd { (j.vm.as_deref().unwrap_or("none yet")) }
+            dt { "Queued" } dd { (time(j.created_ms)) " " span.rel data-ms=(j.created_ms) {} }
+            @if let Some(e) = j.ended_ms { dt { "Ended" } dd { (time(e)) } }
+            dt { "Duration" } dd { span.dur data-started=[j.ended_ms.is_none().then_some(j.created_ms)] { (duration(j.duration_ms)) } }
+            dt { "Attempts" } dd { (j.attempts) }
+            @if let Some(q) = &d.queue {
+                dt { "Queue" } dd.queue {
+                    @if let (Some(p), Some(of)) = (q.position, q.of) { "position " (p) " of " (of) " · " }
+                    "waiting for " (q.waiting_for)
+                }
+            }
+            @if let Some(n) = &j.note { dt { "Note" } dd.note { (n) } }
+            @if let Some(c) = &d.cancel_requested { dt { "Cancel" } dd { (c) } }
+        }
+    }
+}
+
+/// `GET /jobs/{id}`: `tail` is the current attempt's last lines, `step_tail` the failing step's.
+pub fn job_page(d: &JobDetail, tail: Option<&LogLines>, step_tail: Option<&LogLines>) -> Markup {
+    let j = &d.job;
+    let body = html! {
+        div.jobhead data-job=(j.id) data-state=(j.state) data-attempts=(j.attempts) {
+            h1 { (badge(&j.state)) " " span.title { "Job " code { (j.id) } } }
+            @if let Some(s) = &j.subject { p.lead { (s) } }
+        }
+        (facts(d))
+        section.attempts {
+            h2 { "Attempts" }
+            @if d.attempts.is_empty() {
+                p.noattempt { "Not started yet." }
+                div.log data-job=(j.id) data-attempt="0" data-gen="0" data-prefix="L"
+                    data-live=(if j.ended_ms.is_none() { "1" } else { "0" }) data-total="0" data-from="0" data-next="0" {
+                    div.lines {}
+                }
+            }
+            @for a in &d.attempts {
+                (attempt_section(d, a, if a.current { tail } else { None }, if a.current { step_tail } else { None }))
+            }
+        }
+        section.history {
+            h2 { "History" }
+            table {
+                thead { tr { th { "When" } th { "From" } th { "To" } th { "Note" } } }
+                tbody {
+                    @for t in &d.history {
+                        tr {
+                            td { (time(t.at_ms)) }
+                            td { (t.from.as_deref().unwrap_or("")) }
+                            td { (badge(&t.to)) }
+                            td { (t.note.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(&format!("{} · job {}", j.state, j.id), body)
+}
+
+/// The filters of the list, as given.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub state: String,
+    pub repo: String,
+    pub branch: String,
+}
+
+impl ListQuery {
+    /// The query string of these filters (`&`-joined, percent-encoded).
+    pub fn query(&self) -> String {
+        let mut q = Vec::new();
+        for (k, v) in [
+            ("state", &self.state),
+            ("repo", &self.repo),
+            ("branch", &self.branch),
+        ] {
+            if !v.is_empty() {
+                q.push(format!(
+                    "{k}={}",
+                    super::model::url_part(v).replace('/', "%2F")
+                ));
+            }
+        }
+        q.join("&")
+    }
+}
+
+fn job_row(j: &JobSummary) -> Markup {
+    html! {
+        tr data-id=(j.id) {
+            td { (badge(&j.state)) }
+            td { a href=(j.url) { code { (j.id) } } }
+            td.subj {
+                @if let Some(s) = &j.subject { (s) } @else { code { (j.short_sha) } }
+                @if let Some(a) = &j.author { span.author { " · " (a) } }
+            }
+            td { (j.repo) }
+            td { @if let Some(pr) = j.pr { "#" (pr) " " } @if let Some(b) = &j.branch { code.branch { (b) } } }
+            td { (j.reason.replace('_', " ")) }
+            td { (j.version.as_deref().unwrap_or("?")) }
+            td { (j.vm.as_deref().unwrap_or("")) }
+            td { (time(j.created_ms)) }
+            td.dur data-started=[j.ended_ms.is_none().then_some(j.created_ms)] { (duration(j.duration_ms)) }
+        }
+    }
+}
+
+/// `GET /jobs`.
+pub fn list_page(list: &JobList, q: &ListQuery, first_page: bool) -> Markup {
+    let states = [
+        "", "active", "queued", "running", "success", "failure", "error", "canceled",
+    ];
+    let query = q.query();
+    let body = html! {
+        h1 { "Jobs" }
+        form.filters method="get" action="/jobs" {
+            label { "State " select name="state" {
+                @for s in states {
+                    option value=(s) selected[q.state == s] { (if s.is_empty() { "any" } else { s }) }
+                }
+            } }
+            label { "Repository " input name="repo" value=(q.repo) placeholder="owner/name"; }
+            label { "Branch " input name="branch" value=(q.branch) placeholder="main"; }
+            button type="submit" { "Filter" }
+            @if !query.is_empty() { " " a href="/jobs" { "clear" } }
+        }
+        table.jobs data-query=(query) data-first=(if first_page { "1" } else { "0" }) {
+            thead { tr {
+                th { "State" } th { "Job" } th { "Commit" } th { "Repository" } th { "Branch / PR" }
+                th { "Reason" } th { "Qubes" } th { "VM" } th { "Queued" } th { "Duration" }
+            } }
+            tbody { @for j in &list.jobs { (job_row(j)) } }
+        }
+        @if list.jobs.is_empty() { p { "No jobs match." } }
+        nav.pages {
+            @if !first_page { a href={ "/jobs?" (query) } { "← Newest" } " " }
+            @if let Some(b) = list.next_before {
+                a.older href={ "/jobs?" (query) (if query.is_empty() { "" } else { "&" }) "before=" (b) } { "Older →" }
+            }
+        }
+    };
+    layout("sdci jobs", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_person_would_say_them() {
+        assert_eq!(duration(12_345), "12.3 s");
+        assert_eq!(duration(245_000), "4 min 05 s");
+        assert_eq!(duration(7_380_000), "2 h 03 min");
+    }
+
+    #[test]
+    fn a_hostile_line_is_text_in_the_page() {
+        let html = line(
+            "L",
+            7,
+            "<script>alert(1)</script>\"><img src=x onerror=alert(1)>",
+        )
+        .into_string();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert!(html.contains("id=\"L7\""), "{html}");
+    }
+}
