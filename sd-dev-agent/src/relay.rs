@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! qrexec stdout ─EventReader─▶ Spool::push ─▶ spool file (append) ─▶ body stream ─▶ POST event_url
-//!                                                  ▲                        │ broken / 409 / 5xx
+//!                                                  ▲                        │ broken / 408 / 409 / 413 / 5xx
 //!                                                  └── resend from next_seq ◀┘ GET event_url
 //! ```
 //!
@@ -15,8 +15,11 @@
 //! - A request body starts at the host's `next_seq` and carries every later event as it arrives
 //!   (chunked), so the host sees each event once in order; after a broken connection the relay
 //!   asks `GET event_url` where to resume. The host deduplicates by `seq` anyway.
+//! - An answer with `next_seq` (200; 409 a gap or a newer stream; 413 the request's byte cap;
+//!   408 the stream was silent too long) makes the relay go on from there with a new request.
 //! - The relay ends when the spool is finished and the host has acknowledged every event, or
-//!   on a permanent refusal (400/401/404), or when the caller stops waiting.
+//!   on a permanent refusal (400/401/404, 410 once the job ended), or when the caller stops
+//!   waiting.
 //! - The per-job secret only travels in a sensitive `Authorization` header.
 
 use crate::error::{AgentError, Result};
@@ -224,7 +227,13 @@ impl Relay {
             Err(e) => return Answer::Transient(format!("network error: {e}")),
         };
         let status = resp.status();
-        if status.is_success() || status == reqwest::StatusCode::CONFLICT {
+        // 409 (a gap, or a newer stream took over), 413 (the request's byte cap) and 408 (the
+        // stream was silent too long) all say where to resume (contracts §1).
+        if status.is_success()
+            || status == reqwest::StatusCode::CONFLICT
+            || status == reqwest::StatusCode::PAYLOAD_TOO_LARGE
+            || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        {
             return match resp.json::<NextSeq>().await {
                 Ok(n) => Answer::NextSeq(n.next_seq),
                 Err(e) => {

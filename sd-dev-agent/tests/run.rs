@@ -758,3 +758,27 @@ exit 1
         assert!(!raw.contains(bad), "{bad:?} reached the host");
     }
 }
+
+/// The host caps what one request carries (`413 {"next_seq"}`, contracts §1): the relay goes on
+/// with new requests from there, and every event arrives once, in order.
+#[test]
+fn a_host_that_caps_each_request_still_gets_every_event_once_in_order() {
+    let steps = vec![sh(
+        "many",
+        "i=0; while [ $i -lt 200 ]; do echo n-$i; i=$((i+1)); done",
+    )];
+    let w = World::new("job-run-capped", None, steps);
+    w.host.cap_requests(25);
+    let out = w.wait(w.spawn_agent());
+    assert_eq!(out.status.code(), Some(0), "agent:\n{}", stderr(&out));
+    let stored = w.host.events();
+    assert_eq!(stored, w.spool_events());
+    let posts = w.host.posts();
+    assert!(
+        posts.iter().filter(|p| p.status == Some(413)).count() >= 5,
+        "{posts:?}"
+    );
+    let t = texts(&stored);
+    let n: Vec<&String> = t.iter().filter(|s| s.starts_with("n-")).collect();
+    assert_eq!(n.len(), 200);
+}

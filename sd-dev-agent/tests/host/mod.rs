@@ -4,7 +4,8 @@
 //! The endpoint keeps events in `seq` order: `seq < next_seq` is a duplicate (ignored),
 //! `seq == next_seq` is appended, `seq > next_seq` ends the request with `409 {"next_seq"}`;
 //! at the end of the body `200 {"next_seq"}`; wrong bearer 401, unknown job 404, malformed
-//! line 400 (events before it kept). `GET` answers `{"next_seq"}`.
+//! line 400 (events before it kept). `GET` answers `{"next_seq"}`. Like `sdci-host`, it can cap
+//! the events one request carries ([`HostEvents::cap_requests`]: then `413 {"next_seq"}`).
 #![allow(dead_code, clippy::unwrap_used)]
 
 use axum::body::Body;
@@ -32,6 +33,8 @@ struct State0 {
     events: Vec<Event>,
     posts: Vec<Post>,
     gets: usize,
+    /// New events one request may add before it ends with 413.
+    cap: Option<usize>,
 }
 
 struct Shared {
@@ -82,6 +85,11 @@ impl HostEvents {
             shared,
             _rt: rt,
         }
+    }
+
+    /// From now on, a request ends with `413 {"next_seq"}` after `n` new events.
+    pub fn cap_requests(&self, n: usize) {
+        self.shared.state.lock().unwrap().cap = Some(n);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -165,6 +173,7 @@ async fn post_events(
     };
     let mut stream = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
+    let mut added = 0usize;
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else {
             // The connection broke: keep what arrived.
@@ -186,6 +195,11 @@ async fn post_events(
             if ev.seq == next {
                 st.events.push(ev);
                 shared.changed.notify_all();
+                added += 1;
+                if st.cap.is_some_and(|c| added >= c) {
+                    drop(st);
+                    return finish(StatusCode::PAYLOAD_TOO_LARGE);
+                }
             }
         }
     }
