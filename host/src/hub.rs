@@ -4,7 +4,15 @@
 //!
 //! Invariants: nothing waits on a timer to notice work. Every producer of work wakes its consumer
 //! through a [`Notify`] (a stored permit, so no wake-up is lost between a check and a wait): a new
-//! job wakes the intake and the outbox, a resolved version or a freed VM wakes the scheduler.
+//! job wakes the intake and the outbox, a resolved version or a freed VM wakes the scheduler, a
+//! relayed `Result` event (or the end of an event stream) wakes the job's attempt
+//! ([`Hub::signal_end`]), so it sees `sdci-dom0 launch` end at once.
+//!
+//! [`health`]: the dependencies and alerts `/healthz` reports. Draining ([`Hub::drain`], on
+//! `SIGTERM`): no new claims, no new attempts; running VMs are left as they are for the next
+//! process to re-adopt.
+
+pub mod health;
 
 use crate::config::Config;
 use crate::gateway::GithubGateway;
@@ -15,6 +23,8 @@ use sdci_protocol::Secret;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
+
+pub use health::{Alert, Dependency, Health};
 
 /// Why a live job is asked to stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +58,12 @@ pub struct Hub {
     /// The job logs as served to viewers: line indexes, and the wake-ups of live viewers (the
     /// event ingest notifies them as it appends, `unregister_live` when a job's attempt ends).
     pub logs: LiveLogs,
+    /// vSphere, the gateway and the alerts, for `/healthz`.
+    pub health: Health,
+    /// Per live job: woken when its `Result` event was relayed or its event stream ended.
+    ends: Mutex<HashMap<String, Arc<Notify>>>,
+    /// `true` once the process is shutting down (`SIGTERM`).
+    draining: watch::Sender<bool>,
 }
 
 impl Hub {
@@ -68,7 +84,46 @@ impl Hub {
             vm_decisions: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
             logs: LiveLogs::default(),
+            health: Health::default(),
+            ends: Mutex::new(HashMap::new()),
+            draining: watch::channel(false).0,
         }
+    }
+
+    /// Raises an alert (see [`Health::alert`]) with this process's Slack settings and metrics.
+    pub fn alert(&self, key: &str, message: &str) -> bool {
+        self.health
+            .alert(&self.cfg.notify, &self.metrics, key, message)
+    }
+
+    /// The wake-up of job `id`'s attempt: notified when its `Result` event arrives or its event
+    /// stream ends (a stored permit: a signal before the wait is not lost).
+    pub fn end_signal(&self, id: &str) -> Arc<Notify> {
+        lock(&self.ends).entry(id.to_owned()).or_default().clone()
+    }
+
+    /// The event ingest saw job `id`'s `Result` event, or the end of its stream: its attempt
+    /// looks at `sdci-dom0 launch` now instead of at its next poll.
+    pub fn signal_end(&self, id: &str) {
+        if let Some(n) = lock(&self.ends).get(id) {
+            n.notify_one();
+        }
+    }
+
+    /// Starts shutting down: no new claims or attempts from now on.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+        self.scheduler.notify_one();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Resolves once [`Hub::drain`] was called.
+    pub async fn drained(&self) {
+        let mut rx = self.draining.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
     }
 
     pub fn wake_all(&self) {
@@ -87,6 +142,7 @@ impl Hub {
     pub fn unregister_live(&self, id: &str) {
         lock(&self.live).remove(id);
         lock(&self.event_locks).remove(id);
+        lock(&self.ends).remove(id);
         self.logs.notify(id);
     }
 

@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         match cli.command {
             Command::Serve => serve(cfg).await,
             Command::Run {
@@ -204,7 +204,11 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         }
-    })
+    });
+    // Tasks still running (attempts left for the next process, connections) are dropped, and
+    // with them the gateway's children (kill_on_drop; PR_SET_PDEATHSIG covers a SIGKILL).
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// What vSphere says about each pool's VMs, for `sdci-host vms`; a line saying why when it
@@ -239,15 +243,49 @@ async fn vsphere_view(cfg: &Config) -> String {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // One serve per data directory, for the life of this process.
+    let _lock = server::DataDirLock::acquire(&cfg.data_dir)?;
     let auth = server::guest_auth(&cfg)?;
     let listen = cfg.listen;
-    let hv = sdci_host::gateway::vsphere::connect(&cfg)
-        .await
-        .context("connecting to vSphere (check [vsphere] in the host config)")?;
     let hub = server::hub_from_config(cfg)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    server::run(hub, Arc::new(hv), auth, listener, server::Parts::ALL).await?;
+    // The hypervisors are connected in the background, with backoff: serve starts (and stores
+    // webhooks) while vSphere is unreachable.
+    let cfg = hub.cfg.clone();
+    let connect = move || {
+        let cfg = cfg.clone();
+        async move {
+            sdci_host::gateway::vsphere::connect(&cfg)
+                .await
+                .map(Arc::new)
+        }
+    };
+    server::run_with(
+        hub,
+        connect,
+        auth,
+        listener,
+        server::Parts::ALL,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install the signal handlers; SIGTERM ends the process at once");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
 }

@@ -81,12 +81,12 @@ fn nightly_queues_the_branch_head_with_updates_and_the_commits_qubes_version() {
     assert_eq!(job.version.as_deref(), Some("4.2"));
     let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
     assert!(
-        calls.contains("head --repo freedomofpress/securedrop-workstation --branch main"),
+        calls.contains("head --repo=freedomofpress/securedrop-workstation --branch=main"),
         "{calls}"
     );
     assert!(
         calls.contains(&format!(
-            "ci-config --repo freedomofpress/securedrop-workstation --sha {HEAD}"
+            "ci-config --repo=freedomofpress/securedrop-workstation --sha={HEAD}"
         )),
         "{calls}"
     );

@@ -112,7 +112,7 @@ async fn with_three_jobs_and_two_vms_the_third_starts_when_one_frees() {
         [&j1, &j2, &j3].iter().all(|j| {
             calls
                 .iter()
-                .any(|c| c.contains(&format!("/jobs/{j}")) && !c.contains("--state pending"))
+                .any(|c| c.contains(&format!("/jobs/{j}")) && !c.contains("--state=pending"))
         })
     })
     .await;

@@ -107,14 +107,14 @@ async fn a_push_runs_through_every_phase_and_ends_with_the_vm_off() {
     eventually("success posted", || {
         agent_calls(dir.path())
             .iter()
-            .any(|c| c.contains("--state success") && c.contains(&id))
+            .any(|c| c.contains("--state=success") && c.contains(&id))
     })
     .await;
     let calls = agent_calls(dir.path());
     assert!(
         calls
             .iter()
-            .any(|c| c.contains("--state pending --description queued")),
+            .any(|c| c.contains("--state=pending --description=queued")),
         "{calls:?}"
     );
 }
@@ -274,9 +274,9 @@ async fn in_app_mode_the_job_file_carries_a_fresh_token_from_the_agent() {
     .unwrap();
     let file = sdci_protocol::JobFile::from_json(&file).unwrap();
     assert_eq!(file.agent.token.unwrap().expose(), "ghs_test");
-    assert!(agent_calls(dir.path())
-        .iter()
-        .any(|c| c.starts_with("token --repo freedomofpress/securedrop-workstation")));
+    assert!(agent_calls(dir.path()).iter().any(|c| c.starts_with(
+        "token --repo=freedomofpress/securedrop-workstation --permissions=contents:read"
+    )));
 }
 
 #[tokio::test]

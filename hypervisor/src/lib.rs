@@ -8,7 +8,8 @@
 //!   [`GuestAuth`], [`GuestProgram`], [`ProcessState`]);
 //! - [`error`]: the one error type [`HypervisorError`] and its retry [`ErrorClass`];
 //! - [`snapshots`]: which snapshot a name means and which ones pruning removes (pure rules);
-//! - the trait itself, below, with the default `prune_snapshots` and `wait_program`.
+//! - the trait itself, below, with the default `prune_snapshots`, `wait_program`, `download_to`
+//!   and the VM notes (`note`, `set_note`: none, for a backend without them).
 //!
 //! VMs are addressed by name (`Qubes_4.2_a`): names are unique per pool by the deployment rules,
 //! and a backend maps them to its own ids. No method sleeps a fixed time: waits are driven by the
@@ -19,9 +20,12 @@ pub mod snapshots;
 pub mod types;
 
 pub use error::{ErrorClass, HypervisorError, Result};
-pub use types::{GuestAuth, GuestProgram, PowerState, ProcessState, SnapshotInfo, VmInfo};
+pub use types::{
+    Downloaded, GuestAuth, GuestProgram, PowerState, ProcessState, SnapshotInfo, VmInfo, VmNote,
+};
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 /// The longest pause between two process-state reads in [`Hypervisor::wait_program`].
@@ -155,4 +159,48 @@ pub trait Hypervisor: Send + Sync + 'static {
         auth: &GuestAuth,
         guest_path: &str,
     ) -> impl Future<Output = Result<Vec<u8>>> + Send;
+    /// Writes at most `max_bytes` of `guest_path` to the host file `dest` (created or
+    /// truncated), streaming where the backend can, so a huge guest file never sits in memory.
+    /// The default reads the file with [`Hypervisor::download`] and writes its first bytes.
+    fn download_to(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        guest_path: &str,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Downloaded>> + Send {
+        async move {
+            let bytes = self.download(vm, auth, guest_path).await?;
+            let keep = bytes
+                .len()
+                .min(usize::try_from(max_bytes).unwrap_or(usize::MAX));
+            std::fs::write(dest, &bytes[..keep]).map_err(|e| HypervisorError::Config {
+                message: format!("writing {}: {e}", dest.display()),
+            })?;
+            Ok(Downloaded {
+                bytes: keep as u64,
+                truncated: keep < bytes.len(),
+            })
+        }
+    }
+
+    /// The VM's note and its version ([`VmNote`]). The default: an empty note, no version
+    /// (a backend without notes; then nothing protects a VM from a second instance).
+    fn note(&self, vm: &str) -> impl Future<Output = Result<VmNote>> + Send {
+        let _ = vm;
+        async { Ok(VmNote::default()) }
+    }
+    /// Replaces the VM's note with `text` if its version is still `expected` (compare and set);
+    /// `Ok(false)` when the note changed meanwhile (someone else wrote first). The default
+    /// stores nothing and answers `Ok(true)`.
+    fn set_note(
+        &self,
+        vm: &str,
+        text: &str,
+        expected: &str,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        let _ = (vm, text, expected);
+        async { Ok(true) }
+    }
 }

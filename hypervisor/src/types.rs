@@ -74,3 +74,23 @@ pub enum ProcessState {
     /// The guest no longer knows the pid (rebooted, or the process table was pruned).
     Lost,
 }
+
+/// A VM's free-text note (vSphere: the annotation, "Notes") with the version it was read at,
+/// for compare-and-set writes. sdci keeps its lease line in it (several `sdci-host` instances
+/// may share one hypervisor); other lines are the operators' and are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmNote {
+    pub text: String,
+    /// Opaque; changes with every change of the VM's configuration (vSphere:
+    /// `config.changeVersion`). Empty where the backend has no versions.
+    pub version: String,
+}
+
+/// What [`crate::Hypervisor::download_to`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Downloaded {
+    /// Bytes written to the destination file.
+    pub bytes: u64,
+    /// The guest file was longer than the cap: only its first `bytes` were written.
+    pub truncated: bool,
+}

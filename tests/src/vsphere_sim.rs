@@ -128,6 +128,9 @@ pub struct SimOptions {
     pub guest_url_port: bool,
     /// Log every SOAP request and response to the simulator's log (see [`VsphereSim::log`]).
     pub trace: bool,
+    /// The SDK port on 127.0.0.1; `None` picks a free one. (A test that starts a client before
+    /// the simulator, to see it come up later, names the port up front.)
+    pub port: Option<u16>,
 }
 
 impl Default for SimOptions {
@@ -146,6 +149,7 @@ impl Default for SimOptions {
             guest_password: "guest-password".into(),
             guest_url_port: true,
             trace: false,
+            port: None,
         }
     }
 }
@@ -183,6 +187,11 @@ impl SimOptions {
     }
     pub fn trace(mut self, on: bool) -> Self {
         self.trace = on;
+        self
+    }
+    /// Listens on this SDK port of 127.0.0.1 instead of a free one.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 }
@@ -288,7 +297,7 @@ impl VsphereSim {
         }
         let config = json!({
             "model": match opts.model { Model::Esx => "esx", Model::Vcenter => "vcenter" },
-            "listen": "127.0.0.1:0",
+            "listen": format!("127.0.0.1:{}", opts.port.unwrap_or(0)),
             "control_listen": "127.0.0.1:0",
             "tls": opts.tls,
             "state_dir": root,
@@ -396,6 +405,28 @@ impl VsphereSim {
     /// The guest root R of a VM: guest path `/x/y` is `R/x/y` (contracts §2).
     pub fn guest_root(&self, vm: &str) -> PathBuf {
         self.state.path().join("vms").join(vm)
+    }
+    /// Host pids of every process "in" a VM's guest: those whose environment holds
+    /// `SDCI_GUEST_ROOT=R` (every guest program gets it and passes it on, contracts §2), in
+    /// whatever process group or session. After a power-off there are none.
+    pub fn guest_pids(&self, vm: &str) -> Vec<u32> {
+        let want = format!("SDCI_GUEST_ROOT={}", self.guest_root(vm).display());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut pids = Vec::new();
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            if env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()) {
+                pids.push(pid);
+            }
+        }
+        pids
     }
     /// Host path of a guest path in a VM (`R/<guest_path>`).
     pub fn guest_path(&self, vm: &str, guest_path: &str) -> PathBuf {

@@ -60,8 +60,8 @@ pub struct WorldOptions {
     /// The dev VM's name in the golden snapshot (and in the host's config). Anything but
     /// `sd-dev` is refused by the real qrexec policy.
     pub dev_vm: String,
-    /// `[jobs] poll_interval_ms`.
-    pub poll_interval_ms: u64,
+    /// `[jobs] poll_interval_ms`; `None` leaves the host's shipped default (the benchmark).
+    pub poll_interval_ms: Option<u64>,
     /// `[jobs] max_attempts`.
     pub max_attempts: u32,
     /// Log every SOAP call in the simulator's log.
@@ -81,7 +81,7 @@ impl Default for WorldOptions {
             steps: None,
             guest_ready_secs: 60,
             dev_vm: "sd-dev".into(),
-            poll_interval_ms: 100,
+            poll_interval_ms: Some(100),
             max_attempts: 3,
             trace: false,
             host_log_filter: "info,sdci_host=debug".into(),
@@ -779,8 +779,7 @@ dev_vm = "{dev_vm}"
 
 [jobs]
 max_attempts = {attempts}
-poll_interval_ms = {poll}
-steps = [
+{poll}steps = [
   {steps}
 ]
 
@@ -812,7 +811,10 @@ golden_snapshot = "{GOLDEN}"
         dom0_pw = path(p.dom0_password),
         dev_vm = o.dev_vm,
         attempts = o.max_attempts,
-        poll = o.poll_interval_ms,
+        poll = o
+            .poll_interval_ms
+            .map(|ms| format!("poll_interval_ms = {ms}\n"))
+            .unwrap_or_default(),
         steps = steps.join(",\n  "),
         ready = o.guest_ready_secs,
     );

@@ -4,6 +4,10 @@ package main
 // (rules set over the control API, each with a count), and ESXi's asynchronous ShutdownGuest
 // (acknowledged at once; the guest powers off after the VM's shutdown delay; needs Tools).
 //
+// It also gives ReconfigVM_Task ESXi's compare-and-set: a spec whose changeVersion is not the
+// VM's current config.changeVersion fails with ConcurrentAccess, every applied change gets a
+// new changeVersion, and an annotation set to "" clears it (vcsim ignores empty strings).
+//
 // A rule matches the SOAP body element name (e.g. "PowerOnVM_Task"), "*" for any SOAP call, or
 // "guestFile" for the /guestFile PUT/GET. An optional vm restricts it to calls whose vm
 // argument (or _this) is that VM. Rules fire in the order they were added; count 0 means
@@ -191,6 +195,11 @@ func (w *World) middleware(inner http.Handler) http.Handler {
 		}
 		if method.Name == "ShutdownGuest" {
 			if w.shutdownGuest(rw, r, method, never) {
+				return
+			}
+		}
+		if method.Name == "ReconfigVM_Task" {
+			if w.reconfigVM(rw, r, method, body) {
 				return
 			}
 		}
@@ -425,4 +434,65 @@ func fillFault(f types.BaseMethodFault, m *simulator.Method) types.BaseMethodFau
 		}
 	}
 	return f
+}
+
+var annotationRe = regexp.MustCompile(`<(?:[A-Za-z0-9_]+:)?annotation[\s/>]`)
+
+// reconfigVM runs ReconfigVM_Task on one of our VMs with ESXi's changeVersion check (false =
+// let vcsim answer alone).
+func (w *World) reconfigVM(rw http.ResponseWriter, r *http.Request, m *simulator.Method, body []byte) bool {
+	st := w.vmByRef(m.This)
+	req, ok := m.Body.(*types.ReconfigVM_Task)
+	if st == nil || !ok {
+		return false
+	}
+	if rec := w.replay(r, probeBody); rec.Code != http.StatusOK {
+		copyRecorded(rw, rec)
+		return true
+	}
+	vm := simVM(st.ref)
+	if vm == nil {
+		return false
+	}
+	w.reconfigMu.Lock()
+	defer w.reconfigMu.Unlock()
+	var current string
+	simulator.Map.WithLock(vm, func() { current = vm.Config.ChangeVersion })
+	if req.Spec.ChangeVersion != "" && req.Spec.ChangeVersion != current {
+		w.failedTask(rw, m, &types.ConcurrentAccess{},
+			"Cannot complete operation due to concurrent modification by another operation.")
+		return true
+	}
+	rec := w.replay(r, string(body))
+	if rec.Code == http.StatusOK {
+		changes := []types.PropertyChange{{Name: "config.changeVersion", Val: nextChangeVersion()}}
+		if annotationRe.Match(body) {
+			changes = append(changes,
+				types.PropertyChange{Name: "config.annotation", Val: req.Spec.Annotation},
+				types.PropertyChange{Name: "summary.config.annotation", Val: req.Spec.Annotation})
+		}
+		simulator.Map.WithLock(vm, func() { simulator.Map.Update(vm, changes) })
+	}
+	copyRecorded(rw, rec)
+	return true
+}
+
+// failedTask answers a *_Task call with a Task that has already failed with f.
+func (w *World) failedTask(rw http.ResponseWriter, m *simulator.Method, f types.BaseMethodFault, msg string) {
+	root := strings.TrimSuffix(m.Name, "_Task")
+	task := simulator.CreateTask(m.This, root+"Task", nil)
+	for id, name := range wsdlTaskNames {
+		if name == m.Name {
+			task.Info.DescriptionId = m.This.Type + "." + id
+		}
+	}
+	simulator.Map.WithLock(task, func() {
+		simulator.Map.Update(task, []types.PropertyChange{
+			{Name: "info.startTime", Val: time.Now()},
+			{Name: "info.completeTime", Val: time.Now()},
+			{Name: "info.state", Val: types.TaskInfoStateError},
+			{Name: "info.error", Val: types.LocalizedMethodFault{Fault: f, LocalizedMessage: msg}},
+		})
+	})
+	writeResponse(rw, m.Name, fmt.Sprintf(`<returnval type="Task">%s</returnval>`, task.Self.Value))
 }

@@ -5,11 +5,16 @@ package main
 // power state, and the registry hook that keeps all of that in step with vcsim's objects.
 //
 // Invariants: R's path never changes for the life of the process (revert replaces its
-// contents); every guest process runs in its own process group and is killed when its VM
-// powers off or reverts; Tools are "running" only while the VM is powered on and the
-// per-VM delay has passed in the same power-on generation.
+// contents); when a VM powers off or reverts, every process of its guest ends, as in a real
+// power-off: each guest program's process group is killed, and then every process whose
+// environment names the VM's root (SDCI_GUEST_ROOT=R, which every guest program gets and the
+// Qubes world passes on, contracts §2/§6) — so descendants in process groups or sessions of
+// their own (dom0's steps, the qubes' agents) end too; Tools are "running" only while the VM
+// is powered on and the per-VM delay has passed in the same power-on generation; every
+// configuration change bumps the VM's config.changeVersion (ReconfigVM_Task honours it).
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log"
@@ -17,8 +22,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/vmware/govmomi/object"
@@ -53,6 +61,8 @@ type World struct {
 	nextXfer  int64
 	rules     []*rule
 	nextRule  int64
+	// reconfigMu serialises ReconfigVM_Task's compare-and-set of config.changeVersion.
+	reconfigMu sync.Mutex
 }
 
 func newWorld(cfg *Config) (*World, error) {
@@ -169,6 +179,11 @@ func (w *World) createInventory(ctx context.Context, cfg *Config) error {
 		w.byName[vc.Name] = st
 		w.mu.Unlock()
 		w.setToolsState(ref, false)
+		if vm := simVM(ref); vm != nil {
+			simulator.Map.WithLock(vm, func() {
+				simulator.Map.Update(vm, []types.PropertyChange{{Name: "config.changeVersion", Val: nextChangeVersion()}})
+			})
+		}
 
 		vm := object.NewVirtualMachine(c, ref)
 		for _, name := range vc.Snapshots {
@@ -327,8 +342,8 @@ func (w *World) powerChanged(ref types.ManagedObjectReference, state types.Virtu
 	})
 }
 
-// stopGuest kills the VM's guest processes, forgets them (as a Tools restart does) and
-// invalidates its pending file transfers.
+// stopGuest ends every process of the VM's guest (as a power-off does), forgets the guest
+// programs (as a Tools restart does) and invalidates its pending file transfers.
 func (w *World) stopGuest(st *vmState) {
 	w.mu.Lock()
 	procs := st.procs
@@ -341,6 +356,68 @@ func (w *World) stopGuest(st *vmState) {
 	w.mu.Unlock()
 	for _, p := range procs {
 		p.kill()
+	}
+	killGuestTree(st.root)
+}
+
+// changeVersions makes config.changeVersion values unique within the process.
+var changeVersions int64
+
+// nextChangeVersion is a new config.changeVersion in ESXi's form (an RFC 3339 time with
+// microseconds), unique even for changes within the same microsecond.
+func nextChangeVersion() string {
+	n := atomic.AddInt64(&changeVersions, 1)
+	t := time.Now().UTC().Add(time.Duration(n) * time.Nanosecond)
+	return t.Format("2006-01-02T15:04:05.000000000Z")
+}
+
+// guestPids lists the processes whose environment holds SDCI_GUEST_ROOT=root (processes that
+// vanish or cannot be read while listing are skipped).
+func guestPids(root string) []int {
+	want := []byte("SDCI_GUEST_ROOT=")
+	clean := filepath.Clean(root)
+	self := os.Getpid()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if bytes.HasPrefix(kv, want) && filepath.Clean(string(kv[len(want):])) == clean {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// killGuestTree SIGKILLs every process of the guest rooted at root, again until none is left
+// (a process may fork while it is being killed), for at most two seconds.
+func killGuestTree(root string) {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		pids := guestPids(root)
+		if len(pids) == 0 {
+			return
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if time.Now().After(deadline) {
+			log.Printf("power-off of %s: processes still left after 2s: %v", root, pids)
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -364,7 +441,9 @@ func (w *World) powerOffNow(ref types.ManagedObjectReference) {
 func (w *World) killAllProcesses() {
 	w.mu.Lock()
 	var all []*guestProcess
+	var roots []string
 	for _, st := range w.vms {
+		roots = append(roots, st.root)
 		for _, p := range st.procs {
 			all = append(all, p)
 		}
@@ -372,6 +451,9 @@ func (w *World) killAllProcesses() {
 	w.mu.Unlock()
 	for _, p := range all {
 		p.kill()
+	}
+	for _, root := range roots {
+		killGuestTree(root)
 	}
 }
 

@@ -12,9 +12,11 @@
 use crate::config::VsphereConfig;
 use crate::guest::{self, Managers};
 use crate::hypervisor::{
-    GuestAuth, GuestProgram, Hypervisor, ProcessState, Result, SnapshotInfo, VmInfo, VsphereError,
+    Downloaded, GuestAuth, GuestProgram, Hypervisor, ProcessState, Result, SnapshotInfo, VmInfo,
+    VmNote, VsphereError,
 };
 use crate::inventory;
+use crate::notes;
 use crate::power;
 use crate::session::{Idem, Session};
 use crate::snapshots;
@@ -379,6 +381,33 @@ impl Hypervisor for VsphereClient {
         let mgr = self.managers().await?;
         self.with_vm(vm, |m| async move {
             guest::download(&self.session, mgr, &m, auth, guest_path).await
+        })
+        .await
+    }
+
+    async fn download_to(
+        &self,
+        vm: &str,
+        auth: &GuestAuth,
+        guest_path: &str,
+        dest: &std::path::Path,
+        max_bytes: u64,
+    ) -> Result<Downloaded> {
+        let mgr = self.managers().await?;
+        self.with_vm(vm, |m| async move {
+            guest::download_to(&self.session, mgr, &m, auth, guest_path, dest, max_bytes).await
+        })
+        .await
+    }
+
+    async fn note(&self, vm: &str) -> Result<VmNote> {
+        self.with_vm(vm, |m| async move { notes::read(&self.session, &m).await })
+            .await
+    }
+
+    async fn set_note(&self, vm: &str, text: &str, expected: &str) -> Result<bool> {
+        self.with_vm(vm, |m| async move {
+            notes::write(&self.session, &m, vm, text, expected).await
         })
         .await
     }

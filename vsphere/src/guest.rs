@@ -12,7 +12,7 @@
 //! - An upload does not create parent directories (real ESXi does not); `make_directory` does,
 //!   and treats an existing directory (`FileAlreadyExists`) as success.
 
-use crate::hypervisor::{GuestAuth, GuestProgram, ProcessState, Result, VsphereError};
+use crate::hypervisor::{Downloaded, GuestAuth, GuestProgram, ProcessState, Result, VsphereError};
 use crate::session::{Idem, Session};
 use crate::soap::{el, esc, mor, Moref};
 use crate::xmltree::Element;
@@ -354,6 +354,64 @@ pub async fn download(
         }
     }
     Ok(bytes.to_vec())
+}
+
+/// Streams `guest_path` into the host file `dest`, at most `max_bytes` of it: the answer is read
+/// chunk by chunk and the transfer dropped at the cap, so a huge guest file never sits in memory.
+pub async fn download_to(
+    s: &Session,
+    m: &Managers,
+    vm: &Moref,
+    auth: &GuestAuth,
+    guest_path: &str,
+    dest: &std::path::Path,
+    max_bytes: u64,
+) -> Result<Downloaded> {
+    use tokio::io::AsyncWriteExt;
+    let args = download_args(vm, auth, guest_path);
+    let resp = s
+        .call("InitiateFileTransferFromGuest", &m.file, &args, Idem::Safe)
+        .await?;
+    let (url, size) = parse_transfer_info(&resp)?;
+    let url = transfer_url(&url, s.authority());
+    let mut resp = transfer_request(s, s.http().get(&url), "GET guestFile").await?;
+    let local = |e: std::io::Error| VsphereError::Config {
+        message: format!("writing {}: {e}", dest.display()),
+    };
+    let mut file = tokio::fs::File::create(dest).await.map_err(local)?;
+    let mut written: u64 = 0;
+    let mut truncated = false;
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| VsphereError::Transport {
+            url: s.url().to_string(),
+            message: format!("GET guestFile: {}", e.without_url()),
+        })?;
+        let Some(chunk) = chunk else { break };
+        let room = max_bytes - written;
+        if chunk.len() as u64 > room {
+            let keep = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
+            file.write_all(&chunk[..keep]).await.map_err(local)?;
+            written += keep as u64;
+            truncated = true;
+            break;
+        }
+        file.write_all(&chunk).await.map_err(local)?;
+        written += chunk.len() as u64;
+    }
+    file.flush().await.map_err(local)?;
+    if let Some(size) = size {
+        if !truncated && size != written {
+            return Err(protocol(
+                "GET guestFile",
+                format!("{} announced {size} bytes, got {written}", esc(guest_path)),
+            ));
+        }
+        truncated |= size > written;
+    }
+    Ok(Downloaded {
+        bytes: written,
+        truncated,
+    })
 }
 
 #[cfg(test)]

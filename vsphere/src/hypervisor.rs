@@ -3,8 +3,8 @@
 //! them so `sdci_vsphere::hypervisor::…` and `VsphereError` keep working.
 
 pub use sdci_hypervisor::{
-    ErrorClass, GuestAuth, GuestProgram, Hypervisor, HypervisorError, PowerState, ProcessState,
-    Result, SnapshotInfo, VmInfo, PROGRAM_POLL_MAX,
+    Downloaded, ErrorClass, GuestAuth, GuestProgram, Hypervisor, HypervisorError, PowerState,
+    ProcessState, Result, SnapshotInfo, VmInfo, VmNote, PROGRAM_POLL_MAX,
 };
 
 /// The vSphere client's error is the shared one.

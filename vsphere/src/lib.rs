@@ -15,6 +15,7 @@ pub mod config;
 pub mod guest;
 pub mod hypervisor;
 pub mod inventory;
+pub mod notes;
 pub mod power;
 pub mod session;
 pub mod snapshots;
@@ -27,6 +28,6 @@ pub mod xmltree;
 pub use client::VsphereClient;
 pub use config::{Timeouts, TlsPolicy, VsphereConfig};
 pub use hypervisor::{
-    ErrorClass, GuestAuth, GuestProgram, Hypervisor, PowerState, ProcessState, SnapshotInfo,
-    VmInfo, VsphereError,
+    Downloaded, ErrorClass, GuestAuth, GuestProgram, Hypervisor, PowerState, ProcessState,
+    SnapshotInfo, VmInfo, VmNote, VsphereError,
 };

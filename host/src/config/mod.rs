@@ -379,6 +379,9 @@ pub(crate) mod tests {
         assert_eq!(c.jobs.max_attempts, d.jobs.max_attempts);
         assert_eq!(c.jobs.poll_interval_ms, d.jobs.poll_interval_ms);
         assert_eq!(c.jobs.outage_retry_ms, d.jobs.outage_retry_ms);
+        assert_eq!(c.jobs.lease_ttl_secs, d.jobs.lease_ttl_secs);
+        assert_eq!(c.jobs.status_refusals, d.jobs.status_refusals);
+        assert_eq!(c.jobs.dom0_log_max_bytes, d.jobs.dom0_log_max_bytes);
         let (a, b) = (&c.deadlines, &d.deadlines);
         assert_eq!(
             (

@@ -2,15 +2,83 @@
 //! (CONTRACTS.md §5). `status`, `token`, `revoke`, `head` and `ci-config`, each a subprocess with a
 //! timeout, answered by exit code (protocol's [`GatewayExit`] table) and stdout.
 //!
-//! Invariants: every invocation has a timeout and is killed at it (and with the host); the token
-//! the agent prints is wrapped in a [`Secret`] at once and never logged.
+//! Invariants:
+//! - Every data argument is one `--flag=value` word, so a value that begins with `-` (a result
+//!   reason such as `--x`) is never read as an option.
+//! - Every invocation has a timeout and is killed at it, and dies with the host (the child gets
+//!   `SIGKILL` when the host exits, even by `SIGKILL`: `PR_SET_PDEATHSIG`).
+//! - The token the agent prints is wrapped in a [`Secret`] at once and never logged; a token
+//!   the host hands to the agent goes on stdin, never argv.
+//! - Failures say who must act ([`GatewayError::kind`]): the gateway or GitHub is unavailable
+//!   (retry later), or the request is refused for good (usage or configuration: retrying the
+//!   same call cannot help).
 
 use crate::config::Config;
-use crate::{HostError, Result};
+use crate::HostError;
 use sdci_protocol::{GatewayExit, MintedToken, Secret};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
+
+/// The permissions of a job's token: what the checkout in sd-dev needs, nothing that writes
+/// (the host posts every status itself, contracts §5/§8).
+pub const JOB_TOKEN_PERMISSIONS: &str = "contents:read";
+
+/// What kind of failure an `sdci-agent` invocation was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayFailure {
+    /// The agent could not run or answer (missing binary, timeout, a signal) or GitHub was
+    /// unreachable (exit 2): try again later.
+    Unavailable,
+    /// Refused for good: a usage error (64) or a configuration / 4xx refusal (78).
+    Refused,
+    /// Anything else (an answer of the wrong shape).
+    Other,
+}
+
+/// A failed `sdci-agent` invocation.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("sdci-agent {command} failed: {message}")]
+pub struct GatewayError {
+    pub command: String,
+    /// The agent's exit code; `None` when it could not start, timed out or died by a signal.
+    pub code: Option<i32>,
+    pub message: String,
+}
+
+impl GatewayError {
+    pub fn kind(&self) -> GatewayFailure {
+        match self.code.map(GatewayExit::from_code) {
+            None | Some(Some(GatewayExit::Unreachable)) => GatewayFailure::Unavailable,
+            Some(Some(GatewayExit::Usage | GatewayExit::Config)) => GatewayFailure::Refused,
+            Some(_) => GatewayFailure::Other,
+        }
+    }
+
+    fn shape(command: &str, message: String) -> Self {
+        Self {
+            command: command.into(),
+            code: Some(GatewayExit::Ok.code()),
+            message,
+        }
+    }
+}
+
+impl From<GatewayError> for HostError {
+    fn from(e: GatewayError) -> Self {
+        HostError::Agent {
+            command: e.command,
+            message: e.message,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, GatewayError>;
+
+/// `--flag=value`, one argv word.
+fn flag(name: &str, value: &str) -> String {
+    format!("--{name}={value}")
+}
 
 /// How to call the agent.
 #[derive(Debug, Clone)]
@@ -38,16 +106,21 @@ impl GithubGateway {
         }
     }
 
-    async fn run(&self, args: &[&str]) -> Result<Output> {
+    async fn run(&self, args: &[String]) -> Result<Output> {
         self.run_with_input(args, None).await
     }
 
     /// Like `run`, with `input` written to the agent's stdin (a secret that must not be in argv).
-    async fn run_with_input(&self, args: &[&str], input: Option<&Secret>) -> Result<Output> {
-        let command = args.first().copied().unwrap_or("").to_owned();
+    async fn run_with_input(&self, args: &[String], input: Option<&Secret>) -> Result<Output> {
+        let command = args.first().cloned().unwrap_or_default();
+        let failed = |message: String| GatewayError {
+            command: command.clone(),
+            code: None,
+            message,
+        };
         let mut cmd = Command::new(&self.path);
         if let Some(c) = &self.config {
-            cmd.arg("--config").arg(c);
+            cmd.arg(flag("config", &c.to_string_lossy()));
         }
         cmd.args(args)
             .stdin(if input.is_some() {
@@ -58,12 +131,12 @@ impl GithubGateway {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| HostError::Agent {
-            command: command.clone(),
-            message: format!(
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().map_err(|e| {
+            failed(format!(
                 "cannot start {}: {e}; check agent.path in the host config",
                 self.path.display()
-            ),
+            ))
         })?;
         if let (Some(secret), Some(mut stdin)) = (input, child.stdin.take()) {
             use tokio::io::AsyncWriteExt;
@@ -73,14 +146,8 @@ impl GithubGateway {
         }
         let out = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
-            .map_err(|_| HostError::Agent {
-                command: command.clone(),
-                message: format!("no answer within {:?}; killed", self.timeout),
-            })?
-            .map_err(|e| HostError::Agent {
-                command: command.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|_| failed(format!("no answer within {:?}; killed", self.timeout)))?
+            .map_err(|e| failed(e.to_string()))?;
         Ok(Output {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -88,13 +155,15 @@ impl GithubGateway {
         })
     }
 
-    fn fail(command: &str, out: &Output) -> HostError {
+    fn fail(command: &str, out: &Output) -> GatewayError {
         let mut stderr: String = out.stderr.chars().take(500).collect();
         if stderr.is_empty() {
             stderr = "(no message)".into();
         }
-        HostError::Agent {
+        GatewayError {
             command: command.into(),
+            // A signal (no exit code) counts as unreachable, contracts §5.
+            code: (out.code >= 0).then_some(out.code),
             message: format!("exit code {}: {stderr}", out.code),
         }
     }
@@ -110,19 +179,13 @@ impl GithubGateway {
     ) -> Result<()> {
         let out = self
             .run(&[
-                "status",
-                "--repo",
-                repo,
-                "--sha",
-                sha,
-                "--state",
-                state,
-                "--description",
-                description,
-                "--target-url",
-                target_url,
-                "--context",
-                &self.context,
+                "status".into(),
+                flag("repo", repo),
+                flag("sha", sha),
+                flag("state", state),
+                flag("description", description),
+                flag("target-url", target_url),
+                flag("context", &self.context),
             ])
             .await?;
         if out.code == GatewayExit::Ok.code() {
@@ -136,7 +199,7 @@ impl GithubGateway {
     /// never argv). An already revoked or expired token is success.
     pub async fn revoke(&self, token: &Secret) -> Result<()> {
         let out = self
-            .run_with_input(&["revoke", "--token-file", "-"], Some(token))
+            .run_with_input(&["revoke".into(), flag("token-file", "-")], Some(token))
             .await?;
         if out.code == GatewayExit::Ok.code() {
             Ok(())
@@ -145,16 +208,24 @@ impl GithubGateway {
         }
     }
 
-    /// `sdci-agent token`: a short-lived installation token, `contents: read` on that one
-    /// repository (the agent's default for job tokens).
+    /// `sdci-agent token`: a short-lived installation token, [`JOB_TOKEN_PERMISSIONS`]
+    /// (`contents: read`) on that one repository.
     pub async fn token(&self, repo: &str) -> Result<Secret> {
-        let out = self.run(&["token", "--repo", repo]).await?;
+        let out = self
+            .run(&[
+                "token".into(),
+                flag("repo", repo),
+                flag("permissions", JOB_TOKEN_PERMISSIONS),
+            ])
+            .await?;
         if out.code != GatewayExit::Ok.code() {
             return Err(Self::fail("token", &out));
         }
-        let t = MintedToken::from_json(out.stdout.trim()).map_err(|e| HostError::Agent {
-            command: "token".into(),
-            message: format!("unexpected output (not {{\"token\":...}}): {e}"),
+        let t = MintedToken::from_json(out.stdout.trim()).map_err(|e| {
+            GatewayError::shape(
+                "token",
+                format!("unexpected output (not {{\"token\":...}}): {e}"),
+            )
         })?;
         Ok(t.token)
     }
@@ -163,16 +234,16 @@ impl GithubGateway {
     /// (exit 3), an error otherwise.
     pub async fn ci_config(&self, repo: &str, sha: &str) -> Result<Option<String>> {
         let out = self
-            .run(&["ci-config", "--repo", repo, "--sha", sha])
+            .run(&["ci-config".into(), flag("repo", repo), flag("sha", sha)])
             .await?;
         match GatewayExit::from_code(out.code) {
             Some(GatewayExit::Ok) => {
                 let v = out.stdout.trim().to_owned();
                 if v.is_empty() || v.len() > 32 || v.chars().any(|c| c.is_whitespace()) {
-                    return Err(HostError::Agent {
-                        command: "ci-config".into(),
-                        message: format!("unexpected version {v:?}"),
-                    });
+                    return Err(GatewayError::shape(
+                        "ci-config",
+                        format!("unexpected version {v:?}"),
+                    ));
                 }
                 Ok(Some(v))
             }
@@ -184,24 +255,68 @@ impl GithubGateway {
     /// `sdci-agent head --repo R --branch B`: the branch's head commit.
     pub async fn head(&self, repo: &str, branch: &str) -> Result<sdci_protocol::CommitSha> {
         let out = self
-            .run(&["head", "--repo", repo, "--branch", branch])
+            .run(&["head".into(), flag("repo", repo), flag("branch", branch)])
             .await?;
         if out.code != GatewayExit::Ok.code() {
             return Err(Self::fail("head", &out));
         }
         let sha = out.stdout.trim();
-        sha.parse().map_err(|e| HostError::Agent {
-            command: "head".into(),
-            message: format!("printed {sha:?}, not a commit id: {e}"),
+        sha.parse().map_err(|e| {
+            GatewayError::shape("head", format!("printed {sha:?}, not a commit id: {e}"))
         })
     }
 
     /// `sdci-agent --version`: proves the configured binary runs (for `check-config`).
     pub async fn version(&self) -> Result<String> {
-        let out = self.run(&["--version"]).await?;
+        let out = self.run(&["--version".into()]).await?;
         if out.code != GatewayExit::Ok.code() {
             return Err(Self::fail("--version", &out));
         }
         Ok(out.stdout.trim().to_owned())
+    }
+}
+
+/// Makes the child die with the host: `PR_SET_PDEATHSIG` = `SIGKILL`, set between fork and exec.
+/// (Linux delivers it when the thread that spawned the child ends; tokio's worker threads live
+/// as long as the runtime, i.e. the host.)
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2) and
+    // getppid(2), both async-signal-safe; it allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The host died between fork and prctl: do not outlive it.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("sdci-host exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_that_looks_like_an_option_stays_one_word() {
+        assert_eq!(flag("description", "--x"), "--description=--x");
+        assert_eq!(flag("description", "a = b"), "--description=a = b");
+    }
+
+    #[test]
+    fn failures_say_who_must_act() {
+        let e = |code| GatewayError {
+            command: "status".into(),
+            code,
+            message: String::new(),
+        };
+        assert_eq!(e(None).kind(), GatewayFailure::Unavailable);
+        assert_eq!(e(Some(2)).kind(), GatewayFailure::Unavailable);
+        assert_eq!(e(Some(64)).kind(), GatewayFailure::Refused);
+        assert_eq!(e(Some(78)).kind(), GatewayFailure::Refused);
+        assert_eq!(e(Some(3)).kind(), GatewayFailure::Other);
     }
 }

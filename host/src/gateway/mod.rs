@@ -10,4 +10,4 @@ pub mod github;
 pub mod slack;
 pub mod vsphere;
 
-pub use github::GithubGateway;
+pub use github::{GatewayError, GatewayFailure, GithubGateway};

@@ -1,67 +1,170 @@
 //! One attempt of one job on one claimed VM, phase by phase:
-//! revert → power on → guest operations ready → (a job with `update = true`: Qubes updates and a
-//! reboot, `updates`) → make the job's folder, upload the job file → `sdci-dom0 launch`
-//! → wait → download dom0's log → shut down.
+//! lease on the VM → (App mode: the job's token) → revert → power on → guest operations ready →
+//! (a job with `update = true`: Qubes updates and a reboot, `updates`) → make the job's folder,
+//! upload the job file → `sdci-dom0 launch` (the host posts `pending` "running") → wait → download
+//! dom0's log → power off. And the same from "launch started" on for an attempt a previous
+//! process left running ([`Orchestrator::resume`], re-adopted by the reconciler).
 //!
 //! Invariants:
 //! - Every phase has its own deadline (`[deadlines]`) and can be interrupted by a stop request
-//!   (superseded, canceled, the reconciler's backstop).
-//! - Infrastructure failures (any vSphere fault, tools never ready, a lost guest process, exit
-//!   code 2 or any code but 0/1) end the attempt, never the job as `failure`: the VM is powered
-//!   off and the store requeues the job on another VM, or ends it as `error` after
-//!   `jobs.max_attempts`; a VM failing `jobs.quarantine_after` times in a row is quarantined.
-//! - A vSphere outage (`ErrorClass::RetryLater`: 503, a dropped connection, transport errors)
-//!   is nobody's fault: after a pause the job is queued again without counting the attempt or the
-//!   VM's failures, until the job's overall deadline (`deadlines.queue_secs` after it was queued).
-//! - Only exit codes 0 and 1 of `launch` decide `success` / `failure`.
+//!   (superseded, canceled, the reconciler's backstop, a lease taken over).
+//! - Failures are classified by who must act ([`Fail`]):
+//!   - the VM (a fault of it, tools never ready, a lost guest process, exit code 2 or any code
+//!     but 0/1): the VM is powered off and the store requeues the job on another VM, or ends it
+//!     as `error` after `jobs.max_attempts`; a VM failing `jobs.quarantine_after` times in a row
+//!     is quarantined (a pool fully quarantined raises an alert);
+//!   - the configuration (dom0 refused the guest login, a missing golden snapshot, no
+//!     `sdci-dom0` to run, vSphere refused the login, the App refused to mint a token): the job
+//!     ends `error` with a reason naming the config key, no VM is blamed, an alert is raised;
+//!   - the commit (its sha is not in the repository): `error` at once, no other VM is booted;
+//!   - vSphere or the gateway unavailable (`ErrorClass::RetryLater`, the agent unreachable):
+//!     nobody's fault — the job is queued again at once, holding no VM, and claimed again after
+//!     a pause, counted against nothing, until its overall deadline (`deadlines.queue_secs`);
+//!   - another `sdci-host` instance holds the VM's lease: the claim is undone, nothing counted.
+//! - Only exit codes 0 and 1 of `launch` decide `success` / `failure`, and once seen the exit
+//!   code is stored: a restart never runs that attempt again.
+//! - `sdci-dom0 launch`'s end is noticed at once: the relayed `Result` event (or the end of the
+//!   event stream) wakes the wait; polling the guest process every `jobs.poll_interval_ms` is the
+//!   safety net (backing off on errors).
+//! - Once dom0's log is downloaded (streamed to a temporary file, at most
+//!   `jobs.dom0_log_max_bytes`, a marker when cut), the VM is powered off at once: the next job's
+//!   revert discards its disk anyway (a guest shutdown stays where a clean disk matters: the
+//!   rotation's snapshot).
 //! - Whatever happens, the attempt ends with the VM powered off (or handed to the reconciler when
-//!   vSphere refuses), the lease released, and a terminal status in the outbox when the job ended.
+//!   vSphere refuses), the leases (store and VM) released, the job's token revoked, and a
+//!   terminal status in the outbox when the job ended.
 
+use super::leases::{self, Take};
 use super::vm_power::{self, Phase, VmError};
 use super::Orchestrator;
+use crate::config::Config;
 use crate::domain::JobState;
+use crate::gateway::GatewayFailure;
 use crate::hub::Stop;
-use crate::joblog::{append_log, replace_log};
-use crate::store::{AfterFailure, Claim};
+use crate::joblog::{self, append_log};
+use crate::store::{AfterFailure, Claim, JobRow, LaunchState};
 use sdci_protocol::job::{AgentJob, JobFile, JobSpec, JOB_FILE_VERSION};
 use sdci_protocol::{Outcome, Secret};
 use sdci_vsphere::{ErrorClass, GuestProgram, Hypervisor, ProcessState, VsphereError};
 use std::future::Future;
+use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
-/// Why an attempt did not reach a verdict.
+/// The description of the `pending` status the host posts when `sdci-dom0 launch` starts.
+pub const RUNNING_DESCRIPTION: &str = "The build is running";
+
+/// How long after the job file's deadline the host stops waiting for `launch` (dom0 enforces
+/// the deadline itself; this lets it end and log first), at most.
+const DEADLINE_GRACE_SECS: u64 = 60;
+
+/// Why an attempt did not reach a verdict: who must act.
 #[derive(Debug)]
-enum Fail {
-    /// Infrastructure: retry on another VM (up to the limit).
-    Infra(String),
-    /// vSphere itself was unavailable (`ErrorClass::RetryLater`: 503, dropped connection,
-    /// transport): retry later, without counting the attempt or blaming the VM.
+pub(super) enum Fail {
+    /// The VM or the attempt on it: retry on another VM (up to the limit), counted.
+    Vm(String),
+    /// The configuration: the job ends `error` naming `key`, no VM blamed, an alert.
+    Config { key: String, message: String },
+    /// The commit cannot be tested: `error` at once.
+    Commit(String),
+    /// vSphere (or the gateway) was unavailable: queued again after a pause, not counted.
     Outage(String),
+    /// Another instance holds the VM's lease: queued again, not counted.
+    Yield(String),
     /// Asked to stop.
     Stop(Stop),
     /// The job itself cannot run (invalid data): `error`, no retry.
     Fatal(String),
 }
 
-/// A vSphere failure of a phase: an outage of vSphere itself, or an infrastructure failure.
-fn vsphere_fail(what: &str, e: &VsphereError) -> Fail {
-    let text = format!("{what}: {e}");
-    if e.class() == ErrorClass::RetryLater {
-        Fail::Outage(text)
-    } else {
-        Fail::Infra(text)
+/// The configuration key behind a hypervisor failure, if it is the configuration's fault:
+/// (key, what to check).
+fn config_fault(
+    phase: &str,
+    e: &VsphereError,
+    cfg: &Config,
+    version: &str,
+) -> Option<(String, String)> {
+    use VsphereError as E;
+    let vsphere_login = || {
+        Some((
+            "[vsphere] password_file".to_owned(),
+            "vSphere refused the login: check [vsphere] user and [vsphere] password_file"
+                .to_owned(),
+        ))
+    };
+    match e {
+        E::Fault { kind, .. } if kind == "InvalidGuestLogin" => Some((
+            "[dom0] password_file".into(),
+            format!(
+                "dom0 refused the guest login of user {:?}: check [dom0] user and \
+                 [dom0] password_file",
+                cfg.dom0.user
+            ),
+        )),
+        E::LoginRefused { .. } => vsphere_login(),
+        E::Fault { kind, .. } if kind == "InvalidLogin" || kind == "NotAuthenticated" => {
+            vsphere_login()
+        }
+        E::Fault { kind, .. } if kind == "NoPermission" => Some((
+            "[vsphere] user".into(),
+            "the vSphere user lacks a privilege sdci needs (README, \"vSphere\")".into(),
+        )),
+        E::SnapshotNotFound { vm, snapshot } => Some((
+            format!("[pools.\"{version}\"] golden_snapshot"),
+            format!(
+                "VM {vm} has no snapshot {snapshot:?}: check [pools.\"{version}\"] \
+                 golden_snapshot (or the rotation's pointer, `sdci-host vms`)"
+            ),
+        )),
+        E::Fault { kind, .. }
+            if phase == "start"
+                && matches!(
+                    kind.as_str(),
+                    "FileNotFound" | "InvalidArgument" | "GuestPermissionDenied"
+                ) =>
+        {
+            Some((
+                "[dom0] program".into(),
+                format!(
+                    "dom0 cannot run {:?}: check [dom0] program and that sdci-dom0 is \
+                     installed in the golden snapshot",
+                    cfg.dom0.program
+                ),
+            ))
+        }
+        E::Config { .. } => Some((
+            "[vsphere]".into(),
+            "the vSphere configuration is not usable".into(),
+        )),
+        _ => None,
     }
 }
 
-/// A failed VM procedure: an outage of vSphere itself, or an infrastructure failure.
-fn vm_fail(e: &VmError) -> Fail {
+/// Who must act on a hypervisor failure in `phase`.
+pub(super) fn classify(phase: &str, e: &VsphereError, cfg: &Config, version: &str) -> Fail {
+    let text = format!("{phase}: {e}");
+    if let Some((key, why)) = config_fault(phase, e, cfg, version) {
+        return Fail::Config {
+            key,
+            message: format!("{why} ({text})"),
+        };
+    }
     if e.class() == ErrorClass::RetryLater {
-        Fail::Outage(e.to_string())
+        Fail::Outage(text)
     } else {
-        Fail::Infra(e.to_string())
+        Fail::Vm(text)
+    }
+}
+
+/// A failed VM procedure, classified the same way.
+fn vm_fail(e: &VmError, cfg: &Config, version: &str) -> Fail {
+    match e {
+        VmError::Hypervisor { phase, error } => classify(phase.name(), error, cfg, version),
+        VmError::TimedOut { .. } => Fail::Vm(e.to_string()),
     }
 }
 
@@ -77,6 +180,67 @@ async fn stopped(rx: &mut watch::Receiver<Option<Stop>>) -> Stop {
     }
 }
 
+/// The relayed reason of a `Result` that says the commit itself cannot be fetched (the agent's
+/// checkout found the repository but not the commit: `commit <sha> is not in <url>`).
+pub fn commit_missing(reason: &str, sha: &str) -> bool {
+    reason.contains(&format!("commit {sha} is not in "))
+}
+
+/// Replaces the job's log with dom0's copy in `fresh` (a file in the log folder) if they
+/// differ, compared in chunks; `fresh` is gone afterwards. Returns whether it replaced.
+fn replace_log_with_file(dir: &Path, id: &str, fresh: &Path) -> std::io::Result<bool> {
+    let current = joblog::log_path(dir, id);
+    if same_files(&current, fresh).unwrap_or(false) {
+        std::fs::remove_file(fresh)?;
+        return Ok(false);
+    }
+    std::fs::rename(fresh, &current)?;
+    Ok(true)
+}
+
+fn same_files(a: &Path, b: &Path) -> std::io::Result<bool> {
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Ends a cut download with a marker line in dom0's format (contracts §3).
+fn mark_truncated(path: &Path, max: u64) -> std::io::Result<()> {
+    let ends_with_newline = {
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        if len == 0 {
+            true
+        } else {
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(len - 1))?;
+            let mut b = [0u8; 1];
+            f.read_exact(&mut b)?;
+            b[0] == b'\n'
+        }
+    };
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    let stamp = sdci_protocol::time::Utc::now().rfc3339_millis();
+    writeln!(
+        f,
+        "{}{stamp} === truncated: dom0's log.txt is longer than jobs.dom0_log_max_bytes \
+         ({max} bytes); the rest is only in the VM until its next revert",
+        if ends_with_newline { "" } else { "\n" }
+    )
+}
+
 impl<H: Hypervisor> Orchestrator<H> {
     /// Drives one claimed attempt to its end and frees the VM.
     pub async fn drive(
@@ -88,63 +252,184 @@ impl<H: Hypervisor> Orchestrator<H> {
         let id = claim.job.id.clone();
         let span = tracing::info_span!("job", job = %id, vm = %claim.vm);
         async {
-            let hub = &self.hub;
-            let result = self.attempt(&claim, secret, &mut stop).await;
-            let vm = &claim.vm;
-            match result {
-                Ok((state, note)) => {
-                    tracing::info!(state = state.as_str(), %note, "job ended");
-                    if let Err(e) = hub.store.finish(&id, state, &note, true) {
-                        tracing::error!(error = %e, "recording the end of the job");
-                    }
-                    hub.metrics.count(&format!("jobs_{}", state.as_str()));
+            let end = self.hub.end_signal(&id);
+            let mut token = None;
+            let result = match self.lease_vm(&claim).await {
+                Ok(()) => {
+                    self.attempt(&claim, secret, &mut stop, &end, &mut token)
+                        .await
                 }
-                Err(Fail::Infra(e)) => {
-                    tracing::warn!(error = %e, "infrastructure failure");
-                    self.power_off_quietly(vm).await;
-                    let _ = append_log(
-                        &hub.cfg.log_dir(),
-                        &id,
-                        &format!("=== infrastructure failure on {vm}: {e}\n"),
-                    );
-                    let cfg = &hub.cfg.jobs;
-                    match hub
-                        .store
-                        .infra_failure(&id, &e, cfg.max_attempts, cfg.quarantine_after)
-                    {
-                        Ok(AfterFailure::Requeued) => {
-                            tracing::info!("queued again for another VM");
-                            hub.metrics.count("attempts_retried");
-                        }
-                        Ok(AfterFailure::GaveUp) => {
-                            tracing::warn!("giving up: error");
-                            hub.metrics.count("jobs_error");
-                        }
-                        Err(e) => tracing::error!(error = %e, "recording the failure"),
-                    }
-                }
-                Err(Fail::Outage(e)) => {
-                    tracing::warn!(error = %e, "vSphere unavailable");
-                    self.power_off_quietly(vm).await;
-                    match self.after_outage(&claim, &e, &mut stop).await {
-                        Ok(()) => hub.metrics.count("attempts_outage"),
-                        Err(end) => self.end_stopped(&id, vm, end).await,
-                    }
-                }
-                Err(Fail::Stop(s)) => self.end_stopped(&id, vm, s).await,
-                Err(Fail::Fatal(e)) => {
-                    tracing::error!(error = %e, "job cannot run");
-                    self.power_off_quietly(vm).await;
-                    let _ = hub.store.finish(&id, JobState::Error, &e, true);
-                    hub.metrics.count("jobs_error");
-                }
+                Err(f) => Err(f),
+            };
+            self.conclude(&claim.job, &claim.vm, result).await;
+            if let Some(t) = token {
+                self.revoke_later(t);
             }
-            hub.unregister_live(&id);
-            hub.statuses.notify_one();
-            hub.scheduler.notify_one();
         }
         .instrument(span)
         .await
+    }
+
+    /// Re-adopts an attempt a previous process left at or after `sdci-dom0 launch`: waits for
+    /// launch (the agent's relay reconnects and resumes on its own), or, if its exit code is
+    /// already stored, goes straight to the verdict; then frees the VM as usual.
+    pub async fn resume(
+        self: Arc<Self>,
+        job: JobRow,
+        launch: LaunchState,
+        mut stop: watch::Receiver<Option<Stop>>,
+    ) {
+        let vm = job.vm.clone().unwrap_or_default();
+        let span = tracing::info_span!("job", job = %job.id, vm = %vm);
+        async {
+            let end = self.hub.end_signal(&job.id);
+            let result = match (launch.exit, launch.pid) {
+                (Some(code), _) => {
+                    tracing::info!(code, "re-adopted after a restart: the verdict was stored");
+                    if job.state != JobState::Finishing {
+                        let _ = self.advance(
+                            &job.id,
+                            JobState::Finishing,
+                            &format!("launch exited {code}"),
+                        );
+                    }
+                    self.verdict(&job, &vm, code).await
+                }
+                (None, Some(pid)) => {
+                    tracing::info!(
+                        pid,
+                        "re-adopted after a restart: sdci-dom0 launch still runs"
+                    );
+                    let deadline = launch.run_deadline_ms.unwrap_or_else(|| {
+                        job.updated_ms + (self.hub.cfg.deadlines.run_secs * 1000) as i64
+                    });
+                    self.run_launch(&job, &vm, pid, deadline, &mut stop, &end)
+                        .await
+                }
+                (None, None) => Err(Fail::Vm("no launch to re-adopt".into())),
+            };
+            self.conclude(&job, &vm, result).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Writes the claim's lease on the VM itself (see `leases`).
+    async fn lease_vm(&self, claim: &Claim) -> Result<(), Fail> {
+        let cfg = &self.hub.cfg;
+        let version = claim.job.version.clone().unwrap_or_default();
+        match leases::take(&*self.hv, &self.owner, &claim.vm, &claim.job.id).await {
+            Ok(Take::Taken { took_over }) => {
+                if let Some(l) = took_over {
+                    tracing::warn!(lease = %l.describe(), "took over an abandoned lease");
+                }
+                Ok(())
+            }
+            Ok(Take::Held(l)) => {
+                self.mark_foreign(&claim.vm, &l);
+                Err(Fail::Yield(format!(
+                    "VM {} is leased by {}",
+                    claim.vm,
+                    l.describe()
+                )))
+            }
+            Err(e) => Err(classify("lease", &e, cfg, &version)),
+        }
+    }
+
+    /// Records how the attempt ended, frees the VM and wakes whoever waits.
+    async fn conclude(&self, job: &JobRow, vm: &str, result: Result<(JobState, String), Fail>) {
+        let hub = &self.hub;
+        let id = job.id.as_str();
+        let lost = self.lease_lost(id);
+        match result {
+            Ok((state, note)) => {
+                tracing::info!(state = state.as_str(), %note, "job ended");
+                self.release_vm_lease(vm, id).await;
+                if let Err(e) = hub.store.finish(id, state, &note, true) {
+                    tracing::error!(error = %e, "recording the end of the job");
+                }
+                hub.metrics.count(&format!("jobs_{}", state.as_str()));
+            }
+            Err(_) if lost.is_some() => {
+                let why = lost.unwrap_or_default();
+                tracing::warn!(%why, "the VM's lease was taken over; leaving the VM alone");
+                let _ = append_log(&hub.cfg.log_dir(), id, &format!("=== {why}\n"));
+                if let Err(e) = hub.store.yielded(id, &why) {
+                    tracing::error!(error = %e, "recording the lost lease");
+                }
+            }
+            Err(Fail::Yield(why)) => {
+                tracing::info!(%why, "the VM is another instance's: the claim is undone");
+                hub.metrics.count("claims_yielded");
+                if let Err(e) = hub.store.yielded(id, &why) {
+                    tracing::error!(error = %e, "undoing the claim");
+                }
+            }
+            Err(Fail::Vm(e)) => {
+                tracing::warn!(error = %e, "infrastructure failure");
+                self.power_off_quietly(vm).await;
+                self.release_vm_lease(vm, id).await;
+                let _ = append_log(
+                    &hub.cfg.log_dir(),
+                    id,
+                    &format!("=== infrastructure failure on {vm}: {e}\n"),
+                );
+                let cfg = &hub.cfg.jobs;
+                match hub
+                    .store
+                    .infra_failure(id, &e, cfg.max_attempts, cfg.quarantine_after)
+                {
+                    Ok(AfterFailure::Requeued) => {
+                        tracing::info!("queued again for another VM");
+                        hub.metrics.count("attempts_retried");
+                    }
+                    Ok(AfterFailure::GaveUp) => {
+                        tracing::warn!("giving up: error");
+                        hub.metrics.count("jobs_error");
+                    }
+                    Err(e) => tracing::error!(error = %e, "recording the failure"),
+                }
+                self.check_quarantine();
+            }
+            Err(Fail::Config { key, message }) => {
+                tracing::error!(%key, error = %message, "the configuration is wrong; no VM is blamed");
+                self.power_off_quietly(vm).await;
+                self.release_vm_lease(vm, id).await;
+                let note = format!("configuration: {message}");
+                let _ = append_log(&hub.cfg.log_dir(), id, &format!("=== {note}\n"));
+                let _ = hub.store.finish(id, JobState::Error, &note, false);
+                hub.metrics.count("jobs_error");
+                hub.alert(&format!("config:{key}"), &message);
+            }
+            Err(Fail::Commit(reason)) => {
+                tracing::warn!(%reason, "the commit cannot be tested; not retried");
+                self.power_off_quietly(vm).await;
+                self.release_vm_lease(vm, id).await;
+                let _ = hub.store.finish(id, JobState::Error, &reason, true);
+                hub.metrics.count("jobs_error");
+            }
+            Err(Fail::Outage(e)) => {
+                tracing::warn!(error = %e, "vSphere or the gateway unavailable");
+                self.power_off_quietly(vm).await;
+                self.release_vm_lease(vm, id).await;
+                match self.after_outage(job, vm, &e) {
+                    Ok(()) => hub.metrics.count("attempts_outage"),
+                    Err(end) => self.end_stopped(id, vm, end).await,
+                }
+            }
+            Err(Fail::Stop(s)) => self.end_stopped(id, vm, s).await,
+            Err(Fail::Fatal(e)) => {
+                tracing::error!(error = %e, "job cannot run");
+                self.power_off_quietly(vm).await;
+                self.release_vm_lease(vm, id).await;
+                let _ = hub.store.finish(id, JobState::Error, &e, true);
+                hub.metrics.count("jobs_error");
+            }
+        }
+        hub.unregister_live(id);
+        hub.statuses.notify_one();
+        hub.scheduler.notify_one();
     }
 
     /// Ends a job that was asked to stop (or whose outage retries ran past its deadline).
@@ -152,6 +437,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         let hub = &self.hub;
         tracing::info!(reason = %s.reason, "job stopped");
         self.power_off_quietly(vm).await;
+        self.release_vm_lease(vm, id).await;
         let state = if s.canceled {
             JobState::Canceled
         } else {
@@ -168,34 +454,27 @@ impl<H: Hypervisor> Orchestrator<H> {
         hub.metrics.count(&format!("jobs_{}", state.as_str()));
     }
 
-    /// After a vSphere outage cut the attempt short: waits (doubling per outage of this job, at
-    /// most 5 minutes, interruptible), then queues the job again without counting the attempt
-    /// and without blaming the VM. Past the job's overall deadline (`deadlines.queue_secs` after
-    /// it was queued, the bound the reconciler applies to a waiting job) it gives up: `Err` with
-    /// the reason to end the job with.
-    async fn after_outage(
-        &self,
-        claim: &Claim,
-        error: &str,
-        stop: &mut watch::Receiver<Option<Stop>>,
-    ) -> Result<(), Stop> {
+    /// After a vSphere outage (or the gateway's) cut the attempt short: the job is queued again
+    /// at once, holding no VM, without counting the attempt or blaming the VM; no VM is claimed
+    /// for it before a pause (doubling per outage of this job, at most 5 minutes). Past the
+    /// job's overall deadline (`deadlines.queue_secs` after it was queued, the bound the
+    /// reconciler applies to a waiting job) it gives up: `Err` with the reason to end it with.
+    fn after_outage(&self, job: &JobRow, vm: &str, error: &str) -> Result<(), Stop> {
         let hub = &self.hub;
-        let id = claim.job.id.as_str();
+        let id = job.id.as_str();
         let _ = append_log(
             &hub.cfg.log_dir(),
             id,
-            &format!(
-                "=== vSphere unavailable during the attempt on {}: {error}\n",
-                claim.vm
-            ),
+            &format!("=== vSphere unavailable during the attempt on {vm}: {error}\n"),
         );
         let outages = hub.store.outages(id).unwrap_or(0);
         let base = hub.cfg.jobs.outage_retry_ms.max(1);
         let wait_ms = base
             .saturating_mul(1u64 << outages.min(16))
             .min(300_000.max(base));
-        let deadline = claim.job.created_ms + (hub.cfg.deadlines.queue_secs * 1000) as i64;
-        if crate::now_ms() + wait_ms as i64 > deadline {
+        let deadline = job.created_ms + (hub.cfg.deadlines.queue_secs * 1000) as i64;
+        let not_before = crate::now_ms() + wait_ms as i64;
+        if not_before > deadline {
             return Err(Stop {
                 canceled: false,
                 reason: format!(
@@ -205,14 +484,11 @@ impl<H: Hypervisor> Orchestrator<H> {
                 ),
             });
         }
-        tracing::info!(wait_ms, "queuing the job again after the outage");
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
-            s = stopped(stop) => return Err(s),
-        }
-        if let Err(e) = hub.store.outage(id, error) {
+        tracing::info!(wait_ms, "queued again; claimed again after the pause");
+        if let Err(e) = hub.store.outage(id, error, not_before) {
             tracing::error!(error = %e, "recording the outage");
         }
+        self.wake_scheduler_at(not_before);
         Ok(())
     }
 
@@ -220,20 +496,46 @@ impl<H: Hypervisor> Orchestrator<H> {
         vm_power::power_off_quietly(&*self.hv, vm, self.hub.cfg.deadlines.shutdown_secs).await
     }
 
+    /// Removes job `id`'s lease from the VM's note (best effort: a failure leaves a lease of
+    /// this instance, which this instance overwrites and others wait out).
+    async fn release_vm_lease(&self, vm: &str, id: &str) {
+        let call = Duration::from_secs(30);
+        match tokio::time::timeout(call, leases::release(&*self.hv, &self.owner, vm, id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%vm, error = %e, "removing the VM's lease failed"),
+            Err(_) => tracing::warn!(%vm, "removing the VM's lease timed out"),
+        }
+    }
+
+    /// Revokes a job's token in the background (it expires within the hour anyway).
+    fn revoke_later(&self, token: Secret) {
+        let github = self.hub.github.clone();
+        tokio::spawn(async move {
+            match github.revoke(&token).await {
+                Ok(()) => tracing::debug!("the job's token is revoked"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "revoking the job's token failed; it expires on its own")
+                }
+            }
+        });
+    }
+
     /// Runs one phase under its deadline, interruptible by a stop request.
     async fn phase<T>(
         &self,
         name: &str,
         secs: u64,
+        version: &str,
         stop: &mut watch::Receiver<Option<Stop>>,
         fut: impl Future<Output = Result<T, VsphereError>>,
     ) -> Result<T, Fail> {
         let started = Instant::now();
+        let cfg = &self.hub.cfg;
         let r = tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(secs), fut) => match r {
                 Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(vsphere_fail(name, &e)),
-                Err(_) => Err(Fail::Infra(format!("{name} did not finish within {secs}s"))),
+                Ok(Err(e)) => Err(classify(name, &e, cfg, version)),
+                Err(_) => Err(Fail::Vm(format!("{name} did not finish within {secs}s"))),
             },
             s = stopped(stop) => Err(Fail::Stop(s)),
         };
@@ -251,7 +553,7 @@ impl<H: Hypervisor> Orchestrator<H> {
                 canceled: true,
                 reason: "the job was ended elsewhere".into(),
             })),
-            Err(e) => Err(Fail::Infra(format!("store: {e}"))),
+            Err(e) => Err(Fail::Vm(format!("store: {e}"))),
         }
     }
 
@@ -295,12 +597,37 @@ impl<H: Hypervisor> Orchestrator<H> {
                 event_secret: Secret::new(secret),
                 // The host posts every terminal status from its durable outbox.
                 post_final_status: false,
-                // Until the host posts `running` itself at launch (then `false`).
-                post_running_status: true,
+                // The host posts `running` itself when launch starts: the VM's token needs no
+                // `statuses` permission (contracts §8).
+                post_running_status: false,
             },
         };
         file.validate().map_err(|e| bad("job file", e))?;
         Ok(file)
+    }
+
+    /// The job's token in App mode, minted before any VM is booted (a refusal or an outage of
+    /// the gateway costs no boot).
+    async fn mint_token(&self, repo: &str) -> Result<Secret, Fail> {
+        match self.hub.github.token(repo).await {
+            Ok(t) => {
+                self.hub.health.set_gateway(true, "");
+                Ok(t)
+            }
+            Err(e) => match e.kind() {
+                GatewayFailure::Refused => Err(Fail::Config {
+                    key: "[agent] config".into(),
+                    message: format!(
+                        "the GitHub App did not mint a token for {repo}: check the agent's \
+                         [app] settings and the App's installation ({e})"
+                    ),
+                }),
+                GatewayFailure::Unavailable | GatewayFailure::Other => {
+                    self.hub.health.set_gateway(false, &e.to_string());
+                    Err(Fail::Outage(format!("minting the job's token: {e}")))
+                }
+            },
+        }
     }
 
     async fn attempt(
@@ -308,6 +635,8 @@ impl<H: Hypervisor> Orchestrator<H> {
         claim: &Claim,
         secret: String,
         stop: &mut watch::Receiver<Option<Stop>>,
+        end: &Notify,
+        token_slot: &mut Option<Secret>,
     ) -> Result<(JobState, String), Fail> {
         let hub = &self.hub;
         let cfg = &hub.cfg;
@@ -315,6 +644,9 @@ impl<H: Hypervisor> Orchestrator<H> {
         let (vm, id) = (claim.vm.as_str(), claim.job.id.as_str());
         let version = claim.job.version.clone().unwrap_or_default();
         let log_dir = cfg.log_dir();
+        if let Err(e) = joblog::begin_attempt(&log_dir, id, claim.attempt) {
+            tracing::warn!(error = %e, "keeping the previous attempt's log aside");
+        }
         let _ = append_log(
             &log_dir,
             id,
@@ -328,8 +660,15 @@ impl<H: Hypervisor> Orchestrator<H> {
                 };
                 hub.store
                     .golden_snapshot(&version, &pool.golden_snapshot)
-                    .map_err(|e| Fail::Infra(format!("store: {e}")))?
+                    .map_err(|e| Fail::Vm(format!("store: {e}")))?
             }
+        };
+        let token = if cfg.agent.github_app {
+            let t = self.mint_token(&claim.job.repo).await?;
+            *token_slot = Some(t.clone());
+            Some(t)
+        } else {
+            None
         };
 
         self.advance(id, JobState::Booting, &format!("revert {vm} to {snapshot}"))?;
@@ -337,7 +676,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         let mut observe = |p: Phase, t: Duration| metrics.observe_phase(p.name(), t.as_secs_f64());
         tokio::select! {
             r = vm_power::boot(&*self.hv, vm, Some(&snapshot), d, &mut observe) => {
-                r.map_err(|e| vm_fail(&e))?
+                r.map_err(|e| vm_fail(&e, cfg, &version))?
             }
             s = stopped(stop) => return Err(Fail::Stop(s)),
         }
@@ -347,29 +686,20 @@ impl<H: Hypervisor> Orchestrator<H> {
             self.phase(
                 "updates",
                 super::updates::update_budget_secs(cfg),
+                &version,
                 stop,
                 self.update_phase(vm, &claim.job.id),
             )
             .await?;
         }
 
-        let token = if cfg.agent.github_app {
-            Some(
-                hub.github
-                    .token(&claim.job.repo)
-                    .await
-                    .map_err(|e| Fail::Infra(e.to_string()))?,
-            )
-        } else {
-            None
-        };
         let file = self.job_file(claim, secret, token)?;
+        let run_deadline_ms = (file.spec.deadline_unix as i64) * 1000;
         let home = sdci_protocol::paths::dom0_home(&cfg.dom0.user);
         let paths = sdci_protocol::JobPaths::in_home(&home, &claim.job.id);
-        let (job_dir, job_path, log_path) =
-            (paths.dir().to_owned(), paths.job_file(), paths.log_file());
+        let (job_dir, job_path) = (paths.dir().to_owned(), paths.job_file());
         let data = file.to_json().into_bytes();
-        self.phase("upload", d.upload_secs, stop, async {
+        self.phase("upload", d.upload_secs, &version, stop, async {
             // Real ESXi does not create parent directories on upload.
             self.hv
                 .make_directory(vm, &self.auth, &job_dir, true)
@@ -389,16 +719,41 @@ impl<H: Hypervisor> Orchestrator<H> {
             .phase(
                 "start",
                 d.upload_secs,
+                &version,
                 stop,
                 self.hv.start_program(vm, &self.auth, &program),
             )
             .await?;
-        let _ = hub.store.set_pid(id, pid);
+        // With the pid stored, a restart re-adopts this attempt instead of starting over.
+        if let Err(e) = hub
+            .store
+            .launch_started(id, pid, run_deadline_ms, RUNNING_DESCRIPTION)
+        {
+            tracing::error!(error = %e, "recording the launch");
+        }
+        hub.statuses.notify_one();
         tracing::info!(pid, "sdci-dom0 launch started");
+        self.run_launch(&claim.job, vm, pid, run_deadline_ms, stop, end)
+            .await
+    }
 
+    /// From a started (or re-adopted) `launch` to the verdict, the VM powered off.
+    async fn run_launch(
+        &self,
+        job: &JobRow,
+        vm: &str,
+        pid: i64,
+        run_deadline_ms: i64,
+        stop: &mut watch::Receiver<Option<Stop>>,
+        end: &Notify,
+    ) -> Result<(JobState, String), Fail> {
+        let id = job.id.as_str();
         let started = Instant::now();
-        let code = self.wait_for_exit(id, vm, pid, stop).await;
-        hub.metrics
+        let code = self
+            .wait_for_exit(job, vm, pid, run_deadline_ms, stop, end)
+            .await;
+        self.hub
+            .metrics
             .observe_phase("run", started.elapsed().as_secs_f64());
         let code = match code {
             Ok(c) => c,
@@ -406,29 +761,39 @@ impl<H: Hypervisor> Orchestrator<H> {
                 if matches!(f, Fail::Stop(_)) {
                     self.terminate_quietly(vm, pid).await;
                 }
-                self.fetch_log(vm, &log_path, id).await;
+                self.fetch_log(vm, id).await;
                 return Err(f);
             }
         };
         tracing::info!(code, "sdci-dom0 launch exited");
-
+        if let Err(e) = self.hub.store.launch_exited(id, code) {
+            tracing::error!(error = %e, "recording launch's exit code");
+        }
         let _ = self.advance(id, JobState::Finishing, &format!("launch exited {code}"));
-        self.fetch_log(vm, &log_path, id).await;
-        // Only a deliberate 0 or 1 decides the project's verdict (protocol's table).
-        let verdict = match Outcome::from_exit_code(code) {
-            Outcome::Success => (JobState::Success, "all steps passed".to_owned()),
-            Outcome::Failure => (JobState::Failure, "a step failed".to_owned()),
-            Outcome::Error => {
-                return Err(Fail::Infra(format!(
-                    "sdci-dom0 launch exited {code} (infrastructure)"
-                )))
-            }
-        };
+        self.verdict(job, vm, code).await
+    }
+
+    /// `launch` exited `code`: dom0's log fetched, the VM powered off at once, the verdict.
+    async fn verdict(&self, job: &JobRow, vm: &str, code: i32) -> Result<(JobState, String), Fail> {
+        self.fetch_log(vm, &job.id).await;
         let started = Instant::now();
-        vm_power::shut_down_or_power_off(&*self.hv, vm, d).await;
-        hub.metrics
-            .observe_phase("shutdown", started.elapsed().as_secs_f64());
-        Ok(verdict)
+        self.power_off_quietly(vm).await;
+        self.hub
+            .metrics
+            .observe_phase("power_off", started.elapsed().as_secs_f64());
+        // Only a deliberate 0 or 1 decides the project's verdict (protocol's table).
+        match Outcome::from_exit_code(code) {
+            Outcome::Success => Ok((JobState::Success, "all steps passed".to_owned())),
+            Outcome::Failure => Ok((JobState::Failure, "a step failed".to_owned())),
+            Outcome::Error => match self.hub.store.relayed_result(&job.id) {
+                Ok(Some((_, reason))) if commit_missing(&reason, &job.sha) => {
+                    Err(Fail::Commit(reason))
+                }
+                _ => Err(Fail::Vm(format!(
+                    "sdci-dom0 launch exited {code} (infrastructure)"
+                ))),
+            },
+        }
     }
 
     async fn terminate_quietly(&self, vm: &str, pid: i64) {
@@ -439,42 +804,78 @@ impl<H: Hypervisor> Orchestrator<H> {
         }
     }
 
-    /// Fetches dom0's log (authoritative) and replaces the streamed copy if they differ.
-    async fn fetch_log(&self, vm: &str, guest_path: &str, id: &str) {
-        let secs = self.hub.cfg.deadlines.download_secs;
-        let started = Instant::now();
-        match tokio::time::timeout(
-            Duration::from_secs(secs),
-            self.hv.download(vm, &self.auth, guest_path),
-        )
-        .await
-        {
-            Ok(Ok(bytes)) => match replace_log(&self.hub.cfg.log_dir(), id, &bytes) {
-                Ok(replaced) => tracing::info!(replaced, "dom0 log fetched"),
-                Err(e) => tracing::warn!(error = %e, "saving dom0's log failed"),
+    /// Fetches dom0's log (authoritative) into a temporary file, at most
+    /// `jobs.dom0_log_max_bytes` (a marker when cut), and replaces the streamed copy if they
+    /// differ.
+    async fn fetch_log(&self, vm: &str, id: &str) {
+        let cfg = &self.hub.cfg;
+        let secs = cfg.deadlines.download_secs;
+        let max = cfg.jobs.dom0_log_max_bytes;
+        let dir = cfg.log_dir();
+        let guest_path = sdci_protocol::JobPaths::in_home(
+            &sdci_protocol::paths::dom0_home(&cfg.dom0.user),
+            &match id.parse() {
+                Ok(j) => j,
+                Err(_) => return,
             },
+        )
+        .log_file();
+        let started = Instant::now();
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::warn!(error = %e, "cannot create the log folder");
+            return;
+        }
+        let part = dir.join(format!(".{id}.dom0.part"));
+        let got = tokio::time::timeout(
+            Duration::from_secs(secs),
+            self.hv.download_to(vm, &self.auth, &guest_path, &part, max),
+        )
+        .await;
+        match got {
+            Ok(Ok(d)) => {
+                if d.truncated {
+                    tracing::warn!(bytes = d.bytes, "dom0's log is longer than the cap; cut");
+                    if let Err(e) = mark_truncated(&part, max) {
+                        tracing::warn!(error = %e, "marking the cut log");
+                    }
+                }
+                match replace_log_with_file(&dir, id, &part) {
+                    Ok(replaced) => tracing::info!(replaced, bytes = d.bytes, "dom0 log fetched"),
+                    Err(e) => tracing::warn!(error = %e, "saving dom0's log failed"),
+                }
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "downloading dom0's log failed; keeping the streamed log")
             }
             Err(_) => tracing::warn!("downloading dom0's log timed out; keeping the streamed log"),
         }
+        let _ = std::fs::remove_file(&part);
         self.hub
             .metrics
             .observe_phase("download", started.elapsed().as_secs_f64());
     }
 
-    /// Polls the guest process until it exits, the run deadline passes or a stop arrives.
+    /// Waits until the guest process exits, the run deadline passes or a stop arrives. Woken
+    /// at once by the relayed `Result` (then it looks again within milliseconds, backing off
+    /// to a second); otherwise it looks every `jobs.poll_interval_ms`, backing off on errors.
     async fn wait_for_exit(
         &self,
-        id: &str,
+        job: &JobRow,
         vm: &str,
         pid: i64,
+        run_deadline_ms: i64,
         stop: &mut watch::Receiver<Option<Stop>>,
+        end: &Notify,
     ) -> Result<i32, Fail> {
         let cfg = &self.hub.cfg;
-        let poll = Duration::from_millis(cfg.jobs.poll_interval_ms.max(10));
-        let deadline = Instant::now() + Duration::from_secs(cfg.deadlines.run_secs);
+        let id = job.id.as_str();
+        let version = job.version.clone().unwrap_or_default();
+        let base = Duration::from_millis(cfg.jobs.poll_interval_ms.max(10));
+        let grace = DEADLINE_GRACE_SECS.min(cfg.deadlines.run_secs) as i64 * 1000;
+        let left = (run_deadline_ms + grace - crate::now_ms()).max(0) as u64;
+        let deadline = Instant::now() + Duration::from_millis(left);
         let mut errors = 0u32;
+        let mut fast: Option<Duration> = None;
         loop {
             match tokio::time::timeout(
                 Duration::from_secs(60),
@@ -485,14 +886,14 @@ impl<H: Hypervisor> Orchestrator<H> {
                 Ok(Ok(ProcessState::Running)) => errors = 0,
                 Ok(Ok(ProcessState::Exited(code))) => return Ok(code),
                 Ok(Ok(ProcessState::Lost)) => {
-                    return Err(Fail::Infra(
+                    return Err(Fail::Vm(
                         "the guest no longer knows sdci-dom0 launch (rebooted?)".into(),
                     ))
                 }
                 Ok(Err(e)) => {
                     errors += 1;
-                    if errors >= 5 {
-                        return Err(vsphere_fail("watching launch", &e));
+                    if errors >= 5 || e.class() == ErrorClass::GiveUp {
+                        return Err(classify("watching launch", &e, cfg, &version));
                     }
                 }
                 Err(_) => {
@@ -519,10 +920,81 @@ impl<H: Hypervisor> Orchestrator<H> {
                     reason: format!("the run deadline of {}s passed", cfg.deadlines.run_secs),
                 }));
             }
+            let wait = match fast {
+                Some(f) => f,
+                None if errors > 0 => (base * (1 << errors.min(4))).min(Duration::from_secs(60)),
+                None => base,
+            };
             tokio::select! {
-                _ = tokio::time::sleep(poll) => {}
+                _ = tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))) => {
+                    if let Some(f) = fast {
+                        fast = Some((f * 2).min(Duration::from_secs(1)));
+                    }
+                }
+                _ = end.notified() => fast = Some(Duration::from_millis(20)),
                 s = stopped(stop) => return Err(Fail::Stop(s)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_commit_the_repository_lacks_is_the_commits_fault() {
+        let sha = "a".repeat(40);
+        let reason = format!(
+            "fetching commit aaaaaaa failed: commit {sha} is not in https://example/o/r.git"
+        );
+        assert!(commit_missing(&reason, &sha));
+        assert!(!commit_missing(
+            "fetching commit aaaaaaa failed: `git fetch` failed (exit status: 128): Could not \
+             resolve host",
+            &sha
+        ));
+    }
+
+    #[test]
+    fn a_refused_guest_login_names_the_dom0_password_file() {
+        let cfg = Config::parse("", Path::new("x")).unwrap_or_else(|e| panic!("{e}"));
+        let e = VsphereError::Fault {
+            method: "MakeDirectoryInGuest".into(),
+            kind: "InvalidGuestLogin".into(),
+            message: "bad".into(),
+        };
+        match classify("upload", &e, &cfg, "4.2") {
+            Fail::Config { key, message } => {
+                assert_eq!(key, "[dom0] password_file");
+                assert!(message.contains("[dom0] password_file"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let missing = VsphereError::SnapshotNotFound {
+            vm: "v".into(),
+            snapshot: "golden".into(),
+        };
+        assert!(matches!(
+            classify("revert", &missing, &cfg, "4.2"),
+            Fail::Config { key, .. } if key == "[pools.\"4.2\"] golden_snapshot"
+        ));
+        let busy = VsphereError::Http {
+            method: "m".into(),
+            status: 503,
+        };
+        assert!(matches!(
+            classify("revert", &busy, &cfg, "4.2"),
+            Fail::Outage(_)
+        ));
+        let vm = VsphereError::Fault {
+            method: "PowerOnVM_Task".into(),
+            kind: "InsufficientResourcesFault".into(),
+            message: String::new(),
+        };
+        assert!(matches!(
+            classify("power_on", &vm, &cfg, "4.2"),
+            Fail::Vm(_)
+        ));
     }
 }

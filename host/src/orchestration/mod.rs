@@ -4,7 +4,9 @@
 //!
 //! - [`orchestrator`]: the [`Orchestrator`] — scheduler (claims, dispatch the moment a VM frees)
 //!   and the version intake.
-//! - [`lifecycle`]: one attempt of one job on one VM, phase by phase.
+//! - [`lifecycle`]: one attempt of one job on one VM, phase by phase (and re-adopting one a
+//!   previous process left running).
+//! - [`leases`]: VM leases written on the VMs, so instances sharing a vSphere keep apart.
 //! - [`vm_power`]: the shared VM procedures (boot from a snapshot, shut down with the power-off
 //!   fallback, power off quietly), written once.
 //! - [`dom0_script`]: commands run in dom0 through guest operations, their output in dom0's log.
@@ -19,6 +21,7 @@
 //! (that is `surface`).
 
 pub mod dom0_script;
+pub mod leases;
 pub mod lifecycle;
 pub mod nightly;
 pub mod notifier;
@@ -29,4 +32,4 @@ pub mod statuses;
 pub mod updates;
 pub mod vm_power;
 
-pub use orchestrator::Orchestrator;
+pub use orchestrator::{intake_loop, intake_once, Orchestrator};

@@ -3,38 +3,147 @@
 //!
 //! Invariants:
 //! - Dispatch is event-driven: the loop runs whenever [`Hub::scheduler`] is notified (a job was
-//!   queued or got its version, a VM was freed), never on a polling interval.
+//!   queued or got its version, a VM was freed, a job's pause after an outage ended), never on a
+//!   polling interval.
 //! - A VM is claimed in one store transaction, and only if vSphere reported it powered off just
-//!   before; FIFO within a pool (the store's `seq` order).
+//!   before; FIFO within a pool (the store's `seq` order). A VM another instance holds (its
+//!   lease on the VM, `leases`) is left out until that lease expires. Nothing is claimed once the
+//!   process is draining (`SIGTERM`).
 //! - Jobs wait for their Qubes version (the intake, via `sdci-agent ci-config`) before they can be
-//!   claimed; a version without a pool ends the job with `error` and says how to fix it.
+//!   claimed; a version without a pool ends the job with `error` and says how to fix it; while
+//!   the gateway is unavailable they wait (retried with backoff), so no job runs on a guessed
+//!   version because GitHub was down.
 //!
 //! The scheduler is generic over [`Hypervisor`]: the real vim25 client in production, the govmomi
-//! simulator through that same client in tests.
+//! simulator through that same client in tests. The intake needs no hypervisor
+//! ([`intake_loop`]): it runs while vSphere is still unreachable.
 
+use super::leases::{Lease, LeaseOwner};
 use crate::domain::JobState;
+use crate::gateway::GatewayFailure;
 use crate::hub::Hub;
 use crate::{now_ms, random_hex};
 use sdci_vsphere::{GuestAuth, Hypervisor, PowerState};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The scheduler, lifecycle and reconciler of one `serve` process.
 pub struct Orchestrator<H> {
     pub hub: Arc<Hub>,
     pub hv: Arc<H>,
     pub auth: GuestAuth,
+    /// This instance, as written into the leases on VMs.
+    pub owner: LeaseOwner,
+    /// VMs another live instance holds, with when its lease expires (Unix ms).
+    foreign: Mutex<HashMap<String, i64>>,
+    /// Jobs whose VM lease another instance took over, with why.
+    lost: Mutex<HashMap<String, String>>,
+    /// The earliest pending timed wake-up of the scheduler (Unix ms).
+    wake_at: Mutex<Option<i64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl<H: Hypervisor> Orchestrator<H> {
     pub fn new(hub: Arc<Hub>, hv: Arc<H>, auth: GuestAuth) -> Self {
-        Self { hub, hv, auth }
+        let instance = hub.store.instance_id().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the instance id; using a new one for this run");
+            random_hex(8)
+        });
+        let owner = LeaseOwner::new(instance, hub.cfg.jobs.lease_ttl_secs);
+        Self {
+            hub,
+            hv,
+            auth,
+            owner,
+            foreign: Mutex::new(HashMap::new()),
+            lost: Mutex::new(HashMap::new()),
+            wake_at: Mutex::new(None),
+        }
     }
 
-    /// Waits for wake-ups and dispatches what it can each time.
+    /// Waits for wake-ups and dispatches what it can each time, until the process drains.
     pub async fn scheduler_loop(self: Arc<Self>) {
         loop {
+            if self.hub.is_draining() {
+                return;
+            }
             self.dispatch().await;
-            self.hub.scheduler.notified().await;
+            tokio::select! {
+                _ = self.hub.scheduler.notified() => {}
+                _ = self.hub.drained() => return,
+            }
+        }
+    }
+
+    /// Wakes the scheduler at `at_ms` (a job's pause after an outage ends then).
+    pub(super) fn wake_scheduler_at(&self, at_ms: i64) {
+        {
+            let mut w = lock(&self.wake_at);
+            if w.is_some_and(|t| t <= at_ms && t > now_ms()) {
+                return;
+            }
+            *w = Some(at_ms);
+        }
+        let hub = self.hub.clone();
+        let wait = Duration::from_millis((at_ms - now_ms()).max(0) as u64 + 5);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            hub.scheduler.notify_one();
+        });
+    }
+
+    /// Another instance holds `vm`: left out of claims until its lease expires.
+    pub(super) fn mark_foreign(&self, vm: &str, lease: &Lease) {
+        let until = lease.renewed_ms + (lease.ttl_secs as i64) * 1000;
+        lock(&self.foreign).insert(vm.to_owned(), until);
+        self.wake_scheduler_at(until + 1);
+    }
+
+    fn is_foreign(&self, vm: &str) -> bool {
+        let mut f = lock(&self.foreign);
+        match f.get(vm) {
+            Some(until) if *until > now_ms() => true,
+            Some(_) => {
+                f.remove(vm);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Records that job `id`'s VM lease was taken over by another instance.
+    pub(super) fn mark_lost(&self, id: &str, why: &str) {
+        lock(&self.lost).insert(id.to_owned(), why.to_owned());
+    }
+
+    /// Why job `id`'s lease was taken over, if it was (consumed).
+    pub(super) fn lease_lost(&self, id: &str) -> Option<String> {
+        lock(&self.lost).remove(id)
+    }
+
+    /// Raises (or clears) the alert of each pool whose every VM is quarantined.
+    pub(super) fn check_quarantine(&self) {
+        let hub = &self.hub;
+        let full = hub.store.fully_quarantined_pools().unwrap_or_default();
+        for pool in hub.cfg.pools.keys() {
+            let key = format!("pool:{pool}");
+            match full.iter().find(|(p, _)| p == pool) {
+                Some((_, n)) => {
+                    hub.alert(
+                        &key,
+                        &format!(
+                            "every VM of pool {pool} ({n}) is quarantined: no job of Qubes \
+                             {pool} can run; see `sdci-host vms` for their last errors and lift \
+                             the quarantine with `sdci-host vms unquarantine NAME`"
+                        ),
+                    );
+                }
+                None => hub.health.clear_alert(&key),
+            }
         }
     }
 
@@ -54,6 +163,9 @@ impl<H: Hypervisor> Orchestrator<H> {
     /// Claims as many (job, VM) pairs as are available now and starts their lifecycles.
     pub async fn dispatch(self: &Arc<Self>) {
         let hub = &self.hub;
+        if hub.is_draining() {
+            return;
+        }
         let depths = match hub.store.queue_depths() {
             Ok(d) => d,
             Err(e) => {
@@ -70,8 +182,12 @@ impl<H: Hypervisor> Orchestrator<H> {
                 continue;
             };
             let vms = match self.hv.list_vms(&pool.prefix).await {
-                Ok(v) => v,
+                Ok(v) => {
+                    hub.health.set_vsphere(true, "");
+                    v
+                }
                 Err(e) => {
+                    hub.health.set_vsphere(false, &e.to_string());
                     tracing::warn!(pool = %version, error = %e,
                         "listing the pool's VMs failed; retrying at the next wake-up or tick");
                     continue;
@@ -84,10 +200,13 @@ impl<H: Hypervisor> Orchestrator<H> {
             }
             let mut off: Vec<String> = vms
                 .iter()
-                .filter(|v| v.power == PowerState::Off)
+                .filter(|v| v.power == PowerState::Off && !self.is_foreign(&v.name))
                 .map(|v| v.name.clone())
                 .collect();
             loop {
+                if hub.is_draining() {
+                    return;
+                }
                 let secret = random_hex(32);
                 let (c, rx) = {
                     let _g = hub.vm_decisions.lock().await;
@@ -116,54 +235,90 @@ impl<H: Hypervisor> Orchestrator<H> {
                 tokio::spawn(async move { me.drive(c, secret, rx).await });
             }
         }
+        if let Ok(Some(t)) = hub.store.next_not_before() {
+            self.wake_scheduler_at(t);
+        }
     }
 
-    /// Resolves each new job's Qubes version through `sdci-agent ci-config`.
+    /// Resolves each new job's Qubes version through `sdci-agent ci-config` ([`intake_once`]).
     pub async fn intake_loop(self: Arc<Self>) {
-        loop {
-            self.intake_once().await;
-            self.hub.intake.notified().await;
-        }
+        intake_loop(self.hub.clone()).await
     }
 
     pub async fn intake_once(&self) {
-        let hub = &self.hub;
-        let jobs = match hub.store.jobs_without_version() {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::error!(error = %e, "reading jobs without a version");
-                return;
+        intake_once(&self.hub).await;
+    }
+}
+
+/// The version intake of a `serve` process: on every wake-up, and after the gateway was
+/// unavailable again after a pause doubling from 1 s to 60 s.
+pub async fn intake_loop(hub: Arc<Hub>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if intake_once(&hub).await {
+            tokio::select! {
+                _ = hub.intake.notified() => {}
+                _ = tokio::time::sleep(backoff) => {}
             }
-        };
-        for job in jobs {
-            let version = if hub.cfg.agent.resolve_version {
-                match hub.github.ci_config(&job.repo, &job.sha).await {
-                    Ok(Some(v)) => v,
-                    Ok(None) => hub.cfg.default_version.clone(),
-                    Err(e) => {
-                        tracing::warn!(job = %job.id, error = %e,
-                            "ci-config failed; using the default Qubes version");
-                        hub.cfg.default_version.clone()
-                    }
-                }
-            } else {
-                hub.cfg.default_version.clone()
-            };
-            if !hub.cfg.pools.contains_key(&version) {
-                let note = format!(
-                    "no VM pool for Qubes {version}: add [pools.\"{version}\"] to the host config"
-                );
-                tracing::warn!(job = %job.id, "{note}");
-                let _ = hub.store.finish(&job.id, JobState::Error, &note, false);
-                hub.statuses.notify_one();
-                continue;
-            }
-            if let Err(e) = hub.store.set_version(&job.id, &version) {
-                tracing::error!(job = %job.id, error = %e, "saving the version");
-                continue;
-            }
-            tracing::info!(job = %job.id, version = %version, "version resolved");
-            hub.scheduler.notify_one();
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        } else {
+            backoff = Duration::from_secs(1);
+            hub.intake.notified().await;
         }
     }
+}
+
+/// Resolves the version of every queued job that has none. Returns `true` when the gateway was
+/// unavailable (those jobs wait: try again later).
+pub async fn intake_once(hub: &Hub) -> bool {
+    let jobs = match hub.store.jobs_without_version() {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!(error = %e, "reading jobs without a version");
+            return true;
+        }
+    };
+    for job in jobs {
+        let version = if hub.cfg.agent.resolve_version {
+            match hub.github.ci_config(&job.repo, &job.sha).await {
+                Ok(Some(v)) => {
+                    hub.health.set_gateway(true, "");
+                    v
+                }
+                Ok(None) => {
+                    hub.health.set_gateway(true, "");
+                    hub.cfg.default_version.clone()
+                }
+                Err(e) if e.kind() == GatewayFailure::Unavailable => {
+                    hub.health.set_gateway(false, &e.to_string());
+                    tracing::warn!(job = %job.id, error = %e,
+                        "ci-config: the gateway is unavailable; the job waits for its version");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e,
+                        "ci-config failed; using the default Qubes version");
+                    hub.cfg.default_version.clone()
+                }
+            }
+        } else {
+            hub.cfg.default_version.clone()
+        };
+        if !hub.cfg.pools.contains_key(&version) {
+            let note = format!(
+                "no VM pool for Qubes {version}: add [pools.\"{version}\"] to the host config"
+            );
+            tracing::warn!(job = %job.id, "{note}");
+            let _ = hub.store.finish(&job.id, JobState::Error, &note, false);
+            hub.statuses.notify_one();
+            continue;
+        }
+        if let Err(e) = hub.store.set_version(&job.id, &version) {
+            tracing::error!(job = %job.id, error = %e, "saving the version");
+            continue;
+        }
+        tracing::info!(job = %job.id, version = %version, "version resolved");
+        hub.scheduler.notify_one();
+    }
+    false
 }

@@ -30,6 +30,7 @@
 //!   the same client in tests.
 
 use super::dom0_script::{self, GuestStep};
+use super::leases::{self, LeaseOwner, Take};
 use super::updates;
 use super::vm_power::{self, Phase};
 use crate::config::Config;
@@ -162,6 +163,15 @@ fn log_bytes(path: &Path, bytes: &[u8]) {
 }
 
 impl<H: Hypervisor> Rotator<'_, H> {
+    /// This instance, as written into the leases on the VMs (`leases`).
+    fn owner(&self) -> LeaseOwner {
+        let instance = self
+            .store
+            .instance_id()
+            .unwrap_or_else(|_| crate::random_hex(8));
+        LeaseOwner::new(instance, self.cfg.jobs.lease_ttl_secs)
+    }
+
     /// A budget long enough for the slowest honest rotation, after which the lease is stale.
     fn budget(&self, update: bool) -> Duration {
         let d = &self.cfg.deadlines;
@@ -282,6 +292,12 @@ impl<H: Hypervisor> Rotator<'_, H> {
             }
         }
         let result = if moved { "ok" } else { "failed" };
+        let owner = self.owner();
+        for vm in &names {
+            if let Err(e) = leases::release(self.hv, &owner, vm, &id).await {
+                tracing::warn!(%vm, error = %e, "removing the rotation's lease from the VM");
+            }
+        }
         if let Err(e) = self.store.rotation_end(&id, result, error.as_deref()) {
             tracing::error!(rotation = %id, error = %e, "releasing the rotation's leases");
         }
@@ -366,7 +382,21 @@ impl<H: Hypervisor> Rotator<'_, H> {
             };
             if off {
                 match self.store.rotation_try_lease(vm, id) {
-                    Ok(true) => return Ok(()),
+                    // The lease on the VM too: another instance sharing the vSphere keeps off.
+                    Ok(true) => match leases::take(self.hv, &self.owner(), vm, id).await {
+                        Ok(Take::Taken { .. }) => return Ok(()),
+                        Ok(Take::Held(l)) => {
+                            let _ = self.store.release_vm(vm);
+                            log_line(
+                                log,
+                                &format!("[{vm}] leased by {}; waiting\n", l.describe()),
+                            );
+                        }
+                        Err(e) => {
+                            let _ = self.store.release_vm(vm);
+                            return Err(format!("writing the lease on the VM: {e}"));
+                        }
+                    },
                     Ok(false) => {}
                     Err(e) => return Err(e.to_string()),
                 }

@@ -1,8 +1,10 @@
 //! Attempts: the `attempts` and `step_timings` tables and the event stream's position. One row
 //! per try of a job on a VM, ended as [`AttemptEnd`]; an infrastructure failure (counted against
-//! `max_attempts`, the VM's failures grow towards quarantine) or a vSphere outage (counted
-//! against neither); the `Result` event the agent relayed; the per-attempt event secret (stored
-//! as a SHA-256 hash, compared in constant time).
+//! `max_attempts`, the VM's failures grow towards quarantine), or a try that was nobody's fault
+//! (a vSphere outage, a host restart, a VM another instance leased: counted against neither);
+//! the `Result` event the agent relayed; the per-attempt event secret (stored as a SHA-256 hash,
+//! compared in constant time); and what finding a running attempt again after a restart needs
+//! (the guest pid of `sdci-dom0 launch`, its deadline, its exit code once known).
 
 use super::jobs::{finish_tx, requeue, transition};
 use super::outbox::enqueue_status;
@@ -23,6 +25,11 @@ pub enum AttemptEnd {
     Outage,
     /// The job was canceled or superseded.
     Canceled,
+    /// `sdci-host` restarted before the attempt reached `sdci-dom0 launch`: counts against
+    /// nothing (a restart is nobody's fault).
+    Restart,
+    /// The VM turned out to be leased by another `sdci-host` instance: counts against nothing.
+    Yielded,
 }
 
 impl AttemptEnd {
@@ -32,6 +39,8 @@ impl AttemptEnd {
             Self::Infra => "infra",
             Self::Outage => "outage",
             Self::Canceled => "canceled",
+            Self::Restart => "restart",
+            Self::Yielded => "yielded",
         }
     }
 }
@@ -52,6 +61,18 @@ pub struct EventAuth {
     pub next_seq: u64,
     /// The current attempt's number.
     pub attempt: u32,
+}
+
+/// Where the current attempt's `sdci-dom0 launch` is, for re-adopting it after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchState {
+    pub attempt: u32,
+    /// The guest pid, once `launch` started.
+    pub pid: Option<i64>,
+    /// When `launch` must have ended (the job file's deadline), Unix ms.
+    pub run_deadline_ms: Option<i64>,
+    /// `launch`'s exit code, once seen: the attempt's verdict is known.
+    pub exit: Option<i32>,
 }
 
 /// A step's timing: (step, name, duration_ms, exit status).
@@ -116,6 +137,11 @@ impl Store {
                 return Ok(AfterFailure::GaveUp);
             }
             requeue(tx, id, error, now)?;
+            exec(
+                tx,
+                "UPDATE jobs SET not_before_ms = NULL WHERE id = ?1",
+                params![id],
+            )?;
             let note = format!("attempt {attempts} failed ({error}); queued again");
             transition(tx, id, Some(state.as_str()), "queued", Some(&note), now)?;
             let desc = format!(
@@ -141,8 +167,45 @@ impl Store {
     /// Records that vSphere itself was unavailable during the job's current attempt (503, a
     /// dropped connection: `ErrorClass::RetryLater`): nobody's fault, so the attempt does not
     /// count against `max_attempts`, the VM's failure count is left as it was (no quarantine),
-    /// and the job is queued again with the VM released. `false` if the job is no longer active.
-    pub fn outage(&self, id: &str, error: &str) -> Result<bool> {
+    /// and the job is queued again with the VM released at once; no VM is claimed for it before
+    /// `not_before_ms` (the outage backoff). `false` if the job is no longer active.
+    pub fn outage(&self, id: &str, error: &str, not_before_ms: i64) -> Result<bool> {
+        let note = |attempt: u32| {
+            format!(
+                "attempt {attempt} cut short by a vSphere outage ({error}); queued again, \
+                 not counted"
+            )
+        };
+        self.requeue_uncounted(id, AttemptEnd::Outage, error, &note, Some(not_before_ms))
+    }
+
+    /// Records that `sdci-host` restarted while the job's attempt had not reached `sdci-dom0
+    /// launch` (or launch's pid was never stored): nobody's fault, like an outage, but without
+    /// a pause. The lease is released; the caller has powered the VM off.
+    pub fn restarted(&self, id: &str, error: &str) -> Result<bool> {
+        let note = |attempt: u32| {
+            format!("attempt {attempt} ended by a restart ({error}); queued again, not counted")
+        };
+        self.requeue_uncounted(id, AttemptEnd::Restart, error, &note, None)
+    }
+
+    /// Records that the job's VM is leased by another `sdci-host` instance (found when writing
+    /// the lease on the VM): the claim is undone, counted against nothing.
+    pub fn yielded(&self, id: &str, error: &str) -> Result<bool> {
+        let note = |attempt: u32| {
+            format!("attempt {attempt} yielded its VM ({error}); queued again, not counted")
+        };
+        self.requeue_uncounted(id, AttemptEnd::Yielded, error, &note, None)
+    }
+
+    fn requeue_uncounted(
+        &self,
+        id: &str,
+        end: AttemptEnd,
+        error: &str,
+        note: &dyn Fn(u32) -> String,
+        not_before_ms: Option<i64>,
+    ) -> Result<bool> {
         self.tx(|tx| {
             let now = now_ms();
             let row: Option<(JobState, u32)> = tx
@@ -160,17 +223,110 @@ impl Store {
             }
             exec(
                 tx,
-                "UPDATE attempts SET ended_ms = ?1, result = 'outage', error = ?2 \
-                 WHERE job_id = ?3 AND attempt = ?4",
-                params![now, error, id, attempts],
+                "UPDATE attempts SET ended_ms = ?1, result = ?2, error = ?3 \
+                 WHERE job_id = ?4 AND attempt = ?5",
+                params![now, end.as_str(), error, id, attempts],
             )?;
             requeue(tx, id, error, now)?;
-            let note = format!(
-                "attempt {attempts} cut short by a vSphere outage ({error}); queued again, \
-                 not counted"
-            );
-            transition(tx, id, Some(state.as_str()), "queued", Some(&note), now)?;
+            exec(
+                tx,
+                "UPDATE jobs SET not_before_ms = ?1 WHERE id = ?2",
+                params![not_before_ms, id],
+            )?;
+            transition(
+                tx,
+                id,
+                Some(state.as_str()),
+                "queued",
+                Some(&note(attempts)),
+                now,
+            )?;
             Ok(true)
+        })
+    }
+
+    /// Records that the attempt's `sdci-dom0 launch` started as guest process `pid`, to end by
+    /// `run_deadline_ms`, and queues the `pending` "running" status (the host posts it, so the
+    /// VM's token needs no `statuses` permission), in one transaction.
+    pub fn launch_started(
+        &self,
+        id: &str,
+        pid: i64,
+        run_deadline_ms: i64,
+        running_description: &str,
+    ) -> Result<()> {
+        self.tx(|tx| {
+            let now = now_ms();
+            exec(
+                tx,
+                "UPDATE jobs SET pid = ?1, updated_ms = ?2 WHERE id = ?3",
+                params![pid, now, id],
+            )?;
+            exec(
+                tx,
+                "UPDATE attempts SET run_deadline_ms = ?1 WHERE job_id = ?2 \
+                 AND attempt = (SELECT attempts FROM jobs WHERE id = ?2)",
+                params![run_deadline_ms, id],
+            )?;
+            enqueue_status(tx, id, StatusState::Pending, running_description, now)
+        })
+    }
+
+    /// Records `sdci-dom0 launch`'s exit code for the current attempt: its verdict is known
+    /// and is never run again.
+    pub fn launch_exited(&self, id: &str, code: i32) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE attempts SET launch_exit = ?1 WHERE job_id = ?2 \
+                 AND attempt = (SELECT attempts FROM jobs WHERE id = ?2)",
+                params![code, id],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Where the current attempt's `launch` is (`None`: no such job or no attempt yet).
+    pub fn launch_state(&self, id: &str) -> Result<Option<LaunchState>> {
+        self.with(|c| {
+            qrow(
+                c,
+                "SELECT j.attempts, j.pid, a.run_deadline_ms, a.launch_exit FROM jobs j \
+                 JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts WHERE j.id = ?1",
+                params![id],
+                |r| {
+                    Ok(LaunchState {
+                        attempt: r.get(0)?,
+                        pid: r.get(1)?,
+                        run_deadline_ms: r.get(2)?,
+                        exit: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// The `Result` event the current attempt relayed: (outcome, reason).
+    pub fn relayed_result(&self, id: &str) -> Result<Option<(String, String)>> {
+        self.with(|c| {
+            qrow(
+                c,
+                "SELECT a.result_outcome, a.result_reason FROM jobs j JOIN attempts a \
+                 ON a.job_id = j.id AND a.attempt = j.attempts WHERE j.id = ?1",
+                params![id],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                    ))
+                },
+            )
+            .optional()
+            .map(|row| match row {
+                Some((Some(o), Some(r))) => Some((o, r)),
+                _ => None,
+            })
         })
     }
 

@@ -16,6 +16,7 @@
 //!   pages of jobs, attempts, steps, queue places, pool states).
 //! - [`outbox`]: `statuses` (commit statuses still to post) and `notify_meta`/`notify_outbox`
 //!   (Slack messages still to send).
+//! - [`meta`]: `host_meta` (the instance id written into VM leases).
 //!
 //! Invariants:
 //! - No SQL outside this module: the rest of the host calls typed methods on [`Store`].
@@ -31,12 +32,13 @@
 mod attempts;
 mod ingest;
 mod jobs;
+mod meta;
 mod outbox;
 mod pages;
 mod schema;
 mod vms;
 
-pub use attempts::{AfterFailure, AttemptEnd, EventAuth, StepTiming};
+pub use attempts::{AfterFailure, AttemptEnd, EventAuth, LaunchState, StepTiming};
 pub use ingest::{Delivery, Ingest, IngestWriter};
 pub use jobs::{JobRow, NewJob, Transition};
 pub use outbox::{NotifyCounts, NotifyState, PendingStatus, PostState, StatusRow};

@@ -5,6 +5,13 @@
 //! - A status row is written in the same transaction as the change it reports (queued, retry,
 //!   the job's end), so no state change can lose its status; only a job's newest unposted status
 //!   is sent (GitHub shows the latest), older ones are marked [`PostState::Skipped`].
+//! - A post records its intent first ([`PostState::Posting`]), then the result: a process that
+//!   dies mid-post leaves the row in doubt, and the next process posts it once more (the same
+//!   status again changes nothing on GitHub; the gateway's child dies with the host, so only a
+//!   request already in flight can be repeated). A row is never posted twice otherwise.
+//! - Permanent refusals are counted (`refusals`); past the limit the row is posted with the
+//!   host's own description (`fallback`), and refused again it is [`PostState::GaveUp`] (the
+//!   caller alerts): no status is retried forever in silence.
 //! - A Slack row (primary key = job id) is claimed ([`NotifyState::Sending`]) before the POST and
 //!   marked sent only after a 2xx answer: a crash can repeat a message, never lose one.
 
@@ -21,6 +28,10 @@ pub enum PostState {
     Posted = 1,
     /// A newer status of the same job was queued before this one was posted.
     Skipped = 2,
+    /// A post is under way (its intent recorded); after a crash, in doubt: posted again.
+    Posting = 3,
+    /// Refused for good, also with the host's own description: given up and alerted.
+    GaveUp = 4,
 }
 
 impl PostState {
@@ -29,6 +40,8 @@ impl PostState {
             0 => Ok(Self::Unposted),
             1 => Ok(Self::Posted),
             2 => Ok(Self::Skipped),
+            3 => Ok(Self::Posting),
+            4 => Ok(Self::GaveUp),
             other => Err(rusqlite::Error::IntegralValueOutOfRange(2, other)),
         }
     }
@@ -38,6 +51,8 @@ impl PostState {
             Self::Unposted => "unposted",
             Self::Posted => "posted",
             Self::Skipped => "skipped",
+            Self::Posting => "posting",
+            Self::GaveUp => "gave-up",
         }
     }
 }
@@ -51,6 +66,12 @@ pub struct PendingStatus {
     pub sha: CommitSha,
     pub state: StatusState,
     pub description: String,
+    /// Posts tried so far.
+    pub tries: u32,
+    /// Permanent refusals so far (with the current description).
+    pub refusals: u32,
+    /// The description is already the host's own fallback.
+    pub fallback: bool,
 }
 
 /// One status of a job, as queued.
@@ -85,8 +106,8 @@ fn status_state(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<StatusSta
     parsed(r, idx)
 }
 
-/// Queues a status for `id` in the caller's transaction. GitHub caps descriptions at 140
-/// characters: longer ones are cut and end with `…`.
+/// Queues a status for `id` in the caller's transaction. Control characters become spaces, and
+/// GitHub caps descriptions at 140 characters: longer ones are cut and end with `…`.
 pub(super) fn enqueue_status(
     tx: &Connection,
     id: &str,
@@ -94,6 +115,11 @@ pub(super) fn enqueue_status(
     description: &str,
     now: i64,
 ) -> rusqlite::Result<()> {
+    let clean: String = description
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let description = clean.trim();
     let mut d: String = description.chars().take(139).collect();
     if d.len() < description.len() {
         d.push('…');
@@ -107,6 +133,18 @@ pub(super) fn enqueue_status(
 }
 
 impl Store {
+    /// A process starts its outbox: rows a dead process was posting are in doubt and are
+    /// posted again (see the module doc).
+    pub fn status_outbox_begin(&self) -> Result<usize> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE statuses SET posted = ?1 WHERE posted = ?2",
+                params![PostState::Unposted as i64, PostState::Posting as i64],
+            )
+        })
+    }
+
     /// Statuses still to post, oldest first; for each job only the newest is returned (GitHub
     /// shows the latest status, so an older unposted one is marked skipped rather than sent late).
     pub fn unposted_statuses(&self) -> Result<Vec<PendingStatus>> {
@@ -119,7 +157,8 @@ impl Store {
             )?;
             qrows(
                 tx,
-                "SELECT s.id, s.job_id, j.repo, j.sha, s.state, s.description FROM statuses s \
+                "SELECT s.id, s.job_id, j.repo, j.sha, s.state, s.description, s.tries, \
+                 s.refusals, s.fallback FROM statuses s \
                  JOIN jobs j ON j.id = s.job_id WHERE s.posted = 0 ORDER BY s.id",
                 [],
                 |r| {
@@ -130,9 +169,25 @@ impl Store {
                         sha: parsed(r, 3)?,
                         state: status_state(r, 4)?,
                         description: r.get(5)?,
+                        tries: r.get(6)?,
+                        refusals: r.get(7)?,
+                        fallback: r.get(8)?,
                     })
                 },
             )
+        })
+    }
+
+    /// Records the intent to post row `status_id` (before the gateway is called). `false` if
+    /// the row is no longer unposted (a newer status superseded it meanwhile).
+    pub fn status_posting(&self, status_id: i64) -> Result<bool> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE statuses SET posted = 3, tries = tries + 1 WHERE id = ?1 AND posted = 0",
+                params![status_id],
+            )
+            .map(|n| n == 1)
         })
     }
 
@@ -140,21 +195,112 @@ impl Store {
         self.with(|c| {
             exec(
                 c,
-                "UPDATE statuses SET posted = 1, tries = tries + 1 WHERE id = ?1",
+                "UPDATE statuses SET posted = 1 WHERE id = ?1",
                 params![status_id],
             )
             .map(drop)
         })
     }
 
+    /// A post failed for now (GitHub or the gateway unavailable): unposted again, retried.
     pub fn status_failed(&self, status_id: i64, error: &str) -> Result<()> {
         self.with(|c| {
             exec(
                 c,
-                "UPDATE statuses SET tries = tries + 1, last_error = ?1 WHERE id = ?2",
+                "UPDATE statuses SET posted = 0, last_error = ?1 WHERE id = ?2",
                 params![error, status_id],
             )
             .map(drop)
+        })
+    }
+
+    /// A post was refused for good (usage or configuration): counted; returns the refusals so
+    /// far. The row is unposted again (the caller decides on a fallback or giving up).
+    pub fn status_refused(&self, status_id: i64, error: &str) -> Result<u32> {
+        self.tx(|tx| {
+            exec(
+                tx,
+                "UPDATE statuses SET posted = 0, refusals = refusals + 1, last_error = ?1 \
+                 WHERE id = ?2",
+                params![error, status_id],
+            )?;
+            qrow(
+                tx,
+                "SELECT refusals FROM statuses WHERE id = ?1",
+                params![status_id],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Replaces the description of a refused row with the host's own (`fallback`), to be
+    /// posted again.
+    pub fn status_fallback(&self, status_id: i64, description: &str) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE statuses SET description = ?1, fallback = 1, refusals = 0, posted = 0 \
+                 WHERE id = ?2",
+                params![description, status_id],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Gives a refused row up (the caller alerts).
+    pub fn status_gave_up(&self, status_id: i64, error: &str) -> Result<()> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE statuses SET posted = 4, last_error = ?1 WHERE id = ?2",
+                params![error, status_id],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The invariant "no terminal job whose final status is neither posted nor alerted", for
+    /// the reconciler: terminal jobs (updated since `since_ms`) whose newest status is not the
+    /// terminal one (it was lost: queued again here, and listed) and those whose final status
+    /// is still unposted after `min_tries` posts (listed: the caller alerts). Returns
+    /// (job, tries, last error).
+    pub fn final_status_check(
+        &self,
+        since_ms: i64,
+        min_tries: u32,
+    ) -> Result<Vec<(JobId, u32, Option<String>)>> {
+        self.tx(|tx| {
+            let now = crate::now_ms();
+            let lost: Vec<(JobId, JobState, Option<String>)> = qrows(
+                tx,
+                "SELECT j.id, j.state, j.note FROM jobs j WHERE \
+                 j.state IN ('success','failure','error','canceled') AND j.updated_ms >= ?1 \
+                 AND COALESCE((SELECT s.state FROM statuses s WHERE s.job_id = j.id \
+                 ORDER BY s.id DESC LIMIT 1), 'pending') = 'pending'",
+                params![since_ms],
+                |r| Ok((parsed(r, 0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let mut out = Vec::new();
+            for (id, state, note) in lost {
+                let text = note.unwrap_or_else(|| state.as_str().to_owned());
+                enqueue_status(tx, &id, state.status_state(), &text, now)?;
+                out.push((
+                    id,
+                    0,
+                    Some("the final status was missing: queued again".into()),
+                ));
+            }
+            let stuck: Vec<(JobId, u32, Option<String>)> = qrows(
+                tx,
+                "SELECT s.job_id, s.tries, s.last_error FROM statuses s JOIN jobs j \
+                 ON j.id = s.job_id WHERE j.state IN ('success','failure','error','canceled') \
+                 AND j.updated_ms >= ?1 AND s.posted IN (0, 3) AND s.tries >= ?2 \
+                 AND s.id = (SELECT MAX(s2.id) FROM statuses s2 WHERE s2.job_id = s.job_id)",
+                params![since_ms, min_tries],
+                |r| Ok((parsed(r, 0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            out.extend(stuck);
+            Ok(out)
         })
     }
 

@@ -148,6 +148,19 @@ CREATE TABLE IF NOT EXISTS rotation_runs (
 -- that rotation is running, so a busy pool cannot starve the rotation.
 ALTER TABLE vms ADD COLUMN reserved_by TEXT;
 "#,
+    r#"
+-- 6: surviving restarts (issue 14). What finding a running attempt again needs: the guest pid of
+-- `sdci-dom0 launch` (jobs.pid), its deadline and, once known, its exit code (a stored verdict
+-- is never run again); a job waiting out a vSphere outage is queued with a time before which no
+-- VM is claimed for it (it holds no VM meanwhile); the status outbox records its intent before
+-- posting and counts permanent refusals; the instance's own id (written into the VM leases).
+ALTER TABLE attempts ADD COLUMN run_deadline_ms INTEGER;
+ALTER TABLE attempts ADD COLUMN launch_exit INTEGER;
+ALTER TABLE jobs ADD COLUMN not_before_ms INTEGER;
+ALTER TABLE statuses ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE statuses ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE host_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"#,
 ];
 
 /// Applies the migrations `conn` has not seen yet.

@@ -185,9 +185,10 @@ impl Store {
                 tx,
                 &format!(
                     "SELECT {JOB_COLS} FROM jobs WHERE state = 'queued' AND version = ?1 \
-                     AND cancel_requested IS NULL ORDER BY seq"
+                     AND cancel_requested IS NULL \
+                     AND (not_before_ms IS NULL OR not_before_ms <= ?2) ORDER BY seq"
                 ),
-                params![version],
+                params![version, now],
                 job_from_row,
             )?;
             for job in queued {
@@ -243,6 +244,33 @@ impl Store {
                 return Ok(Some(Claim { job, vm, attempt }));
             }
             Ok(None)
+        })
+    }
+
+    /// The earliest time a queued job waits for (`not_before_ms` in the future), to wake the
+    /// scheduler then.
+    pub fn next_not_before(&self) -> Result<Option<i64>> {
+        self.with(|c| {
+            qrow(
+                c,
+                "SELECT MIN(not_before_ms) FROM jobs WHERE state = 'queued' \
+                 AND not_before_ms > ?1",
+                params![now_ms()],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Pools whose every registered VM is quarantined: (pool, VMs).
+    pub fn fully_quarantined_pools(&self) -> Result<Vec<(String, u32)>> {
+        self.with(|c| {
+            qrows(
+                c,
+                "SELECT pool, COUNT(*) FROM vms GROUP BY pool \
+                 HAVING COUNT(*) > 0 AND SUM(quarantined) = COUNT(*)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
     }
 

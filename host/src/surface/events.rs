@@ -164,6 +164,8 @@ pub async fn ingest(
     if outcome.is_none() && !buf.is_empty() {
         outcome = Some(error(StatusCode::BAD_REQUEST, "stream ended inside a line"));
     }
+    // The end of a stream (usually the job's end): the attempt looks at launch now.
+    hub.signal_end(&id);
     outcome.unwrap_or_else(|| reply(StatusCode::OK, next))
 }
 
@@ -199,8 +201,12 @@ fn step_timing(hub: &Hub, id: &str, attempt: u32, ev: &Event) {
         }
         // The agent's verdict: the job's final status says its reason (`Store::finish`).
         EventKind::Result { outcome, reason } => {
-            hub.store
-                .record_result(id, attempt, outcome.as_str(), reason)
+            let r = hub
+                .store
+                .record_result(id, attempt, outcome.as_str(), reason);
+            // `sdci-dom0 launch` ends right after: the attempt looks now, not at its next poll.
+            hub.signal_end(id);
+            r
         }
         _ => Ok(()),
     };

@@ -64,6 +64,8 @@ fn main() -> Result<()> {
             60,
         )]),
         host_log_filter: "info".into(),
+        // The shipped `[jobs] poll_interval_ms`: the overhead a real installation sees.
+        poll_interval_ms: None,
         ..WorldOptions::default().one_vm()
     })?;
     println!("e2e-bench: {runs} runs, 1 VM, boot {BOOT_MS} ms, shutdown {SHUTDOWN_MS} ms, one no-op make step");
