@@ -61,8 +61,8 @@ enum Command {
     },
     /// Check the configuration as every subcommand would and print it, defaults filled in.
     CheckConfig {
-        /// Also log in to vSphere, list each pool's VMs and golden snapshots, and run
-        /// `sdci-agent --version` (touches no VM and no database).
+        /// Also connect the hypervisors the pools use (vSphere, libvirt), list each pool's VMs
+        /// and golden snapshots, and run `sdci-agent --version` (touches no VM and no database).
         #[arg(long)]
         connect: bool,
     },
@@ -211,32 +211,42 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-/// What vSphere says about each pool's VMs, for `sdci-host vms`; a line saying why when it
-/// cannot be asked.
+/// What the hypervisors say about each pool's VMs, for `sdci-host vms`; a line saying why when
+/// they cannot be asked.
 async fn vsphere_view(cfg: &Config) -> String {
+    use sdci_host::config::Backend;
     use sdci_vsphere::Hypervisor;
-    if cfg.vsphere.url.is_empty() {
+    if !cfg.uses(Backend::Libvirt) && cfg.vsphere.url.is_empty() {
         return "vSphere: not configured ([vsphere] url)\n".into();
     }
-    let client = match sdci_host::gateway::vsphere::connect(cfg).await {
+    let hv = match sdci_host::gateway::backend::Backends::connect(cfg).await {
         Ok(c) => c,
-        Err(e) => return format!("vSphere: cannot connect: {e}\n"),
+        Err(e) => return format!("hypervisors: cannot connect: {e}\n"),
     };
-    let mut out = String::from("vSphere:\n");
-    for (version, pool) in &cfg.pools {
-        match client.list_vms(&pool.prefix).await {
-            Ok(vms) => {
-                for vm in vms {
-                    out.push_str(&format!(
-                        "  {:<24} {:<6} power {:?} tools {}\n",
-                        vm.name,
-                        version,
-                        vm.power,
-                        if vm.agent_running { "running" } else { "off" }
-                    ));
+    let mut out = String::new();
+    for backend in [Backend::Vsphere, Backend::Libvirt] {
+        if !cfg.uses(backend) {
+            continue;
+        }
+        out.push_str(match backend {
+            Backend::Vsphere => "vSphere:\n",
+            Backend::Libvirt => "libvirt:\n",
+        });
+        for (version, pool) in cfg.pools.iter().filter(|(_, p)| p.backend == backend) {
+            match hv.list_vms(&pool.prefix).await {
+                Ok(vms) => {
+                    for vm in vms {
+                        out.push_str(&format!(
+                            "  {:<24} {:<6} power {:?} tools {}\n",
+                            vm.name,
+                            version,
+                            vm.power,
+                            if vm.agent_running { "running" } else { "off" }
+                        ));
+                    }
                 }
+                Err(e) => out.push_str(&format!("  pool {version}: {e}\n")),
             }
-            Err(e) => out.push_str(&format!("  pool {version}: {e}\n")),
         }
     }
     out
@@ -257,7 +267,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let connect = move || {
         let cfg = cfg.clone();
         async move {
-            sdci_host::gateway::vsphere::connect(&cfg)
+            sdci_host::gateway::backend::Backends::connect(&cfg)
                 .await
                 .map(Arc::new)
         }

@@ -16,7 +16,7 @@ use axum::Router;
 use sdci_vsphere::{GuestAuth, Hypervisor};
 use std::sync::Arc;
 
-pub use crate::gateway::vsphere::guest_auth;
+pub use crate::gateway::backend::guest_auth;
 
 /// The HTTP routes.
 pub fn router(hub: Arc<Hub>) -> Router {

@@ -7,7 +7,7 @@
 //!
 //! ```toml
 //! [libvirt]
-//! uris = ["qemu:///system", "qemu+ssh://sdci@kvm2.example.org/system"]
+//! uris = ["qemu:///system", "qemu+ssh://sdci@kvm2.example.org/system"]  # default: the first
 //! domain_type = "auto"          # kvm | qemu | auto (for domains sdci defines: tests, demo)
 //! [libvirt.timeouts]
 //! agent_secs = 10               # one guest agent command
@@ -26,6 +26,7 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 pub struct LibvirtConfig {
     /// Daemons whose domains make up the pools; a domain name must be unique across them.
+    #[serde(default = "default_uris")]
     pub uris: Vec<String>,
     #[serde(default)]
     pub domain_type: DomainType,
@@ -33,6 +34,22 @@ pub struct LibvirtConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub guest: GuestPrograms,
+}
+
+fn default_uris() -> Vec<String> {
+    vec!["qemu:///system".into()]
+}
+
+impl Default for LibvirtConfig {
+    /// The local system daemon, every other setting at its default.
+    fn default() -> Self {
+        Self {
+            uris: default_uris(),
+            domain_type: DomainType::default(),
+            timeouts: Timeouts::default(),
+            guest: GuestPrograms::default(),
+        }
+    }
 }
 
 /// libvirt's domain type for the domains sdci defines (`<domain type=…>`).
@@ -300,7 +317,9 @@ mod tests {
 
     #[test]
     fn the_toml_table_takes_defaults_and_refuses_unknown_keys() {
-        let c: LibvirtConfig = toml::from_str("uris = [\"qemu:///system\"]\n").unwrap();
+        let c: LibvirtConfig = toml::from_str("").unwrap();
+        assert_eq!(c, LibvirtConfig::default());
+        assert_eq!(c.uris, ["qemu:///system"]);
         assert_eq!(c.domain_type, DomainType::Auto);
         assert_eq!(c.timeouts, Timeouts::default());
         let c: LibvirtConfig =

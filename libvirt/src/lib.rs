@@ -25,4 +25,4 @@ pub mod xml;
 
 pub use client::LibvirtClient;
 pub use config::{DomainType, GuestPrograms, LibvirtConfig, Timeouts};
-pub use xml::DomainSpec;
+pub use xml::{DomainSpec, GuestForward, UserNet};

@@ -256,6 +256,8 @@ security_driver = "none"
 namespaces = []
 cgroup_controllers = []
 stdio_handler = "file"
+# QEMU may spawn: a restricted user network's guestfwd runs a host command per connection.
+seccomp_sandbox = 0
 "#;
 
 impl Libvirtd {
@@ -381,6 +383,8 @@ impl Libvirtd {
             kernel: Some((image.kernel.clone(), image.initrd.clone(), cmdline)),
             console_log: Some(self.dir.join(format!("{name}.console"))),
             nested: false,
+            extra_disks: Vec::new(),
+            user_net: None,
         })
     }
 

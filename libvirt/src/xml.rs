@@ -139,6 +139,47 @@ pub struct DomainSpec {
     pub console_log: Option<PathBuf>,
     /// q35 + host CPU with `vmx`/`invtsc` + split irqchip (nested Xen/Qubes, as openQA runs it).
     pub nested: bool,
+    /// More qcow2 disks, `vdb`, `vdc`, … in order (e.g. a test world's own disk; internal
+    /// snapshots cover every disk).
+    pub extra_disks: Vec<PathBuf>,
+    /// QEMU user-mode networking restricted to the forwards listed (`None`: no network).
+    pub user_net: Option<UserNet>,
+}
+
+/// A NIC on QEMU's user-mode network with `restrict=on`: the guest reaches nothing, not the host
+/// and not the outside, except the listed forwards (QEMU's `guestfwd`), each of which runs a
+/// host command per connection with the connection on its stdin/stdout. The guest is
+/// `10.0.2.15/24`; libvirt has no element for `guestfwd`, so it is passed on QEMU's command
+/// line (`<qemu:commandline>`), and the daemon's QEMU must be allowed to spawn (`seccomp_sandbox
+/// = 0` in qemu.conf).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNet {
+    pub forwards: Vec<GuestForward>,
+}
+
+/// Connections from the guest to `ip:port` are handed to `command` (its own argv words, no
+/// commas) on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestForward {
+    pub ip: std::net::Ipv4Addr,
+    pub port: u16,
+    pub command: String,
+}
+
+impl UserNet {
+    /// QEMU's `-netdev` value (commas inside the command doubled, as QEMU's option syntax wants).
+    pub fn netdev(&self) -> String {
+        let mut s = String::from("user,id=sdcinet,restrict=on,ipv6=off");
+        for f in &self.forwards {
+            s.push_str(&format!(
+                ",guestfwd=tcp:{}:{}-cmd:{}",
+                f.ip,
+                f.port,
+                f.command.replace(',', ",,")
+            ));
+        }
+        s
+    }
 }
 
 impl DomainSpec {
@@ -154,6 +195,8 @@ impl DomainSpec {
             kernel: None,
             console_log: None,
             nested: true,
+            extra_disks: Vec::new(),
+            user_net: None,
         }
     }
 
@@ -186,18 +229,37 @@ impl DomainSpec {
             ),
             None => "<serial type='pty'><target port='0'/></serial>".into(),
         };
+        let mut disks = String::new();
+        for (i, d) in std::iter::once(&self.disk)
+            .chain(&self.extra_disks)
+            .enumerate()
+        {
+            let letter = char::from(b'a' + u8::try_from(i.min(25)).unwrap_or(25));
+            disks.push_str(&format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+                 <source file='{}'/><target dev='vd{letter}' bus='virtio'/></disk>",
+                escape(&d.to_string_lossy())
+            ));
+        }
+        let qemu_args = match &self.user_net {
+            None => String::new(),
+            Some(net) => format!(
+                "<qemu:commandline><qemu:arg value='-netdev'/><qemu:arg value='{}'/>\
+                 <qemu:arg value='-device'/><qemu:arg value='virtio-net-pci,netdev=sdcinet'/>\
+                 </qemu:commandline>",
+                escape(&net.netdev())
+            ),
+        };
         format!(
-            "<domain type='{ty}'><name>{name}</name><memory unit='MiB'>{mem}</memory><vcpu>{vcpus}</vcpu>\
+            "<domain type='{ty}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>{name}</name><memory unit='MiB'>{mem}</memory><vcpu>{vcpus}</vcpu>\
              <os>{os}</os><features>{features}</features>{cpu}\
              <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
-             <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-             <source file='{disk}'/><target dev='vda' bus='virtio'/></disk>{console}\
+             <devices>{disks}{console}\
              <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
-             <memballoon model='none'/></devices></domain>",
+             <memballoon model='none'/></devices>{qemu_args}</domain>",
             name = escape(&self.name),
             mem = self.memory_mib,
             vcpus = self.vcpus,
-            disk = escape(&self.disk.to_string_lossy()),
         )
     }
 }
@@ -231,6 +293,30 @@ mod tests {
             &on.replace("'connected'", "'disconnected'")
         ));
         assert!(!agent_connected("<domain/>"));
+    }
+
+    #[test]
+    fn extra_disks_follow_vda_and_user_networking_is_restricted_to_its_forwards() {
+        let spec = DomainSpec {
+            extra_disks: vec!["/d/world.qcow2".into()],
+            user_net: Some(UserNet {
+                forwards: vec![GuestForward {
+                    ip: std::net::Ipv4Addr::new(10, 0, 2, 100),
+                    port: 8470,
+                    command: "/bin/relay 8470,x".into(),
+                }],
+            }),
+            ..DomainSpec::nested_qubes("vm", "/d/root.qcow2".into())
+        };
+        let xml = spec.to_xml(DomainType::Kvm);
+        assert!(xml.contains("<source file='/d/root.qcow2'/><target dev='vda'"));
+        assert!(xml.contains("<source file='/d/world.qcow2'/><target dev='vdb'"));
+        assert!(xml.contains(
+            "<qemu:arg value='user,id=sdcinet,restrict=on,ipv6=off,\
+             guestfwd=tcp:10.0.2.100:8470-cmd:/bin/relay 8470,,x'/>"
+        ));
+        let none = DomainSpec::nested_qubes("vm", "/d/root.qcow2".into()).to_xml(DomainType::Kvm);
+        assert!(!none.contains("qemu:commandline") && !none.contains("<interface"));
     }
 
     #[test]

@@ -7,12 +7,13 @@
 //! trimming rule) when a subcommand needs them; every option has a default except what cannot be
 //! guessed (pools). README.md, section "Host configuration", documents each option with the
 //! default written here, and a test checks that. This module imports no feature of the host:
-//! only the domain types and the vSphere client's own config types.
+//! only the domain types and the vSphere and libvirt clients' own config types.
 
 mod agent;
 mod deadlines;
 mod dom0;
 mod jobs;
+mod libvirt;
 mod nightly;
 mod notify;
 mod pools;
@@ -27,7 +28,7 @@ pub use dom0::Dom0Config;
 pub use jobs::JobsConfig;
 pub use nightly::{NightlyConfig, NightlySchedule};
 pub use notify::NotifyConfig;
-pub use pools::PoolConfig;
+pub use pools::{Backend, PoolConfig};
 pub use rotation::{RotationConfig, RotationSchedule};
 pub use updates::UpdatesConfig;
 pub use vsphere::VsphereConfig;
@@ -90,6 +91,9 @@ pub struct Config {
     /// The Qubes update commands run in dom0.
     #[serde(default)]
     pub updates: UpdatesConfig,
+    /// The libvirt daemons of pools with `backend = "libvirt"` (the client's own type).
+    #[serde(default)]
+    pub libvirt: sdci_libvirt::LibvirtConfig,
     /// One pool of VMs per Qubes version, keyed by the version (`[pools."4.2"]`). Last, so the
     /// effective configuration prints as valid TOML (tables after values).
     #[serde(default)]
@@ -181,6 +185,8 @@ impl Config {
         for (v, p) in &self.pools {
             p.validate(v)?;
         }
+        pools::validate_routes(&self.pools)?;
+        libvirt::validate(&self.libvirt)?;
         self.notify.validate()?;
         self.nightly.validate()?;
         self.rotation.validate()?;
@@ -206,8 +212,20 @@ impl Config {
             .unwrap_or_else(sdci_protocol::job::default_steps)
     }
 
+    /// Whether some pool's VMs are on `backend` (a file without pools means vSphere, the
+    /// default backend, as before pools chose one).
+    pub fn uses(&self, backend: Backend) -> bool {
+        if self.pools.is_empty() {
+            return backend == Backend::Vsphere;
+        }
+        self.pools.values().any(|p| p.backend == backend)
+    }
+
     /// The files holding secrets, with the key naming each: (key, path, required by `serve`).
+    /// vSphere's password and dom0's (vSphere guest operations log in with it) are required only
+    /// when a pool is on vSphere: libvirt's guest agent needs no login.
     pub fn secret_files(&self) -> Vec<(&'static str, &Path, bool)> {
+        let vsphere = self.uses(Backend::Vsphere);
         let mut out = vec![
             (
                 "webhook.secret_file",
@@ -217,12 +235,12 @@ impl Config {
             (
                 "vsphere.password_file",
                 self.vsphere.password_file.as_path(),
-                true,
+                vsphere,
             ),
             (
                 "dom0.password_file",
                 self.dom0.password_file.as_path(),
-                true,
+                vsphere,
             ),
         ];
         if let Some(p) = &self.notify.slack_webhook_file {

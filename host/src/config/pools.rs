@@ -1,6 +1,26 @@
-//! `[pools."<version>"]`: one pool of VMs per Qubes version.
+//! `[pools."<version>"]`: one pool of VMs per Qubes version, each on one hypervisor backend.
 
 use serde::{Deserialize, Serialize};
+
+/// Which hypervisor holds a pool's VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// vSphere (ESXi or vCenter) through `[vsphere]`.
+    #[default]
+    Vsphere,
+    /// libvirt (QEMU/KVM) through `[libvirt]`.
+    Libvirt,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Vsphere => "vsphere",
+            Backend::Libvirt => "libvirt",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -9,6 +29,9 @@ pub struct PoolConfig {
     pub prefix: String,
     /// Snapshot every job reverts to until a newer golden snapshot is recorded in the store.
     pub golden_snapshot: String,
+    /// The hypervisor holding the pool's VMs (`vsphere`, the default, or `libvirt`).
+    #[serde(default)]
+    pub backend: Backend,
 }
 
 impl PoolConfig {
@@ -28,4 +51,27 @@ impl PoolConfig {
         }
         Ok(())
     }
+}
+
+/// Pools on different backends must not claim the same VM name: a VM is routed to the backend
+/// of the pool whose prefix it starts with, so one prefix may not start another across backends.
+pub(super) fn validate_routes<'a>(
+    pools: impl IntoIterator<Item = (&'a String, &'a PoolConfig)> + Clone,
+) -> Result<(), String> {
+    for (va, a) in pools.clone() {
+        for (vb, b) in pools.clone() {
+            if va != vb && a.backend != b.backend && b.prefix.starts_with(&a.prefix) {
+                return Err(format!(
+                    "pools.{va:?} ({}) and pools.{vb:?} ({}): prefix {:?} also matches {:?}, so a \
+                     VM name could belong to both backends; give pools on different backends \
+                     prefixes that do not start one another",
+                    a.backend.name(),
+                    b.backend.name(),
+                    a.prefix,
+                    b.prefix
+                ));
+            }
+        }
+    }
+    Ok(())
 }

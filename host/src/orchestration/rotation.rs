@@ -579,11 +579,12 @@ impl<H: Hypervisor> Rotator<'_, H> {
     }
 }
 
-/// `sdci-host save`: connects to vSphere with the host's configuration and runs one rotation.
+/// `sdci-host save`: connects the hypervisors the pools use (vSphere, libvirt) with the host's
+/// configuration and runs one rotation.
 pub async fn save_from_cli(cfg: &Config, req: &SaveRequest) -> Result<RotationReport> {
-    let auth = crate::gateway::vsphere::guest_auth(cfg)?;
+    let auth = crate::gateway::backend::guest_auth(cfg)?;
     let store = Store::open(&cfg.db_path())?;
-    let hv = crate::gateway::vsphere::connect(cfg).await?;
+    let hv = crate::gateway::backend::Backends::connect(cfg).await?;
     let r = Rotator {
         cfg,
         store: &store,

@@ -3,12 +3,14 @@
 //! Loading the file already refused anything any subcommand would refuse (every table is
 //! validated at load). This prints the effective configuration (defaults filled in, each secret
 //! shown as `<file: PATH, N bytes>`, never its contents), says which secret files `serve` would
-//! miss, and with `--connect` logs in to vSphere, lists each pool's VMs with their snapshots
-//! (marking the configured golden one), and runs `sdci-agent --version`.
+//! miss, and with `--connect` connects the hypervisors the pools use (logs in to vSphere, opens
+//! each `[libvirt]` URI), lists each pool's VMs with their snapshots (marking the configured
+//! golden one), and runs `sdci-agent --version`.
 //!
 //! Invariant: it touches no VM (only reads the inventory) and no database.
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
+use crate::gateway::backend::{self, Backends};
 use crate::gateway::{vsphere, GithubGateway};
 use crate::Result;
 use sdci_vsphere::Hypervisor;
@@ -37,68 +39,88 @@ pub fn report(cfg: &Config, path: &Path) -> Result<String> {
     Ok(out)
 }
 
-/// The online checks: vSphere login, each pool's VMs and snapshots, the agent binary. Returns the
-/// report and whether everything passed.
+/// The online checks: each backend a pool uses (vSphere login, libvirt connections), each pool's
+/// VMs and snapshots, the agent binary. Returns the report and whether everything passed.
 pub async fn connect(cfg: &Config) -> (String, bool) {
     let mut out = String::from("# --connect\n");
     let mut ok = true;
-    match vsphere::connect(cfg).await {
-        Err(e) => {
-            let _ = writeln!(out, "vSphere {}: FAILED: {e}", cfg.vsphere.url);
-            ok = false;
+    let mut vsphere_client = None;
+    if cfg.uses(Backend::Vsphere) {
+        match vsphere::connect(cfg).await {
+            Err(e) => {
+                let _ = writeln!(out, "vSphere {}: FAILED: {e}", cfg.vsphere.url);
+                ok = false;
+            }
+            Ok(client) => {
+                let _ = writeln!(
+                    out,
+                    "vSphere {}: logged in as {}",
+                    cfg.vsphere.url, cfg.vsphere.user
+                );
+                vsphere_client = Some(client);
+            }
         }
-        Ok(client) => {
-            let _ = writeln!(
-                out,
-                "vSphere {}: logged in as {}",
-                cfg.vsphere.url, cfg.vsphere.user
-            );
-            for (version, pool) in &cfg.pools {
-                match client.list_vms(&pool.prefix).await {
-                    Err(e) => {
-                        let _ =
-                            writeln!(out, "pool {version}: listing {}*: FAILED: {e}", pool.prefix);
-                        ok = false;
-                    }
-                    Ok(vms) if vms.is_empty() => {
-                        let _ =
-                            writeln!(out, "pool {version}: no VM named {}*: FAILED", pool.prefix);
-                        ok = false;
-                    }
-                    Ok(vms) => {
-                        for vm in vms {
-                            match client.snapshots(&vm.name).await {
-                                Ok(snaps) => {
-                                    let has_golden =
-                                        snaps.iter().any(|s| s.name == pool.golden_snapshot);
-                                    let names: Vec<&str> =
-                                        snaps.iter().map(|s| s.name.as_str()).collect();
-                                    let _ = writeln!(
-                                        out,
-                                        "pool {version}: {} ({:?}) snapshots [{}]{}",
-                                        vm.name,
-                                        vm.power,
-                                        names.join(", "),
-                                        if has_golden {
-                                            String::new()
-                                        } else {
-                                            format!(
-                                                " — golden snapshot {:?} MISSING",
-                                                pool.golden_snapshot
-                                            )
-                                        }
-                                    );
-                                    ok &= has_golden;
+    }
+    let mut libvirt_client = None;
+    if cfg.uses(Backend::Libvirt) {
+        let uris = cfg.libvirt.uris.join(", ");
+        match backend::connect_libvirt(cfg).await {
+            Err(e) => {
+                let _ = writeln!(out, "libvirt {uris}: FAILED: {e}");
+                ok = false;
+            }
+            Ok(client) => {
+                let _ = writeln!(out, "libvirt {uris}: connected");
+                libvirt_client = Some(client);
+            }
+        }
+    }
+    let client = Backends::new(cfg, vsphere_client, libvirt_client);
+    for (version, pool) in &cfg.pools {
+        let connected = match pool.backend {
+            Backend::Vsphere => client.vsphere().is_some(),
+            Backend::Libvirt => client.libvirt().is_some(),
+        };
+        if !connected {
+            // Its backend's failure is reported above.
+            continue;
+        }
+        match client.list_vms(&pool.prefix).await {
+            Err(e) => {
+                let _ = writeln!(out, "pool {version}: listing {}*: FAILED: {e}", pool.prefix);
+                ok = false;
+            }
+            Ok(vms) if vms.is_empty() => {
+                let _ = writeln!(out, "pool {version}: no VM named {}*: FAILED", pool.prefix);
+                ok = false;
+            }
+            Ok(vms) => {
+                for vm in vms {
+                    match client.snapshots(&vm.name).await {
+                        Ok(snaps) => {
+                            let has_golden = snaps.iter().any(|s| s.name == pool.golden_snapshot);
+                            let names: Vec<&str> = snaps.iter().map(|s| s.name.as_str()).collect();
+                            let _ = writeln!(
+                                out,
+                                "pool {version}: {} ({:?}) snapshots [{}]{}",
+                                vm.name,
+                                vm.power,
+                                names.join(", "),
+                                if has_golden {
+                                    String::new()
+                                } else {
+                                    format!(" — golden snapshot {:?} MISSING", pool.golden_snapshot)
                                 }
-                                Err(e) => {
-                                    let _ = writeln!(
-                                        out,
-                                        "pool {version}: {}: snapshots: FAILED: {e}",
-                                        vm.name
-                                    );
-                                    ok = false;
-                                }
-                            }
+                            );
+                            ok &= has_golden;
+                        }
+                        Err(e) => {
+                            let _ = writeln!(
+                                out,
+                                "pool {version}: {}: snapshots: FAILED: {e}",
+                                vm.name
+                            );
+                            ok = false;
                         }
                     }
                 }
