@@ -50,7 +50,7 @@ pub struct Hub {
     pub statuses: Arc<Notify>,
     /// Jobs being driven by this process, with the channel that asks them to stop.
     live: Mutex<HashMap<String, watch::Sender<Option<Stop>>>>,
-    event_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    event_locks: Mutex<HashMap<String, Arc<EventSlot>>>,
     /// Held while deciding that a VM is stray and powering it off, and while claiming, so a VM
     /// claimed a moment ago is never powered off as stray.
     pub vm_decisions: tokio::sync::Mutex<()>,
@@ -183,12 +183,21 @@ impl Hub {
         );
     }
 
-    pub fn event_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// Job `id`'s event stream slot (the event ingest's per-job lock and takeover).
+    pub fn event_slot(&self, id: &str) -> Arc<EventSlot> {
         lock(&self.event_locks)
             .entry(id.to_owned())
             .or_default()
             .clone()
     }
+}
+
+/// One job's event stream: one stream at a time holds `lock`; a newer stream bumps
+/// `generation` first, which tells the holder to end (a stalled stream never blocks its job).
+#[derive(Default)]
+pub struct EventSlot {
+    pub lock: tokio::sync::Mutex<()>,
+    pub generation: watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

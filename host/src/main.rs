@@ -253,6 +253,8 @@ async fn vsphere_view(cfg: &Config) -> String {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Before vSphere or any VM: the repositories this host tests (issue 15).
+    cfg.webhook.require_repos().map_err(anyhow::Error::msg)?;
     // One serve per data directory, for the life of this process.
     let _lock = server::DataDirLock::acquire(&cfg.data_dir)?;
     let auth = server::guest_auth(&cfg)?;

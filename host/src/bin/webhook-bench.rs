@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let cfg = Config::parse(
         &format!(
-            "data_dir = \"{}\"\n[webhook]\nsecret_file = \"{}\"\n[agent]\nresolve_version = false\n",
+            "data_dir = \"{}\"\n[webhook]\nsecret_file = \"{}\"\nrepos = [\"freedomofpress/securedrop-workstation\"]\n[agent]\nresolve_version = false\n",
             dir.path().join("data").display(),
             dir.path().join("secret").display()
         ),

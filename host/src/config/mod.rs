@@ -12,6 +12,8 @@
 mod agent;
 mod deadlines;
 mod dom0;
+mod http;
+mod ingest;
 mod jobs;
 mod libvirt;
 mod nightly;
@@ -25,6 +27,8 @@ mod webhook;
 pub use agent::AgentConfig;
 pub use deadlines::Deadlines;
 pub use dom0::Dom0Config;
+pub use http::HttpConfig;
+pub use ingest::IngestConfig;
 pub use jobs::JobsConfig;
 pub use nightly::{NightlyConfig, NightlySchedule};
 pub use notify::NotifyConfig;
@@ -69,6 +73,12 @@ pub struct Config {
     pub default_repo: Option<String>,
     #[serde(default)]
     pub webhook: WebhookConfig,
+    /// The HTTP server's own bounds and the operator endpoints' token.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// The bounds of the event ingest.
+    #[serde(default)]
+    pub ingest: IngestConfig,
     #[serde(default)]
     pub agent: AgentConfig,
     #[serde(default)]
@@ -177,6 +187,8 @@ impl Config {
                 .map_err(|e| format!("default_repo: {e}; write owner/name"))?;
         }
         self.webhook.validate()?;
+        self.http.validate()?;
+        self.ingest.validate()?;
         self.agent.validate()?;
         self.vsphere.validate()?;
         self.dom0.validate()?;
@@ -245,6 +257,9 @@ impl Config {
         ];
         if let Some(p) = &self.notify.slack_webhook_file {
             out.push(("notify.slack_webhook_file", p.as_path(), false));
+        }
+        if let Some(p) = &self.http.admin_token_file {
+            out.push(("http.admin_token_file", p.as_path(), true));
         }
         out
     }

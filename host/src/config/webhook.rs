@@ -1,4 +1,9 @@
 //! `[webhook]`: which GitHub deliveries become jobs.
+//!
+//! Invariants: `serve` refuses an empty `repos` ([`WebhookConfig::require_repos`]: with a
+//! GitHub App installable elsewhere, "any repository" would let anyone queue jobs); a fork's
+//! label route needs the logins allowed to approve with it (`fork_approvers`), because an
+//! approval is only as good as the person who gave it.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -12,7 +17,7 @@ pub struct WebhookConfig {
     /// Largest accepted request body, bytes; larger deliveries get 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
-    /// Repositories (`owner/name`) accepted; empty accepts any repository.
+    /// Repositories (`owner/name`) accepted; `serve` requires at least one.
     #[serde(default)]
     pub repos: Vec<String>,
     /// Branch patterns for `push` (`*` matches any run of characters).
@@ -27,9 +32,15 @@ pub struct WebhookConfig {
     /// GitHub logins whose pull requests from forks are tested.
     #[serde(default)]
     pub fork_allow_users: Vec<String>,
-    /// A label that makes a fork's pull request testable; `None` disables the label route.
+    /// A label that approves the current head commit of a fork's pull request for one test;
+    /// `None` disables the label route. Each new head commit needs a new approval (remove and
+    /// add the label again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fork_label: Option<String>,
+    /// GitHub logins whose adding of `fork_label` approves a commit (the `labeled` event's
+    /// `sender`); required when `fork_label` is set. Anyone else's label is ignored.
+    #[serde(default)]
+    pub fork_approvers: Vec<String>,
 }
 
 fn default_webhook_secret_file() -> PathBuf {
@@ -51,6 +62,34 @@ impl WebhookConfig {
         if self.max_body_bytes == 0 {
             return Err("webhook.max_body_bytes must be at least 1 (default 5242880)".into());
         }
+        if self.fork_label.is_some() && self.fork_approvers.is_empty() {
+            return Err(
+                "webhook.fork_label needs webhook.fork_approvers: the GitHub logins whose label \
+                 approves a fork's commit (anyone who can label would otherwise approve)"
+                    .into(),
+            );
+        }
+        if self.fork_label.as_deref() == Some("") {
+            return Err("webhook.fork_label must not be empty".into());
+        }
         Ok(())
+    }
+
+    /// `serve` needs the repositories it accepts (an empty list would accept any repository an
+    /// App is installed on).
+    pub fn require_repos(&self) -> Result<(), String> {
+        if self.repos.is_empty() {
+            return Err(
+                "webhook.repos is empty: list the repositories (owner/name) this host \
+                 tests, e.g. repos = [\"freedomofpress/securedrop-workstation\"]"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether jobs of `repo` are accepted (an empty list accepts none).
+    pub fn allows_repo(&self, repo: &str) -> bool {
+        self.repos.iter().any(|r| r == repo)
     }
 }

@@ -279,6 +279,14 @@ pub async fn intake_once(hub: &Hub) -> bool {
         }
     };
     for job in jobs {
+        // Before any agent call or VM: only the configured repositories run (issue 15).
+        if !hub.cfg.webhook.allows_repo(job.repo.as_str()) {
+            let note = format!("repository {} is not in webhook.repos: not run", job.repo);
+            tracing::warn!(job = %job.id, "{note}");
+            let _ = hub.store.finish(&job.id, JobState::Error, &note, false);
+            hub.statuses.notify_one();
+            continue;
+        }
         let version = if hub.cfg.agent.resolve_version {
             match hub.github.ci_config(&job.repo, &job.sha).await {
                 Ok(Some(v)) => {

@@ -4,7 +4,10 @@
 //! keep deliveries from waiting behind an fsync.
 //!
 //! Invariants: one `X-GitHub-Delivery` id creates at most one job, one repo+sha+reason at most
-//! one live job; each caller is answered only after the commit that holds its delivery.
+//! one live job; each caller is answered only after the commit that holds its delivery. A fork's
+//! approval (`fork_approvals`: repository, pull request, head sha, approver) is recorded in the
+//! same transaction as the job it starts, and a delivery that needs one creates a job only if
+//! that exact sha was approved: an approval covers one commit.
 
 use super::jobs::{insert_job, new_job_id, supersede, NewJob};
 use super::{exec, parsed, qrow, side_connection, Store};
@@ -20,6 +23,17 @@ pub struct Delivery {
     pub id: Option<String>,
     pub event: String,
     pub job: NewJob,
+    /// A fork's approval this delivery records or needs; `None` for trusted sources.
+    pub approval: Option<ForkApproval>,
+}
+
+/// A fork pull request's approval, for the job's repository and head sha.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForkApproval {
+    /// `approver` (an allowed login) approved the head sha of pull request `number`.
+    Record { number: u64, approver: String },
+    /// The job runs only if the head sha of pull request `number` was approved.
+    Require { number: u64 },
 }
 
 type Reply = tokio::sync::oneshot::Sender<std::result::Result<Ingest, String>>;
@@ -57,6 +71,8 @@ pub enum Ingest {
     DuplicateDelivery,
     /// A live or finished job already covers this repo, sha and reason.
     DuplicateJob { job_id: JobId },
+    /// A fork's commit nobody approved: no job.
+    NotApproved { sha: sdci_protocol::CommitSha },
 }
 
 /// WAL size past which the ingest writer resets it (see [`Store::bound_wal`]).
@@ -72,7 +88,20 @@ impl Store {
         job: &NewJob,
         supersede_running: bool,
     ) -> Result<Ingest> {
-        self.tx(|tx| ingest_one(tx, delivery_id, event, job, supersede_running))
+        self.tx(|tx| ingest_one(tx, delivery_id, event, job, None, supersede_running))
+    }
+
+    /// The approvals recorded for a pull request: (sha, approver), oldest first.
+    pub fn fork_approvals(&self, repo: &str, number: u64) -> Result<Vec<(String, String)>> {
+        self.with(|c| {
+            super::qrows(
+                c,
+                "SELECT sha, approver FROM fork_approvals WHERE repo = ?1 AND pr = ?2 \
+                 ORDER BY approved_ms, sha",
+                params![repo, number as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
     }
 
     /// Several deliveries in one transaction (group commit), each in its own savepoint so one
@@ -87,7 +116,14 @@ impl Store {
             let mut out = Vec::with_capacity(items.len());
             for it in items {
                 let sp = tx.savepoint()?;
-                match ingest_one(&sp, it.id.as_deref(), &it.event, &it.job, supersede_running) {
+                match ingest_one(
+                    &sp,
+                    it.id.as_deref(),
+                    &it.event,
+                    &it.job,
+                    it.approval.as_ref(),
+                    supersede_running,
+                ) {
                     Ok(r) => {
                         sp.commit()?;
                         out.push(Ok(r));
@@ -199,6 +235,7 @@ fn ingest_one(
     delivery_id: Option<&str>,
     event: &str,
     job: &NewJob,
+    approval: Option<&ForkApproval>,
     supersede_running: bool,
 ) -> rusqlite::Result<Ingest> {
     let now = now_ms();
@@ -212,6 +249,45 @@ fn ingest_one(
         .optional()?;
         if seen.is_some() {
             return Ok(Ingest::DuplicateDelivery);
+        }
+    }
+    match approval {
+        None => {}
+        Some(ForkApproval::Record { number, approver }) => {
+            exec(
+                tx,
+                "INSERT INTO fork_approvals (repo, pr, sha, approver, approved_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(repo, pr, sha) DO NOTHING",
+                params![
+                    job.repo.as_str(),
+                    *number as i64,
+                    job.sha.as_str(),
+                    approver,
+                    now
+                ],
+            )?;
+        }
+        Some(ForkApproval::Require { number }) => {
+            let approved: Option<i64> = qrow(
+                tx,
+                "SELECT 1 FROM fork_approvals WHERE repo = ?1 AND pr = ?2 AND sha = ?3",
+                params![job.repo.as_str(), *number as i64, job.sha.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+            if approved.is_none() {
+                if let Some(d) = delivery_id {
+                    exec(
+                        tx,
+                        "INSERT INTO deliveries (delivery_id, event, received_ms, job_id) \
+                         VALUES (?1, ?2, ?3, NULL)",
+                        params![d, event, now],
+                    )?;
+                }
+                return Ok(Ingest::NotApproved {
+                    sha: job.sha.clone(),
+                });
+            }
         }
     }
     let existing: Option<JobId> = qrow(

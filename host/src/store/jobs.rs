@@ -3,8 +3,10 @@
 //! finishing — the one place that decides what a job's terminal state, note and final status
 //! description are.
 //!
-//! Invariants: a terminal job is never changed again (a second `finish` is a no-op); every state
-//! change writes a `transitions` row in the same transaction; the final status's description is
+//! Invariants: a terminal job is never changed again (a second `finish` is a no-op), and its
+//! event secret is gone in the same transaction that ends it (as is an abandoned attempt's, when
+//! the job is queued again); every state change writes a `transitions` row in the same
+//! transaction; the final status's description is
 //! the reason the last attempt's `Result` event gave when that result says the same state (never
 //! for `canceled`), else the host's note, cut to GitHub's 140 characters.
 
@@ -424,8 +426,9 @@ pub(super) fn requeue(tx: &Connection, id: &str, error: &str, now: i64) -> rusql
     )?;
     exec(
         tx,
+        // The abandoned attempt's event secret stops working; the next claim makes a new one.
         "UPDATE jobs SET state = 'queued', vm = NULL, pid = NULL, updated_ms = ?1, \
-         note = ?2 WHERE id = ?3",
+         note = ?2, event_secret_hash = NULL WHERE id = ?3",
         params![now, error, id],
     )
     .map(drop)
@@ -472,8 +475,9 @@ pub(super) fn finish_tx(
     let now = now_ms();
     exec(
         tx,
-        "UPDATE jobs SET state = ?1, note = ?2, updated_ms = ?3, cancel_requested = NULL \
-         WHERE id = ?4",
+        // The event secret dies with the job: an ended job takes no more events.
+        "UPDATE jobs SET state = ?1, note = ?2, updated_ms = ?3, cancel_requested = NULL, \
+         event_secret_hash = NULL WHERE id = ?4",
         params![state.as_str(), note, now, id],
     )?;
     exec(

@@ -3,8 +3,8 @@
 //!
 //! Tables, each owned by one file here:
 //! - [`schema`]: the numbered migrations that create every table (`PRAGMA user_version`).
-//! - [`ingest`]: `deliveries` (`X-GitHub-Delivery` ids), the group-commit writer and the WAL
-//!   checkpoints.
+//! - [`ingest`]: `deliveries` (`X-GitHub-Delivery` ids), `fork_approvals` (one fork commit
+//!   approved by one login), the group-commit writer and the WAL checkpoints.
 //! - [`jobs`]: `jobs` (FIFO by `seq`) and `transitions` (every state change with its time);
 //!   creating, advancing, requeuing, canceling and finishing a job.
 //! - [`vms`]: `vms` (leases, failure counts, quarantine, rotation reservations), `pools` (each
@@ -14,6 +14,8 @@
 //!   authentication and position.
 //! - [`pages`]: read-only queries of the job pages, the JSON API and `jobs --json` (filtered
 //!   pages of jobs, attempts, steps, queue places, pool states).
+//! - [`event_stream`]: the event ingest's access (live, ended, bearer) and its writes that
+//!   happen only while the job is active in that attempt.
 //! - [`outbox`]: `statuses` (commit statuses still to post) and `notify_meta`/`notify_outbox`
 //!   (Slack messages still to send).
 //! - [`meta`]: `host_meta` (the instance id written into VM leases).
@@ -31,6 +33,7 @@
 
 mod attempts;
 mod ingest;
+mod event_stream;
 mod jobs;
 mod meta;
 mod outbox;
@@ -39,7 +42,8 @@ mod schema;
 mod vms;
 
 pub use attempts::{AfterFailure, AttemptEnd, EventAuth, LaunchState, StepTiming};
-pub use ingest::{Delivery, Ingest, IngestWriter};
+pub use event_stream::EventAccess;
+pub use ingest::{Delivery, ForkApproval, Ingest, IngestWriter};
 pub use jobs::{JobRow, NewJob, Transition};
 pub use outbox::{NotifyCounts, NotifyState, PendingStatus, PostState, StatusRow};
 pub use pages::{AttemptRow, JobFilter, JobPage, PoolVm, QueueSpot, StepRow, MAX_PAGE};

@@ -161,6 +161,18 @@ ALTER TABLE statuses ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE statuses ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE host_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 "#,
+    r#"
+-- 7: a fork pull request's approval covers one head commit: who added the trust label while
+-- that sha was the head (issue 15).
+CREATE TABLE fork_approvals (
+    repo TEXT NOT NULL,
+    pr INTEGER NOT NULL,
+    sha TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    approved_ms INTEGER NOT NULL,
+    PRIMARY KEY (repo, pr, sha)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Applies the migrations `conn` has not seen yet.

@@ -29,6 +29,9 @@ pub fn report(cfg: &Config, path: &Path) -> Result<String> {
             );
         }
     }
+    if let Err(e) = cfg.webhook.require_repos() {
+        let _ = writeln!(out, "# warning: {e} (serve refuses to start)");
+    }
     if cfg.pools.is_empty() {
         out.push_str(
             "# warning: no [pools.\"<version>\"]: serve would have no VM to run a job on\n",

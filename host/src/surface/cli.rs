@@ -2,9 +2,13 @@
 //! them with a running service) and then poke the service (`POST /api/v1/wake`) so it acts at
 //! once; when no service runs, the work waits in the store for the next `serve`.
 //!
-//! Invariants: a manual job goes through the same queue as a webhook's; canceling a queued job
-//! ends it at once (with its final status in the outbox), canceling an active one asks the service
-//! to stop it; output is plain text, one job or VM per line.
+//! Invariants: a manual job goes through the same queue as a webhook's, and only for a repository
+//! in `webhook.repos` (when the list is set); canceling a queued job ends it at once (with its
+//! final status in the outbox), canceling an active one asks the service to stop it; output is
+//! plain text, one job or VM per line, and every value printed that came from outside (branch
+//! names, notes, reasons, descriptions, VM errors) goes through [`term_safe`]: a control
+//! character, line separator or bidirectional control never reaches the operator's terminal
+//! (no OSC 52 clipboard write, no screen clear, no forged line).
 
 use crate::config::Config;
 use crate::domain::JobState;
@@ -12,6 +16,17 @@ use crate::store::{NewJob, Store};
 use crate::{HostError, Result};
 use sdci_protocol::{CommitSha, JobId, Reason, RepoName};
 use std::fmt::Write;
+
+/// `text` with every control character (tab and line breaks included), line or paragraph
+/// separator and bidirectional control shown as `\xNN` / `\u{NNNN}` (protocol's one rule,
+/// [`sdci_protocol::event::sanitize_field`], uncapped): safe to print on one terminal line.
+pub fn term_safe(text: &str) -> String {
+    sdci_protocol::event::sanitize_field(text, usize::MAX)
+}
+
+fn opt_safe(text: Option<&str>, none: &str) -> String {
+    term_safe(text.unwrap_or(none))
+}
 
 fn open(cfg: &Config) -> Result<Store> {
     Store::open(&cfg.db_path())
@@ -23,10 +38,21 @@ pub async fn wake(cfg: &Config) -> bool {
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
         .build();
-    match client {
-        Ok(c) => c.post(url).send().await.is_ok(),
-        Err(_) => false,
+    let Ok(client) = client else {
+        return false;
+    };
+    let mut req = client.post(url);
+    // With `http.admin_token_file`, the wake-up needs the operator's bearer.
+    if let Some(path) = &cfg.http.admin_token_file {
+        match crate::config::read_secret(path, "admin token") {
+            Ok(t) => req = req.bearer_auth(t.expose()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot wake the service without the admin token");
+                return false;
+            }
+        }
     }
+    req.send().await.is_ok_and(|r| r.status().is_success())
 }
 
 /// `sdci-host run`: queues a manual job; returns its id.
@@ -50,6 +76,12 @@ pub fn run(
     let repo: RepoName = repo
         .parse()
         .map_err(|e: sdci_protocol::ProtocolError| HostError::Invalid(e.to_string()))?;
+    if !cfg.webhook.repos.is_empty() && !cfg.webhook.allows_repo(repo.as_str()) {
+        return Err(HostError::Invalid(format!(
+            "repository {repo} is not in webhook.repos ({:?}): the service would not run it",
+            cfg.webhook.repos
+        )));
+    }
     let sha: CommitSha = commit.parse().map_err(|e: sdci_protocol::ProtocolError| {
         HostError::Invalid(format!("{e}; pass the full commit id"))
     })?;
@@ -90,9 +122,9 @@ pub fn list(cfg: &Config, limit: u32) -> Result<String> {
             j.state.as_str(),
             j.reason.as_str(),
             format!("{}@{}", j.repo, &j.sha[..j.sha.len().min(12)]),
-            j.version.as_deref().unwrap_or("?"),
-            j.vm.as_deref().unwrap_or("-"),
-            j.note.as_deref().unwrap_or("")
+            opt_safe(j.version.as_deref(), "?"),
+            opt_safe(j.vm.as_deref(), "-"),
+            opt_safe(j.note.as_deref(), "")
         );
     }
     Ok(out)
@@ -111,21 +143,22 @@ pub fn show(cfg: &Config, id: &str) -> Result<String> {
         j.state.as_str(),
         j.repo,
         j.sha,
-        j.branch.as_deref().unwrap_or("-"),
+        opt_safe(j.branch.as_deref(), "-"),
         j.reason.as_str(),
-        j.version.as_deref().unwrap_or("?"),
-        j.vm.as_deref().unwrap_or("-"),
+        opt_safe(j.version.as_deref(), "?"),
+        opt_safe(j.vm.as_deref(), "-"),
         j.attempts,
-        j.note.as_deref().unwrap_or(""),
-        cfg.public_url,
+        opt_safe(j.note.as_deref(), ""),
+        term_safe(&cfg.public_url),
         j.id
     );
     for (at, from, to, note) in store.transitions(id)? {
         let _ = writeln!(
             out,
-            "  {at} {} -> {to} {}",
-            from.as_deref().unwrap_or("-"),
-            note.as_deref().unwrap_or("")
+            "  {at} {} -> {} {}",
+            opt_safe(from.as_deref(), "-"),
+            term_safe(&to),
+            opt_safe(note.as_deref(), "")
         );
     }
     out.push_str("statuses:\n");
@@ -135,7 +168,7 @@ pub fn show(cfg: &Config, id: &str) -> Result<String> {
             "  {:<8} {:<8} {}",
             s.state.as_str(),
             s.posted.as_str(),
-            s.description
+            term_safe(&s.description)
         );
     }
     Ok(out)
@@ -157,8 +190,10 @@ pub fn vms(cfg: &Config) -> Result<String> {
         let golden = store.golden_snapshot(version, &pool.golden_snapshot)?;
         let _ = writeln!(
             out,
-            "pool {version} (prefix {}, golden snapshot {golden})",
-            pool.prefix
+            "pool {} (prefix {}, golden snapshot {})",
+            term_safe(version),
+            term_safe(&pool.prefix),
+            term_safe(&golden)
         );
     }
     for vm in store.vms()? {
@@ -169,12 +204,12 @@ pub fn vms(cfg: &Config) -> Result<String> {
         let _ = writeln!(
             out,
             "  {:<24} {:<6} {:<12} job {:<20} failures {} {}",
-            vm.name,
-            vm.pool,
+            term_safe(&vm.name),
+            term_safe(&vm.pool),
             state,
-            vm.job_id.as_deref().unwrap_or("-"),
+            opt_safe(vm.job_id.as_deref(), "-"),
             vm.consecutive_failures,
-            vm.last_error.as_deref().unwrap_or("")
+            opt_safe(vm.last_error.as_deref(), "")
         );
     }
     Ok(out)
@@ -192,4 +227,24 @@ pub fn unquarantine(cfg: &Config, name: &str) -> Result<()> {
 /// Whether a job state counts as finished, for the CLI's exit code.
 pub fn finished(state: JobState) -> bool {
     state.is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_controls_are_shown_escaped_never_sent() {
+        let osc52 = "feat\x1b]52;c;ZXZpbA==\x07";
+        assert_eq!(term_safe(osc52), "feat\\x1b]52;c;ZXZpbA==\\x07");
+        assert_eq!(
+            term_safe("a\x1b[2J\x1b[H\nb\tc"),
+            "a\\x1b[2J\\x1b[H\\x0ab\\x09c"
+        );
+        assert_eq!(
+            term_safe("x\u{9b}y\u{202e}z\u{2028}"),
+            "x\\u{9b}y\\u{202e}z\\u{2028}"
+        );
+        assert_eq!(term_safe("plain text, ünïcödé"), "plain text, ünïcödé");
+    }
 }

@@ -1,20 +1,31 @@
 //! `POST /hooks/github`: GitHub deliveries in, queued jobs out.
 //!
 //! Invariants:
-//! - The `X-Hub-Signature-256` HMAC is checked (constant time, over the raw bytes) before a single
-//!   byte of the body is parsed; no valid signature, no job: 401.
-//! - The body is capped (`webhook.max_body_bytes`, 413 beyond it).
+//! - A missing or malformed `X-Hub-Signature-256` is refused with 401 before a byte of the body
+//!   is read; the HMAC is then checked (constant time, over the raw bytes) before a single byte
+//!   is parsed; no valid signature, no job: 401.
+//! - The body is capped (`webhook.max_body_bytes`, 413 beyond it, at once when
+//!   `Content-Length` says so) and must arrive within `http.body_timeout_secs` (else 408).
 //! - One delivery id creates at most one job, and one repo+sha+reason at most one live job: the
 //!   delivery, the job, its `pending` status and the superseding of older jobs of the same branch
 //!   are one store transaction.
 //! - The answer comes as soon as that transaction commits; everything slow (Qubes version lookup,
 //!   statuses, VMs) happens after, in other tasks woken through [`crate::hub::Hub`].
 //! - Unknown or unwanted events get 2xx "ignored", never 5xx.
+//! - Only the repositories in `webhook.repos` are accepted (`serve` refuses an empty list).
+//! - A fork's pull request runs only for a head commit someone trusted approved: its author is
+//!   in `fork_allow_users`, or a login in `fork_approvers` added `fork_label` while that commit
+//!   was the head (the `labeled` event's `sender`). The approval is stored for that one sha
+//!   (`fork_approvals`, in the delivery's transaction); a `synchronize` (a new push to the fork),
+//!   `opened` or `reopened` queues a job only if its head sha was approved, so every new commit
+//!   needs a new approval (remove and add the label again). The label's mere presence on the pull
+//!   request approves nothing, and the label is not removed through GitHub (the host holds no
+//!   token that may edit issues): the ignore message says what to do.
 
 use crate::config::Config;
 use crate::domain::CommitInfo;
 use crate::hub::Hub;
-use crate::store::{Delivery, Ingest, NewJob};
+use crate::store::{Delivery, ForkApproval, Ingest, NewJob};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -40,6 +51,9 @@ pub struct NewJobSpec {
     pub clone_url: String,
     /// The head commit's author and subject (push), or the pull request's author and title.
     pub commit: CommitInfo,
+    /// For a fork's pull request whose author is not on the allow-list: the approval this
+    /// delivery records (`labeled` by an approver) or needs (any other action).
+    pub approval: Option<ForkApproval>,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +100,9 @@ struct PullRequestEvent {
     repository: Repo,
     #[serde(default)]
     label: Option<Label>,
+    /// Who caused the event (for `labeled`: who added the label).
+    #[serde(default)]
+    sender: Option<User>,
 }
 
 #[derive(Deserialize)]
@@ -94,8 +111,6 @@ struct PullRequest {
     user: User,
     #[serde(default)]
     title: Option<String>,
-    #[serde(default)]
-    labels: Vec<Label>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +142,14 @@ pub fn signature_valid(secret: &[u8], body: &[u8], header: Option<&str>) -> bool
     };
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     ring::hmac::verify(&key, body, &sig).is_ok()
+}
+
+/// Whether the header has the shape of a GitHub signature, `sha256=` and 64 hex digits: what
+/// can be decided before the body is read.
+pub fn signature_well_formed(header: Option<&str>) -> bool {
+    header
+        .and_then(|h| h.strip_prefix("sha256="))
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// `sha256=<hex>` for a body, as GitHub computes it (used by tests and the benchmark).
@@ -172,8 +195,7 @@ fn ids(repo: &str, sha: &str, what: &str) -> Result<(RepoName, CommitSha), Strin
 /// Applies the configured rules to a signed, parsed delivery.
 pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String> {
     let ignore = |s: String| Ok(Decision::Ignore(s));
-    let repo_allowed =
-        |r: &str| cfg.webhook.repos.is_empty() || cfg.webhook.repos.iter().any(|x| x == r);
+    let repo_allowed = |r: &str| cfg.webhook.allows_repo(r);
     match event {
         "ping" => ignore("pong".into()),
         "push" => {
@@ -223,6 +245,7 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
                 branch: name.to_owned(),
                 clone_url,
                 commit,
+                approval: None,
             }))
         }
         "pull_request" => {
@@ -238,26 +261,41 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
             let pr = &e.pull_request;
             let head_repo = pr.head.repo.as_ref().map(|r| r.full_name.as_str());
             let fork = head_repo != Some(base.as_str());
-            let has_label = |name: &str| pr.labels.iter().any(|l| l.name == name);
-            let label_ok = cfg.webhook.fork_label.as_deref().is_some_and(has_label);
-            let action_ok = match e.action.as_str() {
-                "opened" | "synchronize" | "reopened" => true,
-                // Adding the trust label to a fork's PR starts its test.
-                "labeled" => {
-                    fork && cfg.webhook.fork_label.is_some()
-                        && e.label.as_ref().map(|l| &l.name) == cfg.webhook.fork_label.as_ref()
+            let trusted_author = cfg.webhook.fork_allow_users.contains(&pr.user.login);
+            let label = cfg.webhook.fork_label.as_deref();
+            let approval = match e.action.as_str() {
+                "opened" | "synchronize" | "reopened" if !fork || trusted_author => None,
+                "opened" | "synchronize" | "reopened" if label.is_some() => {
+                    Some(ForkApproval::Require { number: e.number })
                 }
-                _ => false,
+                "opened" | "synchronize" | "reopened" => {
+                    return ignore(format!(
+                        "pull request from a fork by {} who is not on the allow-list",
+                        pr.user.login
+                    ))
+                }
+                // Adding the trust label to a fork's PR approves its current head commit.
+                "labeled"
+                    if fork
+                        && !trusted_author
+                        && label.is_some()
+                        && e.label.as_ref().map(|l| l.name.as_str()) == label =>
+                {
+                    let sender = e.sender.as_ref().map_or("", |u| u.login.as_str());
+                    if !cfg.webhook.fork_approvers.iter().any(|a| a == sender) {
+                        return ignore(format!(
+                            "label {} added by {sender:?}, who is not in webhook.fork_approvers: \
+                             no approval",
+                            label.unwrap_or_default()
+                        ));
+                    }
+                    Some(ForkApproval::Record {
+                        number: e.number,
+                        approver: sender.to_owned(),
+                    })
+                }
+                _ => return ignore(format!("pull_request action {} not tested", e.action)),
             };
-            if !action_ok {
-                return ignore(format!("pull_request action {} not tested", e.action));
-            }
-            if fork && !label_ok && !cfg.webhook.fork_allow_users.contains(&pr.user.login) {
-                return ignore(format!(
-                    "pull request from a fork by {} who is not on the allow-list and no trust label",
-                    pr.user.login
-                ));
-            }
             let (repo, sha) = ids(base, &pr.head.sha, "pull_request")?;
             let (clone_name, clone_raw) = match &pr.head.repo {
                 Some(r) => (r.full_name.as_str(), r.clone_url.as_deref()),
@@ -275,6 +313,7 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
                     author: Some(pr.user.login.clone()),
                     subject: pr.title.clone(),
                 },
+                approval,
             }))
         }
         other => ignore(format!("event {other} not handled")),
@@ -298,16 +337,36 @@ pub async fn receive(
     body: Body,
 ) -> (StatusCode, String) {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    let bytes = match axum::body::to_bytes(body, hub.cfg.webhook.max_body_bytes).await {
-        Ok(b) => b,
+    // Before a byte of the body is read: no well-formed signature, no reading (an
+    // unauthenticated client cannot make the host buffer anything).
+    if !signature_well_formed(header("x-hub-signature-256")) {
+        hub.metrics.count("webhook_rejected");
+        tracing::warn!("webhook without a well-formed X-Hub-Signature-256 refused unread");
+        return (StatusCode::UNAUTHORIZED, "bad signature".into());
+    }
+    let max = hub.cfg.webhook.max_body_bytes;
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {max} bytes or unreadable"),
+        )
+    };
+    if header("content-length")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > max as u64)
+    {
+        return too_large();
+    }
+    let limit = hub.cfg.http.body_timeout();
+    let bytes = match tokio::time::timeout(limit, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return too_large(),
         Err(_) => {
+            tracing::warn!(secs = limit.as_secs(), "webhook body not received in time");
             return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "body larger than {} bytes or unreadable",
-                    hub.cfg.webhook.max_body_bytes
-                ),
-            )
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body not received within {} s", limit.as_secs()),
+            );
         }
     };
     if !signature_valid(
@@ -360,6 +419,7 @@ pub async fn receive(
             id: delivery,
             event,
             job,
+            approval: spec.approval,
         })
         .await;
     match ingest {
@@ -379,6 +439,17 @@ pub async fn receive(
         Ok(Ingest::DuplicateJob { job_id }) => {
             (StatusCode::OK, format!("already covered by job {job_id}"))
         }
+        Ok(Ingest::NotApproved { sha }) => {
+            tracing::info!(sha = %sha, "fork commit not approved; no job");
+            (
+                StatusCode::OK,
+                format!(
+                    "ignored: fork commit {} has no approval; an approver removes and adds the \
+                     label again to test it",
+                    sha.short()
+                ),
+            )
+        }
         Err(e) => {
             tracing::error!(error = %e, "storing a delivery failed");
             (
@@ -394,8 +465,14 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    /// A config accepting `o/r` (plus `extra`'s `[webhook]` keys, if any).
     fn cfg(extra: &str) -> Config {
-        Config::parse(extra, Path::new("t")).unwrap()
+        let text = if extra.contains("[webhook]") {
+            extra.replace("[webhook]\n", "[webhook]\nrepos = [\"o/r\"]\n")
+        } else {
+            format!("{extra}\n[webhook]\nrepos = [\"o/r\"]\n")
+        };
+        Config::parse(&text, Path::new("t")).unwrap()
     }
 
     fn push(r: &str, after: &str) -> Vec<u8> {
@@ -406,17 +483,32 @@ mod tests {
     }
 
     fn pr(action: &str, head_repo: &str, login: &str, labels: &[&str]) -> Vec<u8> {
+        pr_by(action, head_repo, login, labels, login, &"b".repeat(40))
+    }
+
+    /// A `pull_request` event; `sender` caused it (for `labeled`: added the label `labels[0]`).
+    fn pr_by(
+        action: &str,
+        head_repo: &str,
+        login: &str,
+        labels: &[&str],
+        sender: &str,
+        head: &str,
+    ) -> Vec<u8> {
         let labels: Vec<_> = labels
             .iter()
             .map(|l| serde_json::json!({"name": l}))
             .collect();
-        serde_json::json!({"action": action, "number": 7,
-            "pull_request": {"head": {"sha": "b".repeat(40), "ref": "feature",
+        let mut v = serde_json::json!({"action": action, "number": 7,
+            "pull_request": {"head": {"sha": head, "ref": "feature",
                 "repo": {"full_name": head_repo, "clone_url": format!("https://github.com/{head_repo}.git")}},
                 "user": {"login": login}, "labels": labels},
-            "repository": {"full_name": "o/r"}})
-        .to_string()
-        .into_bytes()
+            "repository": {"full_name": "o/r"},
+            "sender": {"login": sender}});
+        if action == "labeled" {
+            v["label"] = labels.first().cloned().unwrap_or_default();
+        }
+        v.to_string().into_bytes()
     }
 
     #[test]
@@ -438,6 +530,20 @@ mod tests {
         assert!(!signature_valid(b"other", b"body", Some(&s)));
         assert!(!signature_valid(b"k", b"body", None));
         assert!(!signature_valid(b"k", b"body", Some("sha1=00")));
+        assert!(signature_well_formed(Some(&s)));
+        for bad in [
+            None,
+            Some("sha1=00"),
+            Some("sha256="),
+            Some("sha256=zz"),
+            Some(" sha256=ab"),
+        ] {
+            assert!(!signature_well_formed(bad), "{bad:?}");
+        }
+        assert!(!signature_well_formed(Some(&format!(
+            "sha256={}",
+            "g".repeat(64)
+        ))));
     }
 
     #[test]
@@ -473,30 +579,95 @@ mod tests {
     }
 
     #[test]
-    fn fork_pull_requests_need_the_allow_list_or_the_label() {
-        let c = cfg("[webhook]\nfork_allow_users = [\"alice\"]\nfork_label = \"ok-to-test\"\n");
+    fn fork_pull_requests_need_the_allow_list_or_an_approval_of_the_head_commit() {
+        let c = cfg(
+            "[webhook]\nfork_allow_users = [\"alice\"]\nfork_label = \"ok-to-test\"\n\
+                     fork_approvers = [\"maint\"]\n",
+        );
+        let job = |body: &[u8]| match decide(&c, "pull_request", body) {
+            Ok(Decision::Job(j)) => j,
+            other => panic!("{other:?}"),
+        };
+        // Same repository, or a fork by an allowed author: no approval involved.
+        assert_eq!(job(&pr("opened", "o/r", "bob", &[])).approval, None);
+        assert_eq!(job(&pr("opened", "m/r", "alice", &[])).approval, None);
+        // A fork by anyone else needs an approval of its head sha, label or no label.
+        let need = Some(ForkApproval::Require { number: 7 });
+        assert_eq!(job(&pr("opened", "m/r", "bob", &[])).approval, need);
+        assert_eq!(
+            job(&pr("synchronize", "m/r", "bob", &["ok-to-test"])).approval,
+            need,
+            "the label's presence approves nothing"
+        );
+        // The label added by an approver records the approval; by anyone else, nothing.
+        let labeled = pr_by(
+            "labeled",
+            "m/r",
+            "bob",
+            &["ok-to-test"],
+            "maint",
+            &"c".repeat(40),
+        );
+        assert_eq!(
+            job(&labeled).approval,
+            Some(ForkApproval::Record {
+                number: 7,
+                approver: "maint".into()
+            })
+        );
+        let by_author = pr_by(
+            "labeled",
+            "m/r",
+            "bob",
+            &["ok-to-test"],
+            "bob",
+            &"c".repeat(40),
+        );
         assert!(matches!(
-            decide(&c, "pull_request", &pr("opened", "o/r", "bob", &[])),
-            Ok(Decision::Job(_))
+            decide(&c, "pull_request", &by_author),
+            Ok(Decision::Ignore(ref s)) if s.contains("fork_approvers")
         ));
+        let other_label = pr_by("labeled", "m/r", "bob", &["bug"], "maint", &"c".repeat(40));
+        assert!(matches!(
+            decide(&c, "pull_request", &other_label),
+            Ok(Decision::Ignore(_))
+        ));
+        assert!(matches!(
+            decide(&c, "pull_request", &pr("closed", "o/r", "bob", &[])),
+            Ok(Decision::Ignore(_))
+        ));
+        // Without a label route, a fork by a stranger is ignored outright.
+        let c = cfg("[webhook]\nfork_allow_users = [\"alice\"]\n");
         assert!(matches!(
             decide(&c, "pull_request", &pr("opened", "m/r", "bob", &[])),
             Ok(Decision::Ignore(_))
         ));
+    }
+
+    #[test]
+    fn a_label_route_without_approvers_is_a_configuration_error() {
+        let err = Config::parse(
+            "[webhook]\nrepos = [\"o/r\"]\nfork_label = \"ok-to-test\"\n",
+            Path::new("t"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("fork_approvers"), "{err}");
+    }
+
+    #[test]
+    fn repositories_outside_the_list_are_ignored_and_an_empty_list_accepts_none() {
+        let c = cfg("");
+        let other = serde_json::json!({"ref": "refs/heads/main", "after": "a".repeat(40),
+            "repository": {"full_name": "evil/r"}})
+        .to_string();
         assert!(matches!(
-            decide(&c, "pull_request", &pr("opened", "m/r", "alice", &[])),
-            Ok(Decision::Job(_))
+            decide(&c, "push", other.as_bytes()),
+            Ok(Decision::Ignore(ref s)) if s.contains("not configured")
         ));
+        let none = Config::parse("", Path::new("t")).unwrap();
+        assert!(none.webhook.require_repos().is_err());
         assert!(matches!(
-            decide(
-                &c,
-                "pull_request",
-                &pr("synchronize", "m/r", "bob", &["ok-to-test"])
-            ),
-            Ok(Decision::Job(_))
-        ));
-        assert!(matches!(
-            decide(&c, "pull_request", &pr("closed", "o/r", "bob", &[])),
+            decide(&none, "push", &push("refs/heads/main", &"a".repeat(40))),
             Ok(Decision::Ignore(_))
         ));
     }

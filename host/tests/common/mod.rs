@@ -70,13 +70,28 @@ pub fn config_text_full(
     agent_extra: &str,
     reconcile_secs: u64,
 ) -> String {
+    config_text_webhook(dir, listen, extra, agent_extra, reconcile_secs, "")
+}
+
+/// The repository the test configs accept (`webhook.repos`).
+pub const REPO: &str = "freedomofpress/securedrop-workstation";
+
+/// As [`config_text_full`], with extra lines for the `[webhook]` table.
+pub fn config_text_webhook(
+    dir: &Path,
+    listen: &str,
+    extra: &str,
+    agent_extra: &str,
+    reconcile_secs: u64,
+    webhook_extra: &str,
+) -> String {
     std::fs::write(dir.join("secret"), SECRET).unwrap();
     std::fs::write(dir.join("dom0-password"), "pw\n").unwrap();
     let agent = write_stub_agent(dir);
     format!(
         "listen = \"{listen}\"\npublic_url = \"http://{listen}\"\ndata_dir = \"{data}\"\n\
          reconcile_interval_secs = {reconcile_secs}\n{extra}\n\
-         [webhook]\nsecret_file = \"{dir}/secret\"\n\
+         [webhook]\nsecret_file = \"{dir}/secret\"\nrepos = [\"{REPO}\"]\n{webhook_extra}\n\
          [agent]\npath = \"{agent}\"\n{agent_extra}\
          [dom0]\npassword_file = \"{dir}/dom0-password\"\n",
         data = dir.join("data").display(),
@@ -111,9 +126,31 @@ pub async fn start_reconciling<H: Hypervisor>(
     parts: Parts,
     reconcile_secs: u64,
 ) -> TestHost {
+    start_configured(dir, extra, "", hv, parts, reconcile_secs).await
+}
+
+/// As [`start`], with extra lines for the `[webhook]` table.
+pub async fn start_webhook<H: Hypervisor>(
+    dir: &Path,
+    extra: &str,
+    webhook_extra: &str,
+    hv: Arc<H>,
+    parts: Parts,
+) -> TestHost {
+    start_configured(dir, extra, webhook_extra, hv, parts, 3600).await
+}
+
+async fn start_configured<H: Hypervisor>(
+    dir: &Path,
+    extra: &str,
+    webhook_extra: &str,
+    hv: Arc<H>,
+    parts: Parts,
+    reconcile_secs: u64,
+) -> TestHost {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let text = config_text_full(dir, &addr, extra, "", reconcile_secs);
+    let text = config_text_webhook(dir, &addr, extra, "", reconcile_secs, webhook_extra);
     let cfg = Config::parse(&text, Path::new("test.toml")).unwrap();
     let auth = server::guest_auth(&cfg).unwrap();
     let hub = server::hub_from_config(cfg).unwrap();
