@@ -24,6 +24,7 @@ pub mod hub;
 pub mod joblog;
 pub mod metrics;
 pub mod orchestration;
+pub mod sd_notify;
 pub mod server;
 pub mod store;
 pub mod surface;

@@ -263,6 +263,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
+    // systemd Type=notify: the port is bound (packaging/).
+    sdci_host::sd_notify::ready();
     // The hypervisors are connected in the background, with backoff: serve starts (and stores
     // webhooks) while vSphere is unreachable.
     let cfg = hub.cfg.clone();

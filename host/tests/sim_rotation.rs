@@ -249,7 +249,8 @@ async fn save_takes_a_smoke_tested_snapshot_moves_the_pointer_and_prunes_but_kee
     let m = slack.next(Duration::from_secs(60)).await.unwrap();
     let t = m["text"].as_str().unwrap();
     assert!(t.contains("rotation ok") && t.contains(&new), "{t}");
-    let metrics = sdci_host::surface::metrics::rotation_metrics(&Store::open(&cfg.db_path()).unwrap());
+    let metrics =
+        sdci_host::surface::metrics::rotation_metrics(&Store::open(&cfg.db_path()).unwrap());
     assert!(
         metrics.contains("sdci_rotations{version=\"4.2\",result=\"ok\"} 1"),
         "{metrics}"
@@ -288,7 +289,8 @@ async fn a_failing_smoke_test_keeps_the_pointer_removes_the_snapshot_and_leaves_
         "the failed snapshot is removed, nothing pruned"
     );
     assert_eq!(store.vms().unwrap()[0].job_id, None, "lease released");
-    let metrics = sdci_host::surface::metrics::rotation_metrics(&Store::open(&cfg.db_path()).unwrap());
+    let metrics =
+        sdci_host::surface::metrics::rotation_metrics(&Store::open(&cfg.db_path()).unwrap());
     assert!(metrics.contains("result=\"failed\"} 1"), "{metrics}");
 }
 

@@ -18,6 +18,7 @@
 //!   happen only while the job is active in that attempt.
 //! - [`outbox`]: `statuses` (commit statuses still to post) and `notify_meta`/`notify_outbox`
 //!   (Slack messages still to send).
+//! - [`stats`]: read-only aggregates for `/metrics` and `/readyz` (no table of its own).
 //! - [`meta`]: `host_meta` (the instance id written into VM leases).
 //!
 //! Invariants:
@@ -32,13 +33,14 @@
 //!   `Reason`): a value that does not parse is an error naming the column, never a guess.
 
 mod attempts;
-mod ingest;
 mod event_stream;
+mod ingest;
 mod jobs;
 mod meta;
 mod outbox;
 mod pages;
 mod schema;
+mod stats;
 mod vms;
 
 pub use attempts::{AfterFailure, AttemptEnd, EventAuth, LaunchState, StepTiming};
