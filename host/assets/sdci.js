@@ -410,6 +410,12 @@
     }
     if (p.ended_ms) {
       document.querySelectorAll('[data-started]').forEach((e) => delete e.dataset.started);
+      const b = section ? section.querySelector('summary .badge') : null;
+      if (b) {
+        b.className = 'badge s-' + p.state;
+        b.textContent = p.state;
+        b.dataset.state = p.state;
+      }
     }
   }
 

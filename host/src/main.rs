@@ -86,9 +86,17 @@ enum JobsAction {
     List {
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Print what `GET /api/v1/jobs` answers (JSON).
+        #[arg(long)]
+        json: bool,
     },
     /// One job with its history and statuses.
-    Show { id: String },
+    Show {
+        id: String,
+        /// Print what `GET /api/v1/jobs/{id}` answers (JSON).
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a queued or running job.
     Cancel { id: String },
 }
@@ -136,9 +144,18 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Jobs { action } => {
-                match action.unwrap_or(JobsAction::List { limit: 50 }) {
-                    JobsAction::List { limit } => print!("{}", cli::list(&cfg, limit)?),
-                    JobsAction::Show { id } => print!("{}", cli::show(&cfg, &id)?),
+                match action.unwrap_or(JobsAction::List {
+                    limit: 50,
+                    json: false,
+                }) {
+                    JobsAction::List { limit, json: true } => {
+                        println!("{}", cli::list_json(&cfg, limit)?)
+                    }
+                    JobsAction::List { limit, .. } => print!("{}", cli::list(&cfg, limit)?),
+                    JobsAction::Show { id, json: true } => {
+                        println!("{}", cli::show_json(&cfg, &id)?)
+                    }
+                    JobsAction::Show { id, .. } => print!("{}", cli::show(&cfg, &id)?),
                     JobsAction::Cancel { id } => {
                         let now = cli::cancel(&cfg, &id)?;
                         let told = cli::wake(&cfg).await;

@@ -9,8 +9,11 @@
 //!   and executable scripts, which the tarball must carry intact;
 //! - `files/config.json.example` and `sd-journalist.sec.example`, which the agent copies;
 //!   `make test` fails without the copies, as SDW's `test-prereqs` does;
-//! - a knob, `ci/test-mode` (`pass`, `fail`, `hang`, `flood`), to make `make test` pass, fail,
-//!   hang or print a lot;
+//! - a knob, `ci/test-mode` (`pass`, `fail`, `hang`, `flood`, `slow`), to make `make test` pass,
+//!   fail, hang, print a lot (`ci/flood`: how many lines, default 20,000) or print slowly: `slow`
+//!   prints two hostile lines (markup that must stay text on the job page) and a coloured one,
+//!   then `N` lines `slow line I at <Unix ns>` every `GAP` seconds (`ci/slow`: `N GAP`, default
+//!   `100 0.02`), for the job page's live-log tests and the P3 benchmark;
 //! - a snapshot check: `make dev` leaves `~/.fixture-ran-<sha>` in dom0, and `make test` fails if
 //!   a marker of *another* commit is there, i.e. if the VM was not reverted between jobs.
 
@@ -27,6 +30,7 @@ pub enum TestMode {
     Fail,
     Hang,
     Flood,
+    Slow,
 }
 
 impl TestMode {
@@ -36,6 +40,7 @@ impl TestMode {
             Self::Fail => "fail",
             Self::Hang => "hang",
             Self::Flood => "flood",
+            Self::Slow => "slow",
         }
     }
 }
@@ -108,7 +113,15 @@ case "$(cat ci/test-mode)" in
   pass)  echo "tests/test_vms.py::test_sd_vms PASSED"; echo "1 passed";;
   fail)  echo "tests/test_vms.py::test_sd_vms FAILED"; echo "1 failed"; exit 1;;
   hang)  echo "hanging"; sleep 100000;;
-  flood) for i in $(seq 1 20000); do echo "line $i of a very chatty test suite"; done; echo "1 passed";;
+  flood) n=$(cat ci/flood 2>/dev/null || echo 20000)
+         for i in $(seq 1 "$n"); do echo "line $i of a very chatty test suite"; done; echo "1 passed";;
+  slow)  read -r n gap < ci/slow 2>/dev/null || { n=100; gap=0.02; }
+         echo '<script>window.sdciPwned = 1</script>'
+         echo '"><img src=x onerror="window.sdciPwned = 2">'
+         printf '\033[1;31mFAILED\033[0m in red, \033[32mok\033[0m in green\n'
+         i=0
+         while [ "$i" -lt "$n" ]; do i=$((i + 1)); echo "slow line $i at $(date +%s%N)"; sleep "$gap"; done
+         echo "1 passed";;
   *) echo "unknown test mode"; exit 2;;
 esac
 "#;
@@ -213,6 +226,26 @@ impl Fixture {
         write(&self.path, "ci/commit-id", &format!("{}\n", n + 1), false)?;
         git(&self.path, &["commit", "-q", "-am", message])?;
         self.head()
+    }
+
+    /// Commits `make test` printing `lines` timestamped lines every `gap_secs` (mode `slow`);
+    /// returns the new head sha.
+    pub fn commit_slow(&self, lines: u32, gap_secs: f64, message: &str) -> Result<String> {
+        write(
+            &self.path,
+            "ci/slow",
+            &format!("{lines} {gap_secs}\n"),
+            false,
+        )?;
+        git(&self.path, &["add", "ci/slow"])?;
+        self.commit_mode(TestMode::Slow, message)
+    }
+
+    /// Commits `make test` printing `lines` lines at once (mode `flood`); returns the new sha.
+    pub fn commit_flood(&self, lines: u32, message: &str) -> Result<String> {
+        write(&self.path, "ci/flood", &format!("{lines}\n"), false)?;
+        git(&self.path, &["add", "ci/flood"])?;
+        self.commit_mode(TestMode::Flood, message)
     }
 
     /// The sha of `main`'s head.

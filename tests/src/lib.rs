@@ -1,9 +1,15 @@
 //! Shared test machinery for cross-program tests: locating the workspace's binaries, and (as
 //! their issues land) the vSphere simulator, the Qubes stand-ins and the GitHub stand-in.
 
+/// Headless Chromium over WebDriver, for the job page's browser tests (issue 16).
+pub mod browser;
+
 pub mod fixture;
 
 pub mod github;
+
+/// What the job page's tests and benchmark share (issue 16).
+pub mod job_page;
 
 pub mod qubes_world;
 

@@ -174,6 +174,24 @@ pub fn show(cfg: &Config, id: &str) -> Result<String> {
     Ok(out)
 }
 
+/// `sdci-host jobs list --json`: the shape `GET /api/v1/jobs` answers (`surface::web::model`).
+pub fn list_json(cfg: &Config, limit: u32) -> Result<String> {
+    let filter = crate::store::JobFilter {
+        limit,
+        ..Default::default()
+    };
+    let list = crate::surface::web::model::job_list(&open(cfg)?, &filter)?;
+    crate::surface::web::model::to_json(&list)
+}
+
+/// `sdci-host jobs show ID --json`: the shape `GET /api/v1/jobs/{id}` answers.
+pub fn show_json(cfg: &Config, id: &str) -> Result<String> {
+    let logs = crate::joblog::LiveLogs::default();
+    let detail = crate::surface::web::model::job_detail(&open(cfg)?, cfg, &logs, id)?
+        .ok_or_else(|| HostError::NoSuchJob(id.to_owned()))?;
+    crate::surface::web::model::to_json(&detail)
+}
+
 /// `sdci-host jobs cancel ID`: `true` if it ended at once (it was queued).
 pub fn cancel(cfg: &Config, id: &str) -> Result<bool> {
     match open(cfg)?.request_cancel(id, "canceled by an operator")? {

@@ -144,6 +144,28 @@ pub struct JobDetail {
     pub cancel_requested: Option<String>,
 }
 
+/// Pretty JSON that is safe to print in a terminal: besides what JSON escapes anyway (C0
+/// controls), C1 controls, DEL, line and paragraph separators and bidirectional controls are
+/// written as `\uXXXX` escapes, so a hostile branch name cannot drive or reorder the operator's
+/// terminal (`sdci-host jobs list|show --json`).
+pub fn to_json(value: &impl Serialize) -> Result<String> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| crate::HostError::Invalid(format!("encoding JSON: {e}")))?;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let unsafe_char = c.is_control() && c != '\n'
+            || matches!(c,
+                '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}'
+                | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if unsafe_char {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
 /// GitHub's web address for the API configured (`https://api.github.com` → `https://github.com`,
 /// GitHub Enterprise's `https://host/api/v3` → `https://host`).
 pub fn github_web(api: &str) -> String {
@@ -489,6 +511,16 @@ mod tests {
             "https://ghe.example"
         );
         assert_eq!(github_web("http://127.0.0.1:9"), "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn json_for_a_terminal_escapes_c1_and_bidi_controls_and_stays_json() {
+        let v = serde_json::json!({"branch": "a\u{202e}b\u{9b}c\u{1b}[2J"});
+        let text = to_json(&v).unwrap();
+        assert!(text.is_ascii(), "{text}");
+        assert!(text.contains("\\u202e") && text.contains("\\u009b") && text.contains("\\u001b"));
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, v);
     }
 
     #[test]

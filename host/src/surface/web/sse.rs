@@ -39,6 +39,8 @@ pub const BATCH_LINES: usize = 500;
 pub const BATCH_BYTES: usize = 256 * 1024;
 /// How often state is looked at without a wake-up.
 const TICK: Duration = Duration::from_secs(1);
+/// How soon a browser reconnects after the connection broke.
+pub const RETRY: Duration = Duration::from_millis(1000);
 
 /// Where to start.
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +266,9 @@ pub async fn stream(
         return fail(StatusCode::NOT_FOUND, "no such attempt");
     }
     let rx = hub.logs.subscribe(&id);
+    let mut queue = VecDeque::new();
+    // A dropped connection is retried after a second (the browser's default is three).
+    queue.push_back(Event::default().retry(RETRY).comment("sdci"));
     let tail = Tail {
         hub,
         id,
@@ -276,7 +281,7 @@ pub async fn stream(
         terminal: job.state.is_terminal(),
         checked: None,
         idle: false,
-        queue: VecDeque::new(),
+        queue,
         done: false,
     };
     let events = futures::stream::unfold(tail, |mut t| async move {
