@@ -14,10 +14,11 @@
 //! Invariants: the position is the event id, so a reconnecting `EventSource` resumes from the
 //! last line it received (`Last-Event-ID`, which wins over the query) and never gets a line
 //! twice; only complete lines are sent. Lines are pushed as the ingest appends them (a `watch`
-//! per job in `joblog::LiveLogs`, no timer); a one-second tick picks up what has no wake-up
-//! (state changes, the host's own notes). Every read (log, store) runs in `spawn_blocking`, at
-//! most [`BATCH_BYTES`] per event, and the stream is pulled by the connection, so a slow viewer
-//! holds one batch, never a log.
+//! per job in `joblog::LiveLogs`, no timer; a wake-up waits 10 ms so a burst is read as one
+//! batch); a one-second tick picks up what has no wake-up (state changes, the host's own notes),
+//! and the store is looked at at most once a second per viewer. Every read (log, store) runs in
+//! `spawn_blocking`, at most [`BATCH_BYTES`] per event, and the stream is pulled by the
+//! connection, so a slow viewer holds one batch, never a log.
 
 use super::{blocking, fail, model};
 use crate::hub::Hub;
@@ -39,6 +40,8 @@ pub const BATCH_LINES: usize = 500;
 pub const BATCH_BYTES: usize = 256 * 1024;
 /// How often state is looked at without a wake-up.
 const TICK: Duration = Duration::from_secs(1);
+/// After a wake-up, how long to let further appends land before reading (one batch, not many).
+const COALESCE: Duration = Duration::from_millis(10);
 /// How soon a browser reconnects after the connection broke.
 pub const RETRY: Duration = Duration::from_millis(1000);
 
@@ -87,7 +90,8 @@ struct Tail {
     last: Option<Progress>,
     terminal: bool,
     checked: Option<Instant>,
-    idle: bool,
+    /// Look at the store on the next step, due or not.
+    force: bool,
     queue: VecDeque<Event>,
     done: bool,
 }
@@ -118,7 +122,8 @@ impl Tail {
 
     /// One look at the store (when due) and the log, then a wait if nothing was new.
     async fn step(&mut self) {
-        let due = self.idle || self.checked.is_none_or(|t| t.elapsed() >= TICK);
+        let due = self.force || self.checked.is_none_or(|t| t.elapsed() >= TICK);
+        self.force = false;
         let (hub, id, attempt, next, current) = (
             self.hub.clone(),
             self.id.clone(),
@@ -184,7 +189,7 @@ impl Tail {
                 Some(g) if g != l.generation => {
                     if !due {
                         // Look at the store first: the file may belong to a newer attempt.
-                        self.idle = true;
+                        self.force = true;
                         return;
                     }
                     self.generation = Some(l.generation);
@@ -206,7 +211,6 @@ impl Tail {
                 }
             }
         }
-        self.idle = !fresh;
         if fresh {
             return;
         }
@@ -214,16 +218,22 @@ impl Tail {
             // Nothing new and nothing more to come, once the store agrees on a fresh look.
             if due {
                 self.finish();
+            } else {
+                self.force = true;
             }
             return;
         }
+        let wait = TICK.saturating_sub(self.checked.map_or(TICK, |t| t.elapsed()));
         tokio::select! {
             changed = self.rx.changed() => {
                 if changed.is_err() {
                     tokio::time::sleep(TICK).await;
+                } else {
+                    // Let a burst of appends land, then read them as one batch.
+                    tokio::time::sleep(COALESCE).await;
                 }
             }
-            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
         }
     }
 
@@ -280,7 +290,7 @@ pub async fn stream(
         last: None,
         terminal: job.state.is_terminal(),
         checked: None,
-        idle: false,
+        force: false,
         queue,
         done: false,
     };
