@@ -356,6 +356,18 @@ type Positioned = (BufReader<File>, u64, u64, u64);
 pub struct LiveLogs {
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     indexes: Mutex<HashMap<PathBuf, Arc<Mutex<LineIndex>>>>,
+    /// The last batch read from each file, with its JSON: live viewers at the same position
+    /// share one read and one encoding.
+    batches: Mutex<HashMap<PathBuf, Arc<Batch>>>,
+}
+
+/// Lines as a live viewer sends them: the lines and their JSON, read and encoded once for every
+/// viewer at the same position ([`LiveLogs::read_shared`]).
+#[derive(Debug)]
+pub struct Batch {
+    pub lines: LogLines,
+    /// `serde_json` of `lines`.
+    pub json: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -446,6 +458,39 @@ impl LiveLogs {
             read_line(&mut reader, &mut line)?;
         }
         Ok(Some((reader, generation, total, from)))
+    }
+
+    /// [`Self::read`], shared: when the file has not grown since the last batch read from the
+    /// same line (or that batch was already full), that batch is handed out again. Blocks.
+    pub fn read_shared(
+        &self,
+        path: &Path,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<Option<Arc<Batch>>> {
+        let Some(info) = self.info(path)? else {
+            return Ok(None);
+        };
+        if let Some(b) = lock(&self.batches).get(path) {
+            let l = &b.lines;
+            let full = l.next() < l.total || l.lines.len() >= limit;
+            if l.generation == info.generation && l.from == from && (l.total == info.lines || full)
+            {
+                return Ok(Some(b.clone()));
+            }
+        }
+        let Some(lines) = self.read(path, from, limit, max_bytes)? else {
+            return Ok(None);
+        };
+        let json = serde_json::to_string(&lines).unwrap_or_else(|_| "{}".into());
+        let batch = Arc::new(Batch { lines, json });
+        let mut all = lock(&self.batches);
+        if all.len() >= MAX_INDEXES && !all.contains_key(path) {
+            all.retain(|_, b| Arc::strong_count(b) > 1);
+        }
+        all.insert(path.to_owned(), batch.clone());
+        Ok(Some(batch))
     }
 
     /// Up to `limit` complete lines from line `from` (from 0), at most `max_bytes` of text (but
@@ -698,6 +743,23 @@ mod tests {
         assert_eq!(read(log_of_attempt(d.path(), "j", 2, 2)), "second\n");
         remove_logs(d.path(), "j").unwrap();
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn viewers_at_one_position_share_a_batch_until_the_file_grows() {
+        let d = tempfile::tempdir().unwrap();
+        let logs = LiveLogs::default();
+        append_log(d.path(), "j", &numbered(10)).unwrap();
+        let p = log_path(d.path(), "j");
+        let a = logs.read_shared(&p, 5, 100, usize::MAX).unwrap().unwrap();
+        let b = logs.read_shared(&p, 5, 100, usize::MAX).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.lines.lines.len(), 5);
+        let back: serde_json::Value = serde_json::from_str(&a.json).unwrap();
+        assert_eq!(back["from"], 5);
+        append_log(d.path(), "j", &numbered(1)).unwrap();
+        let c = logs.read_shared(&p, 5, 100, usize::MAX).unwrap().unwrap();
+        assert_eq!(c.lines.lines.len(), 6, "a grown file is read again");
     }
 
     #[tokio::test]

@@ -22,15 +22,15 @@
 
 use super::{blocking, fail, model};
 use crate::hub::Hub;
-use crate::joblog::{self, LogLines};
+use crate::joblog::{self, Batch};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -99,7 +99,56 @@ struct Tail {
 /// What one look found.
 struct Look {
     progress: Option<(Progress, bool)>,
-    lines: Option<LogLines>,
+    lines: Option<Arc<Batch>>,
+}
+
+/// The progress of a job as last computed, shared by its viewers for [`SHARE_PROGRESS`].
+type Shared = Mutex<HashMap<(String, u32), (Instant, Progress, bool)>>;
+
+/// How long one look at the store serves every viewer of the same attempt.
+const SHARE_PROGRESS: Duration = Duration::from_millis(500);
+
+fn shared_progress() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(Shared::default)
+}
+
+/// The job's progress for viewers of `attempt`: from the store, or as another viewer just
+/// found it. Blocks.
+fn progress(hub: &Hub, id: &str, attempt: u32) -> crate::Result<Option<(Progress, bool)>> {
+    let key = (id.to_owned(), attempt);
+    if let Some((at, p, t)) = lock(shared_progress()).get(&key) {
+        if at.elapsed() < SHARE_PROGRESS {
+            return Ok(Some((p.clone(), *t)));
+        }
+    }
+    let Some(d) = model::job_detail(&hub.store, &hub.cfg, &hub.logs, id)? else {
+        return Ok(None);
+    };
+    let steps = d
+        .attempts
+        .iter()
+        .find(|a| a.attempt == attempt)
+        .map(|a| a.steps.clone())
+        .unwrap_or_default();
+    let terminal = d.job.ended_ms.is_some();
+    let p = Progress {
+        state: d.job.state,
+        attempt: d.job.attempts,
+        note: d.job.note,
+        ended_ms: d.job.ended_ms,
+        steps,
+    };
+    let mut all = lock(shared_progress());
+    if all.len() > 1024 {
+        all.retain(|_, (at, _, _)| at.elapsed() < SHARE_PROGRESS);
+    }
+    all.insert(key, (Instant::now(), p.clone(), terminal));
+    Ok(Some((p, terminal)))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn json_event(kind: &str, data: &impl Serialize) -> Event {
@@ -135,31 +184,15 @@ impl Tail {
             let mut progress = None;
             let mut current = current;
             if due {
-                if let Some(d) = model::job_detail(&hub.store, &hub.cfg, &hub.logs, &id)? {
-                    current = d.job.attempts;
-                    let steps = d
-                        .attempts
-                        .iter()
-                        .find(|a| a.attempt == attempt)
-                        .map(|a| a.steps.clone())
-                        .unwrap_or_default();
-                    let terminal = d.job.ended_ms.is_some();
-                    progress = Some((
-                        Progress {
-                            state: d.job.state,
-                            attempt: d.job.attempts,
-                            note: d.job.note,
-                            ended_ms: d.job.ended_ms,
-                            steps,
-                        },
-                        terminal,
-                    ));
+                progress = self::progress(&hub, &id, attempt)?;
+                if let Some((p, _)) = &progress {
+                    current = p.attempt;
                 }
             }
             let path = joblog::log_of_attempt(&hub.cfg.log_dir(), &id, attempt, current);
             let lines = hub
                 .logs
-                .read(&path, next, BATCH_LINES, BATCH_BYTES)
+                .read_shared(&path, next, BATCH_LINES, BATCH_BYTES)
                 .map_err(|e| crate::HostError::io(format!("reading {}", path.display()), e))?;
             Ok(Look { progress, lines })
         })
@@ -184,7 +217,8 @@ impl Tail {
             }
         }
         let mut fresh = false;
-        if let Some(l) = look.lines {
+        if let Some(batch) = look.lines {
+            let l = &batch.lines;
             match self.generation {
                 Some(g) if g != l.generation => {
                     if !due {
@@ -204,7 +238,10 @@ impl Tail {
                     self.generation = Some(l.generation);
                     if !l.lines.is_empty() {
                         self.next = l.next();
-                        let ev = json_event("lines", &l).id(event_id(l.generation, self.next));
+                        let ev = Event::default()
+                            .event("lines")
+                            .data(&batch.json)
+                            .id(event_id(l.generation, self.next));
                         self.queue.push_back(ev);
                         fresh = true;
                     }
