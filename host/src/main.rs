@@ -1,4 +1,8 @@
 //! Command-line entry point of `sdci-host`. Thin: parses arguments and calls the library.
+//!
+//! Exit codes (README, "The sdci-host command line"): 0 done; 1 a check or rotation failed
+//! ([`Failure`]); 2 an error (anything else: a missing database, an unknown job, vSphere
+//! unreachable); 64 a usage error (clap's own 2 is mapped to 64).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -6,6 +10,30 @@ use sdci_host::config::Config;
 use sdci_host::server;
 use sdci_host::surface::{check_config, cli};
 use std::sync::Arc;
+
+/// The exit code of a usage error (BSD `EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
+
+/// A command that ran and found a failure (exit 1), as opposed to an error (exit 2).
+#[derive(Debug)]
+struct Failure(String);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Plain lines; colours only when stderr is a terminal (never into the journal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +45,9 @@ struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short, default_value = "/etc/sdci/host.toml", global = true)]
     config: std::path::PathBuf,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,15 +138,47 @@ enum VmsAction {
     Unquarantine { name: String },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<Failure>().is_some() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => fmt.json().with_ansi(false).init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(&cli.config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -175,7 +238,7 @@ fn main() -> anyhow::Result<()> {
                 match action {
                     None => {
                         print!("{}", cli::vms(&cfg)?);
-                        print!("{}", vsphere_view(&cfg).await);
+                        print!("{}", vsphere_view(&cfg).await?);
                     }
                     Some(VmsAction::Unquarantine { name }) => {
                         cli::unquarantine(&cfg, &name)?;
@@ -190,12 +253,15 @@ fn main() -> anyhow::Result<()> {
                 if connect {
                     let (text, ok) = check_config::connect(&cfg).await;
                     print!("{text}");
-                    anyhow::ensure!(ok, "the checks above failed; fix what they name");
+                    if !ok {
+                        let why = "the checks above failed; fix what they name";
+                        return Err(Failure(why.into()).into());
+                    }
                 }
                 Ok(())
             }
             Command::Nightly { branch } => {
-                let store = sdci_host::store::Store::open(&cfg.db_path())?;
+                let store = sdci_host::store::Store::open_existing(&cfg.db_path())?;
                 let id = sdci_host::orchestration::nightly::queue(&cfg, &store, &branch).await?;
                 cli::wake(&cfg).await;
                 println!("{id}");
@@ -214,10 +280,11 @@ fn main() -> anyhow::Result<()> {
                 let report = sdci_host::orchestration::rotation::save_from_cli(&cfg, &req).await?;
                 cli::wake(&cfg).await;
                 print!("{}", report.to_text());
-                anyhow::ensure!(
-                    report.moved,
-                    "the rotation failed and the golden snapshot is unchanged; see the log above"
-                );
+                if !report.moved {
+                    let why = "the rotation failed and the golden snapshot is unchanged; see the \
+                               log above";
+                    return Err(Failure(why.into()).into());
+                }
                 Ok(())
             }
         }
@@ -228,17 +295,17 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-/// What the hypervisors say about each pool's VMs, for `sdci-host vms`; a line saying why when
-/// they cannot be asked.
-async fn vsphere_view(cfg: &Config) -> String {
+/// What the hypervisors say about each pool's VMs, for `sdci-host vms`; an error (exit 2) when
+/// they cannot be asked, so a failed login never looks like an empty pool.
+async fn vsphere_view(cfg: &Config) -> anyhow::Result<String> {
     use sdci_host::config::Backend;
     use sdci_vsphere::Hypervisor;
     if !cfg.uses(Backend::Libvirt) && cfg.vsphere.url.is_empty() {
-        return "vSphere: not configured ([vsphere] url)\n".into();
+        return Ok("vSphere: not configured ([vsphere] url)\n".into());
     }
     let hv = match sdci_host::gateway::backend::Backends::connect(cfg).await {
         Ok(c) => c,
-        Err(e) => return format!("hypervisors: cannot connect: {e}\n"),
+        Err(e) => anyhow::bail!("hypervisors: cannot connect: {e}"),
     };
     let mut out = String::new();
     for backend in [Backend::Vsphere, Backend::Libvirt] {
@@ -262,11 +329,14 @@ async fn vsphere_view(cfg: &Config) -> String {
                         ));
                     }
                 }
-                Err(e) => out.push_str(&format!("  pool {version}: {e}\n")),
+                Err(e) => {
+                    print!("{out}");
+                    anyhow::bail!("pool {version}: listing its VMs failed: {e}");
+                }
             }
         }
     }
-    out
+    Ok(out)
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {

@@ -40,6 +40,8 @@ fn setup() -> tempfile::TempDir {
                  [pools.\"4.2\"]\nprefix = \"Qubes_4.2_\"\ngolden_snapshot = \"golden\"\n";
     let text = config_text(dir.path(), "127.0.0.1:9", extra);
     std::fs::write(dir.path().join("host.toml"), text).unwrap();
+    // The database as `serve` leaves it: the CLI never creates or migrates one.
+    drop(Store::open(&dir.path().join("data/sdci.sqlite3")).unwrap());
     dir
 }
 

@@ -120,14 +120,29 @@ pub struct Transition {
     pub note: String,
 }
 
-fn parse_history(text: &str) -> Vec<Transition> {
+/// `2026-12-01` and `08:37:14.123Z` (as `sdci-host jobs show` prints them) in Unix ms.
+fn parse_utc_ms(date: &str, time: &str) -> Option<i64> {
+    let mut d = date.splitn(3, '-').map(str::parse::<u32>);
+    let (y, mo, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let time = time.strip_suffix('Z')?;
+    let (hms, ms) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(str::parse::<i64>);
+    let (h, mi, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let days = sdci_protocol::time::days_from_civil(i64::from(y), mo, day);
+    Some((((days * 24 + h) * 60 + mi) * 60 + sec) * 1000 + ms.parse::<i64>().ok()?)
+}
+
+pub(crate) fn parse_history(text: &str) -> Vec<Transition> {
     text.lines()
         .skip_while(|l| *l != "history:")
         .skip(1)
         .take_while(|l| *l != "statuses:")
         .filter_map(|l| {
-            let mut words = l.trim().splitn(5, ' ');
-            let at_ms = words.next()?.parse().ok()?;
+            // `  2026-12-01 08:37:14.123Z  queued -> assigned note` (UTC, to the millisecond)
+            let (date, rest) = l.trim().split_once(' ')?;
+            let (time, rest) = rest.split_once(' ')?;
+            let at_ms = parse_utc_ms(date, time)?;
+            let mut words = rest.trim_start().splitn(4, ' ');
             let from = words.next()?.to_owned();
             if words.next()? != "->" {
                 return None;

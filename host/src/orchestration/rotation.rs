@@ -583,7 +583,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
 /// configuration and runs one rotation.
 pub async fn save_from_cli(cfg: &Config, req: &SaveRequest) -> Result<RotationReport> {
     let auth = crate::gateway::backend::guest_auth(cfg)?;
-    let store = Store::open(&cfg.db_path())?;
+    let store = Store::open_existing(&cfg.db_path())?; // the CLI never creates or migrates
     let hv = crate::gateway::backend::Backends::connect(cfg).await?;
     let r = Rotator {
         cfg,

@@ -18,6 +18,7 @@
 //!   happen only while the job is active in that attempt.
 //! - [`outbox`]: `statuses` (commit statuses still to post) and `notify_meta`/`notify_outbox`
 //!   (Slack messages still to send).
+//! - [`existing`]: opening a store that must exist, without migrating (the CLI).
 //! - [`stats`]: read-only aggregates for `/metrics` and `/readyz` (no table of its own).
 //! - [`meta`]: `host_meta` (the instance id written into VM leases).
 //!
@@ -34,6 +35,7 @@
 
 mod attempts;
 mod event_stream;
+mod existing;
 mod ingest;
 mod jobs;
 mod meta;

@@ -175,6 +175,29 @@ CREATE TABLE fork_approvals (
 "#,
 ];
 
+/// Refuses a database whose schema is not exactly this binary's, without changing it (the CLI:
+/// only `serve` migrates). The message says what to run.
+pub(super) fn require_current(conn: &Connection, path: &Path) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let latest = MIGRATIONS.len() as i64;
+    if version > latest {
+        return Err(HostError::Invalid(format!(
+            "the database {} has schema version {version}, newer than this sdci-host knows \
+             ({latest}): use the sdci-host that wrote it (an upgrade is never undone)",
+            path.display()
+        )));
+    }
+    if version < latest {
+        return Err(HostError::Invalid(format!(
+            "the database {} has schema version {version}, older than this sdci-host's \
+             ({latest}): only `sdci-host serve` migrates; restart the service (systemctl \
+             restart sdci-host), then run this command again",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Applies the migrations `conn` has not seen yet.
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;

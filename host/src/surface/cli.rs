@@ -28,8 +28,23 @@ fn opt_safe(text: Option<&str>, none: &str) -> String {
     term_safe(text.unwrap_or(none))
 }
 
+/// The database `serve` made: never created or migrated here (`Store::open_existing`).
 fn open(cfg: &Config) -> Result<Store> {
-    Store::open(&cfg.db_path())
+    Store::open_existing(&cfg.db_path())
+}
+
+/// A time for people: `2026-12-01 08:37:14Z` (UTC).
+pub fn human_time(ms: i64) -> String {
+    sdci_protocol::Utc::from_unix_millis(ms)
+        .rfc3339()
+        .replacen('T', " ", 1)
+}
+
+/// As [`human_time`], to the millisecond (`jobs show`'s history: phases can be that short).
+pub fn human_time_ms(ms: i64) -> String {
+    sdci_protocol::Utc::from_unix_millis(ms)
+        .rfc3339_millis()
+        .replacen('T', " ", 1)
 }
 
 /// Asks a running service to look at the store now; silent when none runs.
@@ -113,19 +128,49 @@ pub fn run(
 
 /// `sdci-host jobs list`.
 pub fn list(cfg: &Config, limit: u32) -> Result<String> {
-    let mut out = String::new();
-    for j in open(cfg)?.recent_jobs(limit)? {
+    const ROW: fn(&mut String, [&str; 8]) = |out, c| {
         let _ = writeln!(
             out,
-            "{:<20} {:<10} {:<12} {:<40} {:<6} {:<16} {}",
-            j.id,
-            j.state.as_str(),
-            j.reason.as_str(),
-            format!("{}@{}", j.repo, &j.sha[..j.sha.len().min(12)]),
+            "{:<20} {:<10} {:<12} {:<52} {:<6} {:<16} {:<20} {}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+        );
+    };
+    let jobs = open(cfg)?.recent_jobs(limit)?;
+    let mut out = String::new();
+    if jobs.is_empty() {
+        out.push_str("no jobs\n");
+        return Ok(out);
+    }
+    let head = [
+        "JOB",
+        "STATE",
+        "REASON",
+        "REPO@COMMIT",
+        "QUBES",
+        "VM",
+        "CREATED (UTC)",
+        "NOTE",
+    ];
+    ROW(&mut out, head);
+    for j in jobs {
+        let commit = format!("{}@{}", j.repo, &j.sha[..j.sha.len().min(12)]);
+        let (version, vm) = (
             opt_safe(j.version.as_deref(), "?"),
             opt_safe(j.vm.as_deref(), "-"),
-            opt_safe(j.note.as_deref(), "")
         );
+        let (created, note) = (human_time(j.created_ms), opt_safe(j.note.as_deref(), ""));
+        let state = j.state.as_str();
+        let row = [
+            j.id.as_str(),
+            state,
+            j.reason.as_str(),
+            &commit,
+            &version,
+            &vm,
+            &created,
+            &note,
+        ];
+        ROW(&mut out, row);
     }
     Ok(out)
 }
@@ -138,7 +183,7 @@ pub fn show(cfg: &Config, id: &str) -> Result<String> {
         .ok_or_else(|| HostError::NoSuchJob(id.to_owned()))?;
     let mut out = format!(
         "job {}\nstate {}\nrepo {}\ncommit {}\nbranch {}\nreason {}\nversion {}\nvm {}\n\
-         attempts {}\nnote {}\npage {}/jobs/{}\n\nhistory:\n",
+         attempts {}\nnote {}\ncreated {}\nupdated {}\npage {}/jobs/{}\n\nhistory:\n",
         j.id,
         j.state.as_str(),
         j.repo,
@@ -149,13 +194,16 @@ pub fn show(cfg: &Config, id: &str) -> Result<String> {
         opt_safe(j.vm.as_deref(), "-"),
         j.attempts,
         opt_safe(j.note.as_deref(), ""),
+        human_time(j.created_ms),
+        human_time(j.updated_ms),
         term_safe(&cfg.public_url),
         j.id
     );
     for (at, from, to, note) in store.transitions(id)? {
         let _ = writeln!(
             out,
-            "  {at} {} -> {} {}",
+            "  {}  {} -> {} {}",
+            human_time_ms(at),
             opt_safe(from.as_deref(), "-"),
             term_safe(&to),
             opt_safe(note.as_deref(), "")
@@ -194,7 +242,17 @@ pub fn show_json(cfg: &Config, id: &str) -> Result<String> {
 
 /// `sdci-host jobs cancel ID`: `true` if it ended at once (it was queued).
 pub fn cancel(cfg: &Config, id: &str) -> Result<bool> {
-    match open(cfg)?.request_cancel(id, "canceled by an operator")? {
+    let store = open(cfg)?;
+    let job = store
+        .job(id)?
+        .ok_or_else(|| HostError::NoSuchJob(id.to_owned()))?;
+    if job.state.is_terminal() {
+        return Err(HostError::Invalid(format!(
+            "job {id} already ended ({}): nothing to cancel",
+            job.state.as_str()
+        )));
+    }
+    match store.request_cancel(id, "canceled by an operator")? {
         None => Err(HostError::NoSuchJob(id.to_owned())),
         Some(now) => Ok(now),
     }
@@ -214,14 +272,24 @@ pub fn vms(cfg: &Config) -> Result<String> {
             term_safe(&golden)
         );
     }
-    for vm in store.vms()? {
+    let vms = store.vms()?;
+    if vms.is_empty() {
+        out.push_str("no VMs in the store yet (serve lists each pool's VMs at start-up)\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<6} {:<12} {:<24} {:<8} LAST ERROR",
+            "VM", "POOL", "STATE", "JOB", "FAILURES"
+        );
+    }
+    for vm in vms {
         let state = match vm.state() {
             "quarantined" => "QUARANTINED",
             other => other,
         };
         let _ = writeln!(
             out,
-            "  {:<24} {:<6} {:<12} job {:<20} failures {} {}",
+            "  {:<24} {:<6} {:<12} {:<24} {:<8} {}",
             term_safe(&vm.name),
             term_safe(&vm.pool),
             state,
