@@ -159,3 +159,30 @@ async fn canceling_a_running_job_from_the_cli_stops_it_and_frees_the_vm() {
     assert_eq!(state(&host, &j1), JobState::Canceled);
     assert_eq!(hv.started()[1], j2);
 }
+
+#[tokio::test]
+async fn the_relayed_result_wakes_the_attempt_at_once_not_at_the_next_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = MemoryHv::with_vms(&["Qubes_4.2_a"]);
+    // A poll a minute apart: only the wake-up can end the job within seconds.
+    let extra = "[pools.\"4.2\"]\nprefix = \"Qubes_4.2_\"\ngolden_snapshot = \"g\"\n\
+                 [jobs]\npoll_interval_ms = 60000\n";
+    let host = start(dir.path(), extra, hv.clone(), Parts::ALL).await;
+    let id = push_job(&host, 1, "main").await;
+    eventually("launch started", || hv.started().contains(&id)).await;
+    eventually("the wait is polling", || {
+        host.hub.store.job(&id).unwrap().unwrap().state == JobState::Running
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    hv.release(&id, 0);
+    let t = std::time::Instant::now();
+    host.hub.signal_end(&id);
+    let job = job_ended(&host, "the job ends", &id).await;
+    assert_eq!(job.state, JobState::Success, "{:?}", job.note);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "the end was noticed after {:?}",
+        t.elapsed()
+    );
+}

@@ -344,3 +344,156 @@ async fn an_outage_that_outlasts_the_jobs_deadline_ends_it_as_error_and_still_bl
     let vm = host.hub.store.vms().unwrap().remove(0);
     assert_eq!((vm.quarantined, vm.consecutive_failures), (false, 0));
 }
+
+#[tokio::test]
+async fn a_wrong_dom0_password_ends_one_job_naming_the_key_blames_no_vm_and_raises_an_alert() {
+    let (dir, ctl, sim) = sim_in_tempdir(&["Qubes_4.2_a", "Qubes_4.2_b"]);
+    let extra = "[jobs]\npoll_interval_ms = 50\nmax_attempts = 3\nquarantine_after = 1\n";
+    let host = start_host_as(dir.path(), &sim, extra, "", "not-the-password").await;
+    let id = push_job(&host, 1, "main").await;
+    let job = ended(&host, &id).await;
+    assert_eq!(
+        (job.state, job.attempts),
+        (JobState::Error, 1),
+        "{:?}",
+        job.note
+    );
+    let note = job.note.unwrap();
+    assert!(note.contains("[dom0] password_file"), "{note}");
+    for vm in host.hub.store.vms().unwrap() {
+        assert_eq!(
+            (vm.consecutive_failures, vm.quarantined),
+            (0, false),
+            "{vm:?}"
+        );
+    }
+    let st = host.hub.store.statuses(&id).unwrap();
+    assert_eq!(st.last().unwrap().state.as_str(), "error");
+    assert!(
+        st.last()
+            .unwrap()
+            .description
+            .contains("[dom0] password_file"),
+        "{st:?}"
+    );
+    // The alert: healthz, metrics.
+    let alerts = host.hub.health.alerts();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.key == "config:[dom0] password_file"),
+        "{alerts:?}"
+    );
+    let c = reqwest::Client::new();
+    let health = c
+        .get(format!("{}/healthz", host.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        health.contains("alert: config:[dom0] password_file"),
+        "{health}"
+    );
+    let metrics = c
+        .get(format!("{}/metrics", host.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("sdci_alerts_active 1"), "{metrics}");
+    assert_eq!(std::fs::read_to_string(ctl.join("launched")).ok(), None);
+    both_vms_off(&sim).await;
+}
+
+#[tokio::test]
+async fn a_golden_snapshot_that_does_not_exist_is_a_configuration_fault_not_the_vms() {
+    let (dir, _, sim) = sim_in_tempdir(&["Qubes_4.2_a"]);
+    let extra = "[jobs]\npoll_interval_ms = 50\nquarantine_after = 1\n";
+    let host = start_host(dir.path(), &sim, extra).await;
+    host.hub
+        .store
+        .set_golden_snapshot("4.2", "no-such-snapshot")
+        .unwrap();
+    let id = push_job(&host, 1, "main").await;
+    let job = ended(&host, &id).await;
+    assert_eq!((job.state, job.attempts), (JobState::Error, 1));
+    assert!(
+        job.note
+            .unwrap()
+            .contains("[pools.\"4.2\"] golden_snapshot"),
+        "names the key"
+    );
+    let vm = host.hub.store.vms().unwrap().remove(0);
+    assert_eq!((vm.consecutive_failures, vm.quarantined), (0, false));
+}
+
+#[tokio::test]
+async fn dom0s_log_is_downloaded_up_to_the_cap_and_marked_as_cut() {
+    let (dir, ctl, sim) = sim_in_tempdir(&["Qubes_4.2_a"]);
+    std::fs::write(ctl.join("log-bytes"), "200000").unwrap();
+    let extra = format!("{FAST}dom0_log_max_bytes = 8192\n");
+    let (host, id, job) = run_one_job(dir.path(), &sim, &extra).await;
+    assert_eq!(job.state, JobState::Success, "{:?}", job.note);
+    let log = std::fs::read_to_string(host.hub.cfg.log_dir().join(format!("{id}.log"))).unwrap();
+    assert!(
+        log.starts_with("dom0 log for .sdci/jobs/"),
+        "{}",
+        &log[..80]
+    );
+    let (kept, marker) = log.split_at(8192);
+    assert!(kept.ends_with('x'), "the first 8192 bytes are dom0's");
+    assert!(
+        marker.contains("=== truncated: dom0's log.txt is longer than jobs.dom0_log_max_bytes"),
+        "{marker}"
+    );
+    assert!(log.len() < 8192 + 300, "{} bytes kept", log.len());
+    // No temporary file is left behind.
+    let left: Vec<_> = std::fs::read_dir(host.hub.cfg.log_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn a_job_waiting_out_an_outage_holds_no_vm_so_the_next_job_takes_it_at_once() {
+    let (dir, _, sim) = sim_in_tempdir(&["Qubes_4.2_a"]);
+    sim.inject(Fault::HttpStatus {
+        method: "PowerOnVM_Task".into(),
+        status: 503,
+        count: 1,
+    })
+    .unwrap();
+    let host = start_host(dir.path(), &sim, &format!("{FAST}outage_retry_ms = 4000\n")).await;
+    let a = push_job(&host, 1, "main").await;
+    let b = push_job(&host, 2, "dev").await;
+    let jb = ended(&host, &b).await;
+    assert_eq!(jb.state, JobState::Success, "{:?}", jb.note);
+    let ja = ended(&host, &a).await;
+    assert_eq!(ja.state, JobState::Success, "{:?}", ja.note);
+    let at = |id: &str, pred: &dyn Fn(&sdci_host::store::Transition) -> bool| {
+        host.hub
+            .store
+            .transitions(id)
+            .unwrap()
+            .into_iter()
+            .find(|t| pred(t))
+            .map(|t| t.0)
+            .unwrap()
+    };
+    let outage = at(&a, &|t| {
+        t.3.as_deref().is_some_and(|n| n.contains("vSphere outage"))
+    });
+    let b_boots = at(&b, &|t| t.2 == "booting");
+    assert!(
+        b_boots - outage < 3000,
+        "the VM sat idle for {} ms while job A waited out the outage",
+        b_boots - outage
+    );
+}

@@ -676,3 +676,73 @@ async fn two_instances_on_one_vsphere_keep_off_each_others_leased_vms_until_a_le
     assert_eq!(j4.state, JobState::Success, "{:?}", j4.note);
     kill(host_b);
 }
+
+/// A gateway whose first `status` call hangs (it prints its pid, then sleeps), later ones post
+/// at once; every completed post appends `posted …` to `done.log`.
+fn hanging_once_agent(dir: &Path) -> PathBuf {
+    let path = dir.join("hanging-agent");
+    let d = dir.display();
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{d}/agent.log'\ncase \"$1\" in\n  ci-config) exit 3 ;;\n  \
+             status)\n    if [ ! -e '{d}/hung-once' ]; then touch '{d}/hung-once'; echo $$ > '{d}/agent.pid'; \
+             sleep 600; fi\n    echo \"posted $*\" >> '{d}/done.log' ;;\nesac\nexit 0\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_kill_during_a_status_post_kills_the_gateways_child_and_the_status_is_posted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&[VM], &ctl);
+    let s = setup(&sim, &ctl, FAST);
+    let agent = hanging_once_agent(s.path());
+    let toml = std::fs::read_to_string(s.path().join("host.toml")).unwrap();
+    let stub = s.path().join("sdci-agent").display().to_string();
+    std::fs::write(
+        s.path().join("host.toml"),
+        toml.replace(&stub, &agent.display().to_string()),
+    )
+    .unwrap();
+    let store = s.store();
+    let host = spawn_host(s.path(), 1);
+    healthy(&s.url).await;
+    let c = reqwest::Client::new();
+    assert_eq!(deliver_push(&c, &s.url, "d1", "main", 1).await.0, 202);
+    let pid_file = s.path().join("agent.pid");
+    eventually("the post hangs", || pid_file.exists()).await;
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(host);
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists() && {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
+    };
+    eventually("the gateway's child died with the host", || !alive()).await;
+    let host = spawn_host(s.path(), 2);
+    let id = job_by_sha(&store, 1).unwrap().id.to_string();
+    let j = job_ended_in(&store, "the job ends", &id).await;
+    assert_eq!(j.state, JobState::Success, "{:?}", j.note);
+    final_status_posted(&store, &id, "success").await;
+    // No status reached GitHub twice (the hung post never completed: its child was killed).
+    let done = std::fs::read_to_string(s.path().join("done.log")).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for line in done.lines() {
+        assert!(seen.insert(line), "posted twice: {line}\n{done}");
+    }
+    assert_eq!(
+        done.lines().filter(|l| l.contains("--state=success")).count(),
+        1,
+        "{done}"
+    );
+    kill(host);
+}

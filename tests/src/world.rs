@@ -567,7 +567,8 @@ impl World {
     pub fn wait_job(&self, id: &str) -> Result<JobView> {
         let j = self.wait_job_until(id, Duration::from_secs(300), JobView::is_terminal)?;
         self.wait_job_until(id, Duration::from_secs(120), |j| {
-            !j.text.contains(" unposted ")
+            // Unposted, or being posted (contracts §8: the outbox records its intent first).
+            !j.text.contains(" unposted ") && !j.text.contains(" posting ")
         })
         .map(|_| j)
     }
@@ -766,6 +767,7 @@ default_version = "4.2"
 
 [webhook]
 secret_file = {secret}
+repos = ["{REPO}"]
 
 [agent]
 path = {agent}

@@ -398,6 +398,117 @@ async fn dropping_the_simulator_kills_its_guest_processes() {
     }
 }
 
+#[tokio::test]
+async fn a_power_off_mid_step_ends_every_process_of_the_guest_even_in_other_sessions() {
+    let (sim, mut vim, a) = start_with_vm_a(SimOptions::esx()).await;
+    vim.power_on_and_wait_tools(&a).await;
+    // As dom0's steps do: processes in process groups and sessions of their own, and one whose
+    // parent has gone (re-parented away from the guest program).
+    let pid = vim
+        .start_program(
+            &sim,
+            &a,
+            "/bin/sh",
+            "-c '(setsid sleep 300 &) ; (sleep 301 &) ; exec sleep 302'",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30); // safety net only
+    let before = loop {
+        let pids = sim.guest_pids(VM_A);
+        if pids.len() >= 3 {
+            break pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest tree never grew: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(before.contains(&(pid as u32)));
+    let pgid = |p: u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit(')').next().unwrap_or("").to_owned();
+                rest.split_whitespace()
+                    .nth(2)
+                    .and_then(|g| g.parse::<i64>().ok())
+            })
+    };
+    let elsewhere = before.iter().filter(|p| pgid(**p) != Some(pid)).count();
+    assert!(
+        elsewhere >= 1,
+        "no process outside the program's group: {before:?}"
+    );
+    vim.vm_task(&a, "PowerOffVM_Task").await.unwrap();
+    // Gone when the power-off task has ended.
+    let left: Vec<u32> = before
+        .iter()
+        .copied()
+        .filter(|p| alive(*p as i64))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "processes of the powered-off guest still run: {left:?}"
+    );
+    assert!(
+        sim.guest_pids(VM_A).is_empty(),
+        "{:?}",
+        sim.guest_pids(VM_A)
+    );
+}
+
+#[tokio::test]
+async fn the_annotation_is_set_by_reconfigure_with_esxis_change_version_compare_and_set() {
+    let (_sim, mut vim, a) = start_with_vm_a(SimOptions::vcenter()).await;
+    let version = |n: Option<Node>| n.map(|n| n.text).unwrap_or_default();
+    let v0 = version(vim.property(&a, "config.changeVersion").await);
+    assert!(!v0.is_empty(), "every VM has a change version");
+    let reconfig = |annotation: &str, change: &str| {
+        let change = if change.is_empty() {
+            String::new()
+        } else {
+            format!("<changeVersion>{}</changeVersion>", esc(change))
+        };
+        format!(
+            "<spec>{change}<annotation>{}</annotation></spec>",
+            esc(annotation)
+        )
+    };
+    vim.task(&vm_this(&a), "ReconfigVM_Task", &reconfig("lease A", &v0))
+        .await
+        .unwrap();
+    let note = vim.property(&a, "config.annotation").await.unwrap().text;
+    assert_eq!(note, "lease A");
+    let v1 = version(vim.property(&a, "config.changeVersion").await);
+    assert_ne!(v1, v0, "a change bumps the version");
+    // A writer that read before that change loses.
+    let f = vim
+        .task(&vm_this(&a), "ReconfigVM_Task", &reconfig("lease B", &v0))
+        .await
+        .unwrap_err();
+    assert_eq!(f.kind, "ConcurrentAccess", "{}", f.message);
+    assert_eq!(
+        vim.property(&a, "config.annotation").await.unwrap().text,
+        "lease A"
+    );
+    // An empty annotation clears it (vcsim alone would keep the old text).
+    vim.task(&vm_this(&a), "ReconfigVM_Task", &reconfig("", &v1))
+        .await
+        .unwrap();
+    let cleared = vim
+        .property(&a, "config.annotation")
+        .await
+        .map(|n| n.text)
+        .unwrap_or_default();
+    assert_eq!(cleared, "");
+    // Without a change version the write is unconditional.
+    vim.task(&vm_this(&a), "ReconfigVM_Task", &reconfig("anyone", ""))
+        .await
+        .unwrap();
+}
+
 /// A live (not zombie) process.
 fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -663,19 +663,30 @@ impl<H: Hypervisor> Orchestrator<H> {
                     .map_err(|e| Fail::Vm(format!("store: {e}")))?
             }
         };
-        let token = if cfg.agent.github_app {
-            let t = self.mint_token(&claim.job.repo).await?;
-            *token_slot = Some(t.clone());
-            Some(t)
-        } else {
-            None
-        };
-
         self.advance(id, JobState::Booting, &format!("revert {vm} to {snapshot}"))?;
+        // The job's token (App mode) is minted while the VM reverts, and before it is powered
+        // on: a refused or unavailable gateway costs no boot.
+        let mint = async {
+            match cfg.agent.github_app {
+                true => self.mint_token(&claim.job.repo).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let started = Instant::now();
+        let revert = vm_power::bounded(Phase::Revert, d.revert_secs, self.hv.revert(vm, &snapshot));
+        let (token, reverted) = tokio::select! {
+            r = async { tokio::join!(mint, revert) } => r,
+            s = stopped(stop) => return Err(Fail::Stop(s)),
+        };
+        hub.metrics
+            .observe_phase(Phase::Revert.name(), started.elapsed().as_secs_f64());
+        let token = token?;
+        token_slot.clone_from(&token);
+        reverted.map_err(|e| vm_fail(&e, cfg, &version))?;
         let metrics = &hub.metrics;
         let mut observe = |p: Phase, t: Duration| metrics.observe_phase(p.name(), t.as_secs_f64());
         tokio::select! {
-            r = vm_power::boot(&*self.hv, vm, Some(&snapshot), d, &mut observe) => {
+            r = vm_power::boot(&*self.hv, vm, None, d, &mut observe) => {
                 r.map_err(|e| vm_fail(&e, cfg, &version))?
             }
             s = stopped(stop) => return Err(Fail::Stop(s)),

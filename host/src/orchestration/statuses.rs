@@ -10,8 +10,8 @@
 //!   unavailable meanwhile. The job's outcome is already durable in the store, so nothing is
 //!   lost by a failed post.
 //! - A permanent refusal (exit 64/78) is counted; after `jobs.status_refusals` the status is
-//!   posted with the host's own plain description, and refused again it is given up with an
-//!   alert. No commit stays `pending` in silence.
+//!   posted with the host's own plain description (one try), and refused again it is given up
+//!   with an alert. No commit stays `pending` in silence.
 
 use crate::gateway::{GatewayFailure, GithubGateway};
 use crate::hub::Hub;
@@ -109,9 +109,10 @@ async fn post(hub: &Hub, agent: &GithubGateway, s: &PendingStatus) -> Result<Pos
             let limit = hub.cfg.jobs.status_refusals;
             tracing::warn!(job = %s.job_id, state = s.state.as_str(), refusals, error = %e,
                 "the status was refused");
-            if refusals < limit {
+            if refusals < limit && !s.fallback {
                 return Ok(Posted::Later);
             }
+            // The host's own plain description gets one try: refused too, retrying cannot help.
             if !s.fallback {
                 let text = fallback_description(s.state);
                 tracing::warn!(job = %s.job_id, "posting the status with the host's own description");

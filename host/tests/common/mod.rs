@@ -454,13 +454,15 @@ pub mod sim {
 
     /// A stand-in for `sdci-dom0 launch JOBFILE` (until the end-to-end issue wires the real
     /// binary): records the launch in `CTL/launched`, writes dom0's `log.txt` beside the job
-    /// file, waits while `CTL/hang` exists, then exits with the code in `CTL/exit` (default 0).
+    /// file (and `CTL/log-bytes` more bytes `x` when that file exists), waits while `CTL/hang`
+    /// exists, then exits with the code in `CTL/exit` (default 0).
     /// `CTL` is a host folder outside the guest, so snapshot reverts do not undo the controls.
     pub fn stub_dom0(ctl: &Path) -> String {
         let c = ctl.display();
         format!(
             "#!/bin/sh\njob=\"$2\"\ndir=$(dirname \"$job\")\necho \"$job\" >> '{c}/launched'\n\
              echo \"dom0 log for $job\" > \"$dir/log.txt\"\n\
+             [ -f '{c}/log-bytes' ] && head -c \"$(cat '{c}/log-bytes')\" /dev/zero | tr '\\0' x >> \"$dir/log.txt\"\n\
              while [ -f '{c}/hang' ]; do sleep 0.05; done\n\
              code=0\n[ -f '{c}/exit' ] && code=$(cat '{c}/exit')\nexit \"$code\"\n"
         )
@@ -505,10 +507,22 @@ pub mod sim {
         extra: &str,
         agent_extra: &str,
     ) -> TestHost {
+        start_host_as(dir, sim, extra, agent_extra, sim.guest_password()).await
+    }
+
+    /// As [`start_host_with`], with `guest_password` in `[dom0] password_file` (a wrong one
+    /// for the tests of configuration faults).
+    pub async fn start_host_as(
+        dir: &Path,
+        sim: &VsphereSim,
+        extra: &str,
+        agent_extra: &str,
+        guest_password: &str,
+    ) -> TestHost {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let text = config_text_with(dir, &addr, &sim_toml(sim, dir, extra), agent_extra);
-        std::fs::write(dir.join("dom0-password"), sim.guest_password()).unwrap();
+        std::fs::write(dir.join("dom0-password"), guest_password).unwrap();
         let cfg = Config::parse(&text, Path::new("test.toml")).unwrap();
         let vcfg = cfg.vsphere.client_config().unwrap();
         let hv = Arc::new(sdci_vsphere::VsphereClient::connect(vcfg).await.unwrap());
