@@ -90,6 +90,11 @@ enum Command {
         #[arg(long)]
         branch: String,
     },
+    /// Copy the database to FILE, consistently, while serve runs (SQLite's online backup).
+    Backup {
+        /// Where the copy goes; must not exist.
+        file: std::path::PathBuf,
+    },
     /// Check the configuration as every subcommand would and print it, defaults filled in.
     CheckConfig {
         /// Also connect the hypervisors the pools use (vSphere, libvirt), list each pool's VMs
@@ -258,6 +263,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         return Err(Failure(why.into()).into());
                     }
                 }
+                Ok(())
+            }
+            Command::Backup { file } => {
+                let store = sdci_host::store::Store::open_existing(&cfg.db_path())?;
+                let r = store.backup_to(&file)?;
+                println!(
+                    "{}: {} jobs, {} bytes ({} pages)",
+                    file.display(),
+                    r.jobs,
+                    r.bytes,
+                    r.pages
+                );
                 Ok(())
             }
             Command::Nightly { branch } => {

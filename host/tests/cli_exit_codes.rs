@@ -200,6 +200,20 @@ fn situation(w: &World, row: &Row) -> Option<(Vec<String>, Vec<String>)> {
             s(&["vms", "unquarantine", "Qubes_4.2_z"]),
             s(&["error: no VM \"Qubes_4.2_z\" in the store"]),
         ),
+        ("backup FILE", "a database, while serve runs") => {
+            let file = w.dir.path().join("copy.sqlite3").display().to_string();
+            (
+                vec!["backup".into(), file.clone()],
+                vec![format!("{file}: 1 jobs, ")],
+            )
+        }
+        ("backup FILE", "FILE exists") => {
+            let file = w.dir.path().join("host.toml").display().to_string();
+            (
+                vec!["backup".into(), file.clone()],
+                vec![format!("error: {file} exists: the backup never overwrites")],
+            )
+        }
         ("check-config", "a valid file") => {
             (s(&["check-config"]), vec![format!("# {path}: valid")])
         }

@@ -18,6 +18,7 @@
 //!   happen only while the job is active in that attempt.
 //! - [`outbox`]: `statuses` (commit statuses still to post) and `notify_meta`/`notify_outbox`
 //!   (Slack messages still to send).
+//! - [`backup`]: `sdci-host backup FILE`, SQLite's online backup of the live database.
 //! - [`existing`]: opening a store that must exist, without migrating (the CLI).
 //! - [`stats`]: read-only aggregates for `/metrics` and `/readyz` (no table of its own).
 //! - [`meta`]: `host_meta` (the instance id written into VM leases).
@@ -34,6 +35,7 @@
 //!   `Reason`): a value that does not parse is an error naming the column, never a guess.
 
 mod attempts;
+mod backup;
 mod event_stream;
 mod existing;
 mod ingest;
@@ -46,6 +48,7 @@ mod stats;
 mod vms;
 
 pub use attempts::{AfterFailure, AttemptEnd, EventAuth, LaunchState, StepTiming};
+pub use backup::BackupReport;
 pub use event_stream::EventAccess;
 pub use ingest::{Delivery, ForkApproval, Ingest, IngestWriter};
 pub use jobs::{JobRow, NewJob, Transition};

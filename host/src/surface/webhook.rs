@@ -378,6 +378,15 @@ pub async fn receive(
         tracing::warn!("webhook with a missing or wrong X-Hub-Signature-256 refused");
         return (StatusCode::UNAUTHORIZED, "bad signature".into());
     }
+    // GitHub's default for a new webhook is form encoding; say how to fix it (issue 21).
+    if header("content-type").is_some_and(|t| !t.trim_start().starts_with("application/json")) {
+        hub.metrics.count("webhook_rejected");
+        tracing::warn!("webhook not in JSON refused: set its Content type to application/json");
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "set Content type to application/json in the webhook's settings on GitHub".into(),
+        );
+    }
     let event = header("x-github-event").unwrap_or("").to_owned();
     let delivery = header("x-github-delivery").map(str::to_owned);
     let decision = match decide(&hub.cfg, &event, &bytes) {
