@@ -1,5 +1,5 @@
-//! VM leases written on the VMs themselves, so several `sdci-host` instances (each with its own
-//! data directory) can share one vSphere without touching each other's VMs.
+//! VM leases written on the VMs themselves (contracts §9), so several `sdci-host` instances
+//! (each with its own data directory) can share one vSphere without touching each other's VMs.
 //!
 //! A lease is one line of the VM's note (vSphere: its annotation, "Notes"; other lines are the
 //! operators' and are kept):
