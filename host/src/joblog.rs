@@ -358,8 +358,11 @@ pub struct LiveLogs {
     indexes: Mutex<HashMap<PathBuf, Arc<Mutex<LineIndex>>>>,
     /// The last batch read from each file, with its JSON: live viewers at the same position
     /// share one read and one encoding.
-    batches: Mutex<HashMap<PathBuf, Arc<Batch>>>,
+    batches: Mutex<HashMap<PathBuf, Arc<BatchSlot>>>,
 }
+
+/// The last batch of one file; held while a batch is read, so viewers of one file read it once.
+type BatchSlot = Mutex<Option<Arc<Batch>>>;
 
 /// Lines as a live viewer sends them: the lines and their JSON, read and encoded once for every
 /// viewer at the same position ([`LiveLogs::read_shared`]).
@@ -469,10 +472,18 @@ impl LiveLogs {
         limit: usize,
         max_bytes: usize,
     ) -> std::io::Result<Option<Arc<Batch>>> {
+        let slot = {
+            let mut all = lock(&self.batches);
+            if all.len() >= MAX_INDEXES && !all.contains_key(path) {
+                all.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            all.entry(path.to_owned()).or_default().clone()
+        };
+        let mut last = lock(&slot);
         let Some(info) = self.info(path)? else {
             return Ok(None);
         };
-        if let Some(b) = lock(&self.batches).get(path) {
+        if let Some(b) = last.as_ref() {
             let l = &b.lines;
             let full = l.next() < l.total || l.lines.len() >= limit;
             if l.generation == info.generation && l.from == from && (l.total == info.lines || full)
@@ -485,12 +496,17 @@ impl LiveLogs {
         };
         let json = serde_json::to_string(&lines).unwrap_or_else(|_| "{}".into());
         let batch = Arc::new(Batch { lines, json });
-        let mut all = lock(&self.batches);
-        if all.len() >= MAX_INDEXES && !all.contains_key(path) {
-            all.retain(|_, b| Arc::strong_count(b) > 1);
-        }
-        all.insert(path.to_owned(), batch.clone());
+        *last = Some(batch.clone());
         Ok(Some(batch))
+    }
+
+    /// The last batch read from `path` if it starts at line `from` of generation `generation`
+    /// and has lines: memory only, never waits (a batch being read counts as none).
+    pub fn cached(&self, path: &Path, from: u64, generation: u64) -> Option<Arc<Batch>> {
+        let slot = lock(&self.batches).get(path)?.clone();
+        let b = slot.try_lock().ok()?.clone()?;
+        let l = &b.lines;
+        (l.generation == generation && l.from == from && !l.lines.is_empty()).then_some(b)
     }
 
     /// Up to `limit` complete lines from line `from` (from 0), at most `max_bytes` of text (but
@@ -760,6 +776,10 @@ mod tests {
         append_log(d.path(), "j", &numbered(1)).unwrap();
         let c = logs.read_shared(&p, 5, 100, usize::MAX).unwrap().unwrap();
         assert_eq!(c.lines.lines.len(), 6, "a grown file is read again");
+        let g = c.lines.generation;
+        assert!(Arc::ptr_eq(&logs.cached(&p, 5, g).unwrap(), &c));
+        assert!(logs.cached(&p, 6, g).is_none());
+        assert!(logs.cached(&p, 5, g + 1).is_none());
     }
 
     #[tokio::test]

@@ -36,6 +36,12 @@ pub fn workspace_root() -> PathBuf {
 /// Cross-program tests call this after `cargo build --workspace --bins` (the README's test
 /// command does that first), so they run the real binaries, not copies.
 pub fn binary(name: &str) -> PathBuf {
+    // `SDCI_BIN_SDCI_HOST=/path/to/sdci-host` runs another build of one program (a benchmark
+    // against a release build, say).
+    let var = format!("SDCI_BIN_{}", name.replace('-', "_").to_uppercase());
+    if let Some(p) = std::env::var_os(var) {
+        return PathBuf::from(p);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));

@@ -475,3 +475,58 @@ fn every_attempt_keeps_its_own_log_the_page_shows_them_newest_first_and_the_cli_
     assert_eq!(list, api);
     b.screenshot(&shots().join("attempts.png")).unwrap();
 }
+
+#[test]
+fn a_failed_job_opens_with_its_failing_step_expanded_and_in_view() {
+    let Some(w) = world(WorldOptions {
+        mode: TestMode::Fail,
+        ..WorldOptions::default().one_vm()
+    }) else {
+        return;
+    };
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    let job = wait_terminal(&w, &id);
+    assert_eq!(job["state"], "failure", "{job}");
+    let b = Browser::start(1280, 900).unwrap();
+    b.goto(&format!("{}/jobs/{id}", w.host_url())).unwrap();
+    b.wait_for(
+        "script ready",
+        "return window.sdciReady === true",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let v = b
+        .exec(
+            "const d = document.querySelector('li.step.st-failed details.failing');\
+             if (!d) return null; const r = d.getBoundingClientRect();\
+             return [d.open, d.querySelector('.name').textContent,\
+                     Array.from(d.querySelectorAll('.ln .tx')).map(e => e.textContent).join('\\n'),\
+                     r.top >= 0 && r.top < window.innerHeight]",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(v[0], true, "the failing step is not expanded: {v}");
+    assert_eq!(v[1], "make-test");
+    assert!(
+        v[2].as_str()
+            .unwrap()
+            .contains("tests/test_vms.py::test_sd_vms FAILED"),
+        "{v}"
+    );
+    assert_eq!(v[3], true, "the failing step is not in view");
+    // Its log link points at the line that opens it.
+    let link = b
+        .exec(
+            "const a = document.querySelector('li.step.st-failed a.steplink'); \
+             const n = a.getAttribute('href').slice(2); \
+             return document.getElementById('L' + n).querySelector('.tx').textContent",
+            &[],
+        )
+        .unwrap();
+    assert!(
+        link.as_str().unwrap().contains("==> step 8/8 make-test"),
+        "{link}"
+    );
+    b.screenshot(&shots().join("failed.png")).unwrap();
+}

@@ -92,6 +92,8 @@ struct Tail {
     checked: Option<Instant>,
     /// Look at the store on the next step, due or not.
     force: bool,
+    /// Everything there was has been sent: wait before reading again.
+    caught_up: bool,
     queue: VecDeque<Event>,
     done: bool,
 }
@@ -169,10 +171,57 @@ impl Tail {
         }
     }
 
-    /// One look at the store (when due) and the log, then a wait if nothing was new.
+    /// Waits for a wake-up (lines appended) or the tick.
+    async fn wait(&mut self) {
+        let wait = TICK.saturating_sub(self.checked.map_or(TICK, |t| t.elapsed()));
+        tokio::select! {
+            changed = self.rx.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(TICK).await;
+                } else {
+                    // Let a burst of appends land, then read them as one batch.
+                    tokio::time::sleep(COALESCE).await;
+                }
+            }
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+        }
+    }
+
+    /// Queues a batch of lines that continues what was sent; whether there is more to read now.
+    fn send(&mut self, batch: &Batch) -> bool {
+        let l = &batch.lines;
+        self.next = l.next();
+        let ev = Event::default()
+            .event("lines")
+            .data(&batch.json)
+            .id(event_id(l.generation, self.next));
+        self.queue.push_back(ev);
+        l.next() < l.total
+    }
+
+    /// One step: wait if caught up; then the lines another viewer just read (memory only), or
+    /// one look at the store (when due) and the log.
     async fn step(&mut self) {
+        if self.caught_up {
+            self.caught_up = false;
+            self.wait().await;
+        }
         let due = self.force || self.checked.is_none_or(|t| t.elapsed() >= TICK);
         self.force = false;
+        let path = joblog::log_of_attempt(
+            &self.hub.cfg.log_dir(),
+            &self.id,
+            self.attempt,
+            self.current,
+        );
+        if !due {
+            if let Some(g) = self.generation {
+                if let Some(batch) = self.hub.logs.cached(&path, self.next, g) {
+                    self.caught_up = !self.send(&batch);
+                    return;
+                }
+            }
+        }
         let (hub, id, attempt, next, current) = (
             self.hub.clone(),
             self.id.clone(),
@@ -216,7 +265,6 @@ impl Tail {
                 return;
             }
         }
-        let mut fresh = false;
         if let Some(batch) = look.lines {
             let l = &batch.lines;
             match self.generation {
@@ -232,24 +280,16 @@ impl Tail {
                         "replaced",
                         &serde_json::json!({"generation": l.generation, "total": l.total}),
                     ));
-                    fresh = true;
+                    return;
                 }
                 _ => {
                     self.generation = Some(l.generation);
                     if !l.lines.is_empty() {
-                        self.next = l.next();
-                        let ev = Event::default()
-                            .event("lines")
-                            .data(&batch.json)
-                            .id(event_id(l.generation, self.next));
-                        self.queue.push_back(ev);
-                        fresh = true;
+                        self.caught_up = !self.send(&batch);
+                        return;
                     }
                 }
             }
-        }
-        if fresh {
-            return;
         }
         if self.terminal || self.current > self.attempt {
             // Nothing new and nothing more to come, once the store agrees on a fresh look.
@@ -260,18 +300,7 @@ impl Tail {
             }
             return;
         }
-        let wait = TICK.saturating_sub(self.checked.map_or(TICK, |t| t.elapsed()));
-        tokio::select! {
-            changed = self.rx.changed() => {
-                if changed.is_err() {
-                    tokio::time::sleep(TICK).await;
-                } else {
-                    // Let a burst of appends land, then read them as one batch.
-                    tokio::time::sleep(COALESCE).await;
-                }
-            }
-            _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
-        }
+        self.caught_up = true;
     }
 
     fn finish(&mut self) {
@@ -328,6 +357,7 @@ pub async fn stream(
         terminal: job.state.is_terminal(),
         checked: None,
         force: false,
+        caught_up: false,
         queue,
         done: false,
     };
