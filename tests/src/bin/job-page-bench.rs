@@ -301,15 +301,26 @@ fn main() -> Result<()> {
     // `--parts p3,sse,big` runs some of them (default: all).
     let parts = arg("--parts", "p3,sse,big");
     let on = |p: &str| parts.split(',').any(|x| x == p);
-    let p3 = if on("p3") { p3(&w, lines, gap)? } else { Value::Null };
+    let p3 = if on("p3") {
+        p3(&w, lines, gap)?
+    } else {
+        Value::Null
+    };
     eprintln!("P3: {p3}");
     let (none, hundred) = if on("sse") {
-        (viewers_run(&w, pid, 0, 600)?, viewers_run(&w, pid, 100, 600)?)
+        (
+            viewers_run(&w, pid, 0, 600)?,
+            viewers_run(&w, pid, 100, 600)?,
+        )
     } else {
         (Value::Null, Value::Null)
     };
     eprintln!("viewers: {none}\n{hundred}");
-    let big = if on("big") { big_page(&w, pid)? } else { Value::Null };
+    let big = if on("big") {
+        big_page(&w, pid)?
+    } else {
+        Value::Null
+    };
     eprintln!("100k: {big}");
     let out = json!({"p3": p3, "sse_none": none, "sse_100": hundred, "big_page": big,
                      "measured_at_ms": epoch_ms()});
