@@ -519,3 +519,35 @@ fn dev_vm_state_installs_the_agent_and_renders_its_config_from_pillar() {
          max_attempts = 7\n"
     );
 }
+
+/// With the packages `packaging/build` makes placed in `salt/sdci/files/`, the states install
+/// them instead of the loose binaries (salt/README.md, step 3); the qrexec files stay managed
+/// from `qubes-rpc/` and now wait for the package.
+#[test]
+fn placed_packages_replace_the_loose_binaries() {
+    let m = Minion::new("dom0");
+    let files = m.path("extra/sdci/files");
+    std::fs::write(files.join("sdci-dom0.rpm"), b"an rpm").unwrap();
+    std::fs::write(files.join("sdci-agent.deb"), b"a deb").unwrap();
+    let dom0 = m.show_sls("sdci.dom0.files");
+    let pkg = &dom0["sdci-dom0-binary"]["pkg"];
+    assert_eq!(
+        pkg[0]["sources"],
+        json!([{"sdci-dom0": "salt://sdci/files/sdci-dom0.rpm"}]),
+        "{dom0:#}"
+    );
+    assert!(dom0["sdci-dom0-binary"].get("file").is_none());
+    let service = dom0["sdci-qrexec-service"]["file"].as_array().unwrap();
+    assert!(
+        service
+            .iter()
+            .any(|a| a["require"] == json!(["sdci-dom0-binary"])),
+        "{dom0:#}"
+    );
+    let dev = m.show_sls("sdci.sd-dev");
+    assert_eq!(
+        dev["sdci-agent-binary"]["pkg"][0]["sources"],
+        json!([{"sdci-agent": "salt://sdci/files/sdci-agent.deb"}]),
+        "{dev:#}"
+    );
+}

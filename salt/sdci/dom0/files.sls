@@ -1,4 +1,4 @@
-# The sdci files in dom0: the sdci-dom0 binary, the qrexec service and policy (byte-identical to
+# The sdci files in dom0: the sdci-dom0 package (or binary), the qrexec service and policy (byte-identical to
 # the repository's qubes-rpc/, which salt://sdci/files/ links to), the job directory and the
 # config file sdci-dom0 reads (~/.sdci/dom0.toml). Every path is prefixed with `sdci:root`
 # (empty on Qubes), so CI can apply this state into a temporary directory.
@@ -6,6 +6,16 @@
 {%- set root = sdci.root %}
 {%- set lint = salt['cmd.which']('qubes-policy-lint') %}
 
+{#- The sdci-dom0 RPM (packaging/build) when the operator placed it in salt/sdci/files/: it
+    installs /usr/bin/sdci-dom0, the /usr/local/bin/sdci-dom0 link sdci.Run runs, and the same
+    qrexec files as below (which then find them identical). Without it, the loose binary. #}
+{%- set rpm = sdci.dom0_package %}
+{%- if rpm and salt['cp.hash_file']('salt://sdci/files/' ~ rpm) %}
+sdci-dom0-binary:
+  pkg.installed:
+    - sources:
+      - sdci-dom0: salt://sdci/files/{{ rpm }}
+{%- else %}
 sdci-dom0-binary:
   file.managed:
     - name: {{ root }}/usr/local/bin/sdci-dom0
@@ -14,6 +24,7 @@ sdci-dom0-binary:
     - group: root
     - mode: '0755'
     - makedirs: True
+{%- endif %}
 
 # The qrexec entry point. It runs sdci-dom0, so it comes after the binary.
 sdci-qrexec-service:
@@ -25,7 +36,7 @@ sdci-qrexec-service:
     - mode: '0755'
     - makedirs: True
     - require:
-      - file: sdci-dom0-binary
+      - sdci-dom0-binary
 
 # A policy file with a syntax error makes EVERY qrexec call fail (Salt's own VM states and the
 # updaters included), so where qubes-policy-lint exists (Qubes 4.2 and later) the new content is

@@ -8,6 +8,17 @@ sdci-dev-packages:
   pkg.installed:
     - pkgs: {{ sdci.dev_vm_packages|json }}
 
+{#- The sdci-agent .deb (packaging/build) when the operator placed it in salt/sdci/files/
+    (it installs /usr/bin/sdci-agent); without it, the loose binary in /usr/local/bin. #}
+{%- set deb = sdci.dev_vm_package %}
+{%- if deb and salt['cp.hash_file']('salt://sdci/files/' ~ deb) %}
+sdci-agent-binary:
+  pkg.installed:
+    - sources:
+      - sdci-agent: salt://sdci/files/{{ deb }}
+    - require:
+      - pkg: sdci-dev-packages
+{%- else %}
 sdci-agent-binary:
   file.managed:
     - name: {{ root }}/usr/local/bin/sdci-agent
@@ -16,6 +27,7 @@ sdci-agent-binary:
     - group: root
     - mode: '0755'
     - makedirs: True
+{%- endif %}
 
 sdci-agent-config:
   file.managed:

@@ -2,6 +2,9 @@
 //! simulator with two Qubes VMs, the GitHub stand-in and the real `sdci-host`, sends one signed
 //! push webhook for the fixture's commit, follows the job to its end, prints the statuses GitHub
 //! received, and keeps the host running until Ctrl-C (or exits at once with `--once`).
+//! It says what it is doing at each step (the first run builds the simulator with Go) and, at
+//! the end, how to point `sdci-host`'s CLI at the demo's world; `SDCI_WORLD_KEEP=1` keeps the
+//! world's directory (configuration, database, logs) after it exits.
 
 use anyhow::{bail, Context, Result};
 use sdci_tests::fixture::TestMode;
@@ -12,7 +15,9 @@ const USAGE: &str = "usage: sdci-demo [--once] [--fail]
 
   --once   exit when the job has ended (CI and smoke tests); default: keep the host running
            until Ctrl-C so the job page can be opened in a browser
-  --fail   demo a commit whose `make test` fails";
+  --fail   demo a commit whose `make test` fails
+
+  SDCI_WORLD_KEEP=1 keeps the world's directory (host.toml, database, logs) after the demo";
 
 fn main() -> Result<()> {
     let mut once = false;
@@ -29,7 +34,8 @@ fn main() -> Result<()> {
         }
     }
 
-    println!("sdci demo: starting the vSphere simulator (Qubes_4.2_a, Qubes_4.2_b), the GitHub stand-in and sdci-host...");
+    println!("sdci demo: [1/4] starting the vSphere simulator (Qubes_4.2_a, Qubes_4.2_b; the first run builds it with Go, about a minute), the GitHub stand-in and sdci-host...");
+    let starting = Instant::now();
     let w = World::start(WorldOptions {
         mode,
         boot_delay: Duration::from_secs(1),
@@ -38,7 +44,8 @@ fn main() -> Result<()> {
     })
     .context("starting the demo world (as root, after scripts/install-deps and cargo build --workspace --bins)")?;
     println!(
-        "  sdci-host:      {} (config {})",
+        "  started in {:.1}s\n  sdci-host:      {} (config {})",
+        starting.elapsed().as_secs_f64(),
         w.host_url(),
         w.config_path().display()
     );
@@ -47,9 +54,10 @@ fn main() -> Result<()> {
     println!("  GitHub (stand-in): {}", w.github.url());
 
     let sha = w.head()?;
-    println!("\nsending a signed push webhook: {REPO} main -> {sha}");
+    println!("\n[2/4] sending a signed push webhook: {REPO} main -> {sha}");
     let id = w.push(&sha)?;
     println!("job {id} queued\njob page: {}\n", w.job_url(&id));
+    println!("[3/4] following the job (revert, boot, upload, make clone/dev/test in dom0, shutdown):");
 
     let started = Instant::now();
     let mut seen = 0;
@@ -77,7 +85,7 @@ fn main() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     };
 
-    println!("\nthe job's log (as on its page):");
+    println!("\n[4/4] the job's log (as on its page):");
     for line in w.job_log(&id).lines() {
         println!("  | {line}");
     }
@@ -101,6 +109,20 @@ fn main() -> Result<()> {
         }
     );
 
+    let cli = format!(
+        "{} --config {}",
+        sdci_tests::binary("sdci-host").display(),
+        w.config_path().display()
+    );
+    let kept = std::env::var_os("SDCI_WORLD_KEEP").is_some();
+    println!(
+        "\nthe CLI on this world{}:\n  {cli} jobs list\n  {cli} jobs show {id}\n  {cli} vms",
+        if once && !kept {
+            " (while it runs; SDCI_WORLD_KEEP=1 keeps its directory after the demo)"
+        } else {
+            ""
+        }
+    );
     if once {
         return if job.state == "success" || mode == TestMode::Fail {
             Ok(())
