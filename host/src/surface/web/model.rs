@@ -530,6 +530,86 @@ mod tests {
         assert_eq!(url_part("ü b"), "%C3%BC%20b");
     }
 
+    fn queued(cfg: &str) -> (tempfile::TempDir, Store, Config, String) {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join("db.sqlite3")).unwrap();
+        let cfg = Config::parse(cfg, std::path::Path::new("test.toml")).unwrap();
+        let id = store
+            .insert_job(&crate::store::NewJob {
+                repo: "o/r".parse().unwrap(),
+                sha: "a".repeat(40).parse().unwrap(),
+                reason: sdci_protocol::Reason::Push,
+                branch: Some("main".into()),
+                supersede_key: None,
+                clone_url: "x".into(),
+                version: Some("4.2".into()),
+                snapshot: None,
+                update_first: false,
+                commit_author: None,
+                commit_subject: None,
+            })
+            .unwrap();
+        (d, store, cfg, id.to_string())
+    }
+
+    fn waits_for(store: &Store, cfg: &Config, id: &str) -> String {
+        let d = job_detail(store, cfg, &LiveLogs::default(), id)
+            .unwrap()
+            .unwrap();
+        d.queue.unwrap().waiting_for
+    }
+
+    #[test]
+    fn a_queued_job_says_why_it_waits() {
+        let pool = "[pools.\"4.2\"]\nprefix = \"Q_\"\ngolden_snapshot = \"g\"\n";
+        let (_d, store, cfg, id) = queued("");
+        assert!(
+            waits_for(&store, &cfg, &id).contains("the host configuration has none"),
+            "{}",
+            waits_for(&store, &cfg, &id)
+        );
+        let (_d, store, cfg, id) = queued(pool);
+        assert!(waits_for(&store, &cfg, &id).contains("none is registered"));
+        store.register_vms("4.2", &["Q_a".into()]).unwrap();
+        let second = {
+            let mut j = store.job(&id).unwrap().unwrap();
+            j.sha = "b".repeat(40).parse().unwrap();
+            store
+                .insert_job(&crate::store::NewJob {
+                    repo: j.repo,
+                    sha: j.sha,
+                    reason: j.reason,
+                    branch: j.branch,
+                    supersede_key: None,
+                    clone_url: j.clone_url,
+                    version: j.version,
+                    snapshot: None,
+                    update_first: false,
+                    commit_author: None,
+                    commit_subject: None,
+                })
+                .unwrap()
+        };
+        store
+            .claim("4.2", &["Q_a".into()], 1, "s", i64::MAX)
+            .unwrap()
+            .unwrap();
+        let why = waits_for(&store, &cfg, second.as_str());
+        assert!(
+            why.contains("no free Qubes 4.2 VM") && why.contains("1 running a job"),
+            "{why}"
+        );
+        let d = job_detail(&store, &cfg, &LiveLogs::default(), second.as_str())
+            .unwrap()
+            .unwrap();
+        let q = d.queue.unwrap();
+        assert_eq!((q.position, q.of), (Some(1), Some(1)));
+        // The running job fails on the only VM, which is quarantined: both wait for a person.
+        store.infra_failure(&id, "boom", 3, 1).unwrap();
+        let why = waits_for(&store, &cfg, second.as_str());
+        assert!(why.contains("all 1 are quarantined"), "{why}");
+    }
+
     fn row(step: u32, status: Option<i32>, timed_out: Option<bool>) -> StepRow {
         StepRow {
             attempt: 1,
