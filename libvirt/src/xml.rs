@@ -151,7 +151,8 @@ pub struct DomainSpec {
 /// host command per connection with the connection on its stdin/stdout. The guest is
 /// `10.0.2.15/24`; libvirt has no element for `guestfwd`, so it is passed on QEMU's command
 /// line (`<qemu:commandline>`), and the daemon's QEMU must be allowed to spawn (`seccomp_sandbox
-/// = 0` in qemu.conf).
+/// = 0` in qemu.conf). The NIC sits in PCI slot `0x1e` of the root bus, clear of the slots
+/// libvirt assigns its own devices from `0x2` up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserNet {
     pub forwards: Vec<GuestForward>,
@@ -245,7 +246,7 @@ impl DomainSpec {
             None => String::new(),
             Some(net) => format!(
                 "<qemu:commandline><qemu:arg value='-netdev'/><qemu:arg value='{}'/>\
-                 <qemu:arg value='-device'/><qemu:arg value='virtio-net-pci,netdev=sdcinet'/>\
+                 <qemu:arg value='-device'/><qemu:arg value='virtio-net-pci,netdev=sdcinet,addr=0x1e'/>\
                  </qemu:commandline>",
                 escape(&net.netdev())
             ),

@@ -4,7 +4,17 @@
 # qcow2 disk with busybox init, Debian's qemu-guest-agent (its binary and shared libraries from
 # the package and this machine), util-linux setsid/runuser (with a two-line PAM stack), a root
 # and a `user` account. Nothing is installed on this machine: the .debs are fetched with
-# `apt-get download` and unpacked with dpkg-deb. No network in the guest.
+# `apt-get download` and unpacked with dpkg-deb.
+#
+# For the end-to-end job in a guest (`sdci_tests::libvirt_world`) the root also carries this
+# machine's Debian userland the job's programs use — bash, make, GNU tar and coreutils,
+# findutils, grep, sed, util-linux mount/unshare, Python 3.11 with its standard library (the
+# Qubes stand-ins), git with its HTTP transport — with their shared libraries, and the kernel
+# modules for a virtio NIC and overlayfs. Network: only what a domain's restricted user network
+# forwards (`sdci_libvirt::UserNet`); the guest sets up `10.0.2.15/24` when it has a NIC.
+# A world disk: `sdci.world=PATH` on the kernel command line mounts `/dev/vdb` at PATH and runs
+# `PATH/.sdci/rc` before the guest agent starts; `/etc/sdci-guest.env` (shell assignments) is
+# the guest agent's environment, which every program it starts inherits.
 #
 # usage: build-image.sh OUTDIR    (writes OUTDIR/vmlinuz, OUTDIR/initrd.img, OUTDIR/root.qcow2)
 # The caller caches OUTDIR under target/ keyed by the hash of this file and of the package
@@ -20,7 +30,8 @@ if [ "${1:-}" = "--recipe" ]; then
   for p in "$k" qemu-guest-agent busybox-static; do
     echo "$p $(apt-cache policy "$p" | awk '/Candidate:/{print $2}')"
   done
-  for p in util-linux libpam-modules libglib2.0-0 libc6; do
+  for p in util-linux libpam-modules libglib2.0-0 libc6 bash dash make tar coreutils findutils \
+           grep sed mount python3.11-minimal libpython3.11-stdlib git libgcc-s1; do
     echo "$p $(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo none)"
   done
   exit 0
@@ -85,11 +96,47 @@ cp /usr/bin/setsid $r/usr/bin/setsid
 cp /usr/sbin/runuser $r/usr/sbin/runuser
 sec=/lib/x86_64-linux-gnu/security
 cp $sec/pam_rootok.so $sec/pam_permit.so $r$sec/
+# --- the job's userland, from this machine's packages -------------------------------------
+# Executables go to /usr/bin (and replace busybox's applet of the same name in /bin, which comes
+# first in the guest agent's PATH): the job's scripts need GNU tar, mktemp, find...
+for f in $(dpkg -L coreutils findutils grep sed bash make tar | grep -E '^/(usr/)?s?bin/[^/]+$') \
+         /bin/mount /bin/umount /usr/bin/unshare /usr/bin/python3.11 /usr/bin/git; do
+  [ -f "$f" ] || continue
+  n="$(basename "$f")"
+  rm -f "$r/usr/bin/$n"; cp -L "$f" "$r/usr/bin/$n"
+  rm -f "$r/bin/$n"; ln -s "../usr/bin/$n" "$r/bin/$n"
+done
+ln -sf python3.11 $r/usr/bin/python3
+# /bin/sh is dash, as on Debian: busybox's shell would run its own applets before PATH's tools.
+cp -L /bin/dash $r/bin/dash; rm -f $r/bin/sh; ln -s dash $r/bin/sh
+mkdir -p $r/usr/lib/git-core $r/usr/share/git-core $r/etc/python3.11 $r/usr/local/bin
+cp -L /usr/lib/git-core/git-remote-http $r/usr/lib/git-core/
+ln -s git-remote-http $r/usr/lib/git-core/git-remote-https
+cp -a /usr/share/git-core/templates $r/usr/share/git-core/ 2>/dev/null || true
+cp -L /etc/python3.11/sitecustomize.py $r/etc/python3.11/
+# The standard library with its compiled modules (so imports need no compiling under TCG),
+# without its tests, IDLE, Tk and the like.
+tar -C / --exclude='python3.11/test' --exclude='python3.11/idlelib' --exclude='python3.11/tkinter' \
+    --exclude='python3.11/turtledemo' --exclude='python3.11/ensurepip' --exclude='*/tests' \
+    --exclude='python3.11/config-3.11-x86_64-linux-gnu' -cf - usr/lib/python3.11 | tar -C $r -xf -
+cp -L /usr/lib/os-release $r/etc/os-release
+# What the workspace's Rust binaries (sdci-dom0, sdci-agent, copied in per test world) link.
+for lib in /lib/x86_64-linux-gnu/libgcc_s.so.1 /lib/x86_64-linux-gnu/libm.so.6; do
+  mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"
+done
+mkdir -p $r/lib/modules/sdci
+for m in net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko \
+         fs/overlayfs/overlay.ko; do
+  cp "$mods/$m" $r/lib/modules/sdci/
+done
+
 # Shared libraries of every dynamic binary, from this machine (Debian 12, same as the .debs).
-for b in $r/usr/sbin/qemu-ga $r/usr/bin/setsid $r/usr/sbin/runuser $r$sec/pam_rootok.so $r$sec/pam_permit.so; do
-  ldd "$b" | awk '/=>/{print $3} /ld-linux/{print $1}' | while read -r lib; do
+find $r -type f \( -perm -u+x -o -name '*.so*' \) -print | while read -r b; do
+  head -c 4 "$b" | grep -q 'ELF' || continue
+  { ldd "$b" 2>/dev/null || true; } | awk '/=>/{print $3} /ld-linux/{print $1}' | while read -r lib; do
+    [ -n "$lib" ] && [ "$lib" != "not" ] || continue
     [ -f "$lib" ] || { echo "missing library $lib for $b" >&2; exit 1; }
-    mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"
+    [ -e "$r$lib" ] || { mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"; }
   done
 done
 printf 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n' > $r/etc/passwd
@@ -113,6 +160,16 @@ mount -t tmpfs -o mode=755 run /run; mount -t tmpfs -o mode=1777 tmp /tmp
 mkdir -p /dev/pts; mount -t devpts devpts /dev/pts
 mount -o remount,rw /
 hostname -F /etc/hostname
+ip link set lo up
+# A NIC (a domain's restricted user network): the modules, the guest's address.
+for m in failover net_failover virtio_net overlay; do insmod /lib/modules/sdci/$m.ko 2>/dev/null; done
+if [ -e /sys/class/net/eth0 ]; then ip addr add 10.0.2.15/24 dev eth0; ip link set eth0 up; fi
+# `sdci.world=PATH`: the world disk /dev/vdb at PATH, its own set-up first.
+w="$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^sdci\.world=//p')"
+if [ -n "$w" ]; then
+  mkdir -p "$w" && mount -t ext4 -o commit=1 /dev/vdb "$w" && [ -x "$w/.sdci/rc" ] && "$w/.sdci/rc" "$w" \
+    || echo "sdci-guest: world $w not set up"
+fi
 # `sdci.noacpi`: a guest that ignores the power button (shutdown must end in a power-off).
 grep -qw sdci.noacpi /proc/cmdline || acpid -c /etc/acpi -a /etc/acpid.conf -l /run/acpid.log
 echo "sdci-guest: up in $(cut -d' ' -f1 /proc/uptime) s"
@@ -126,6 +183,8 @@ cat > $r/etc/qemu-ga.sdci <<'GA'
 #!/bin/sh
 # Kernel command line `sdci.noagent` = a guest whose agent never starts (the fault tests).
 if grep -qw sdci.noagent /proc/cmdline; then exec sleep 2147483647; fi
+# The guest agent's environment, which its programs inherit: a world disk's rc may add to it.
+if [ -r /etc/sdci-guest.env ]; then set -a; . /etc/sdci-guest.env; set +a; fi
 for p in /sys/class/virtio-ports/*; do
   if [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ]; then
     echo "sdci-guest: qemu-ga on /dev/$(basename "$p")" > /dev/console
@@ -137,7 +196,7 @@ GA
 chmod 755 $r/etc/rc.sdci $r/etc/qemu-ga.sdci
 # /sbin/shutdown, as qemu-ga's guest-shutdown calls it: power off through init.
 printf '#!/bin/sh\nexec /bin/busybox poweroff\n' > $r/sbin/shutdown; chmod 755 $r/sbin/shutdown
-mkfs.ext4 -q -F -L sdci-root -d $r root.raw 192M
+mkfs.ext4 -q -F -L sdci-root -d $r root.raw "$(( $(du -sm $r | cut -f1) * 3 / 2 + 64 ))M"
 qemu-img convert -q -f raw -O qcow2 root.raw root.qcow2
 
 mv vmlinuz initrd.img root.qcow2 "$out/"

@@ -21,6 +21,12 @@ pub mod vsphere_sim;
 /// A whole simulated installation for end-to-end tests and the demo (issue 10).
 pub mod world;
 
+/// What an end-to-end test body needs of a world, on either backend (issue 22).
+pub mod job_world;
+
+/// The end-to-end world on a real libvirtd with QEMU guests (issue 22).
+pub mod libvirt_world;
+
 use std::path::PathBuf;
 
 /// The workspace root (the folder holding the top `Cargo.toml`).

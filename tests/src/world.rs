@@ -35,9 +35,9 @@ pub const REPO: &str = "freedomofpress/securedrop-workstation";
 pub const GOLDEN: &str = "golden";
 /// The commit-status context the host and agent use.
 pub const CONTEXT: &str = "sd-ci-runner";
-const WEBHOOK_SECRET: &str = "world-webhook-secret";
-const APP_ID: u64 = 12345;
-const INSTALLATION_ID: u64 = 678;
+pub(crate) const WEBHOOK_SECRET: &str = "world-webhook-secret";
+pub(crate) const APP_ID: u64 = 12345;
+pub(crate) const INSTALLATION_ID: u64 = 678;
 
 /// What to build. `Default`: two VMs `Qubes_4.2_a`/`Qubes_4.2_b`, a passing fixture, short
 /// simulated delays, the default steps.
@@ -416,6 +416,11 @@ impl World {
         &self.config
     }
 
+    /// Where the host listens (loopback).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `http://127.0.0.1:PORT`, the host's public URL.
     pub fn host_url(&self) -> String {
         format!("http://{}", self.addr)
@@ -693,7 +698,7 @@ impl std::error::Error for Unsupported {}
 
 /// The Qubes world every VM holds: the default one plus `whonix-gateway-17`, the template the
 /// default steps update.
-fn world_spec(opts: &WorldOptions) -> WorldSpec {
+pub(crate) fn world_spec(opts: &WorldOptions) -> WorldSpec {
     let mut spec = WorldSpec {
         dev_vm: opts.dev_vm.clone(),
         ..WorldSpec::default()
@@ -703,7 +708,7 @@ fn world_spec(opts: &WorldOptions) -> WorldSpec {
     spec
 }
 
-fn publish(github: &GitHub, fixture: &Fixture, sha: &str) -> Result<()> {
+pub(crate) fn publish(github: &GitHub, fixture: &Fixture, sha: &str) -> Result<()> {
     github.serve_git(REPO, &fixture.path);
     github.set_branch(REPO, "main", sha);
     let ci = std::fs::read(fixture.path.join(".github/workstation-ci.yml"))
@@ -725,7 +730,7 @@ struct HostConfigParts<'a> {
 }
 
 /// TOML for one step (serde_json's strings are valid TOML basic strings).
-fn step_toml(s: &Step) -> String {
+pub(crate) fn step_toml(s: &Step) -> String {
     let q = |v: &str| serde_json::Value::String(v.to_owned()).to_string();
     let argv: Vec<String> = s.argv.iter().map(|a| q(a)).collect();
     let env: Vec<String> = s
@@ -847,14 +852,14 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     )
 }
 
-fn rand_u64() -> u64 {
+pub(crate) fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     u64::from_le_bytes(b)
 }
 
 /// A free loopback port (bound and released; the host binds it right after).
-fn free_port() -> Result<SocketAddr> {
+pub(crate) fn free_port() -> Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("find a free loopback port")?;
     Ok(l.local_addr()?)
 }

@@ -1,0 +1,408 @@
+//! What an end-to-end test body needs of a world, whichever hypervisor holds its VMs: the vSphere
+//! simulator ([`World`]) or a real libvirtd with QEMU guests ([`LibvirtWorld`]). The bodies in
+//! `tests/tests/e2e.rs` take a `&dyn JobWorld` and run once per backend, so both backends pass
+//! the same assertions.
+//!
+//! The host side is the same in every world and is written once, here, as provided methods over
+//! a few accessors: signed pushes, `sdci-host jobs show`, the statuses the GitHub stand-in
+//! accepted, job pages. What differs is answered by each world: which VMs are on, what dom0's
+//! home holds, and the faults (a power-on that fails, a guest agent that never starts).
+//!
+//! [`LibvirtWorld`]: crate::libvirt_world::LibvirtWorld
+
+use crate::fixture::{Fixture, TestMode};
+use crate::github::{CommitStatus, GitHub};
+use crate::world::{
+    http, parse_history, sign, tail, JobView, World, WorldOptions, REPO, WEBHOOK_SECRET,
+};
+use anyhow::{anyhow, bail, Context, Result};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running world: `sdci-host serve`, the GitHub stand-in, the fixture, and VMs on one backend.
+pub trait JobWorld {
+    /// `vsphere` or `libvirt`, and how the VMs run (for the test output).
+    fn backend(&self) -> String;
+    fn opts(&self) -> &WorldOptions;
+    fn github(&self) -> &GitHub;
+    fn fixture(&self) -> &Fixture;
+    /// Where the host listens (loopback).
+    fn addr(&self) -> SocketAddr;
+    /// The host's `public_url`: how GitHub, browsers and the agent in the VM reach it.
+    fn public_url(&self) -> String;
+    fn config_path(&self) -> &Path;
+    /// The world's directory (fixture, configs, the host's data and log).
+    fn dir(&self) -> &Path;
+    /// Starts `sdci-host serve` (again, after [`JobWorld::kill_host`]) and waits until it answers.
+    fn start_host(&mut self) -> Result<()>;
+    /// Kills `sdci-host` with SIGKILL (a crash: no clean-up of any kind).
+    fn kill_host(&mut self) -> Result<()>;
+
+    /// Names of the VMs that are not powered off.
+    fn vms_on(&self) -> Result<Vec<String>>;
+    /// Whether dom0's home in `vm` holds `name` now (after the last job, until the next revert).
+    fn dom0_home_has(&self, vm: &str, name: &str) -> Result<bool>;
+    /// `Ok` when no program a job started is still running in `vm`'s guest, else what runs.
+    fn no_guest_program_left(&self, vm: &str) -> Result<()>;
+    /// Makes the next power-on of the VM the host claims first fail (the host must retry the
+    /// job on another VM).
+    fn fail_next_power_on(&self) -> Result<()>;
+    /// Makes every VM's guest agent (VMware Tools, the QEMU guest agent) never start.
+    fn agent_never_starts(&self) -> Result<()>;
+
+    fn host_url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// The job page's URL (the `target_url` of its statuses).
+    fn job_url(&self, id: &str) -> String {
+        format!("{}/jobs/{id}", self.public_url())
+    }
+
+    fn host_log_path(&self) -> PathBuf {
+        self.dir().join("host.log")
+    }
+
+    /// Everything the host has logged so far.
+    fn host_log(&self) -> String {
+        std::fs::read_to_string(self.host_log_path()).unwrap_or_default()
+    }
+
+    /// The fixture's first commit.
+    fn head(&self) -> Result<String> {
+        self.fixture().head()
+    }
+
+    /// Makes `sha` (a commit of the fixture) fetchable from the stand-in and the head of `main`.
+    fn publish(&self, sha: &str) -> Result<()> {
+        crate::world::publish(self.github(), self.fixture(), sha)
+    }
+
+    /// Commits a new test mode to the fixture and publishes it; returns the sha.
+    fn commit(&self, mode: TestMode, message: &str) -> Result<String> {
+        let sha = self.fixture().commit_mode(mode, message)?;
+        self.publish(&sha)?;
+        Ok(sha)
+    }
+
+    /// Sends a signed `push` webhook for `sha` on `main`; returns the queued job's id.
+    fn push(&self, sha: &str) -> Result<String> {
+        self.push_to(sha, "main")
+    }
+
+    /// Sends a signed `push` webhook for `sha` on `branch`; returns the queued job's id.
+    fn push_to(&self, sha: &str, branch: &str) -> Result<String> {
+        let (code, body) = self.send_push_to(sha, branch)?;
+        if code != 202 {
+            bail!("the host answered the push with {code}: {body}");
+        }
+        body.strip_prefix("queued job ")
+            .map(|s| s.trim().to_owned())
+            .ok_or_else(|| anyhow!("unexpected answer to the push: {body}"))
+    }
+
+    /// Sends a signed `push` webhook for `sha` on `branch` and returns the host's raw answer.
+    fn send_push_to(&self, sha: &str, branch: &str) -> Result<(u16, String)> {
+        let body = serde_json::json!({
+            "ref": format!("refs/heads/{branch}"),
+            "before": "0000000000000000000000000000000000000000",
+            "after": sha,
+            "deleted": false,
+            "repository": {
+                "full_name": REPO,
+                "clone_url": format!("https://github.com/{REPO}.git"),
+            },
+        })
+        .to_string();
+        let signature = sign(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
+        let delivery = format!("{:x}", crate::world::rand_u64());
+        http(
+            self.addr(),
+            "POST",
+            "/hooks/github",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", &delivery),
+                ("X-Hub-Signature-256", &signature),
+            ],
+            body.as_bytes(),
+        )
+    }
+
+    /// Runs `sdci-host --config <world's> ARGS...` and returns its stdout.
+    fn host_cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(crate::binary("sdci-host"))
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .context("run sdci-host")?;
+        if !out.status.success() {
+            bail!(
+                "sdci-host {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The job as `sdci-host jobs show` reports it.
+    fn job(&self, id: &str) -> Result<JobView> {
+        let text = self.host_cli(&["jobs", "show", id])?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        };
+        Ok(JobView {
+            id: id.to_owned(),
+            state: field("state"),
+            note: field("note"),
+            vm: field("vm"),
+            attempts: field("attempts").parse().unwrap_or(0),
+            history: parse_history(&text),
+            text,
+        })
+    }
+
+    /// Waits until the job satisfies `done` (safety net: `limit`).
+    fn wait_job_until(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: &dyn Fn(&JobView) -> bool,
+    ) -> Result<JobView> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let j = self.job(id)?;
+            if done(&j) {
+                return Ok(j);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "job {id} did not get there within {limit:?} ({}); now:\n{}\nhost log (tail):\n{}",
+                    self.backend(),
+                    j.text,
+                    tail(&self.host_log(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A safety-net wait stretched to how fast this world's VMs run (a simulator: as given).
+    fn patience(&self, wait: Duration) -> Duration {
+        wait
+    }
+
+    /// Waits until the job is in a terminal state and every status the host queued for it was
+    /// handed to GitHub (or gave up), so assertions see the final picture.
+    fn wait_job(&self, id: &str) -> Result<JobView> {
+        let j = self.wait_job_until(id, self.patience(Duration::from_secs(300)), &|j| {
+            j.is_terminal()
+        })?;
+        self.wait_job_until(id, Duration::from_secs(120), &|j| {
+            // Unposted, or being posted (contracts §8: the outbox records its intent first).
+            !j.text.contains(" unposted ") && !j.text.contains(" posting ")
+        })
+        .map(|_| j)
+    }
+
+    /// The job's log as the host keeps it (what its page shows).
+    fn job_log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir().join("data/logs").join(format!("{id}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Statuses GitHub accepted for `sha`, in order.
+    fn statuses(&self, sha: &str) -> Vec<CommitStatus> {
+        self.github()
+            .statuses()
+            .into_iter()
+            .filter(|s| s.sha == sha)
+            .collect()
+    }
+
+    /// `(state, description)` of every status GitHub accepted for `sha`, in order.
+    fn status_pairs(&self, sha: &str) -> Vec<(String, String)> {
+        self.statuses(sha)
+            .into_iter()
+            .map(|s| (s.state, s.description.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Waits until GitHub holds at least `n` statuses for `sha`.
+    fn wait_statuses(&self, sha: &str, n: usize, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while self.statuses(sha).len() < n {
+            if Instant::now() > deadline {
+                bail!(
+                    "GitHub has {:?} for {sha}, expected at least {n}",
+                    self.status_pairs(sha)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// `GET` on the host (e.g. a job page); `(status, body)`.
+    fn get(&self, path: &str) -> Result<(u16, String)> {
+        http(self.addr(), "GET", path, &[], b"")
+    }
+
+    /// GETs an absolute URL of this world's host (a status's `target_url`, under `public_url`).
+    fn get_url(&self, url: &str) -> Result<(u16, String)> {
+        let base = self.public_url();
+        let path = url
+            .strip_prefix(&base)
+            .ok_or_else(|| anyhow!("{url} is not served by this world's host ({base})"))?;
+        self.get(path)
+    }
+
+    /// Waits until every VM is powered off (safety net `limit`).
+    fn wait_all_off(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let on = self.vms_on()?;
+            if on.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("VMs still on after {limit:?}: {on:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Starts `sdci-host --config CONFIG serve` (output appended to `log`) and waits until it
+/// answers `/healthz` on `addr`.
+pub(crate) fn spawn_host(
+    config: &Path,
+    log: &Path,
+    filter: &str,
+    addr: SocketAddr,
+) -> Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut child = Command::new(crate::binary("sdci-host"))
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env("RUST_LOG", filter)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("start sdci-host")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((200, _)) = http(addr, "GET", "/healthz", &[], b"") {
+            return Ok(child);
+        }
+        let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "sdci-host exited ({status}) before serving; its log:\n{}",
+                log_text()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "sdci-host did not answer within 60 s; its log:\n{}",
+                log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops a host with SIGTERM, then SIGKILL after 10 s.
+pub(crate) fn terminate(mut child: Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl JobWorld for World {
+    fn backend(&self) -> String {
+        "vsphere (govmomi simulator)".into()
+    }
+    fn opts(&self) -> &WorldOptions {
+        &self.opts
+    }
+    fn github(&self) -> &GitHub {
+        &self.github
+    }
+    fn fixture(&self) -> &Fixture {
+        &self.fixture
+    }
+    fn addr(&self) -> SocketAddr {
+        World::addr(self)
+    }
+    fn public_url(&self) -> String {
+        World::host_url(self)
+    }
+    fn config_path(&self) -> &Path {
+        World::config_path(self)
+    }
+    fn dir(&self) -> &Path {
+        World::dir(self)
+    }
+    fn start_host(&mut self) -> Result<()> {
+        World::start_host(self)
+    }
+    fn kill_host(&mut self) -> Result<()> {
+        World::kill_host(self)
+    }
+    fn vms_on(&self) -> Result<Vec<String>> {
+        World::vms_on(self)
+    }
+    fn dom0_home_has(&self, vm: &str, name: &str) -> Result<bool> {
+        Ok(self.qubes(vm)?.dom0_home().join(name).exists())
+    }
+    fn no_guest_program_left(&self, vm: &str) -> Result<()> {
+        let procs = self.sim.vm(vm)?.processes;
+        if procs.iter().any(|p| p.running) {
+            bail!("guest programs still run in {vm}: {procs:?}");
+        }
+        Ok(())
+    }
+    fn fail_next_power_on(&self) -> Result<()> {
+        self.sim.inject(crate::vsphere_sim::Fault::TaskError {
+            method: "PowerOnVM_Task".into(),
+            kind: "InsufficientResourcesFault".into(),
+            count: 1,
+        })
+    }
+    fn agent_never_starts(&self) -> Result<()> {
+        for vm in &self.opts.vms {
+            self.sim
+                .inject(crate::vsphere_sim::Fault::ToolsNever { vm: vm.clone() })?;
+        }
+        Ok(())
+    }
+}
