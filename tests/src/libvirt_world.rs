@@ -562,7 +562,10 @@ fn build_guest(p: &GuestParts<'_>, daemon: &Libvirtd, image: &Image) -> Result<G
     let own = root.join(".sdci");
     std::fs::create_dir_all(own.join("bin"))?;
     for bin in ["sdci-dom0", "sdci-agent"] {
-        std::fs::copy(p.bins.join(bin), own.join("bin").join(bin))?;
+        let (from, to) = (p.bins.join(bin), own.join("bin").join(bin));
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)?;
+        }
     }
     let spec = WorldSpec {
         dom0_user: DOM0_USER.into(),

@@ -426,3 +426,80 @@ on_backends! {
         WorldOptions::default().one_vm()
     );
 }
+
+/// What only a real hypervisor adds: the guest's QEMU dying mid-job, the daemon restarting
+/// mid-job. Both strike once the job's `make test` runs (its output reached the host's log).
+mod libvirt_faults {
+    use super::*;
+
+    /// Waits until the host's copy of the job's log shows `text` (the live event stream).
+    fn wait_log(w: &LibvirtWorld, id: &str, text: &str) {
+        let deadline = Instant::now() + w.patience(Duration::from_secs(120));
+        while !w.job_log(id).contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "the job's log never showed {text:?}:\n{}",
+                w.job_log(id)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn a_domain_destroyed_mid_job_is_retried_on_the_other_domain_from_its_snapshot() {
+        let Some(w) = started(LibvirtWorld::start(WorldOptions {
+            mode: TestMode::Hang,
+            test_timeout_secs: Some(10),
+            ..WorldOptions::default()
+        })) else {
+            return;
+        };
+        let sha = w.head().unwrap();
+        let id = w.push(&sha).unwrap();
+        wait_log(&w, &id, "hanging");
+        let first = w.job(&id).unwrap().vm;
+        w.destroy(&first).unwrap();
+        let job = w.wait_job(&id).unwrap();
+        // Attempt 2 ran on the other domain and ended as the commit deserves.
+        assert_eq!(job.state, "failure", "{}", job.text);
+        assert!(job.note.contains("timed out after 10 s"), "{}", job.text);
+        assert_eq!(job.attempts, 2, "{}", job.text);
+        assert_ne!(job.vm, first, "{}", job.text);
+        let got = w.status_pairs(&sha);
+        assert!(
+            got.iter()
+                .any(|(_, d)| d.contains("retrying on another VM")),
+            "{got:?}"
+        );
+        assert_eq!(got.last().unwrap().0, "failure", "{got:?}");
+        w.wait_all_off(w.patience(Duration::from_secs(60))).unwrap();
+    }
+
+    #[test]
+    fn a_libvirtd_restart_mid_job_is_ridden_out_and_the_attempt_ends_as_the_commit_deserves() {
+        let Some(mut w) = started(LibvirtWorld::start(WorldOptions {
+            mode: TestMode::Hang,
+            test_timeout_secs: Some(10),
+            ..WorldOptions::default().one_vm()
+        })) else {
+            return;
+        };
+        let sha = w.head().unwrap();
+        let id = w.push(&sha).unwrap();
+        wait_log(&w, &id, "hanging");
+        let took = w.restart_libvirtd().unwrap();
+        eprintln!("libvirtd restarted mid-job in {took:.1?}");
+        let job = w.wait_job(&id).unwrap();
+        assert_eq!(job.state, "failure", "{}", job.text);
+        assert!(job.note.contains("timed out after 10 s"), "{}", job.text);
+        assert_eq!(
+            job.attempts, 1,
+            "the restart cost an attempt:\n{}",
+            job.text
+        );
+        let got = w.status_pairs(&sha);
+        let states: Vec<&str> = got.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(states, ["pending", "pending", "failure"], "{got:?}");
+        w.wait_all_off(w.patience(Duration::from_secs(60))).unwrap();
+    }
+}
