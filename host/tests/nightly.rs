@@ -50,6 +50,8 @@ fn config(dir: &Path, agent: &Path) -> PathBuf {
         ),
     )
     .unwrap();
+    // The database as `serve` leaves it: the CLI never creates or migrates one.
+    drop(sdci_host::store::Store::open(&dir.join("data/sdci.sqlite3")).unwrap());
     path
 }
 

@@ -500,6 +500,8 @@ async fn the_save_command_prints_the_new_golden_and_exits_1_when_the_rotation_fa
     std::fs::write(dir.path().join("dom0-password"), sim.guest_password()).unwrap();
     let file = dir.path().join("host.toml");
     std::fs::write(&file, text).unwrap();
+    // The database as `serve` leaves it: the CLI never creates or migrates one.
+    drop(Store::open(&dir.path().join("data/sdci.sqlite3")).unwrap());
     let save = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_sdci-host"))
             .arg("--config")
