@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 pub trait JobWorld {
     /// `vsphere` or `libvirt`, and how the VMs run (for the test output).
     fn backend(&self) -> String;
+    /// Where the hypervisor answers (the simulator's SDK URL, the daemon's URI).
+    fn hypervisor_url(&self) -> String;
     fn opts(&self) -> &WorldOptions;
     fn github(&self) -> &GitHub;
     fn fixture(&self) -> &Fixture;
@@ -349,7 +351,10 @@ pub(crate) fn terminate(mut child: Child) {
 
 impl JobWorld for World {
     fn backend(&self) -> String {
-        "vsphere (govmomi simulator)".into()
+        "vSphere (sim)".into()
+    }
+    fn hypervisor_url(&self) -> String {
+        self.sim.url()
     }
     fn opts(&self) -> &WorldOptions {
         &self.opts

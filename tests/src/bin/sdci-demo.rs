@@ -8,22 +8,39 @@
 
 use anyhow::{bail, Context, Result};
 use sdci_tests::fixture::TestMode;
+use sdci_tests::job_world::JobWorld;
+use sdci_tests::libvirt_world::LibvirtWorld;
 use sdci_tests::world::{World, WorldOptions, REPO};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: sdci-demo [--once] [--fail]
+const USAGE: &str = "usage: sdci-demo [--once] [--fail] [--backend vsphere|libvirt]
 
   --once   exit when the job has ended (CI and smoke tests); default: keep the host running
            until Ctrl-C so the job page can be opened in a browser
   --fail   demo a commit whose `make test` fails
+  --backend libvirt   the VMs are real QEMU guests of a private libvirtd (KVM or TCG, as
+           probed) instead of the vSphere simulator's
 
   SDCI_WORLD_KEEP=1 keeps the world's directory (host.toml, database, logs) after the demo";
 
 fn main() -> Result<()> {
     let mut once = false;
     let mut mode = TestMode::Pass;
-    for arg in std::env::args().skip(1) {
+    let mut libvirt = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--backend" | "--backend=vsphere" | "--backend=libvirt" => {
+                let b = match arg.split_once('=') {
+                    Some((_, b)) => b.to_string(),
+                    None => args.next().unwrap_or_default(),
+                };
+                libvirt = match b.as_str() {
+                    "libvirt" => true,
+                    "vsphere" => false,
+                    other => bail!("unknown backend {other:?}\n{USAGE}"),
+                };
+            }
             "--once" => once = true,
             "--fail" => mode = TestMode::Fail,
             "-h" | "--help" => {
@@ -34,15 +51,20 @@ fn main() -> Result<()> {
         }
     }
 
-    println!("sdci demo: [1/4] starting the vSphere simulator (Qubes_4.2_a, Qubes_4.2_b; the first run builds it with Go, about a minute), the GitHub stand-in and sdci-host...");
-    let starting = Instant::now();
-    let w = World::start(WorldOptions {
+    let opts = WorldOptions {
         mode,
         boot_delay: Duration::from_secs(1),
         shutdown_delay: Duration::from_millis(500),
         ..WorldOptions::default()
-    })
-    .context("starting the demo world (as root, after scripts/install-deps and cargo build --workspace --bins)")?;
+    };
+    let starting = Instant::now();
+    let w: Box<dyn JobWorld> = if libvirt {
+        println!("sdci demo: [1/4] starting a private libvirtd with two QEMU guests (Qubes_4.2_a, Qubes_4.2_b; the first run builds the guest image, about 15 s), the GitHub stand-in and sdci-host...");
+        Box::new(LibvirtWorld::start(opts).context("starting the demo world on libvirt (as root, after scripts/install-deps and cargo build --workspace --bins)")?)
+    } else {
+        println!("sdci demo: [1/4] starting the vSphere simulator (Qubes_4.2_a, Qubes_4.2_b; the first run builds it with Go, about a minute), the GitHub stand-in and sdci-host...");
+        Box::new(World::start(opts).context("starting the demo world (as root, after scripts/install-deps and cargo build --workspace --bins)")?)
+    };
     println!(
         "  started in {:.1}s\n  sdci-host:      {} (config {})",
         starting.elapsed().as_secs_f64(),
@@ -50,14 +72,16 @@ fn main() -> Result<()> {
         w.config_path().display()
     );
     println!("  host log:       {}", w.host_log_path().display());
-    println!("  vSphere (sim):  {}", w.sim.url());
-    println!("  GitHub (stand-in): {}", w.github.url());
+    println!("  {}:  {}", w.backend(), w.hypervisor_url());
+    println!("  GitHub (stand-in): {}", w.github().url());
 
     let sha = w.head()?;
     println!("\n[2/4] sending a signed push webhook: {REPO} main -> {sha}");
     let id = w.push(&sha)?;
     println!("job {id} queued\njob page: {}\n", w.job_url(&id));
-    println!("[3/4] following the job (revert, boot, upload, make clone/dev/test in dom0, shutdown):");
+    println!(
+        "[3/4] following the job (revert, boot, upload, make clone/dev/test in dom0, shutdown):"
+    );
 
     let started = Instant::now();
     let mut seen = 0;
