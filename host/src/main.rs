@@ -406,4 +406,5 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
     }
+    sdci_host::sd_notify::stopping(); // systemd shows "deactivating" while the drain runs
 }
