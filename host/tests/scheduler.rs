@@ -186,3 +186,33 @@ async fn the_relayed_result_wakes_the_attempt_at_once_not_at_the_next_poll() {
         t.elapsed()
     );
 }
+
+#[tokio::test]
+async fn without_the_gateway_webhooks_are_stored_healthz_says_so_and_work_resumes_when_it_is_back(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = MemoryHv::with_vms(&["Qubes_4.2_a"]);
+    // The config is written (with the stub agent), then the agent is taken away.
+    let host = start(dir.path(), POOL, hv.clone(), Parts::ALL).await;
+    std::fs::remove_file(dir.path().join("sdci-agent")).unwrap();
+    let id = push_job(&host, 1, "main").await;
+    eventually("healthz names the gateway", || {
+        host.hub.health.report().1.contains("degraded: gateway unavailable")
+    })
+    .await;
+    assert_eq!(state(&host, &id), JobState::Queued);
+    assert!(hv.started().is_empty(), "no job runs on a guessed version");
+    // The gateway is back: the queued status is posted, the version resolved, the job runs.
+    write_stub_agent(dir.path());
+    eventually("the job starts", || hv.started().contains(&id)).await;
+    hv.release(&id, 0);
+    let job = job_ended(&host, "the job ends", &id).await;
+    assert_eq!(job.state, JobState::Success, "{:?}", job.note);
+    eventually("queued posted", || {
+        agent_calls(dir.path())
+            .iter()
+            .any(|c| c.contains("--state=pending --description=queued"))
+    })
+    .await;
+    eventually("healthz is ok again", || !host.hub.health.report().1.contains("gateway")).await;
+}

@@ -200,6 +200,9 @@ async fn persistent_vsphere_faults_end_as_error_after_the_limit_and_quarantine_t
     // Two failures in a row on each VM: both quarantined, and shown as such.
     let vms = host.hub.store.vms().unwrap();
     assert!(vms.iter().all(|v| v.quarantined), "{vms:?}");
+    // A fully quarantined pool raises an alert.
+    let alerts = host.hub.health.alerts();
+    assert!(alerts.iter().any(|a| a.key == "pool:4.2"), "{alerts:?}");
     assert!(sdci_host::surface::cli::vms(&host.hub.cfg)
         .unwrap()
         .contains("QUARANTINED"));
@@ -277,6 +280,18 @@ async fn in_app_mode_the_job_file_carries_a_fresh_token_from_the_agent() {
     assert!(agent_calls(dir.path()).iter().any(|c| c.starts_with(
         "token --repo=freedomofpress/securedrop-workstation --permissions=contents:read"
     )));
+    // The VM's token posts nothing: the host posted `running` itself, and revoked the token
+    // (handed over on stdin) when the attempt ended.
+    assert!(!file.agent.post_running_status);
+    eventually("the token is revoked", || {
+        agent_calls(dir.path())
+            .iter()
+            .any(|c| c == "revoke --token-file=-")
+    })
+    .await;
+    assert!(agent_calls(dir.path())
+        .iter()
+        .any(|c| c.contains("--state=pending --description=The build is running")));
 }
 
 #[tokio::test]

@@ -444,6 +444,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_terminal_job_without_its_final_status_gets_it_back_and_a_stuck_one_is_listed() {
+        let (_d, s) = open();
+        let lost = s.insert_job(&job('a', "x")).unwrap();
+        s.finish(&lost, JobState::Failure, "a step failed", false)
+            .unwrap();
+        s.with(|c| c.execute("DELETE FROM statuses WHERE state = 'failure'", []))
+            .unwrap();
+        let stuck = s.insert_job(&job('b', "y")).unwrap();
+        s.finish(&stuck, JobState::Success, "ok", false).unwrap();
+        for p in s.unposted_statuses().unwrap() {
+            for _ in 0..3 {
+                s.status_posting(p.id).unwrap();
+                s.status_failed(p.id, "GitHub unreachable").unwrap();
+            }
+        }
+        let found = s.final_status_check(0, 3).unwrap();
+        assert!(found.iter().any(|(id, tries, _)| *id == lost && *tries == 0), "{found:?}");
+        assert!(found.iter().any(|(id, tries, e)| *id == stuck
+            && *tries >= 3
+            && e.as_deref() == Some("GitHub unreachable")));
+        // The lost one is queued again, terminal.
+        let st = s.statuses(&lost).unwrap();
+        assert_eq!(st.last().unwrap().state, StatusState::Failure);
+        assert_eq!(st.last().unwrap().posted, PostState::Unposted);
+    }
+
+    #[test]
+    fn a_post_in_doubt_after_a_crash_is_posted_again_once() {
+        let (_d, s) = open();
+        let id = s.insert_job(&job('a', "x")).unwrap();
+        let p = s.unposted_statuses().unwrap().remove(0);
+        assert!(s.status_posting(p.id).unwrap());
+        assert!(!s.status_posting(p.id).unwrap(), "one post at a time");
+        assert!(s.unposted_statuses().unwrap().is_empty());
+        // The next process starts its outbox: the row in doubt is unposted again.
+        assert_eq!(s.status_outbox_begin().unwrap(), 1);
+        let again = s.unposted_statuses().unwrap();
+        assert_eq!((again.len(), again[0].tries), (1, 1));
+        s.status_posted(again[0].id).unwrap();
+        assert_eq!(s.statuses(&id).unwrap()[0].posted, PostState::Posted);
+    }
+
+    #[test]
     fn only_the_newest_unposted_status_of_a_job_is_sent() {
         let (_d, s) = open();
         let id = s.insert_job(&job('a', "x")).unwrap();
