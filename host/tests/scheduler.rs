@@ -188,8 +188,8 @@ async fn the_relayed_result_wakes_the_attempt_at_once_not_at_the_next_poll() {
 }
 
 #[tokio::test]
-async fn without_the_gateway_webhooks_are_stored_healthz_says_so_and_work_resumes_when_it_is_back(
-) {
+async fn without_the_gateway_webhooks_are_stored_healthz_says_so_and_work_resumes_when_it_is_back()
+{
     let dir = tempfile::tempdir().unwrap();
     let hv = MemoryHv::with_vms(&["Qubes_4.2_a"]);
     // The config is written (with the stub agent), then the agent is taken away.
@@ -197,7 +197,11 @@ async fn without_the_gateway_webhooks_are_stored_healthz_says_so_and_work_resume
     std::fs::remove_file(dir.path().join("sdci-agent")).unwrap();
     let id = push_job(&host, 1, "main").await;
     eventually("healthz names the gateway", || {
-        host.hub.health.report().1.contains("degraded: gateway unavailable")
+        host.hub
+            .health
+            .report()
+            .1
+            .contains("degraded: gateway unavailable")
     })
     .await;
     assert_eq!(state(&host, &id), JobState::Queued);
@@ -214,5 +218,8 @@ async fn without_the_gateway_webhooks_are_stored_healthz_says_so_and_work_resume
             .any(|c| c.contains("--state=pending --description=queued"))
     })
     .await;
-    eventually("healthz is ok again", || !host.hub.health.report().1.contains("gateway")).await;
+    eventually("healthz is ok again", || {
+        !host.hub.health.report().1.contains("gateway")
+    })
+    .await;
 }

@@ -333,7 +333,19 @@ impl<H: Hypervisor> Orchestrator<H> {
                     l.describe()
                 )))
             }
-            Err(e) => Err(classify("lease", &e, cfg, &version)),
+            // Without the lease the VM is not ours to touch: a configuration fault (no privilege
+            // to set annotations) is still reported as such; anything else undoes the claim and
+            // leaves the VM alone for a while.
+            Err(e) => match classify("lease", &e, cfg, &version) {
+                f @ Fail::Config { .. } => Err(f),
+                _ => {
+                    self.mark_foreign_for(&claim.vm, Duration::from_secs(30));
+                    Err(Fail::Yield(format!(
+                        "the lease on VM {} could not be written: {e}",
+                        claim.vm
+                    )))
+                }
+            },
         }
     }
 

@@ -103,6 +103,13 @@ impl<H: Hypervisor> Orchestrator<H> {
         self.wake_scheduler_at(until + 1);
     }
 
+    /// Leaves `vm` out of claims for `d` (its lease could not be read or written).
+    pub(super) fn mark_foreign_for(&self, vm: &str, d: Duration) {
+        let until = now_ms() + d.as_millis() as i64;
+        lock(&self.foreign).insert(vm.to_owned(), until);
+        self.wake_scheduler_at(until + 1);
+    }
+
     fn is_foreign(&self, vm: &str) -> bool {
         let mut f = lock(&self.foreign);
         match f.get(vm) {

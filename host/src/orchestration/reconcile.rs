@@ -10,7 +10,7 @@
 //!   again); the VM gone or off while launch ran → an infrastructure failure as before (not
 //!   counted towards the VM's quarantine); an attempt that had not reached launch → its VM is
 //!   powered off and the job queued again, counted against nothing.
-//! - A powered-on pool VM that no live job or rotation holds is powered off (leaked VMs) —
+//! - A powered-on pool VM that no active job or live rotation holds is powered off (leaked VMs) —
 //!   unless another live `sdci-host` instance holds its lease (`leases`); a lease nobody renewed
 //!   within its ttl is taken over: the VM is powered off and the lease line removed.
 //! - An active job whose VM no longer exists, or whose whole budget has passed, is stopped with
@@ -296,12 +296,15 @@ impl<H: Hypervisor> Orchestrator<H> {
             present.extend(names);
             for vm in vms.iter().filter(|v| v.power != PowerState::Off) {
                 let _g = hub.vm_decisions.lock().await;
+                // An active job holds its VM whether this process drives it yet or not: an
+                // orphan not re-adopted (vSphere did not answer) keeps its VM until `adopt`
+                // decides, or the job's deadline ends it.
                 let held = hub
                     .store
                     .jobs_in_states(&ACTIVE)
                     .unwrap_or_default()
                     .into_iter()
-                    .any(|j| j.vm.as_deref() == Some(&vm.name) && hub.is_live(&j.id))
+                    .any(|j| j.vm.as_deref() == Some(&vm.name))
                     || hub.store.rotation_holds(&vm.name).unwrap_or(false);
                 if !held {
                     self.power_off_stray(&vm.name).await;

@@ -460,7 +460,12 @@ mod tests {
             }
         }
         let found = s.final_status_check(0, 3).unwrap();
-        assert!(found.iter().any(|(id, tries, _)| *id == lost && *tries == 0), "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|(id, tries, _)| *id == lost && *tries == 0),
+            "{found:?}"
+        );
         assert!(found.iter().any(|(id, tries, e)| *id == stuck
             && *tries >= 3
             && e.as_deref() == Some("GitHub unreachable")));
