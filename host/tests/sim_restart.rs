@@ -723,9 +723,16 @@ async fn a_kill_during_a_status_post_kills_the_gateways_child_and_the_status_is_
         .parse()
         .unwrap();
     kill(host);
-    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists() && {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
+    let alive = || {
+        std::path::Path::new(&format!("/proc/{pid}")).exists() && {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        }
     };
     eventually("the gateway's child died with the host", || !alive()).await;
     let host = spawn_host(s.path(), 2);
@@ -740,7 +747,9 @@ async fn a_kill_during_a_status_post_kills_the_gateways_child_and_the_status_is_
         assert!(seen.insert(line), "posted twice: {line}\n{done}");
     }
     assert_eq!(
-        done.lines().filter(|l| l.contains("--state=success")).count(),
+        done.lines()
+            .filter(|l| l.contains("--state=success"))
+            .count(),
         1,
         "{done}"
     );
