@@ -8,7 +8,7 @@
 #
 # For the end-to-end job in a guest (`sdci_tests::libvirt_world`) the root also carries this
 # machine's Debian userland the job's programs use — bash, make, GNU tar and coreutils,
-# findutils, grep, sed, util-linux mount/unshare, Python 3.11 with its standard library (the
+# findutils, grep, sed, util-linux mount/unshare, Python 3 with its standard library (the
 # Qubes stand-ins), git with its HTTP transport — with their shared libraries, and the kernel
 # modules for a virtio NIC and overlayfs. Network: only what a domain's restricted user network
 # forwards (`sdci_libvirt::UserNet`); the guest sets up `10.0.2.15/24` when it has a NIC.
@@ -22,6 +22,8 @@
 set -euo pipefail
 
 KERNEL_META=linux-image-cloud-amd64
+# The Python 3 of this machine (Debian 12: 3.11), whose standard library the guest gets.
+PY="python$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 kernel_pkg() { apt-cache depends "$KERNEL_META" 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
 
 if [ "${1:-}" = "--recipe" ]; then
@@ -31,7 +33,7 @@ if [ "${1:-}" = "--recipe" ]; then
     echo "$p $(apt-cache policy "$p" | awk '/Candidate:/{print $2}')"
   done
   for p in util-linux libpam-modules libglib2.0-0 libc6 bash dash make tar coreutils findutils \
-           grep sed mount python3.11-minimal libpython3.11-stdlib git libgcc-s1; do
+           grep sed mount "$PY-minimal" "lib$PY-stdlib" git libgcc-s1; do
     echo "$p $(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo none)"
   done
   exit 0
@@ -100,25 +102,25 @@ cp $sec/pam_rootok.so $sec/pam_permit.so $r$sec/
 # Executables go to /usr/bin (and replace busybox's applet of the same name in /bin, which comes
 # first in the guest agent's PATH): the job's scripts need GNU tar, mktemp, find...
 for f in $(dpkg -L coreutils findutils grep sed bash make tar | grep -E '^/(usr/)?s?bin/[^/]+$') \
-         /bin/mount /bin/umount /usr/bin/unshare /usr/bin/python3.11 /usr/bin/git; do
+         /bin/mount /bin/umount /usr/bin/unshare "/usr/bin/$PY" /usr/bin/git; do
   [ -f "$f" ] || continue
   n="$(basename "$f")"
   rm -f "$r/usr/bin/$n"; cp -L "$f" "$r/usr/bin/$n"
   rm -f "$r/bin/$n"; ln -s "../usr/bin/$n" "$r/bin/$n"
 done
-ln -sf python3.11 $r/usr/bin/python3
+ln -sf "$PY" $r/usr/bin/python3
 # /bin/sh is dash, as on Debian: busybox's shell would run its own applets before PATH's tools.
 cp -L /bin/dash $r/bin/dash; rm -f $r/bin/sh; ln -s dash $r/bin/sh
-mkdir -p $r/usr/lib/git-core $r/usr/share/git-core $r/etc/python3.11 $r/usr/local/bin
+mkdir -p $r/usr/lib/git-core $r/usr/share/git-core "$r/etc/$PY" $r/usr/local/bin
 cp -L /usr/lib/git-core/git-remote-http $r/usr/lib/git-core/
 ln -s git-remote-http $r/usr/lib/git-core/git-remote-https
 cp -a /usr/share/git-core/templates $r/usr/share/git-core/ 2>/dev/null || true
-cp -L /etc/python3.11/sitecustomize.py $r/etc/python3.11/
+[ ! -e "/etc/$PY/sitecustomize.py" ] || cp -L "/etc/$PY/sitecustomize.py" "$r/etc/$PY/"
 # The standard library with its compiled modules (so imports need no compiling under TCG),
 # without its tests, IDLE, Tk and the like.
-tar -C / --exclude='python3.11/test' --exclude='python3.11/idlelib' --exclude='python3.11/tkinter' \
-    --exclude='python3.11/turtledemo' --exclude='python3.11/ensurepip' --exclude='*/tests' \
-    --exclude='python3.11/config-3.11-x86_64-linux-gnu' -cf - usr/lib/python3.11 | tar -C $r -xf -
+tar -C / --exclude="$PY/test" --exclude="$PY/idlelib" --exclude="$PY/tkinter" \
+    --exclude="$PY/turtledemo" --exclude="$PY/ensurepip" --exclude='*/tests' \
+    --exclude="$PY/config-*" -cf - "usr/lib/$PY" | tar -C $r -xf -
 cp -L /usr/lib/os-release $r/etc/os-release
 # What the workspace's Rust binaries (sdci-dom0, sdci-agent, copied in per test world) link.
 for lib in /lib/x86_64-linux-gnu/libgcc_s.so.1 /lib/x86_64-linux-gnu/libm.so.6; do

@@ -329,6 +329,29 @@ impl LibvirtWorld {
         self.rt.block_on(f)
     }
 
+    /// The guest's own boot on `vm`, the median of `rounds`: revert to golden, then power on →
+    /// the guest agent answers (timed), then power off. What a job's boot costs on this machine
+    /// whatever the host does (the benchmark subtracts it).
+    pub fn measure_guest_boot(&self, vm: &str, rounds: usize) -> Result<Duration> {
+        let mut times = Vec::new();
+        for _ in 0..rounds.max(1) {
+            let took = self.rt.block_on(async {
+                self.client.revert(vm, GOLDEN).await?;
+                let t = Instant::now();
+                self.client.power_on(vm).await?;
+                self.client
+                    .wait_guest_ready(vm, Duration::from_secs(300))
+                    .await?;
+                let took = t.elapsed();
+                self.client.power_off(vm).await?;
+                anyhow::Ok(took)
+            })?;
+            times.push(took);
+        }
+        times.sort();
+        Ok(times[times.len() / 2])
+    }
+
     /// Destroys (pulls the plug of) a running guest, as a crash of its QEMU would.
     pub fn destroy(&self, vm: &str) -> Result<()> {
         Ok(self.rt.block_on(self.client.power_off(vm))?)

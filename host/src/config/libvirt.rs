@@ -37,8 +37,23 @@ pub(super) fn validate(cfg: &LibvirtConfig) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::readme_toml_block;
     use super::super::Config;
     use std::path::Path;
+
+    /// README's "Pools on libvirt" block documents `[libvirt]`: it must parse, and the values it
+    /// shows as defaults must be the defaults.
+    #[test]
+    fn the_readme_libvirt_block_parses_and_shows_the_defaults() {
+        let c = Config::parse(
+            &readme_toml_block("### Pools on libvirt"),
+            Path::new("README.md"),
+        )
+        .unwrap();
+        assert_eq!(c.libvirt, sdci_libvirt::LibvirtConfig::default());
+        assert_eq!(c.pools["4.2"].backend, super::super::Backend::Libvirt);
+        assert!(c.uses(super::super::Backend::Libvirt) && !c.uses(super::super::Backend::Vsphere));
+    }
 
     #[test]
     fn an_absent_table_means_the_local_system_daemon() {
