@@ -4,8 +4,9 @@
 //! run jobs on libvirt.
 //!
 //! - [`Image::ensure`] builds `testenv/build-image.sh`'s image once per recipe (the script's
-//!   hash and the package versions it names) into `target/libvirt-image/<hash>/`; concurrent
-//!   test processes wait on a lock file for the one that builds.
+//!   hash and the package versions it names) into `target/libvirt-image/<hash>/`, removing the
+//!   images of earlier recipes; concurrent test processes wait on a lock file for the one that
+//!   builds.
 //! - [`Libvirtd::start`] runs the distribution's `libvirtd` as root in a private mount
 //!   namespace whose `/run/libvirt`, `/var/lib/libvirt`, `/etc/libvirt`, `/var/cache/libvirt`
 //!   and `/var/log/libvirt` are bind mounts of one directory under `target/libvirt-env/`, so no
@@ -114,6 +115,18 @@ impl Image {
         fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let took = started.elapsed();
         eprintln!("libvirt testenv: built the guest image {key} in {took:.1?}");
+        // Images of earlier recipes are not used again (about 100 MB each).
+        if let Ok(rd) = fs::read_dir(&base) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let stale = name.len() == key.len()
+                    && name != key
+                    && name.bytes().all(|b| b.is_ascii_hexdigit());
+                if stale && e.path().join("root.qcow2").exists() {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
         Ok(image(Some(took)))
     }
 }
