@@ -6,34 +6,14 @@ mod common;
 
 use common::*;
 use sdci_host::server::Parts;
-use sdci_host::store::NewJob;
 use sdci_protocol::{Event, EventKind, Outcome};
 
 const BEARER: &str = "per-job-secret";
 
 async fn host_with_claimed_job(dir: &std::path::Path) -> (TestHost, String) {
     let host = start(dir, "", MemoryHv::with_vms(&[]), Parts::HTTP_ONLY).await;
-    let s = &host.hub.store;
-    let id = s
-        .insert_job(&NewJob {
-            repo: "o/r".parse().unwrap(),
-            sha: sha(7).parse().unwrap(),
-            reason: sdci_protocol::Reason::Manual,
-            branch: None,
-            supersede_key: None,
-            clone_url: "x".into(),
-            version: Some("4.2".into()),
-            snapshot: None,
-            update_first: false,
-            commit_author: None,
-            commit_subject: None,
-        })
-        .unwrap();
-    s.register_vms("4.2", &["vm-a".into()]).unwrap();
-    s.claim("4.2", &["vm-a".into()], 1, BEARER, i64::MAX)
-        .unwrap()
-        .unwrap();
-    (host, id.to_string())
+    let id = claim_manual_job(&host, "o/r", BEARER);
+    (host, id)
 }
 
 fn lines(range: std::ops::Range<u64>) -> String {

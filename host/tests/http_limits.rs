@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use sdci_host::server::Parts;
-use sdci_host::store::NewJob;
 use sdci_protocol::{Event, EventKind};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -174,27 +173,7 @@ async fn a_webhook_without_a_signature_is_refused_401_before_its_body_is_read() 
 const BEARER: &str = "per-job-secret";
 
 async fn claimed_job(host: &TestHost) -> String {
-    let s = &host.hub.store;
-    let id = s
-        .insert_job(&NewJob {
-            repo: REPO.parse().unwrap(),
-            sha: sha(7).parse().unwrap(),
-            reason: sdci_protocol::Reason::Manual,
-            branch: None,
-            supersede_key: None,
-            clone_url: "x".into(),
-            version: Some("4.2".into()),
-            snapshot: None,
-            update_first: false,
-            commit_author: None,
-            commit_subject: None,
-        })
-        .unwrap();
-    s.register_vms("4.2", &["vm-a".into()]).unwrap();
-    s.claim("4.2", &["vm-a".into()], 1, BEARER, i64::MAX)
-        .unwrap()
-        .unwrap();
-    id.to_string()
+    claim_manual_job(host, REPO, BEARER)
 }
 
 fn line(seq: u64) -> String {

@@ -548,3 +548,29 @@ pub mod sim {
             .unwrap_or(false)
     }
 }
+
+/// Inserts a manual job of `repo` and claims `vm-a` for it with the event secret `bearer`, as
+/// the scheduler would: the job is `assigned` and its event stream accepts that bearer.
+pub fn claim_manual_job(host: &TestHost, repo: &str, bearer: &str) -> String {
+    let s = &host.hub.store;
+    let id = s
+        .insert_job(&sdci_host::store::NewJob {
+            repo: repo.parse().unwrap(),
+            sha: sha(7).parse().unwrap(),
+            reason: sdci_protocol::Reason::Manual,
+            branch: None,
+            supersede_key: None,
+            clone_url: "x".into(),
+            version: Some("4.2".into()),
+            snapshot: None,
+            update_first: false,
+            commit_author: None,
+            commit_subject: None,
+        })
+        .unwrap();
+    s.register_vms("4.2", &["vm-a".into()]).unwrap();
+    s.claim("4.2", &["vm-a".into()], 1, bearer, i64::MAX)
+        .unwrap()
+        .unwrap();
+    id.to_string()
+}
