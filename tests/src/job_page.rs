@@ -3,6 +3,7 @@
 //! its DOM, and timing each line of the host's copy of a log as it grows on disk.
 
 use crate::browser::Browser;
+use crate::job_world::JobWorld;
 use crate::world::{http, sign, World, REPO};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;

@@ -369,7 +369,7 @@ impl JobWorld for World {
         World::addr(self)
     }
     fn public_url(&self) -> String {
-        World::host_url(self)
+        format!("http://{}", World::addr(self))
     }
     fn config_path(&self) -> &Path {
         World::config_path(self)

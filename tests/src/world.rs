@@ -16,7 +16,8 @@
 //!   deadline; nothing sleeps to synchronise.
 
 use crate::fixture::{Fixture, TestMode};
-use crate::github::{CommitStatus, GitHub, TEST_APP_PRIVATE_KEY};
+use crate::github::{GitHub, TEST_APP_PRIVATE_KEY};
+use crate::job_world::JobWorld;
 use crate::qubes_world::{QubeSpec, QubesWorld, WorldSpec};
 use crate::vsphere_sim::{SimOptions, SimVm, VsphereSim};
 use anyhow::{anyhow, bail, Context, Result};
@@ -421,213 +422,9 @@ impl World {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`, the host's public URL.
-    pub fn host_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The job page's URL (the `target_url` of its statuses).
-    pub fn job_url(&self, id: &str) -> String {
-        format!("{}/jobs/{id}", self.host_url())
-    }
-
-    pub fn host_log_path(&self) -> PathBuf {
-        self.dir.path().join("host.log")
-    }
-
-    /// Everything the host has logged so far.
-    pub fn host_log(&self) -> String {
-        std::fs::read_to_string(self.host_log_path()).unwrap_or_default()
-    }
-
-    /// Makes `sha` (a commit of the fixture) fetchable from the stand-in and the head of `main`.
-    pub fn publish(&self, sha: &str) -> Result<()> {
-        publish(&self.github, &self.fixture, sha)
-    }
-
-    /// Commits a new test mode to the fixture and publishes it; returns the sha.
-    pub fn commit(&self, mode: TestMode, message: &str) -> Result<String> {
-        let sha = self.fixture.commit_mode(mode, message)?;
-        self.publish(&sha)?;
-        Ok(sha)
-    }
-
-    /// Sends a signed `push` webhook for `sha` on `main`; returns the queued job's id.
-    pub fn push(&self, sha: &str) -> Result<String> {
-        self.push_to(sha, "main")
-    }
-
     /// Sends a signed `push` webhook for `sha` on `main` and returns the host's raw answer.
     pub fn send_push(&self, sha: &str) -> Result<(u16, String)> {
         self.send_push_to(sha, "main")
-    }
-
-    /// Sends a signed `push` webhook for `sha` on `branch`; returns the queued job's id.
-    pub fn push_to(&self, sha: &str, branch: &str) -> Result<String> {
-        let (code, body) = self.send_push_to(sha, branch)?;
-        if code != 202 {
-            bail!("the host answered the push with {code}: {body}");
-        }
-        let id = body
-            .strip_prefix("queued job ")
-            .map(|s| s.trim().to_owned())
-            .ok_or_else(|| anyhow!("unexpected answer to the push: {body}"))?;
-        Ok(id)
-    }
-
-    /// Sends a signed `push` webhook for `sha` on `branch` and returns the host's raw answer.
-    pub fn send_push_to(&self, sha: &str, branch: &str) -> Result<(u16, String)> {
-        let body = serde_json::json!({
-            "ref": format!("refs/heads/{branch}"),
-            "before": "0000000000000000000000000000000000000000",
-            "after": sha,
-            "deleted": false,
-            "repository": {
-                "full_name": REPO,
-                "clone_url": format!("https://github.com/{REPO}.git"),
-            },
-        })
-        .to_string();
-        let signature = sign(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
-        let delivery = format!("{:x}", rand_u64());
-        http(
-            self.addr,
-            "POST",
-            "/hooks/github",
-            &[
-                ("Content-Type", "application/json"),
-                ("X-GitHub-Event", "push"),
-                ("X-GitHub-Delivery", &delivery),
-                ("X-Hub-Signature-256", &signature),
-            ],
-            body.as_bytes(),
-        )
-    }
-
-    /// Runs `sdci-host --config <world's> ARGS...` and returns its stdout.
-    pub fn host_cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(crate::binary("sdci-host"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .context("run sdci-host")?;
-        if !out.status.success() {
-            bail!(
-                "sdci-host {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// The job as `sdci-host jobs show` reports it.
-    pub fn job(&self, id: &str) -> Result<JobView> {
-        let text = self.host_cli(&["jobs", "show", id])?;
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name} ")))
-                .unwrap_or("")
-                .trim()
-                .to_owned()
-        };
-        Ok(JobView {
-            id: id.to_owned(),
-            state: field("state"),
-            note: field("note"),
-            vm: field("vm"),
-            attempts: field("attempts").parse().unwrap_or(0),
-            history: parse_history(&text),
-            text,
-        })
-    }
-
-    /// Waits until the job satisfies `done` (safety net: `limit`).
-    pub fn wait_job_until(
-        &self,
-        id: &str,
-        limit: Duration,
-        done: impl Fn(&JobView) -> bool,
-    ) -> Result<JobView> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let j = self.job(id)?;
-            if done(&j) {
-                return Ok(j);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "job {id} did not get there within {limit:?}; now:\n{}\nhost log (tail):\n{}",
-                    j.text,
-                    tail(&self.host_log(), 60)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until the job is in a terminal state and every status the host queued for it was
-    /// handed to GitHub (or gave up), so assertions see the final picture.
-    pub fn wait_job(&self, id: &str) -> Result<JobView> {
-        let j = self.wait_job_until(id, Duration::from_secs(300), JobView::is_terminal)?;
-        self.wait_job_until(id, Duration::from_secs(120), |j| {
-            // Unposted, or being posted (contracts §8: the outbox records its intent first).
-            !j.text.contains(" unposted ") && !j.text.contains(" posting ")
-        })
-        .map(|_| j)
-    }
-
-    /// The job's log as the host keeps it (what its page shows).
-    pub fn job_log(&self, id: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join("data/logs").join(format!("{id}.log")))
-            .unwrap_or_default()
-    }
-
-    /// Statuses GitHub accepted for `sha`, in order.
-    pub fn statuses(&self, sha: &str) -> Vec<CommitStatus> {
-        self.github
-            .statuses()
-            .into_iter()
-            .filter(|s| s.sha == sha)
-            .collect()
-    }
-
-    /// `(state, description)` of every status GitHub accepted for `sha`, in order.
-    pub fn status_pairs(&self, sha: &str) -> Vec<(String, String)> {
-        self.statuses(sha)
-            .into_iter()
-            .map(|s| (s.state, s.description.unwrap_or_default()))
-            .collect()
-    }
-
-    /// Waits until GitHub holds at least `n` statuses for `sha`.
-    pub fn wait_statuses(&self, sha: &str, n: usize, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        while self.statuses(sha).len() < n {
-            if Instant::now() > deadline {
-                bail!(
-                    "GitHub has {:?} for {sha}, expected at least {n}",
-                    self.status_pairs(sha)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    /// `GET` on the host (e.g. a job page); `(status, body)`.
-    pub fn get(&self, path: &str) -> Result<(u16, String)> {
-        http(self.addr, "GET", path, &[], b"")
-    }
-
-    /// GETs an absolute URL served by this world's host (a status's `target_url`).
-    pub fn get_url(&self, url: &str) -> Result<(u16, String)> {
-        let base = self.host_url();
-        let path = url
-            .strip_prefix(&base)
-            .ok_or_else(|| anyhow!("{url} is not served by this world's host ({base})"))?;
-        self.get(path)
     }
 
     /// Power state of every VM: `(name, "poweredOn" | "poweredOff" | ...)`.
@@ -650,31 +447,10 @@ impl World {
             .collect())
     }
 
-    /// Waits until every VM is powered off (the host shuts down asynchronously after a job's
-    /// terminal state is recorded only in the error paths; safety net `limit`).
-    pub fn wait_all_off(&self, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let on = self.vms_on()?;
-            if on.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("VMs still on after {limit:?}: {on:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// The Qubes world in a VM's guest root as it is now (after the last job, until the next
     /// revert).
     pub fn qubes(&self, vm: &str) -> Result<QubesWorld> {
         QubesWorld::open(&self.sim.guest_root(vm))
-    }
-
-    /// The fixture's first commit.
-    pub fn head(&self) -> Result<String> {
-        self.fixture.head()
     }
 }
 

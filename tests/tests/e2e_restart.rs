@@ -10,6 +10,7 @@
 //! Needs the binaries (`cargo build --workspace --bins`) and root (contracts §6).
 #![allow(clippy::unwrap_used)]
 
+use sdci_tests::job_world::JobWorld;
 use sdci_tests::world::{Unsupported, World, WorldOptions};
 use std::time::{Duration, Instant};
 

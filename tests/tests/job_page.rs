@@ -13,6 +13,7 @@
 use sdci_tests::browser::{self, Browser, CutProxy};
 use sdci_tests::fixture::TestMode;
 use sdci_tests::job_page::{api_job, dom_lines, push_commit, wait_api};
+use sdci_tests::job_world::JobWorld;
 use sdci_tests::vsphere_sim::Fault;
 use sdci_tests::world::{Unsupported, World, WorldOptions};
 use serde_json::Value;

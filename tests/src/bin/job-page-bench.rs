@@ -19,6 +19,7 @@
 use anyhow::{bail, Context, Result};
 use sdci_tests::browser::{self, Browser};
 use sdci_tests::job_page::{dom_lines, epoch_ms, percentile, printed_at, wait_api, LogWatch};
+use sdci_tests::job_world::JobWorld;
 use sdci_tests::world::{http, World, WorldOptions};
 use serde_json::{json, Value};
 use std::collections::HashMap;
