@@ -367,6 +367,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
+    // The handlers are installed before READY=1: a SIGTERM that follows READY at once must start
+    // the drain, not meet the default disposition and kill the process.
+    let shutdown = shutdown_signal()?;
     // systemd Type=notify: the port is bound (packaging/).
     sdci_host::sd_notify::ready();
     // The hypervisors are connected in the background, with backoff: serve starts (and stores
@@ -380,31 +383,21 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .map(Arc::new)
         }
     };
-    server::run_with(
-        hub,
-        connect,
-        auth,
-        listener,
-        server::Parts::ALL,
-        shutdown_signal(),
-    )
-    .await?;
+    server::run_with(hub, connect, auth, listener, server::Parts::ALL, shutdown).await?;
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT (Ctrl-C) handlers now and returns a future that resolves on
+/// the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install the signal handlers; SIGTERM ends the process at once");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
-    }
-    sdci_host::sd_notify::stopping(); // systemd shows "deactivating" while the drain runs
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        sdci_host::sd_notify::stopping(); // systemd shows "deactivating" while the drain runs
+    })
 }
