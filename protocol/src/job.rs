@@ -23,6 +23,7 @@
 //! `post_running_status` default to `true`: standalone behaviour).
 
 use crate::ids::{CommitSha, JobId, RepoName};
+use crate::results::ResultsSpec;
 pub use crate::secret::Secret;
 use crate::ProtocolError;
 use serde::{Deserialize, Serialize};
@@ -121,6 +122,18 @@ pub struct JobSpec {
     pub steps: Vec<Step>,
     /// Unix time (seconds) after which the whole job is abandoned as an infrastructure error.
     pub deadline_unix: u64,
+    /// What dom0 collects into `results.tar.zst` after the steps (contracts §11). Absent: the
+    /// defaults ([`ResultsSpec::default`]); the host leaves it out when its configuration is the
+    /// default, so such a file also reads in a dom0 older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<ResultsSpec>,
+}
+
+impl JobSpec {
+    /// What to collect: [`JobSpec::results`], else the defaults.
+    pub fn results_spec(&self) -> ResultsSpec {
+        self.results.clone().unwrap_or_default()
+    }
 }
 
 /// The part of the job dom0 hands to the agent in sd-dev. Nothing in it reaches a dom0 step.
@@ -258,6 +271,9 @@ impl JobFile {
                 "dev_dir must be an absolute path".into(),
             ));
         }
+        if let Some(results) = &s.results {
+            results.validate()?;
+        }
         Ok(())
     }
 }
@@ -353,6 +369,7 @@ mod tests {
                 dev_dir: dev_dir.clone(),
                 steps: default_steps(),
                 deadline_unix: 1_900_000_000,
+                results: None,
             },
             agent: AgentJob {
                 version: JOB_FILE_VERSION,
@@ -504,6 +521,32 @@ mod tests {
             !shown.contains("ghs_secret") && !shown.contains("per-job"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_job_file_without_results_means_the_default_collection_and_writes_no_field() {
+        let file = sample();
+        let json = file.to_json();
+        assert!(!json.contains("\"results\""), "{json}");
+        let back = JobFile::from_json(json.as_bytes()).unwrap();
+        assert_eq!(back.spec.results_spec(), ResultsSpec::default());
+    }
+
+    #[test]
+    fn a_job_files_results_round_trip_and_bad_globs_are_refused() {
+        let mut file = sample();
+        file.spec.results = Some(ResultsSpec {
+            junit: vec!["**/junit-*.xml".into()],
+            artifacts: vec!["build-log/*.log".into()],
+        });
+        let back = JobFile::from_json(file.to_json().as_bytes()).unwrap();
+        assert_eq!(back, file);
+        file.spec.results = Some(ResultsSpec {
+            junit: vec!["../../../etc/shadow".into()],
+            artifacts: vec![],
+        });
+        let err = JobFile::from_json(file.to_json().as_bytes()).unwrap_err();
+        assert!(matches!(err, ProtocolError::Inconsistent(_)), "{err}");
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //!   live copy.
 //! - [`gateway`]: `sdci-agent status|token|head|ci-config`: exit codes ([`GatewayExit`]) and the
 //!   minted-token line ([`MintedToken`]).
-//! - [`paths`]: dom0's paths of a job (`.sdci/jobs/<id>/job.json`, `log.txt`).
+//! - [`paths`]: dom0's paths of a job (`.sdci/jobs/<id>/job.json`, `log.txt`,
+//!   `results.tar.zst`).
+//! - [`results`]: what dom0 collects after the steps ([`ResultsSpec`]) and the manifest of the
+//!   results file ([`ResultsManifest`]).
 //! - [`secret`]: [`Secret`] and the one rule for reading a secret from a file.
 //! - [`time`]: UTC calendar dates and their formats ([`Utc`]), no date crate.
 //!
@@ -29,6 +32,7 @@ pub mod job;
 pub mod logline;
 pub mod outcome;
 pub mod paths;
+pub mod results;
 pub mod secret;
 pub mod time;
 
@@ -39,6 +43,7 @@ pub use ingest::NextSeq;
 pub use job::{AgentJob, JobFile, JobSpec, Reason, Step, JOB_FILE_VERSION};
 pub use outcome::{Outcome, StatusState};
 pub use paths::JobPaths;
+pub use results::{ResultsManifest, ResultsSpec};
 pub use secret::Secret;
 pub use time::Utc;
 

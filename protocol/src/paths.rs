@@ -7,6 +7,7 @@
 //! .sdci/dom0.toml            dom0's configuration (optional)
 //! .sdci/jobs/<id>/job.json   the job file the host uploads (JobFile)
 //! .sdci/jobs/<id>/log.txt    dom0's log of the job, the authoritative copy the host downloads
+//! .sdci/jobs/<id>/results.tar.zst   the job's test results and failure evidence (§11)
 //! ```
 //!
 //! The paths are guest paths (POSIX strings on another machine), so they are `String`s, not
@@ -22,6 +23,9 @@ pub const JOBS_DIR: &str = ".sdci/jobs";
 pub const JOB_FILE: &str = "job.json";
 /// dom0's log's name inside a job's directory.
 pub const LOG_FILE: &str = "log.txt";
+/// The results file's name inside a job's directory (CONTRACTS.md §11): written once, after
+/// the steps, by a rename, so a reader never sees a partial file.
+pub const RESULTS_FILE: &str = "results.tar.zst";
 
 /// The home directory of a dom0 user: `/home/<user>`.
 pub fn dom0_home(user: &str) -> String {
@@ -64,6 +68,11 @@ impl JobPaths {
     pub fn log_file(&self) -> String {
         format!("{}/{LOG_FILE}", self.dir)
     }
+
+    /// `<dir>/results.tar.zst`.
+    pub fn results_file(&self) -> String {
+        format!("{}/{RESULTS_FILE}", self.dir)
+    }
 }
 
 impl JobId {
@@ -87,6 +96,7 @@ mod tests {
         assert_eq!(p.dir(), ".sdci/jobs/job-1");
         assert_eq!(p.job_file(), ".sdci/jobs/job-1/job.json");
         assert_eq!(p.log_file(), ".sdci/jobs/job-1/log.txt");
+        assert_eq!(p.results_file(), ".sdci/jobs/job-1/results.tar.zst");
     }
 
     #[test]
@@ -96,6 +106,10 @@ mod tests {
         let p = JobPaths::in_home(&home, &id());
         assert_eq!(p.job_file(), "/home/user/.sdci/jobs/job-1/job.json");
         assert_eq!(p.log_file(), "/home/user/.sdci/jobs/job-1/log.txt");
+        assert_eq!(
+            p.results_file(),
+            "/home/user/.sdci/jobs/job-1/results.tar.zst"
+        );
         assert_eq!(JobPaths::in_home("/home/user/", &id()), p);
     }
 }

@@ -155,6 +155,7 @@ impl World {
                 dev_dir: self.job.dev_dir.clone(),
                 steps,
                 deadline_unix: 4_000_000_000,
+                results: None,
             },
             agent: self.job.clone(),
         };

@@ -176,6 +176,7 @@ pub fn job_file(id: &str, steps: Vec<Step>) -> JobFile {
             dev_dir: dev_dir.clone(),
             steps,
             deadline_unix: 4_000_000_000,
+            results: None,
         },
         agent: AgentJob {
             version: JOB_FILE_VERSION,

@@ -593,6 +593,7 @@ impl<H: Hypervisor> Orchestrator<H> {
                 dev_dir: cfg.dom0.dev_dir.clone(),
                 steps: cfg.steps(),
                 deadline_unix: (now as u64) + cfg.deadlines.run_secs,
+                results: None,
             },
             agent: AgentJob {
                 version: JOB_FILE_VERSION,
