@@ -1,25 +1,41 @@
-//! A GitHub stand-in for tests: an axum server on `127.0.0.1:0` implementing the REST endpoints
-//! `sdci-agent` uses, plus git's "dumb HTTP" protocol for clones, with switches for outages and
-//! rate limits. It follows GitHub's documented behaviour (REST API 2022-11-28):
+//! A GitHub stand-in for tests: an axum server on `127.0.0.1:0` that answers the REST endpoints
+//! `sdci-agent` uses as GitHub does, serves git, and has switches for outages and rate limits.
+//! It follows GitHub's documented behaviour (REST API 2022-11-28; the shapes of
+//! `@octokit/openapi`'s `api.github.com.json`, see [`objects`]):
 //!
 //! | endpoint | checks |
 //! |---|---|
-//! | `POST /repos/{o}/{r}/statuses/{sha}` | token with `statuses: write`; body: `state` required, one of `error`, `failure`, `pending`, `success`; `description` string or null, at most 140 characters; `target_url` string or null; `context` string (default `default`); no other fields (stricter than GitHub, to catch typos) |
-//! | `GET /repos/{o}/{r}/contents/{path}?ref=` | token with `contents: read`; `200` base64 file object or `404` |
-//! | `GET /repos/{o}/{r}/branches/{b}`, `GET /repos/{o}/{r}/git/ref/heads/{b}` | token with `contents: read` |
+//! | `POST /repos/{o}/{r}/statuses/{sha}` | token with `statuses: write`; body: `state` required, one of `error`, `failure`, `pending`, `success`; `description` string or null, at most 140 characters; `target_url` string or null; `context` string (default `default`); no other fields (stricter than GitHub, to catch typos); `201` with `Location` |
+//! | `GET /repos/{o}/{r}/contents/{path}?ref=` | token with `contents: read`; `200` `content-file` (base64 wrapped at 60) or `404` |
+//! | `GET /repos/{o}/{r}/branches/{b}`, `GET /repos/{o}/{r}/git/ref/heads/{b}` | token with `contents: read`; `branch-with-protection`, `git-ref` |
+//! | `POST /repos/{o}/{r}/check-runs`, `PATCH`/`GET /repos/{o}/{r}/check-runs/{id}`, `GET /repos/{o}/{r}/commits/{ref}/check-runs` | an installation token with `checks: write` to write (`checks: read` to read); a personal access token may read but not write (`403 You must authenticate via a GitHub App.`); GitHub's rules in [`checks`]; every create and update recorded ([`GitHub::check_run_history`]) |
+//! | `GET /repos/{o}/{r}/collaborators/{user}/permission` | any token of the repository (`metadata: read`, which every installation token has); the level set with [`GitHub::set_permission`]; an unknown user is `404` |
 //! | `POST /app/installations/{id}/access_tokens` | RS256 JWT (signature, `iss` = app id, `exp` in the future and at most 10 minutes after `iat`); body: `repositories` (names of registered repos), `repository_ids`, `permissions` (`read`/`write`/`admin`) |
 //! | `DELETE /installation/token` | an installation token (not a PAT, not a JWT: `401`/`403` as GitHub); no body; `204`, after which the token answers `401 Bad credentials` everywhere |
-//! | `GET /{o}/{r}.git/...` | git dumb HTTP from a registered repository, Basic auth with a token that may read contents |
+//! | `GET /{o}/{r}.git/...` | git from a registered repository, Basic auth with a token that may read contents |
+//!
+//! Every API answer carries GitHub's headers: `Content-Type: application/json; charset=utf-8`,
+//! `X-GitHub-Request-Id`, `X-GitHub-Api-Version-Selected`, `X-GitHub-Media-Type`,
+//! `X-RateLimit-Limit/Remaining/Reset/Used/Resource` (5,000 an hour per token, 60 without one,
+//! counted per stand-in), `Location` on creates, and on a `GET` that answers `200` a weak `ETag`
+//! (an `If-None-Match` with it answers `304` with no body). Errors are
+//! `{"message","documentation_url","status"}` (`422` adds `errors`).
 //!
 //! Every request must carry a `User-Agent` (GitHub answers 403 otherwise). Every request is
 //! recorded (method, path, query, headers with `Authorization` reduced to its scheme, body, the
 //! status answered) for assertions. Invariants: the stand-in never stores a secret in a
 //! recorded request; faults (outages, rate limits) are applied before routing, in the order
-//! they were queued.
+//! they were queued; every URL in an answer points at the stand-in itself (loopback), never at
+//! github.com.
+
+mod checks;
+pub mod objects;
+
+pub use checks::{ChangeKind, CheckRun, CheckRunAction, CheckRunChange, CheckRunOutput};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine;
@@ -47,6 +63,8 @@ pub struct RecordedRequest {
     /// The status code the stand-in answered, and its headers (e.g. `x-ratelimit-reset`).
     pub status: u16,
     pub response_headers: Vec<(String, String)>,
+    /// The body the stand-in answered (empty for git and for answers without a body).
+    pub response_body: String,
     /// When the request arrived (before the answer was decided).
     pub at: SystemTime,
 }
@@ -66,6 +84,10 @@ impl RecordedRequest {
     }
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+    /// The answer's body as JSON (`Null` when it had none).
+    pub fn response_json(&self) -> Value {
+        serde_json::from_str(&self.response_body).unwrap_or(Value::Null)
     }
 }
 
@@ -107,6 +129,8 @@ struct Repo {
     branches: HashMap<String, String>,
     files: HashMap<(String, String), Vec<u8>>,
     git_dir: Option<PathBuf>,
+    /// Collaborator permission (role) per user login, as set by the test.
+    roles: HashMap<String, String>,
 }
 
 struct App {
@@ -120,17 +144,23 @@ enum Fault {
     Rate(RateLimit),
 }
 
-#[derive(Default)]
 struct Inner {
+    /// The stand-in's base URL: every URL in an answer starts with it.
+    base: String,
     repos: HashMap<String, Repo>,
     pats: Vec<String>,
     app: Option<App>,
     minted: Vec<MintedToken>,
     statuses: Vec<CommitStatus>,
+    checks: checks::CheckRuns,
     requests: Vec<RecordedRequest>,
     faults: VecDeque<Fault>,
     outage_until: Option<(Instant, u16)>,
     counter: u64,
+    /// Requests counted against each rate-limit key (a token, or "" without one).
+    rate_used: HashMap<String, u64>,
+    /// The end of the current rate-limit hour (epoch seconds).
+    rate_reset: u64,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -156,7 +186,21 @@ impl GitHub {
             "http://{}",
             listener.local_addr().expect("listener has an address")
         );
-        let inner: Shared = Arc::default();
+        let inner: Shared = Arc::new(Mutex::new(Inner {
+            base: url.clone(),
+            repos: HashMap::new(),
+            pats: Vec::new(),
+            app: None,
+            minted: Vec::new(),
+            statuses: Vec::new(),
+            checks: checks::CheckRuns::default(),
+            requests: Vec::new(),
+            faults: VecDeque::new(),
+            outage_until: None,
+            counter: 0,
+            rate_used: HashMap::new(),
+            rate_reset: now_unix() + 3600,
+        }));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state = inner.clone();
         let thread = std::thread::spawn(move || {
@@ -220,9 +264,24 @@ impl GitHub {
             .insert((sha.to_owned(), path.to_owned()), content.to_vec());
     }
 
-    /// Serves the git repository at `path` (bare, or a work tree with `.git`) over git's dumb
-    /// HTTP protocol at [`GitHub::clone_url`]. Dumb HTTP cannot fetch shallow, so a client that
-    /// asks for a shallow fetch sees a refusal and must fall back to a full fetch.
+    /// Sets `user`'s permission on `repo` (registers the repository if needed): `admin`,
+    /// `maintain`, `write`, `triage`, `read`, or `none` (a GitHub user who is no collaborator).
+    /// A user never set is unknown to GitHub: the permission endpoint answers `404`.
+    pub fn set_permission(&self, repo: &str, user: &str, role: &str) {
+        assert!(
+            ["admin", "maintain", "write", "triage", "read", "none"].contains(&role),
+            "GitHub has no role {role:?}"
+        );
+        self.lock()
+            .repos
+            .entry(repo.to_owned())
+            .or_default()
+            .roles
+            .insert(user.to_owned(), role.to_owned());
+    }
+
+    /// Serves the git repository at `path` (bare, or a work tree with `.git`) at
+    /// [`GitHub::clone_url`].
     pub fn serve_git(&self, repo: &str, path: &Path) {
         let git_dir = if path.join(".git").is_dir() {
             path.join(".git")
@@ -319,6 +378,16 @@ impl GitHub {
     pub fn minted(&self) -> Vec<MintedToken> {
         self.lock().minted.clone()
     }
+
+    /// The check runs of a commit as they are now, in creation order.
+    pub fn check_runs(&self, repo: &str, sha: &str) -> Vec<CheckRun> {
+        self.lock().checks.for_commit(repo, sha)
+    }
+
+    /// Every accepted create and update of check run `id`, in order (empty for an unknown id).
+    pub fn check_run_history(&self, id: u64) -> Vec<CheckRunChange> {
+        self.lock().checks.history(id)
+    }
 }
 
 impl Drop for GitHub {
@@ -353,32 +422,49 @@ pub fn rfc3339(unix: u64) -> String {
     Utc::from_unix(i64::try_from(unix).unwrap_or(i64::MAX)).rfc3339()
 }
 
-fn gh_json(status: u16, body: Value) -> Response {
-    let mut resp = (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        axum::Json(body),
-    )
-        .into_response();
-    resp.headers_mut().insert(
-        "x-github-media-type",
-        HeaderValue::from_static("github.v3; format=json"),
-    );
-    resp
+/// An API answer before GitHub's common headers are added: status, JSON body (none for `204`),
+/// and the headers of this operation (`Location`, `Retry-After`, rate-limit overrides).
+pub(crate) struct Answer {
+    status: u16,
+    body: Option<Value>,
+    headers: Vec<(&'static str, String)>,
 }
 
-fn message(status: u16, msg: &str) -> Response {
-    gh_json(
+impl Answer {
+    fn json(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            body: Some(body),
+            headers: Vec::new(),
+        }
+    }
+    fn empty(status: u16) -> Self {
+        Self {
+            status,
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+    fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+fn message(status: u16, msg: &str) -> Answer {
+    Answer::json(
         status,
-        json!({"message": msg, "documentation_url": "https://docs.github.com/rest", "status": status.to_string()}),
+        json!({"message": msg, "documentation_url": "https://docs.github.com/rest",
+               "status": status.to_string()}),
     )
 }
 
-fn validation_failed(field: &str, code: &str, msg: &str) -> Response {
-    gh_json(
+fn validation_failed_for(resource: &str, field: &str, code: &str, msg: &str) -> Answer {
+    Answer::json(
         422,
         json!({
             "message": "Validation Failed",
-            "errors": [{"resource": "Status", "field": field, "code": code, "message": msg}],
+            "errors": [{"resource": resource, "field": field, "code": code, "message": msg}],
             "documentation_url": "https://docs.github.com/rest",
             "status": "422"
         }),
@@ -428,6 +514,13 @@ fn recorded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What routing decided: an API answer of an operation (its OpenAPI path template and method,
+/// `None` for faults, which no operation describes), or a response of git's.
+enum Routed {
+    Api(Option<&'static str>, Answer),
+    Raw(Response),
+}
+
 async fn handle(State(state): State<Shared>, req: Request) -> Response {
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
@@ -438,7 +531,7 @@ async fn handle(State(state): State<Shared>, req: Request) -> Response {
         .unwrap_or_default();
     let mut inner = state.lock().unwrap_or_else(|p| p.into_inner());
     let at = SystemTime::now();
-    let resp = respond(
+    let routed = respond(
         &mut inner,
         &method,
         &path,
@@ -446,6 +539,10 @@ async fn handle(State(state): State<Shared>, req: Request) -> Response {
         &headers,
         &body,
     );
+    let (resp, response_body) = match routed {
+        Routed::Raw(r) => (r, String::new()),
+        Routed::Api(_op, answer) => finish(&mut inner, &method, &headers, answer),
+    };
     inner.requests.push(RecordedRequest {
         method,
         path,
@@ -454,25 +551,117 @@ async fn handle(State(state): State<Shared>, req: Request) -> Response {
         body: String::from_utf8_lossy(&body).into_owned(),
         status: resp.status().as_u16(),
         response_headers: recorded_headers(resp.headers()),
+        response_body,
         at,
     });
     resp
 }
 
-fn fault_response(fault: Fault) -> Response {
-    match fault {
-        Fault::Status(status) => {
-            let mut r = message(status, "Server Error");
-            if status == 502 {
-                // GitHub's edge answers 502 with an HTML page, not JSON.
-                r = (
-                    StatusCode::BAD_GATEWAY,
-                    "<html><body><h1>502 Bad Gateway</h1></body></html>",
-                )
-                    .into_response();
-            }
-            r
+/// Turns an answer into GitHub's response: the body, `Content-Type`, the request id, the API
+/// version, the rate-limit headers of the caller's key, and an `ETag` (or `304`) on a `GET`.
+fn finish(inner: &mut Inner, method: &str, headers: &HeaderMap, a: Answer) -> (Response, String) {
+    let text = a
+        .body
+        .as_ref()
+        .map(|b| serde_json::to_string(b).unwrap_or_default())
+        .unwrap_or_default();
+    let mut status = a.status;
+    let mut etag = None;
+    if method == "GET" && status == 200 {
+        use sha2::Digest;
+        let tag = format!(
+            "W/\"{}\"",
+            hex::encode(sha2::Sha256::digest(text.as_bytes()))
+        );
+        let matches = headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+        if matches {
+            status = 304;
         }
+        etag = Some(tag);
+    }
+    let body_text = if status == 304 || a.body.is_none() {
+        String::new()
+    } else {
+        text
+    };
+    let mut resp = Response::new(Body::from(body_text.clone()));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    let mut put = |name: &str, value: &str| {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(n, v);
+        }
+    };
+    if a.body.is_some() && status != 304 {
+        put("content-type", "application/json; charset=utf-8");
+    }
+    inner.counter += 1;
+    let n = inner.counter;
+    put(
+        "x-github-request-id",
+        &format!(
+            "{:04X}:{:06X}:{:07X}:{:08X}:{:08X}",
+            n % 0xffff,
+            n * 7,
+            n * 13,
+            n * 31,
+            now_unix() as u32
+        ),
+    );
+    put("x-github-api-version-selected", "2022-11-28");
+    put("x-github-media-type", "github.v3; format=json");
+    put("vary", "Accept, Authorization, Cookie, X-GitHub-OTP");
+    if let Some(tag) = &etag {
+        put("etag", tag);
+        put("cache-control", "private, max-age=60, s-maxage=60");
+    }
+    // The primary rate limit: 5,000 an hour per token, 60 without one (GitHub's numbers).
+    let key = presented_token(headers).unwrap_or_default();
+    let limit: u64 = if key.is_empty() { 60 } else { 5000 };
+    let now = now_unix();
+    if now >= inner.rate_reset {
+        inner.rate_reset = now + 3600;
+        inner.rate_used.clear();
+    }
+    let used = inner.rate_used.entry(key).or_insert(0);
+    *used += 1;
+    let used = *used;
+    put("x-ratelimit-limit", &limit.to_string());
+    put(
+        "x-ratelimit-remaining",
+        &limit.saturating_sub(used).to_string(),
+    );
+    put("x-ratelimit-reset", &inner.rate_reset.to_string());
+    put("x-ratelimit-used", &used.to_string());
+    put("x-ratelimit-resource", "core");
+    for (name, value) in &a.headers {
+        put(name, value);
+    }
+    (resp, body_text)
+}
+
+fn fault_answer(fault: Fault) -> Routed {
+    match fault {
+        Fault::Status(502) => {
+            // GitHub's edge answers 502 with an HTML page, not JSON.
+            let mut r = (
+                StatusCode::BAD_GATEWAY,
+                "<html><body><h1>502 Bad Gateway</h1></body></html>",
+            )
+                .into_response();
+            r.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            Routed::Raw(r)
+        }
+        Fault::Status(status) => Routed::Api(None, message(status, "Server Error")),
         Fault::Rate(RateLimit::Primary {
             status,
             reset_after,
@@ -481,24 +670,22 @@ fn fault_response(fault: Fault) -> Response {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();
             let reset = (now + reset_after).as_secs_f64().ceil() as u64;
-            let mut r = message(status, "API rate limit exceeded for installation.");
-            let h = r.headers_mut();
-            h.insert("x-ratelimit-limit", HeaderValue::from_static("5000"));
-            h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
-            h.insert("x-ratelimit-used", HeaderValue::from_static("5000"));
-            h.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
-            h.insert("x-ratelimit-reset", HeaderValue::from(reset));
-            r
+            let a = message(status, "API rate limit exceeded for installation.")
+                .with_header("x-ratelimit-limit", "5000".to_owned())
+                .with_header("x-ratelimit-remaining", "0".to_owned())
+                .with_header("x-ratelimit-used", "5000".to_owned())
+                .with_header("x-ratelimit-resource", "core".to_owned())
+                .with_header("x-ratelimit-reset", reset.to_string());
+            Routed::Api(None, a)
         }
         Fault::Rate(RateLimit::Secondary {
             status,
             retry_after,
         }) => {
             let secs = retry_after.as_secs_f64().ceil() as u64;
-            let mut r = message(status, "You have exceeded a secondary rate limit.");
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from(secs));
-            r
+            let a = message(status, "You have exceeded a secondary rate limit.")
+                .with_header("retry-after", secs.to_string());
+            Routed::Api(None, a)
         }
     }
 }
@@ -510,20 +697,23 @@ fn respond(
     query: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Response {
+) -> Routed {
     if let Some((until, status)) = inner.outage_until {
         if Instant::now() < until {
-            return fault_response(Fault::Status(status));
+            return fault_answer(Fault::Status(status));
         }
         inner.outage_until = None;
     }
     if let Some(fault) = inner.faults.pop_front() {
-        return fault_response(fault);
+        return fault_answer(fault);
     }
     if headers.get("user-agent").is_none() {
-        return message(
-            403,
-            "Request forbidden by administrative rules. Please make sure your request has a User-Agent header.",
+        return Routed::Api(
+            None,
+            message(
+                403,
+                "Request forbidden by administrative rules. Please make sure your request has a User-Agent header.",
+            ),
         );
     }
     let segs: Vec<String> = path
@@ -532,29 +722,90 @@ fn respond(
         .map(percent_decode)
         .collect();
     let seg: Vec<&str> = segs.iter().map(String::as_str).collect();
-    match (method, seg.as_slice()) {
-        ("POST", ["repos", o, r, "statuses", sha]) => {
-            post_status(inner, &format!("{o}/{r}"), sha, headers, body)
+    let repo_of = |o: &str, r: &str| format!("{o}/{r}");
+    let (op, answer) = match (method, seg.as_slice()) {
+        ("POST", ["repos", o, r, "statuses", sha]) => (
+            "/repos/{owner}/{repo}/statuses/{sha}",
+            post_status(inner, &repo_of(o, r), sha, headers, body),
+        ),
+        ("GET", ["repos", o, r, "contents", rest @ ..]) if !rest.is_empty() => (
+            "/repos/{owner}/{repo}/contents/{path}",
+            get_contents(inner, &repo_of(o, r), &rest.join("/"), query, headers),
+        ),
+        ("GET", ["repos", o, r, "branches", rest @ ..]) if !rest.is_empty() => (
+            "/repos/{owner}/{repo}/branches/{branch}",
+            get_branch(inner, &repo_of(o, r), &rest.join("/"), headers, false),
+        ),
+        ("GET", ["repos", o, r, "git", "ref", "heads", rest @ ..]) if !rest.is_empty() => (
+            "/repos/{owner}/{repo}/git/ref/{ref}",
+            get_branch(inner, &repo_of(o, r), &rest.join("/"), headers, true),
+        ),
+        ("POST", ["repos", o, r, "check-runs"]) => {
+            let repo = repo_of(o, r);
+            let a = match check_access(inner, headers, &repo, "write") {
+                Ok(app_id) => {
+                    inner.counter += 1;
+                    let id = inner.counter;
+                    let (base, now) = (inner.base.clone(), rfc3339(now_unix()));
+                    inner.checks.create(&base, app_id, &repo, id, body, &now)
+                }
+                Err(a) => a,
+            };
+            ("/repos/{owner}/{repo}/check-runs", a)
         }
-        ("GET", ["repos", o, r, "contents", rest @ ..]) if !rest.is_empty() => {
-            get_contents(inner, &format!("{o}/{r}"), &rest.join("/"), query, headers)
+        ("PATCH", ["repos", o, r, "check-runs", id]) => {
+            let repo = repo_of(o, r);
+            let a = match check_access(inner, headers, &repo, "write") {
+                Ok(app_id) => {
+                    let (base, now) = (inner.base.clone(), rfc3339(now_unix()));
+                    inner.checks.update(&base, app_id, &repo, id, body, &now)
+                }
+                Err(a) => a,
+            };
+            ("/repos/{owner}/{repo}/check-runs/{check_run_id}", a)
         }
-        ("GET", ["repos", o, r, "branches", rest @ ..]) if !rest.is_empty() => {
-            get_branch(inner, &format!("{o}/{r}"), &rest.join("/"), headers, false)
+        ("GET", ["repos", o, r, "check-runs", id]) => {
+            let repo = repo_of(o, r);
+            let a = match check_access(inner, headers, &repo, "read") {
+                Ok(app_id) => inner.checks.get(&inner.base, app_id, &repo, id),
+                Err(a) => a,
+            };
+            ("/repos/{owner}/{repo}/check-runs/{check_run_id}", a)
         }
-        ("GET", ["repos", o, r, "git", "ref", "heads", rest @ ..]) if !rest.is_empty() => {
-            get_branch(inner, &format!("{o}/{r}"), &rest.join("/"), headers, true)
+        ("GET", ["repos", o, r, "commits", reference, "check-runs"]) => {
+            let repo = repo_of(o, r);
+            let a = match check_access(inner, headers, &repo, "read") {
+                Ok(app_id) => {
+                    let sha = inner
+                        .repos
+                        .get(&repo)
+                        .and_then(|x| x.branches.get(*reference))
+                        .cloned()
+                        .unwrap_or_else(|| (*reference).to_owned());
+                    inner.checks.list(&inner.base, app_id, &repo, &sha, query)
+                }
+                Err(a) => a,
+            };
+            ("/repos/{owner}/{repo}/commits/{ref}/check-runs", a)
         }
-        ("POST", ["app", "installations", id, "access_tokens"]) => {
-            access_token(inner, id, headers, body)
+        ("GET", ["repos", o, r, "collaborators", user, "permission"]) => (
+            "/repos/{owner}/{repo}/collaborators/{username}/permission",
+            get_permission(inner, &repo_of(o, r), user, headers),
+        ),
+        ("POST", ["app", "installations", id, "access_tokens"]) => (
+            "/app/installations/{installation_id}/access_tokens",
+            access_token(inner, id, headers, body),
+        ),
+        ("DELETE", ["installation", "token"]) => {
+            ("/installation/token", revoke_token(inner, headers, body))
         }
-        ("DELETE", ["installation", "token"]) => revoke_token(inner, headers, body),
         ("GET", [o, r, rest @ ..]) if r.ends_with(".git") && !rest.is_empty() => {
             let repo = format!("{o}/{}", r.trim_end_matches(".git"));
-            git_file(inner, &repo, &rest.join("/"), headers)
+            return Routed::Raw(git_file(inner, &repo, &rest.join("/"), headers));
         }
-        _ => message(404, "Not Found"),
-    }
+        _ => return Routed::Api(None, message(404, "Not Found")),
+    };
+    Routed::Api(Some(op), answer)
 }
 
 /// Which token a request carries: `Bearer X` / `token X` (REST) or Basic `user:X` (git).
@@ -574,14 +825,24 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     }
 }
 
+fn rank(level: &str) -> u8 {
+    match level {
+        "read" => 1,
+        "write" => 2,
+        "admin" => 3,
+        _ => 0,
+    }
+}
+
 /// `Ok` when the request may use `permission` at `level` on `repo`, else GitHub's answer.
+/// `metadata: read` is part of every installation token, as on GitHub.
 fn authorize(
     inner: &Inner,
     headers: &HeaderMap,
     repo: &str,
     permission: &str,
     level: &str,
-) -> Result<(), Box<Response>> {
+) -> Result<(), Box<Answer>> {
     let Some(token) = presented_token(headers) else {
         return Err(Box::new(message(401, "Requires authentication")));
     };
@@ -596,16 +857,11 @@ fn authorize(
         .repositories
         .as_ref()
         .is_none_or(|rs| rs.iter().any(|r| r == name));
-    let rank = |l: &str| match l {
-        "read" => 1,
-        "write" => 2,
-        "admin" => 3,
-        _ => 0,
-    };
-    let perm_ok = minted.permissions.as_ref().is_none_or(|ps| {
-        ps.get(permission)
-            .is_some_and(|granted| rank(granted) >= rank(level))
-    });
+    let perm_ok = (permission == "metadata" && level == "read")
+        || minted.permissions.as_ref().is_none_or(|ps| {
+            ps.get(permission)
+                .is_some_and(|granted| rank(granted) >= rank(level))
+        });
     if repo_ok && perm_ok {
         Ok(())
     } else {
@@ -616,13 +872,32 @@ fn authorize(
     }
 }
 
+/// The check-run endpoints' access: a registered repository, an installation token with
+/// `checks: level` (a personal access token may read, never write); `Ok` is the App's id.
+fn check_access(
+    inner: &Inner,
+    headers: &HeaderMap,
+    repo: &str,
+    level: &str,
+) -> Result<u64, Answer> {
+    if !inner.repos.contains_key(repo) {
+        return Err(message(404, "Not Found"));
+    }
+    let is_pat = presented_token(headers).is_some_and(|t| inner.pats.contains(&t));
+    if is_pat && level == "write" {
+        return Err(message(403, "You must authenticate via a GitHub App."));
+    }
+    authorize(inner, headers, repo, "checks", level).map_err(|a| *a)?;
+    Ok(inner.app.as_ref().map_or(1, |a| a.app_id))
+}
+
 fn post_status(
     inner: &mut Inner,
     repo: &str,
     sha: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Response {
+) -> Answer {
     if !inner.repos.contains_key(repo) {
         return message(404, "Not Found");
     }
@@ -632,9 +907,11 @@ fn post_status(
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
         return message(400, "Problems parsing JSON");
     };
+    let invalid =
+        |field: &str, code: &str, msg: &str| validation_failed_for("Status", field, code, msg);
     for key in obj.keys() {
         if !["state", "target_url", "description", "context"].contains(&key.as_str()) {
-            return validation_failed(key, "invalid", "unknown field");
+            return invalid(key, "invalid", "unknown field");
         }
     }
     let state = match obj.get("state") {
@@ -643,16 +920,14 @@ fn post_status(
         {
             s.clone()
         }
-        Some(_) => {
-            return validation_failed("state", "invalid", "state is not included in the list")
-        }
-        None => return validation_failed("state", "missing_field", "state is missing"),
+        Some(_) => return invalid("state", "invalid", "state is not included in the list"),
+        None => return invalid("state", "missing_field", "state is missing"),
     };
-    let opt_string = |key: &str| -> Result<Option<String>, Box<Response>> {
+    let opt_string = |key: &str| -> Result<Option<String>, Box<Answer>> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(Box::new(validation_failed(
+            Some(_) => Err(Box::new(invalid(
                 key,
                 "invalid",
                 "must be a string or null",
@@ -667,7 +942,7 @@ fn post_status(
         .as_ref()
         .is_some_and(|d| d.chars().count() > 140)
     {
-        return validation_failed(
+        return invalid(
             "description",
             "custom",
             "description is too long (maximum is 140 characters)",
@@ -680,7 +955,7 @@ fn post_status(
     let context = match obj.get("context") {
         None => "default".to_owned(),
         Some(Value::String(s)) => s.clone(),
-        Some(_) => return validation_failed("context", "invalid", "must be a string"),
+        Some(_) => return invalid("context", "invalid", "must be a string"),
     };
     inner.counter += 1;
     let id = inner.counter;
@@ -693,16 +968,31 @@ fn post_status(
         context: context.clone(),
     });
     let now = rfc3339(now_unix());
-    gh_json(
+    let base = &inner.base;
+    let creator = if presented_token(headers).is_some_and(|t| inner.pats.contains(&t)) {
+        objects::simple_user(base, "sdci-bot", "User")
+    } else {
+        objects::simple_user(base, "sdci[bot]", "Bot")
+    };
+    let url = format!("{base}/repos/{repo}/statuses/{sha}");
+    Answer::json(
         201,
         json!({
-            "url": format!("https://api.github.com/repos/{repo}/statuses/{sha}"),
-            "id": id, "node_id": format!("SC_{id}"), "state": state,
+            "url": url, "avatar_url": creator["avatar_url"],
+            "id": id, "node_id": objects::node_id("SC", id), "state": state,
             "description": description, "target_url": target_url, "context": context,
-            "created_at": now, "updated_at": now,
-            "creator": {"login": "sdci[bot]", "id": 1, "type": "Bot"}
+            "created_at": now, "updated_at": now, "creator": creator
         }),
     )
+    .with_header("location", url)
+}
+
+/// Git's blob id of `content` (`sha1("blob <len>\0" + content)`), the `sha` of a file.
+fn blob_sha(content: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(format!("blob {}\0", content.len()).as_bytes());
+    ctx.update(content);
+    hex::encode(ctx.finish().as_ref())
 }
 
 fn get_contents(
@@ -711,7 +1001,7 @@ fn get_contents(
     file: &str,
     query: Option<&str>,
     headers: &HeaderMap,
-) -> Response {
+) -> Answer {
     let Some(r) = inner.repos.get(repo) else {
         return message(404, "Not Found");
     };
@@ -732,15 +1022,17 @@ fn get_contents(
         .chunks(60)
         .map(|c| String::from_utf8_lossy(c).into_owned() + "\n")
         .collect();
-    let name = file.rsplit('/').next().unwrap_or(file);
-    gh_json(
+    Answer::json(
         200,
-        json!({
-            "type": "file", "encoding": "base64", "size": content.len(),
-            "name": name, "path": file, "content": wrapped.concat(),
-            "sha": "0000000000000000000000000000000000000000",
-            "url": format!("https://api.github.com/repos/{repo}/contents/{file}?ref={sha}"),
-        }),
+        objects::content_file(
+            &inner.base,
+            repo,
+            file,
+            &sha,
+            content.len(),
+            &blob_sha(content),
+            &wrapped.concat(),
+        ),
     )
 }
 
@@ -750,7 +1042,7 @@ fn get_branch(
     branch: &str,
     headers: &HeaderMap,
     as_ref: bool,
-) -> Response {
+) -> Answer {
     let Some(r) = inner.repos.get(repo) else {
         return message(404, "Not Found");
     };
@@ -768,18 +1060,45 @@ fn get_branch(
         );
     };
     if as_ref {
-        gh_json(
+        Answer::json(
             200,
-            json!({"ref": format!("refs/heads/{branch}"), "node_id": "REF_1",
-                   "object": {"sha": sha, "type": "commit"}}),
+            objects::git_ref(&inner.base, repo, &format!("heads/{branch}"), sha),
         )
     } else {
-        gh_json(
-            200,
-            json!({"name": branch, "protected": false,
-                   "commit": {"sha": sha, "url": format!("https://api.github.com/repos/{repo}/commits/{sha}")}}),
-        )
+        Answer::json(200, objects::branch(&inner.base, repo, branch, sha))
     }
+}
+
+/// `GET /repos/{o}/{r}/collaborators/{user}/permission`: `permission` is GitHub's older
+/// five-level name (`maintain` reads `write`, `triage` reads `read`), `role_name` the role.
+fn get_permission(inner: &Inner, repo: &str, user: &str, headers: &HeaderMap) -> Answer {
+    let Some(r) = inner.repos.get(repo) else {
+        return message(404, "Not Found");
+    };
+    if let Err(resp) = authorize(inner, headers, repo, "metadata", "read") {
+        return *resp;
+    }
+    let Some(role) = r.roles.get(user) else {
+        return message(404, &format!("{user} is not a user"));
+    };
+    let permission = match role.as_str() {
+        "maintain" => "write",
+        "triage" => "read",
+        other => other,
+    };
+    let level = |min: &[&str]| min.contains(&role.as_str());
+    let mut collaborator = objects::simple_user(&inner.base, user, "User");
+    collaborator["permissions"] = json!({
+        "admin": level(&["admin"]), "maintain": level(&["admin", "maintain"]),
+        "push": level(&["admin", "maintain", "write"]),
+        "triage": level(&["admin", "maintain", "write", "triage"]),
+        "pull": level(&["admin", "maintain", "write", "triage", "read"])
+    });
+    collaborator["role_name"] = json!(role);
+    Answer::json(
+        200,
+        json!({"permission": permission, "role_name": role, "user": collaborator}),
+    )
 }
 
 fn b64url(s: &str) -> Option<Vec<u8>> {
@@ -839,7 +1158,7 @@ fn check_jwt(app: &App, jwt: &str) -> Result<(), &'static str> {
 /// `DELETE /installation/token` ("Revoke an installation access token"): authenticated with the
 /// installation token itself, no request body; `204 No Content`. A PAT is not an installation
 /// token (GitHub: 403), an unknown or revoked token is `401 Bad credentials`.
-fn revoke_token(inner: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Response {
+fn revoke_token(inner: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Answer {
     if !body.is_empty() {
         return message(400, "This endpoint takes no request body");
     }
@@ -859,13 +1178,13 @@ fn revoke_token(inner: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Response
     {
         Some(m) => {
             m.revoked = true;
-            StatusCode::NO_CONTENT.into_response()
+            Answer::empty(204)
         }
         None => message(401, "Bad credentials"),
     }
 }
 
-fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -> Answer {
     let Some(app) = inner.app.as_ref() else {
         return message(404, "Not Found");
     };
@@ -894,7 +1213,7 @@ fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -
     let obj = req.as_object().cloned().unwrap_or_default();
     for key in obj.keys() {
         if !["repositories", "repository_ids", "permissions"].contains(&key.as_str()) {
-            return validation_failed(key, "invalid", "unknown field");
+            return validation_failed_for("InstallationToken", key, "invalid", "unknown field");
         }
     }
     let repositories = match obj.get("repositories") {
@@ -903,12 +1222,17 @@ fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -
             let mut names = Vec::new();
             for v in a {
                 let Some(name) = v.as_str() else {
-                    return validation_failed("repositories", "invalid", "must be strings");
+                    return validation_failed_for(
+                        "InstallationToken",
+                        "repositories",
+                        "invalid",
+                        "must be strings",
+                    );
                 };
                 if name.contains('/')
                     || !inner.repos.keys().any(|k| k.ends_with(&format!("/{name}")))
                 {
-                    return validation_failed(
+                    return validation_failed_for("InstallationToken", 
                         "repositories",
                         "invalid",
                         "There is at least one repository that does not exist or is not accessible to the parent installation.",
@@ -918,11 +1242,23 @@ fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -
             }
             Some(names)
         }
-        Some(_) => return validation_failed("repositories", "invalid", "must be an array"),
+        Some(_) => {
+            return validation_failed_for(
+                "InstallationToken",
+                "repositories",
+                "invalid",
+                "must be an array",
+            )
+        }
     };
     if let Some(v) = obj.get("repository_ids") {
         if !v.as_array().is_some_and(|a| a.iter().all(Value::is_u64)) {
-            return validation_failed("repository_ids", "invalid", "must be an array of integers");
+            return validation_failed_for(
+                "InstallationToken",
+                "repository_ids",
+                "invalid",
+                "must be an array of integers",
+            );
         }
     }
     let permissions = match obj.get("permissions") {
@@ -935,7 +1271,8 @@ fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -
                         map.insert(k.clone(), l.to_owned());
                     }
                     _ => {
-                        return validation_failed(
+                        return validation_failed_for(
+                            "InstallationToken",
                             "permissions",
                             "invalid",
                             "permission levels are read, write or admin",
@@ -945,7 +1282,14 @@ fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -
             }
             Some(map)
         }
-        Some(_) => return validation_failed("permissions", "invalid", "must be an object"),
+        Some(_) => {
+            return validation_failed_for(
+                "InstallationToken",
+                "permissions",
+                "invalid",
+                "must be an object",
+            )
+        }
     };
     inner.counter += 1;
     let token = format!("ghs_standin{:026}", inner.counter);
@@ -961,9 +1305,10 @@ fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -
     let repo_objs: Vec<Value> = repositories
         .iter()
         .flatten()
-        .map(|n| json!({"name": n}))
+        .filter_map(|n| inner.repos.keys().find(|k| k.ends_with(&format!("/{n}"))))
+        .map(|full| objects::repository(&inner.base, full))
         .collect();
-    gh_json(
+    Answer::json(
         201,
         json!({
             "token": token, "expires_at": expires_at,
@@ -978,10 +1323,10 @@ fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -
 
 fn git_file(inner: &Inner, repo: &str, file: &str, headers: &HeaderMap) -> Response {
     let Some(git_dir) = inner.repos.get(repo).and_then(|r| r.git_dir.clone()) else {
-        return message(404, "Not Found");
+        return (StatusCode::NOT_FOUND, "Repository not found.").into_response();
     };
     if let Err(resp) = authorize(inner, headers, repo, "contents", "read") {
-        if resp.status() == StatusCode::UNAUTHORIZED {
+        if resp.status == 401 {
             let mut r = (StatusCode::UNAUTHORIZED, "authentication required").into_response();
             r.headers_mut().insert(
                 "www-authenticate",
@@ -989,11 +1334,11 @@ fn git_file(inner: &Inner, repo: &str, file: &str, headers: &HeaderMap) -> Respo
             );
             return r;
         }
-        return *resp;
+        return (StatusCode::FORBIDDEN, "Permission denied").into_response();
     }
     let rel = Path::new(file);
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return message(404, "Not Found");
+        return (StatusCode::NOT_FOUND, "not found").into_response();
     }
     match std::fs::read(git_dir.join(rel)) {
         Ok(bytes) => {
@@ -1027,4 +1372,16 @@ mod tests {
         assert_eq!(percent_decode("a%2Fb%20c"), "a/b c");
         assert_eq!(percent_decode("100%"), "100%");
     }
+
+    #[test]
+    fn a_blob_sha_is_gits() {
+        // `printf 'hello\n' | git hash-object --stdin`
+        assert_eq!(
+            blob_sha(b"hello\n"),
+            "ce013625030ba8dba906f756967f9e9ca394464a"
+        );
+    }
 }
+
+#[cfg(test)]
+mod answers_tests;
