@@ -4,11 +4,13 @@
 //! - [`JobState`]: a job's place in its life, mapped to GitHub through protocol's table.
 //! - [`CommitInfo`]: the tested commit's author and subject, from the webhook.
 //! - [`cron`]: 5-field cron schedules in UTC or a fixed offset, parsed once at load.
+//! - [`matrix`]: the tested commit's `.github/sdci.yml` (hostile input) and its cells (issue 20).
 //!
 //! Invariant: nothing here performs I/O or depends on another module of the host.
 
 mod commit;
 pub mod cron;
+pub mod matrix;
 mod job_state;
 
 pub use commit::CommitInfo;
