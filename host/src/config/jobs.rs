@@ -1,4 +1,6 @@
-//! `[jobs]`: retries, quarantine, superseding, polling, and the dom0 steps of every job.
+//! `[jobs]`: retries, quarantine, superseding, polling, the dom0 steps of every job, and what dom0
+//! collects after them (`junit`, `artifacts`: globs relative to the checkout, checked at load; the
+//! host's cap on the downloaded `results.tar.zst`).
 
 use sdci_protocol::job::Step;
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,17 @@ pub struct JobsConfig {
     /// cut there (streamed to a temporary file, never held in memory) and marked as truncated.
     #[serde(default = "default_dom0_log_max_bytes")]
     pub dom0_log_max_bytes: u64,
+    /// The most of dom0's `results.tar.zst` (test results and evidence, contracts §11) the host
+    /// downloads after the log, bytes; a longer archive is not kept (a line in the job's log).
+    #[serde(default = "default_results_max_bytes")]
+    pub results_max_bytes: u64,
+    /// Globs (relative to the checkout in dom0) of the JUnit XML files dom0 collects after the
+    /// steps; absent means dom0's default (SDW's `test-data.xml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junit: Option<Vec<String>>,
+    /// Globs (relative to the checkout in dom0) of files dom0 adds to a failed job's evidence.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
     /// Steps run in dom0; absent means the built-in defaults (`protocol::job::default_steps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<Step>>,
@@ -67,6 +80,15 @@ fn default_status_refusals() -> u32 {
 fn default_dom0_log_max_bytes() -> u64 {
     256 * 1024 * 1024
 }
+fn default_results_max_bytes() -> u64 {
+    96 * 1024 * 1024
+}
+
+/// A glob dom0 may expand inside the checkout: protocol's rules (relative, no `.`/`..`, no
+/// control characters, brackets or braces; contracts §11), refused at load naming the key.
+fn check_glob(key: &str, g: &str) -> Result<(), String> {
+    sdci_protocol::results::validate_glob(g).map_err(|why| format!("jobs.{key}: {g:?}: {why}"))
+}
 
 impl JobsConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
@@ -82,6 +104,21 @@ impl JobsConfig {
         if self.dom0_log_max_bytes < 4096 {
             return Err("jobs.dom0_log_max_bytes must be at least 4096 (default 268435456)".into());
         }
+        if self.results_max_bytes < 4096 {
+            return Err("jobs.results_max_bytes must be at least 4096 (default 100663296)".into());
+        }
+        for (key, globs) in [
+            ("junit", self.junit.as_deref().unwrap_or_default()),
+            ("artifacts", self.artifacts.as_slice()),
+        ] {
+            let max = sdci_protocol::results::MAX_GLOBS;
+            if globs.len() > max {
+                return Err(format!("jobs.{key} holds at most {max} globs"));
+            }
+            for g in globs {
+                check_glob(key, g)?;
+            }
+        }
         if self.update_steps.is_some() {
             return Err(
                 "jobs.update_steps was removed: a job with update = true runs the commands of \
@@ -96,5 +133,58 @@ impl JobsConfig {
             }
         }
         Ok(())
+    }
+
+    /// What the job file asks dom0 to collect: `None` (the field left out, dom0's defaults)
+    /// unless `junit` or `artifacts` is configured.
+    pub fn results_spec(&self) -> Option<sdci_protocol::ResultsSpec> {
+        if self.junit.is_none() && self.artifacts.is_empty() {
+            return None;
+        }
+        let mut spec = sdci_protocol::ResultsSpec::default();
+        if let Some(j) = &self.junit {
+            spec.junit.clone_from(j);
+        }
+        spec.artifacts.clone_from(&self.artifacts);
+        Some(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs(text: &str) -> Result<(), String> {
+        let j: JobsConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        j.validate()
+    }
+
+    #[test]
+    fn result_globs_must_stay_inside_the_checkout() {
+        assert!(jobs("junit = [\"securedrop-workstation/test-data.xml\", \"**/*.xml\"]").is_ok());
+        assert!(jobs("artifacts = [\"build/*.log\"]").is_ok());
+        for bad in [
+            "/etc/shadow",
+            "../x.xml",
+            "a/../../b",
+            "./x",
+            "",
+            "a\u{1b}b",
+        ] {
+            let text = format!("artifacts = [{}]", toml::Value::from(bad));
+            let e = jobs(&text).expect_err(bad);
+            assert!(e.starts_with("jobs.artifacts:"), "{e}");
+        }
+        assert!(jobs("junit = [\"../up.xml\"]").is_err());
+        let j: JobsConfig = toml::from_str("").unwrap();
+        assert_eq!(
+            j.results_spec(),
+            None,
+            "the defaults leave the job file's field out"
+        );
+        let j: JobsConfig = toml::from_str("artifacts = [\"a/*.log\"]").unwrap();
+        let spec = j.results_spec().unwrap();
+        assert_eq!(spec.junit, sdci_protocol::ResultsSpec::default().junit);
+        assert_eq!(spec.artifacts, ["a/*.log"]);
     }
 }

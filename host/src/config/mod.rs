@@ -20,6 +20,7 @@ mod nightly;
 mod notify;
 mod pools;
 mod rotation;
+mod test_results;
 mod updates;
 mod vsphere;
 mod webhook;
@@ -34,6 +35,7 @@ pub use nightly::{NightlyConfig, NightlySchedule};
 pub use notify::NotifyConfig;
 pub use pools::{Backend, PoolConfig};
 pub use rotation::{RotationConfig, RotationSchedule};
+pub use test_results::TestsConfig;
 pub use updates::UpdatesConfig;
 pub use vsphere::VsphereConfig;
 pub use webhook::WebhookConfig;
@@ -101,6 +103,9 @@ pub struct Config {
     /// The Qubes update commands run in dom0.
     #[serde(default)]
     pub updates: UpdatesConfig,
+    /// Test results: the bounds of reading them, flakes, the quarantine list (`[tests]`).
+    #[serde(default)]
+    pub tests: TestsConfig,
     /// The libvirt daemons of pools with `backend = "libvirt"` (the client's own type).
     #[serde(default)]
     pub libvirt: sdci_libvirt::LibvirtConfig,
@@ -203,6 +208,7 @@ impl Config {
         self.nightly.validate()?;
         self.rotation.validate()?;
         self.updates.validate()?;
+        self.tests.validate()?;
         Ok(())
     }
 

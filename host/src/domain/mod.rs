@@ -4,14 +4,18 @@
 //! - [`JobState`]: a job's place in its life, mapped to GitHub through protocol's table.
 //! - [`CommitInfo`]: the tested commit's author and subject, from the webhook.
 //! - [`cron`]: 5-field cron schedules in UTC or a fixed offset, parsed once at load.
+//! - [`junit`]: JUnit XML read as hostile input into test cases (issue 19).
+//! - [`flakes`]: when a failed test is flaky, and which tests a quarantine entry names.
 //! - [`matrix`]: the tested commit's `.github/sdci.yml` (hostile input) and its cells (issue 20).
 //!
 //! Invariant: nothing here performs I/O or depends on another module of the host.
 
 mod commit;
 pub mod cron;
-pub mod matrix;
+pub mod flakes;
 mod job_state;
+pub mod junit;
+pub mod matrix;
 
 pub use commit::CommitInfo;
 pub use cron::Schedule;
