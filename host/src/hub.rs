@@ -48,6 +48,10 @@ pub struct Hub {
     pub intake: Arc<Notify>,
     /// Wakes the status outbox.
     pub statuses: Arc<Notify>,
+    /// Wakes the check-run outbox (`orchestration::checks`); notified wherever `statuses` is.
+    pub checks: Arc<Notify>,
+    /// Who may re-run from GitHub: `permission` answers, kept a minute (contracts §10).
+    pub permissions: crate::gateway::github::PermissionCache,
     /// Jobs being driven by this process, with the channel that asks them to stop.
     live: Mutex<HashMap<String, watch::Sender<Option<Stop>>>>,
     event_locks: Mutex<HashMap<String, Arc<EventSlot>>>,
@@ -79,6 +83,8 @@ impl Hub {
             scheduler: Arc::new(Notify::new()),
             intake: Arc::new(Notify::new()),
             statuses: Arc::new(Notify::new()),
+            checks: Arc::new(Notify::new()),
+            permissions: Default::default(),
             live: Mutex::new(HashMap::new()),
             event_locks: Mutex::new(HashMap::new()),
             vm_decisions: tokio::sync::Mutex::new(()),
@@ -129,6 +135,7 @@ impl Hub {
     pub fn wake_all(&self) {
         self.intake.notify_one();
         self.statuses.notify_one();
+        self.checks.notify_one();
         self.scheduler.notify_one();
     }
 

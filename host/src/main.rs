@@ -133,8 +133,11 @@ enum JobsAction {
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a queued or running job.
+    /// Cancel a queued or running job (an ended one is an error).
     Cancel { id: String },
+    /// Run a job's commit again: a new job for the same repository, commit, branch and Qubes
+    /// version; prints its id.
+    Rerun { id: String },
 }
 
 #[derive(Subcommand)]
@@ -224,6 +227,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("{}", cli::show_json(&cfg, &id)?)
                     }
                     JobsAction::Show { id, .. } => print!("{}", cli::show(&cfg, &id)?),
+                    JobsAction::Rerun { id } => {
+                        let new = cli::rerun(&cfg, &id)?;
+                        cli::wake(&cfg).await;
+                        println!("{new}");
+                    }
                     JobsAction::Cancel { id } => {
                         let now = cli::cancel(&cfg, &id)?;
                         let told = cli::wake(&cfg).await;

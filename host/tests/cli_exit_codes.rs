@@ -173,12 +173,20 @@ fn situation(w: &World, row: &Row) -> Option<(Vec<String>, Vec<String>)> {
             (
                 s(&["jobs", "cancel", &id]),
                 vec![format!(
-                    "error: job {id} already ended (canceled): nothing to cancel"
+                    "error: job {id} already ended: canceled; nothing to cancel"
                 )],
             )
         }
         ("jobs cancel ID", "an unknown id") => (
             s(&["jobs", "cancel", "nope"]),
+            s(&["error: no job \"nope\""]),
+        ),
+        ("jobs rerun ID", "a known job") => (
+            s(&["jobs", "rerun", &id]),
+            vec![format!("{}-", &sha(7)[..7])],
+        ),
+        ("jobs rerun ID", "an unknown id") => (
+            s(&["jobs", "rerun", "nope"]),
             s(&["error: no job \"nope\""]),
         ),
         ("run --version V --commit SHA", "a configured pool") => {

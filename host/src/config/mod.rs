@@ -414,6 +414,8 @@ pub(crate) mod tests {
         assert_eq!(c.webhook.branches, d.webhook.branches);
         assert_eq!(c.agent.path, d.agent.path);
         assert_eq!(c.agent.timeout_secs, d.agent.timeout_secs);
+        assert_eq!(c.agent.commit_statuses, d.agent.commit_statuses);
+        assert_eq!(c.agent.check_name, d.agent.check_name);
         assert_eq!(c.dom0.user, d.dom0.user);
         assert_eq!(c.jobs.max_attempts, d.jobs.max_attempts);
         assert_eq!(c.jobs.poll_interval_ms, d.jobs.poll_interval_ms);

@@ -1,6 +1,8 @@
 //! GitHub, through the `sdci-agent` binary: the host never calls the GitHub API itself
-//! (CONTRACTS.md §5). `status`, `token`, `revoke`, `head` and `ci-config`, each a subprocess with a
-//! timeout, answered by exit code (protocol's [`GatewayExit`] table) and stdout.
+//! (CONTRACTS.md §5). `status`, `token`, `revoke`, `head`, `ci-config`, `check-run`, `permission`
+//! and `file`, each a subprocess with a timeout, answered by exit code (protocol's
+//! [`GatewayExit`] table) and stdout. [`PermissionCache`] keeps `permission`'s answers for a
+//! minute (contracts §10).
 //!
 //! Invariants:
 //! - Every data argument is one `--flag=value` word, so a value that begins with `-` (a result
@@ -93,7 +95,175 @@ pub struct GithubGateway {
 struct Output {
     code: i32,
     stdout: String,
+    /// stdout as bytes (`file`).
+    raw: Vec<u8>,
     stderr: String,
+}
+
+/// A check run to create (on a commit, under a name) or to update (by GitHub's id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckRunTarget {
+    Create { sha: String, name: String },
+    Update { id: u64 },
+}
+
+/// A button on a check run (`--action=IDENTIFIER:LABEL:DESCRIPTION`, contracts §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRunAction {
+    pub identifier: String,
+    pub label: String,
+    pub description: String,
+}
+
+/// A check run's `output`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRunOutput {
+    pub title: String,
+    pub summary: String,
+    pub text: Option<String>,
+}
+
+/// One `sdci-agent check-run` call. The host bounds every field to §5's limits before it builds
+/// one (the agent refuses, never repairs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRunRequest {
+    pub repo: String,
+    pub target: CheckRunTarget,
+    /// `queued`, `in_progress` or `completed`.
+    pub status: String,
+    /// With `completed` only.
+    pub conclusion: Option<String>,
+    pub details_url: Option<String>,
+    pub external_id: Option<String>,
+    /// RFC 3339 UTC.
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub output: Option<CheckRunOutput>,
+    /// `None`: the actions stay as they are; `Some(empty)`: `--no-actions`.
+    pub actions: Option<Vec<CheckRunAction>>,
+}
+
+impl CheckRunRequest {
+    /// The argv words after `check-run`, each data argument one `--flag=value` word.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec!["check-run".to_owned(), flag("repo", &self.repo)];
+        match &self.target {
+            CheckRunTarget::Create { sha, name } => {
+                a.push(flag("sha", sha));
+                a.push(flag("name", name));
+            }
+            CheckRunTarget::Update { id } => a.push(flag("id", &id.to_string())),
+        }
+        a.push(flag("status", &self.status));
+        let optional = [
+            ("conclusion", &self.conclusion),
+            ("details-url", &self.details_url),
+            ("external-id", &self.external_id),
+            ("started-at", &self.started_at),
+            ("completed-at", &self.completed_at),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value {
+                a.push(flag(name, v));
+            }
+        }
+        if let Some(o) = &self.output {
+            a.push(flag("title", &o.title));
+            a.push(flag("summary", &o.summary));
+            if let Some(t) = &o.text {
+                a.push(flag("text", t));
+            }
+        }
+        match &self.actions {
+            None => {}
+            Some(list) if list.is_empty() => a.push("--no-actions".into()),
+            Some(list) => {
+                for x in list {
+                    a.push(flag(
+                        "action",
+                        &format!("{}:{}:{}", x.identifier, x.label, x.description),
+                    ));
+                }
+            }
+        }
+        a
+    }
+}
+
+/// A user's permission on a repository (`sdci-agent permission`, contracts §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Admin,
+    Maintain,
+    Write,
+    Triage,
+    Read,
+    None,
+}
+
+impl Permission {
+    pub fn parse(word: &str) -> Option<Self> {
+        Some(match word {
+            "admin" => Self::Admin,
+            "maintain" => Self::Maintain,
+            "write" => Self::Write,
+            "triage" => Self::Triage,
+            "read" => Self::Read,
+            "none" => Self::None,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Maintain => "maintain",
+            Self::Write => "write",
+            Self::Triage => "triage",
+            Self::Read => "read",
+            Self::None => "none",
+        }
+    }
+
+    /// Write access: `admin`, `maintain` or `write` (contracts §5).
+    pub fn can_write(self) -> bool {
+        matches!(self, Self::Admin | Self::Maintain | Self::Write)
+    }
+}
+
+/// `permission`'s answers, kept for [`PermissionCache::TTL`]: a burst of re-run clicks asks
+/// GitHub once, and a revoked access counts again within a minute.
+#[derive(Debug, Default)]
+pub struct PermissionCache {
+    entries: std::sync::Mutex<
+        std::collections::HashMap<(String, String), (std::time::Instant, Permission)>,
+    >,
+}
+
+impl PermissionCache {
+    pub const TTL: Duration = Duration::from_secs(60);
+
+    /// `login`'s permission on `repo`, from the cache or the gateway. Failures are not cached.
+    pub async fn get(&self, gw: &GithubGateway, repo: &str, login: &str) -> Result<Permission> {
+        let key = (repo.to_owned(), login.to_owned());
+        let now = std::time::Instant::now();
+        {
+            let mut m = self
+                .entries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            m.retain(|_, (at, _)| now.duration_since(*at) < Self::TTL);
+            if let Some((_, p)) = m.get(&key) {
+                return Ok(*p);
+            }
+        }
+        let p = gw.permission(repo, login).await?;
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, (now, p));
+        Ok(p)
+    }
 }
 
 impl GithubGateway {
@@ -151,6 +321,7 @@ impl GithubGateway {
         Ok(Output {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            raw: out.stdout,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })
     }
@@ -266,6 +437,73 @@ impl GithubGateway {
         })
     }
 
+    /// `sdci-agent check-run`: creates or updates a check run; GitHub's id of it.
+    pub async fn check_run(&self, req: &CheckRunRequest) -> Result<u64> {
+        let out = self.run(&req.args()).await?;
+        if out.code != GatewayExit::Ok.code() {
+            return Err(Self::fail("check-run", &out));
+        }
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: u64,
+        }
+        let line = out.stdout.trim();
+        serde_json::from_str::<Id>(line).map(|i| i.id).map_err(|e| {
+            GatewayError::shape(
+                "check-run",
+                format!(
+                    "printed {:?}, not {{\"id\":N}}: {e}",
+                    line.chars().take(200).collect::<String>()
+                ),
+            )
+        })
+    }
+
+    /// `sdci-agent permission`: `login`'s permission on `repo` (see [`PermissionCache`]).
+    pub async fn permission(&self, repo: &str, login: &str) -> Result<Permission> {
+        let out = self
+            .run(&["permission".into(), flag("repo", repo), flag("user", login)])
+            .await?;
+        if out.code != GatewayExit::Ok.code() {
+            return Err(Self::fail("permission", &out));
+        }
+        let word = out.stdout.trim();
+        Permission::parse(word).ok_or_else(|| {
+            GatewayError::shape(
+                "permission",
+                format!(
+                    "printed {:?}, not a permission",
+                    word.chars().take(40).collect::<String>()
+                ),
+            )
+        })
+    }
+
+    /// `sdci-agent file`: the bytes of `path` at `sha`; `Ok(None)` when there is no such file
+    /// (exit 3). A file over `max_bytes` is a refusal (exit 78).
+    pub async fn file(
+        &self,
+        repo: &str,
+        sha: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        let out = self
+            .run(&[
+                "file".into(),
+                flag("repo", repo),
+                flag("sha", sha),
+                flag("path", path),
+                flag("max-bytes", &max_bytes.to_string()),
+            ])
+            .await?;
+        match GatewayExit::from_code(out.code) {
+            Some(GatewayExit::Ok) => Ok(Some(out.raw)),
+            Some(GatewayExit::NoCiConfig) => Ok(None),
+            _ => Err(Self::fail("file", &out)),
+        }
+    }
+
     /// `sdci-agent --version`: proves the configured binary runs (for `check-config`).
     pub async fn version(&self) -> Result<String> {
         let out = self.run(&["--version".into()]).await?;
@@ -304,6 +542,63 @@ mod tests {
     fn a_value_that_looks_like_an_option_stays_one_word() {
         assert_eq!(flag("description", "--x"), "--description=--x");
         assert_eq!(flag("description", "a = b"), "--description=a = b");
+    }
+
+    #[test]
+    fn a_check_run_call_is_one_word_per_value_and_an_empty_action_list_clears_the_buttons() {
+        let mut req = CheckRunRequest {
+            repo: "o/r".into(),
+            target: CheckRunTarget::Create {
+                sha: "a".repeat(40),
+                name: "sdci / Qubes 4.2".into(),
+            },
+            status: "completed".into(),
+            conclusion: Some("failure".into()),
+            details_url: Some("http://h/jobs/x".into()),
+            external_id: Some("x".into()),
+            started_at: None,
+            completed_at: Some("2026-12-01T10:00:00Z".into()),
+            output: Some(CheckRunOutput {
+                title: "--title".into(),
+                summary: "a\n| b |".into(),
+                text: None,
+            }),
+            actions: Some(vec![CheckRunAction {
+                identifier: "rerun".into(),
+                label: "Re-run".into(),
+                description: "Run this commit again".into(),
+            }]),
+        };
+        let a = req.args();
+        assert_eq!(a[0], "check-run");
+        assert!(a.contains(&"--name=sdci / Qubes 4.2".to_owned()));
+        assert!(a.contains(&"--title=--title".to_owned()));
+        assert!(a.contains(&"--summary=a\n| b |".to_owned()));
+        assert!(a.contains(&"--action=rerun:Re-run:Run this commit again".to_owned()));
+        assert!(!a.iter().any(|w| w.starts_with("--started-at")));
+        req.target = CheckRunTarget::Update { id: 9 };
+        req.actions = Some(Vec::new());
+        let a = req.args();
+        assert!(a.contains(&"--id=9".to_owned()) && !a.iter().any(|w| w.starts_with("--sha")));
+        assert_eq!(a.last().map(String::as_str), Some("--no-actions"));
+        req.actions = None;
+        assert!(!req.args().iter().any(|w| w.contains("action")));
+    }
+
+    #[test]
+    fn write_access_is_admin_maintain_or_write() {
+        for (word, write) in [
+            ("admin", true),
+            ("maintain", true),
+            ("write", true),
+            ("triage", false),
+            ("read", false),
+            ("none", false),
+        ] {
+            let p = Permission::parse(word).unwrap();
+            assert_eq!((p.as_str(), p.can_write()), (word, write));
+        }
+        assert_eq!(Permission::parse("pull"), None);
     }
 
     #[test]

@@ -441,6 +441,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         }
         hub.unregister_live(id);
         hub.statuses.notify_one();
+        hub.checks.notify_one();
         hub.scheduler.notify_one();
     }
 
@@ -756,6 +757,7 @@ impl<H: Hypervisor> Orchestrator<H> {
             tracing::error!(error = %e, "recording the launch");
         }
         hub.statuses.notify_one();
+        hub.checks.notify_one();
         tracing::info!(pid, "sdci-dom0 launch started");
         self.run_launch(&claim.job, vm, pid, run_deadline_ms, stop, end)
             .await

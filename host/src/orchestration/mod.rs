@@ -15,11 +15,13 @@
 //! - [`rotation`]: golden-snapshot rotation (`save` and its schedules).
 //! - [`nightly`]: nightly jobs and the schedule loop.
 //! - [`statuses`]: the status outbox drained through the GitHub gateway.
+//! - [`checks`]: the check-run outbox (contracts §10) and what a check run shows.
 //! - [`notifier`]: the Slack outbox.
 //!
 //! Boundary: this layer uses the store, the gateways and the hub; it never reads an HTTP request
 //! (that is `surface`).
 
+pub mod checks;
 pub mod dom0_script;
 pub mod leases;
 pub mod lifecycle;

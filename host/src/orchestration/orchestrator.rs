@@ -292,6 +292,7 @@ pub async fn intake_once(hub: &Hub) -> bool {
             tracing::warn!(job = %job.id, "{note}");
             let _ = hub.store.finish(&job.id, JobState::Error, &note, false);
             hub.statuses.notify_one();
+            hub.checks.notify_one();
             continue;
         }
         let version = if hub.cfg.agent.resolve_version {
@@ -326,6 +327,7 @@ pub async fn intake_once(hub: &Hub) -> bool {
             tracing::warn!(job = %job.id, "{note}");
             let _ = hub.store.finish(&job.id, JobState::Error, &note, false);
             hub.statuses.notify_one();
+            hub.checks.notify_one();
             continue;
         }
         if let Err(e) = hub.store.set_version(&job.id, &version) {
@@ -333,6 +335,8 @@ pub async fn intake_once(hub: &Hub) -> bool {
             continue;
         }
         tracing::info!(job = %job.id, version = %version, "version resolved");
+        // A check run is created once its name (the version) is known.
+        hub.checks.notify_one();
         hub.scheduler.notify_one();
     }
     false

@@ -139,6 +139,7 @@ impl<H: Hypervisor> Orchestrator<H> {
             let _ = hub.store.request_cancel(&job.id, cancel);
         }
         hub.statuses.notify_one();
+        hub.checks.notify_one();
         hub.scheduler.notify_one();
     }
 
@@ -361,6 +362,25 @@ impl<H: Hypervisor> Orchestrator<H> {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "checking the final statuses"),
+        }
+        // No check run left queued or in progress by a job that ended (contracts §10).
+        match hub.store.unfinished_checks(since, STUCK_STATUS_TRIES) {
+            Ok((queued, stuck)) => {
+                for job in queued {
+                    tracing::error!(%job, "an ended job's check run had no completion; queued it");
+                }
+                for (job, tries, error) in stuck {
+                    hub.alert(
+                        &format!("check:{job}"),
+                        &format!(
+                            "the check run of job {job} is still not completed on GitHub after \
+                             {tries} tries: {}",
+                            error.unwrap_or_default()
+                        ),
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "checking the check runs"),
         }
         self.check_quarantine();
         let keep_ms = (hub.cfg.log_retention_days * 86_400_000) as i64;

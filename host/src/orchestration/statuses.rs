@@ -9,6 +9,8 @@
 //!   with backoff (1 s doubling to 60 s) and on every wake-up; `/healthz` says the gateway is
 //!   unavailable meanwhile. The job's outcome is already durable in the store, so nothing is
 //!   lost by a failed post.
+//! - With `[agent] commit_statuses = false` (check runs only) nothing is posted: the rows are
+//!   marked skipped, so the outbox stays the record of what a status would have said.
 //! - A permanent refusal (exit 64/78) is counted; after `jobs.status_refusals` the status is
 //!   posted with the host's own plain description (one try), and refused again it is given up
 //!   with an alert. No commit stays `pending` in silence.
@@ -38,9 +40,14 @@ pub fn fallback_description(state: StatusState) -> String {
     }
 }
 
-/// Posts every unposted status in the outbox, in order.
+/// Posts every unposted status in the outbox, in order; with commit statuses off (check runs
+/// only, `[agent] commit_statuses = false`) marks them skipped instead.
 pub async fn drain_statuses(hub: &Hub, agent: &GithubGateway) -> Result<Drained> {
     let mut done = Drained::default();
+    if !hub.cfg.agent.commit_statuses_on() {
+        hub.store.skip_unposted_statuses()?;
+        return Ok(done);
+    }
     // A fallback queued in this pass is posted in the same pass.
     for _round in 0..2 {
         let mut again = false;

@@ -6,6 +6,7 @@
 //! compared in constant time); and what finding a running attempt again after a restart needs
 //! (the guest pid of `sdci-dom0 launch`, its deadline, its exit code once known).
 
+use super::checks::{enqueue_check, CheckPhase};
 use super::jobs::{finish_tx, requeue, transition};
 use super::outbox::enqueue_status;
 use super::{exec, qrow, qrows, sha256_hex, Store};
@@ -149,6 +150,7 @@ impl Store {
                 failed + 1
             );
             enqueue_status(tx, id, StatusState::Pending, &desc, now)?;
+            enqueue_check(tx, id, CheckPhase::Queued, &format!("{note}; {desc}"), now)?;
             Ok(AfterFailure::Requeued)
         })
     }
@@ -268,7 +270,8 @@ impl Store {
                  AND attempt = (SELECT attempts FROM jobs WHERE id = ?2)",
                 params![run_deadline_ms, id],
             )?;
-            enqueue_status(tx, id, StatusState::Pending, running_description, now)
+            enqueue_status(tx, id, StatusState::Pending, running_description, now)?;
+            enqueue_check(tx, id, CheckPhase::InProgress, running_description, now)
         })
     }
 

@@ -4,7 +4,7 @@
 //! keep deliveries from waiting behind an fsync.
 //!
 //! Invariants: one `X-GitHub-Delivery` id creates at most one job, one repo+sha+reason at most
-//! one live job; each caller is answered only after the commit that holds its delivery. A fork's
+//! one live job (a commit whose newest job ended `error` gets a new one); each caller is answered only after the commit that holds its delivery. A fork's
 //! approval (`fork_approvals`: repository, pull request, head sha, approver) is recorded in the
 //! same transaction as the job it starts, and a delivery that needs one creates a job only if
 //! that exact sha was approved: an approval covers one commit.
@@ -290,14 +290,17 @@ fn ingest_one(
             }
         }
     }
+    // The newest job of this commit covers it, unless it ended in an infrastructure error
+    // (`error`: nothing was decided about the project, so a new push or reopen runs it again).
     let existing: Option<JobId> = qrow(
         tx,
-        "SELECT id FROM jobs WHERE repo = ?1 AND sha = ?2 AND reason = ?3 \
+        "SELECT id, state FROM jobs WHERE repo = ?1 AND sha = ?2 AND reason = ?3 \
          AND state != 'canceled' ORDER BY seq DESC LIMIT 1",
         params![job.repo.as_str(), job.sha.as_str(), job.reason.as_str()],
-        |r| parsed(r, 0),
+        |r| Ok((parsed(r, 0)?, r.get::<_, String>(1)?)),
     )
-    .optional()?;
+    .optional()?
+    .and_then(|(id, state)| (state != "error").then_some(id));
     let record = |job_id: &JobId| -> rusqlite::Result<()> {
         if let Some(d) = delivery_id {
             exec(

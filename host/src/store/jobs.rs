@@ -11,6 +11,7 @@
 //! for `canceled`), else the host's note, cut to GitHub's 140 characters.
 
 use super::attempts::AttemptEnd;
+use super::checks::{enqueue_check, CheckPhase};
 use super::outbox::enqueue_status;
 use super::{exec, parsed, qrow, qrows, Store};
 use crate::domain::{CommitInfo, JobState};
@@ -370,7 +371,8 @@ pub(super) fn insert_job(
         ],
     )?;
     transition(tx, job_id, None, "queued", Some(job.reason.as_str()), now)?;
-    enqueue_status(tx, job_id, StatusState::Pending, "queued", now)
+    enqueue_status(tx, job_id, StatusState::Pending, "queued", now)?;
+    enqueue_check(tx, job_id, CheckPhase::Queued, "queued", now)
 }
 
 /// Ends the older queued jobs sharing `key` as `canceled`, and asks the active ones to stop when
@@ -539,6 +541,7 @@ pub(super) fn finish_tx(
     )?;
     let description = reason.as_deref().unwrap_or(&note);
     enqueue_status(tx, id, state.status_state(), description, now)?;
+    enqueue_check(tx, id, CheckPhase::Completed, &note, now)?;
     Ok(true)
 }
 

@@ -18,6 +18,8 @@
 //!   happen only while the job is active in that attempt.
 //! - [`outbox`]: `statuses` (commit statuses still to post) and `notify_meta`/`notify_outbox`
 //!   (Slack messages still to send).
+//! - [`checks`]: `check_meta`, `check_runs` and `check_updates` (the check-run outbox,
+//!   contracts §10) and re-runs (a new job like an earlier one).
 //! - [`backup`]: `sdci-host backup FILE`, SQLite's online backup of the live database.
 //! - [`existing`]: opening a store that must exist, without migrating (the CLI).
 //! - [`stats`]: read-only aggregates for `/metrics` and `/readyz` (no table of its own).
@@ -36,6 +38,7 @@
 
 mod attempts;
 mod backup;
+mod checks;
 mod event_stream;
 mod existing;
 mod ingest;
@@ -49,6 +52,7 @@ mod vms;
 
 pub use attempts::{AfterFailure, AttemptEnd, EventAuth, LaunchState, StepTiming};
 pub use backup::BackupReport;
+pub use checks::{CheckPhase, CheckUpdateRow, PendingCheck, Rerun};
 pub use event_stream::EventAccess;
 pub use ingest::{Delivery, ForkApproval, Ingest, IngestWriter};
 pub use jobs::{JobRow, NewJob, Transition};

@@ -247,6 +247,18 @@ impl Store {
         })
     }
 
+    /// Commit statuses are off (`[agent] commit_statuses = false` beside check runs): every
+    /// unposted status is marked skipped, none is sent. Returns how many.
+    pub fn skip_unposted_statuses(&self) -> Result<usize> {
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE statuses SET posted = ?1 WHERE posted = ?2",
+                params![PostState::Skipped as i64, PostState::Unposted as i64],
+            )
+        })
+    }
+
     /// Gives a refused row up (the caller alerts).
     pub fn status_gave_up(&self, status_id: i64, error: &str) -> Result<()> {
         self.with(|c| {

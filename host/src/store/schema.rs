@@ -173,6 +173,32 @@ CREATE TABLE fork_approvals (
     PRIMARY KEY (repo, pr, sha)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- 8: GitHub check runs (issue 17, contracts §10). `check_meta.enabled` is what `serve` was
+-- configured with, so a job stored by any process (webhook, CLI) gets its check run in the same
+-- transaction; `check_runs` holds GitHub's id per job once created; `check_updates` is the
+-- outbox: one row per phase change, only a job's newest unposted row is sent.
+CREATE TABLE check_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE check_runs (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+    run_id INTEGER,
+    name TEXT,
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE check_updates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    phase TEXT NOT NULL,
+    note TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    posted INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0,
+    refusals INTEGER NOT NULL DEFAULT 0,
+    next_try_ms INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX check_updates_unposted ON check_updates(posted, job_id);
+"#,
 ];
 
 /// Refuses a database whose schema is not exactly this binary's, without changing it (the CLI:

@@ -4,7 +4,8 @@
 //!
 //! Invariants: a manual job goes through the same queue as a webhook's, and only for a repository
 //! in `webhook.repos` (when the list is set); canceling a queued job ends it at once (with its
-//! final status in the outbox), canceling an active one asks the service to stop it; output is
+//! final status in the outbox), canceling an active one asks the service to stop it, canceling
+//! an ended one is an error; a re-run is a new job like the old one, never a reset of it; output is
 //! plain text, one job or VM per line, and every value printed that came from outside (branch
 //! names, notes, reasons, descriptions, VM errors) goes through [`term_safe`]: a control
 //! character, line separator or bidirectional control never reaches the operator's terminal
@@ -209,6 +210,19 @@ pub fn show(cfg: &Config, id: &str) -> Result<String> {
             opt_safe(note.as_deref(), "")
         );
     }
+    let checks = store.check_updates(id)?;
+    if !checks.is_empty() {
+        out.push_str("check run:\n");
+        for c in checks {
+            let _ = writeln!(
+                out,
+                "  {:<11} {:<8} {}",
+                c.phase.as_str(),
+                c.posted.as_str(),
+                term_safe(&c.note)
+            );
+        }
+    }
     out.push_str("statuses:\n");
     for s in store.statuses(id)? {
         let _ = writeln!(
@@ -248,13 +262,26 @@ pub fn cancel(cfg: &Config, id: &str) -> Result<bool> {
         .ok_or_else(|| HostError::NoSuchJob(id.to_owned()))?;
     if job.state.is_terminal() {
         return Err(HostError::Invalid(format!(
-            "job {id} already ended ({}): nothing to cancel",
+            "job {id} already ended: {}; nothing to cancel",
             job.state.as_str()
         )));
     }
     match store.request_cancel(id, "canceled by an operator")? {
         None => Err(HostError::NoSuchJob(id.to_owned())),
         Some(now) => Ok(now),
+    }
+}
+
+/// `sdci-host jobs rerun ID`: a new job for the same repository, commit, branch and Qubes
+/// version (with its own check run when they are on); returns its id.
+pub fn rerun(cfg: &Config, id: &str) -> Result<JobId> {
+    let who = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "an operator".into());
+    let why = format!("sdci-host jobs rerun by {}", term_safe(&who));
+    match open(cfg)?.rerun_job(None, "cli", id, &why)? {
+        crate::store::Rerun::Created(mut ids) if !ids.is_empty() => Ok(ids.remove(0)),
+        _ => Err(HostError::NoSuchJob(id.to_owned())),
     }
 }
 

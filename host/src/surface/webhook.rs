@@ -21,11 +21,17 @@
 //!   needs a new approval (remove and add the label again). The label's mere presence on the pull
 //!   request approves nothing, and the label is not removed through GitHub (the host holds no
 //!   token that may edit issues): the ignore message says what to do.
+//! - Re-runs from GitHub (contracts §10): `check_run` `rerequested`, `check_run`
+//!   `requested_action` with identifier `rerun`, and `check_suite` `rerequested` each queue new
+//!   jobs (never "already covered"), only for an allowed repository and only when the `sender`
+//!   has write access (`permission` through the gateway, cached a minute); otherwise the delivery
+//!   is logged and answered 2xx without a job. The job a check run belongs to is its
+//!   `external_id`, and it must be of the delivery's repository and commit.
 
 use crate::config::Config;
 use crate::domain::CommitInfo;
 use crate::hub::Hub;
-use crate::store::{Delivery, ForkApproval, Ingest, NewJob};
+use crate::store::{Delivery, ForkApproval, Ingest, NewJob, Rerun};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -37,7 +43,68 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Job(NewJobSpec),
+    /// A re-run someone asked for on GitHub; it still needs the sender's write access.
+    Rerun(RerunSpec),
     Ignore(String),
+}
+
+/// A re-run asked for from GitHub (contracts §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RerunSpec {
+    pub repo: RepoName,
+    /// Who pressed the button (needs write access).
+    pub sender: String,
+    pub target: RerunTarget,
+    /// What asked, for logs and the new job's history (`check_run rerequested`, …).
+    pub what: String,
+}
+
+/// What a re-run covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RerunTarget {
+    /// The job of one check run (its `external_id`), at that commit.
+    Job { id: String, sha: CommitSha },
+    /// Every job of a commit (a check suite).
+    Commit(CommitSha),
+}
+
+/// The buttons of a check run that re-run its job (`orchestration::checks` puts them there);
+/// more actions get their own arm in [`decide`].
+const RERUN_ACTIONS: &[&str] = &[crate::orchestration::checks::RERUN_ACTION];
+
+#[derive(Deserialize)]
+struct CheckRunEvent {
+    action: String,
+    check_run: CheckRun,
+    repository: Repo,
+    #[serde(default)]
+    requested_action: Option<RequestedAction>,
+    sender: User,
+}
+
+#[derive(Deserialize)]
+struct CheckRun {
+    head_sha: String,
+    #[serde(default)]
+    external_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RequestedAction {
+    identifier: String,
+}
+
+#[derive(Deserialize)]
+struct CheckSuiteEvent {
+    action: String,
+    check_suite: CheckSuite,
+    repository: Repo,
+    sender: User,
+}
+
+#[derive(Deserialize)]
+struct CheckSuite {
+    head_sha: String,
 }
 
 /// A job the delivery asks for (before it reaches the store).
@@ -316,7 +383,148 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
                 approval,
             }))
         }
+        "check_run" => {
+            let e: CheckRunEvent =
+                serde_json::from_slice(body).map_err(|e| format!("bad check_run payload: {e}"))?;
+            let what = match (e.action.as_str(), &e.requested_action) {
+                ("rerequested", _) => "check_run rerequested".to_owned(),
+                ("requested_action", Some(a)) if RERUN_ACTIONS.contains(&a.identifier.as_str()) => {
+                    format!("check_run requested_action {}", a.identifier)
+                }
+                ("requested_action", a) => {
+                    return ignore(format!(
+                        "check_run action {:?} not known",
+                        a.as_ref().map_or("", |a| a.identifier.as_str())
+                    ))
+                }
+                (other, _) => return ignore(format!("check_run action {other} not handled")),
+            };
+            let name = &e.repository.full_name;
+            if !repo_allowed(name) {
+                return ignore(format!("repository {name} not configured"));
+            }
+            let (repo, sha) = ids(name, &e.check_run.head_sha, "check_run")?;
+            let Some(id) = e.check_run.external_id.filter(|x| !x.is_empty()) else {
+                return ignore("check run without an external_id: not one of sdci's".into());
+            };
+            Ok(Decision::Rerun(RerunSpec {
+                repo,
+                sender: e.sender.login,
+                target: RerunTarget::Job { id, sha },
+                what,
+            }))
+        }
+        "check_suite" => {
+            let e: CheckSuiteEvent = serde_json::from_slice(body)
+                .map_err(|e| format!("bad check_suite payload: {e}"))?;
+            if e.action != "rerequested" {
+                return ignore(format!("check_suite action {} not handled", e.action));
+            }
+            let name = &e.repository.full_name;
+            if !repo_allowed(name) {
+                return ignore(format!("repository {name} not configured"));
+            }
+            let (repo, sha) = ids(name, &e.check_suite.head_sha, "check_suite")?;
+            Ok(Decision::Rerun(RerunSpec {
+                repo,
+                sender: e.sender.login,
+                target: RerunTarget::Commit(sha),
+                what: "check_suite rerequested".into(),
+            }))
+        }
         other => ignore(format!("event {other} not handled")),
+    }
+}
+
+/// How long the webhook waits for the sender's permission (GitHub gives a delivery 10 s).
+const PERMISSION_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// A re-run from GitHub: the sender's write access checked, then the new jobs stored.
+async fn rerun(
+    hub: &Hub,
+    spec: RerunSpec,
+    delivery: Option<&str>,
+    event: &str,
+) -> (StatusCode, String) {
+    let repo = spec.repo.as_str();
+    let sender = spec.sender.as_str();
+    let permission = tokio::time::timeout(
+        PERMISSION_WAIT,
+        hub.permissions.get(&hub.github, repo, sender),
+    )
+    .await;
+    let permission = match permission {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            tracing::warn!(what = %spec.what, %sender, error = %e,
+                "re-run: the sender's permission could not be checked; nothing queued");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not check the sender's permission; redeliver".into(),
+            );
+        }
+        Err(_) => {
+            tracing::warn!(what = %spec.what, %sender,
+                "re-run: no answer about the sender's permission in time; nothing queued");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not check the sender's permission in time; redeliver".into(),
+            );
+        }
+    };
+    if !permission.can_write() {
+        tracing::warn!(what = %spec.what, %sender, %repo, permission = permission.as_str(),
+            "re-run refused: the sender has no write access; nothing queued");
+        return (
+            StatusCode::OK,
+            format!(
+                "ignored: {sender} has {} access to {repo}; a re-run needs write",
+                permission.as_str()
+            ),
+        );
+    }
+    let why = format!("{} by {sender}", spec.what);
+    let result = match &spec.target {
+        RerunTarget::Job { id, sha } => match hub.store.job(id) {
+            Ok(Some(j)) if j.repo == spec.repo && &j.sha == sha => {
+                hub.store.rerun_job(delivery, event, id, &why)
+            }
+            Ok(_) => {
+                tracing::warn!(what = %spec.what, job = %id, %repo,
+                    "re-run: no such job of this repository and commit; nothing queued");
+                return (
+                    StatusCode::OK,
+                    format!("ignored: no job {id} of {repo} at {}", sha.short()),
+                );
+            }
+            Err(e) => Err(e),
+        },
+        RerunTarget::Commit(sha) => hub
+            .store
+            .rerun_commit(delivery, event, &spec.repo, sha, &why),
+    };
+    match result {
+        Ok(Rerun::Created(ids)) => {
+            tracing::info!(what = %spec.what, %sender, jobs = ?ids, "re-run queued");
+            hub.wake_all();
+            let ids: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
+            (
+                StatusCode::ACCEPTED,
+                format!("queued job {}", ids.join(", ")),
+            )
+        }
+        Ok(Rerun::DuplicateDelivery) => (StatusCode::OK, "duplicate delivery: nothing new".into()),
+        Ok(Rerun::NothingToRerun) => {
+            tracing::warn!(what = %spec.what, %repo, "re-run: no job to re-run");
+            (StatusCode::OK, "ignored: no job to re-run".into())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "storing a re-run failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not store the re-run; redeliver it".into(),
+            )
+        }
     }
 }
 
@@ -401,6 +609,7 @@ pub async fn receive(
             tracing::debug!(event = %event, why = %why, "webhook ignored");
             return (StatusCode::OK, format!("ignored: {why}"));
         }
+        Decision::Rerun(spec) => return rerun(&hub, spec, delivery.as_deref(), &event).await,
         Decision::Job(spec) => spec,
     };
     let job = NewJob {
@@ -710,6 +919,97 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A `check_run` event shaped as GitHub's documented example (trimmed to what it needs).
+    fn check_run(action: &str, identifier: Option<&str>, repo: &str, external_id: &str) -> Vec<u8> {
+        let mut v = serde_json::json!({"action": action,
+            "check_run": {"id": 4, "head_sha": "a".repeat(40), "external_id": external_id,
+                "name": "sdci / Qubes 4.2", "status": "completed", "conclusion": "failure"},
+            "repository": {"full_name": repo},
+            "sender": {"login": "maint"}});
+        if let Some(i) = identifier {
+            v["requested_action"] = serde_json::json!({"identifier": i});
+        }
+        v.to_string().into_bytes()
+    }
+
+    #[test]
+    fn check_run_rerequests_and_the_rerun_action_ask_for_a_rerun_of_their_job() {
+        let c = cfg("");
+        let want = |what: &str| {
+            Ok(Decision::Rerun(RerunSpec {
+                repo: "o/r".parse().unwrap(),
+                sender: "maint".into(),
+                target: RerunTarget::Job {
+                    id: "aaaaaaa-0123456789".into(),
+                    sha: "a".repeat(40).parse().unwrap(),
+                },
+                what: what.into(),
+            }))
+        };
+        let body = check_run("rerequested", None, "o/r", "aaaaaaa-0123456789");
+        assert_eq!(
+            decide(&c, "check_run", &body),
+            want("check_run rerequested")
+        );
+        let body = check_run(
+            "requested_action",
+            Some("rerun"),
+            "o/r",
+            "aaaaaaa-0123456789",
+        );
+        assert_eq!(
+            decide(&c, "check_run", &body),
+            want("check_run requested_action rerun")
+        );
+        for (body, why) in [
+            (
+                check_run("requested_action", Some("hold"), "o/r", "x"),
+                "not known",
+            ),
+            (check_run("created", None, "o/r", "x"), "not handled"),
+            (
+                check_run("rerequested", None, "evil/r", "x"),
+                "not configured",
+            ),
+            (check_run("rerequested", None, "o/r", ""), "external_id"),
+        ] {
+            assert!(
+                matches!(decide(&c, "check_run", &body), Ok(Decision::Ignore(ref s)) if s.contains(why)),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_check_suite_rerequest_asks_for_every_job_of_its_commit() {
+        let c = cfg("");
+        let body = |action: &str, repo: &str| {
+            serde_json::json!({"action": action,
+                "check_suite": {"id": 5, "head_sha": "b".repeat(40), "head_branch": "main"},
+                "repository": {"full_name": repo}, "sender": {"login": "maint"}})
+            .to_string()
+            .into_bytes()
+        };
+        match decide(&c, "check_suite", &body("rerequested", "o/r")) {
+            Ok(Decision::Rerun(r)) => {
+                assert_eq!(
+                    r.target,
+                    RerunTarget::Commit("b".repeat(40).parse().unwrap())
+                );
+                assert_eq!(r.sender, "maint");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decide(&c, "check_suite", &body("completed", "o/r")),
+            Ok(Decision::Ignore(_))
+        ));
+        assert!(matches!(
+            decide(&c, "check_suite", &body("rerequested", "evil/r")),
+            Ok(Decision::Ignore(_))
+        ));
     }
 
     #[test]
