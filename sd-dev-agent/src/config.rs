@@ -54,7 +54,7 @@ pub struct RetryConfig {
     pub max_backoff_ms: u64,
     /// Longest wait for a rate limit to reset; a longer one fails the request (exit 2).
     pub max_rate_limit_wait_secs: u64,
-    /// Per-request timeout (connect included).
+    /// Bound on one attempt of a request: connect, send, and the whole answer read.
     pub request_timeout_secs: u64,
 }
 

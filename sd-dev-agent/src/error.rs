@@ -2,9 +2,10 @@
 //!
 //! Exit codes (contracts §5, the table is `sdci_protocol::GatewayExit`): `2` infrastructure
 //! (GitHub unreachable after retries, rate limited longer than the agent waits, a 5xx that
-//! outlived the retries), `3` the CI configuration file or its `qubes` key is missing, `78`
-//! (EX_CONFIG) configuration, credentials or a request GitHub refused, `64` (EX_USAGE) bad
-//! command-line input. Messages never contain a token.
+//! outlived the retries, an answer of the wrong shape), `3` the CI configuration file or its
+//! `qubes` key is missing, or `file`'s file is, `78` (EX_CONFIG) configuration, credentials, a
+//! request GitHub refused, or a `file` larger than its bound, `64` (EX_USAGE) bad command-line
+//! input. Messages never contain a token.
 
 use sdci_protocol::{GatewayExit, ProtocolError};
 
@@ -43,6 +44,12 @@ pub enum AgentError {
     /// `.github/workstation-ci.yml` or its `qubes` key is missing or unusable.
     #[error("{0}")]
     NoCiConfig(String),
+    /// `file`: no file at that path and commit (a directory or submodule is no file either).
+    #[error("{0}")]
+    NoSuchFile(String),
+    /// `file`: the file is larger than `--max-bytes`.
+    #[error("{path} is {size} bytes, more than the {max} bytes asked for (--max-bytes)")]
+    FileTooLarge { path: String, size: u64, max: u64 },
     /// A git command failed.
     #[error("git: {0}")]
     Git(String),
@@ -77,9 +84,11 @@ impl AgentError {
             Self::Unreachable { .. } | Self::RateLimited { .. } | Self::BadAnswer { .. } => {
                 GatewayExit::Unreachable
             }
-            Self::NoCiConfig(_) => GatewayExit::NoCiConfig,
+            Self::NoCiConfig(_) | Self::NoSuchFile(_) => GatewayExit::NoCiConfig,
             Self::Usage(_) | Self::Protocol(_) => GatewayExit::Usage,
-            Self::Config(_) | Self::GitHubRefused { .. } => GatewayExit::Config,
+            Self::Config(_) | Self::GitHubRefused { .. } | Self::FileTooLarge { .. } => {
+                GatewayExit::Config
+            }
             Self::Git(_) | Self::Archive(_) | Self::Relay(_) | Self::Io { .. } => {
                 GatewayExit::Unreachable
             }

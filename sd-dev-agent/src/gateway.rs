@@ -1,13 +1,14 @@
-//! The host-side subcommands (`status`, `token`, `revoke`, `head`, `ci-config`): what `sdci-host` runs
-//! instead of calling GitHub itself (contracts §5; exit codes are `sdci_protocol::GatewayExit`,
-//! through `AgentError::exit_code`). Each parses its arguments into the protocol's
-//! validated types first, so bad input is a usage error before any request is made; results go
-//! to stdout, logs to stderr.
+//! The host-side subcommands (`status`, `token`, `revoke`, `head`, `ci-config`, `check-run`,
+//! `permission`, `file`): what `sdci-host` runs instead of calling GitHub itself (contracts §5;
+//! exit codes are `sdci_protocol::GatewayExit`, through `AgentError::exit_code`). Each parses
+//! its arguments into validated types first, so bad input is a usage error before any request
+//! is made; results go to stdout, logs to stderr.
 
+use crate::check_run::{CheckRunArgs, CheckRunRequest};
 use crate::ci_config::{self, CI_CONFIG_PATH};
 use crate::config::Config;
 use crate::error::{AgentError, Result};
-use crate::github::{Auth, GitHub, Permissions, StatusUpdate};
+use crate::github::{Auth, GitHub, Permissions, StatusUpdate, CONTENTS_API_MAX_BYTES};
 use sdci_protocol::{CommitSha, RepoName, Secret, StatusState};
 use std::io::Read;
 
@@ -110,7 +111,7 @@ pub async fn ci_config(cfg: &Config, repo_arg: &str, sha_arg: &str) -> Result<St
     let (repo, sha) = (repo(repo_arg)?, sha(sha_arg)?);
     let gh = GitHub::from_config(cfg)?;
     let bytes = gh
-        .file_at(&repo, &sha, CI_CONFIG_PATH)
+        .file_at(&repo, &sha, CI_CONFIG_PATH, CONTENTS_API_MAX_BYTES)
         .await?
         .ok_or_else(|| {
             AgentError::NoCiConfig(format!("{repo} has no {CI_CONFIG_PATH} at {}", sha.short()))
@@ -118,4 +119,114 @@ pub async fn ci_config(cfg: &Config, repo_arg: &str, sha_arg: &str) -> Result<St
     let text = String::from_utf8(bytes)
         .map_err(|_| AgentError::NoCiConfig(format!("{CI_CONFIG_PATH} is not UTF-8 text")))?;
     ci_config::qubes_version(&text)
+}
+
+/// `check-run`: creates or updates a check run; prints `{"id":N}`. Every limit is checked
+/// before the configuration is even read ([`CheckRunRequest::parse`]).
+pub async fn check_run(cfg: &Config, args: &CheckRunArgs) -> Result<String> {
+    let req = CheckRunRequest::parse(args)?;
+    let gh = GitHub::from_config(cfg)?;
+    let id = gh.check_run(&req).await?;
+    Ok(serde_json::json!({ "id": id }).to_string())
+}
+
+/// A GitHub login: letters, digits and single inner hyphens, at most 39 characters; an App's
+/// bot account adds `[bot]` (`dependabot[bot]`).
+fn login(s: &str) -> Result<&str> {
+    let name = s.strip_suffix("[bot]").unwrap_or(s);
+    let ok = !name.is_empty()
+        && name.len() <= 39
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if !ok {
+        return Err(AgentError::Usage(format!(
+            "--user={s:?} is not a GitHub login"
+        )));
+    }
+    Ok(s)
+}
+
+/// `permission`: one word, the user's permission on the repository (`admin`, `maintain`,
+/// `write`, `triage`, `read` or `none`).
+pub async fn permission(cfg: &Config, repo_arg: &str, user: &str) -> Result<String> {
+    let (repo, user) = (repo(repo_arg)?, login(user)?);
+    let gh = GitHub::from_config(cfg)?;
+    gh.collaborator_permission(&repo, user).await
+}
+
+/// `file`'s default bound (`--max-bytes`).
+pub const DEFAULT_FILE_MAX_BYTES: u64 = 65_536;
+
+/// A path inside the repository: relative, `/`-separated, no empty, `.` or `..` segment, no
+/// control characters.
+fn repo_path(p: &str) -> Result<&str> {
+    let ok = !p.is_empty()
+        && !p.chars().any(char::is_control)
+        && p.split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    if !ok {
+        return Err(AgentError::Usage(format!(
+            "--path={p:?} is not a path inside the repository (relative, no empty, . or .. part)"
+        )));
+    }
+    Ok(p)
+}
+
+/// `file`: the raw bytes of one file at a commit; exit 3 when there is none, 78 when it is
+/// larger than `max_bytes` (default [`DEFAULT_FILE_MAX_BYTES`]).
+pub async fn file(
+    cfg: &Config,
+    repo_arg: &str,
+    sha_arg: &str,
+    path: &str,
+    max_bytes: Option<&str>,
+) -> Result<Vec<u8>> {
+    let (repo, sha, path) = (repo(repo_arg)?, sha(sha_arg)?, repo_path(path)?);
+    let max = match max_bytes {
+        None => DEFAULT_FILE_MAX_BYTES,
+        Some(n) => n.parse().map_err(|_| {
+            AgentError::Usage(format!("--max-bytes={n:?} is not a number of bytes"))
+        })?,
+    };
+    let gh = GitHub::from_config(cfg)?;
+    gh.file_at(&repo, &sha, path, max)
+        .await?
+        .ok_or_else(|| AgentError::NoSuchFile(format!("{repo} has no {path} at {}", sha.short())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logins_are_github_s_and_bots_may_ask() {
+        for ok in ["octocat", "a", "dependabot[bot]", "x-y-1", &"a".repeat(39)] {
+            assert!(login(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a--b",
+            "a b",
+            "a/b",
+            "../x",
+            "[bot]",
+            &"a".repeat(40),
+        ] {
+            assert!(login(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_paths_stay_inside_the_repository() {
+        for ok in [".github/workstation-ci.yml", "a", "a/b.c", ".sdci/rc"] {
+            assert!(repo_path(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "/etc/passwd", "a/", "a//b", "../x", "a/./b", "a\nb"] {
+            assert!(repo_path(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,44 +1,76 @@
-//! The GitHub REST client: the four endpoints sdci uses, two ways to authenticate, retries.
+//! The GitHub REST client, on octocrab: the endpoints sdci uses, two ways to authenticate, and
+//! the project's own retry, rate-limit and timeout policy around octocrab.
 //!
 //! Endpoints: `POST /repos/{o}/{r}/statuses/{sha}`, `GET /repos/{o}/{r}/contents/{path}?ref=`,
-//! `GET /repos/{o}/{r}/branches/{b}`, `POST /app/installations/{id}/access_tokens`,
-//! `DELETE /installation/token` (revoke the installation token the request carries).
+//! `GET /repos/{o}/{r}/branches/{b}`, `POST /repos/{o}/{r}/check-runs`, `PATCH
+//! /repos/{o}/{r}/check-runs/{id}`, `GET /repos/{o}/{r}/collaborators/{user}/permission`, `POST
+//! /app/installations/{id}/access_tokens`, `DELETE /installation/token` (revoke the installation
+//! token the request carries).
 //!
-//! Why not octocrab: octocrab 0.54 (default-features off, rustls) would add ~76k lines of
-//! generated models plus hyper-rustls, tower, tower-http, jsonwebtoken, chrono, url and snafu to
-//! a workspace that already links reqwest; its retry layer retries 5xx immediately (no
-//! backoff), its rate-limit handling waits without an upper bound, and its installation-token
-//! helper cannot narrow permissions. Four endpoints over the workspace's reqwest are smaller
-//! and do exactly what the issue asks.
+//! What octocrab does here: the HTTP stack (its default hyper client, rustls on ring, native
+//! roots, built once per process on first use), the base URI (GitHub Enterprise's `/api/v3`
+//! included), the `X-GitHub-Api-Version` header, the `Authorization` header of each call
+//! (`Octocrab::user_access_token`, set per request and marked sensitive), and the typed models:
+//! request bodies from `octocrab::models::apps::CreateInstallationAccessToken` and
+//! `octocrab::params::checks`, answers decoded into `models::InstallationToken`,
+//! `models::Status`, `models::repos::{Content, Branch}` and `models::checks::CheckRun`.
+//! What it does not do, and why the calls go through its raw `_get`/`_post`/`_patch`/`_delete`
+//! instead of its typed `send()`s:
+//! - its typed calls hide the status and headers, which the rate-limit rule below needs; and
+//!   its retry layer (feature `retry`, off here) retries 5xx at once, without backoff;
+//! - its check-run builders have no `actions` (and create has no `started_at`), so the check-run
+//!   body is ours ([`crate::check_run`]) with octocrab's `CheckRunStatus`, `CheckRunConclusion`
+//!   and `CheckRunOutput` inside it;
+//! - its `RepoPermission.permission` is the teams enum (`pull`/`push`/…), which cannot decode
+//!   GitHub's documented `admin|write|read|none`: the permission answer is read into our own
+//!   two-field struct;
+//! - its App authentication (feature `jwt`) links jsonwebtoken with aws-lc-rs or RustCrypto, a
+//!   second crypto stack beside ring, and mints installation tokens it cannot narrow to
+//!   permissions: the App JWT stays [`crate::app_jwt`] (ring, already linked through rustls),
+//!   and tokens are minted with an explicit `CreateInstallationAccessToken { repositories,
+//!   permissions }`.
+//!
+//! Cost (measured for issue 17, release build, stripped): octocrab adds about 25 crates to the
+//! agent's graph (octocrab, chrono, snafu, secrecy, arc-swap, http-serde, hmac/sha2, …; hyper,
+//! hyper-rustls, tower and tower-http were already there through reqwest, which the event
+//! relay still uses) and cargo_metadata at build time; the numbers are in issue 17's note.
 //!
 //! Invariants:
 //! - Every request carries `Accept: application/vnd.github+json`, `X-GitHub-Api-Version:
-//!   2022-11-28` and a `User-Agent`; the `Authorization` value is marked sensitive and no token
-//!   (PAT, installation token, App JWT) is ever formatted into a log line or an error.
-//! - 5xx answers and network errors are retried with exponential backoff and jitter, up to
-//!   `retry.max_attempts`; then the call fails as [`AgentError::Unreachable`] (exit 2).
+//!   2022-11-28` and `User-Agent: sdci-agent/<version>` (octocrab's client also always sends its
+//!   own `User-Agent: octocrab`, after ours); the `Authorization` value is marked sensitive and
+//!   no token (PAT, installation token, App JWT) is ever formatted into a log line or an error.
+//! - Each attempt (connect, request, whole answer read) is bounded by `retry.request_timeout_secs`.
+//! - 5xx answers, network errors and timeouts are retried with exponential backoff and jitter,
+//!   up to `retry.max_attempts`; then the call fails as [`AgentError::Unreachable`] (exit 2).
 //! - Rate limits (403/429 with `retry-after`, or `x-ratelimit-remaining: 0` with
 //!   `x-ratelimit-reset`; a bare 429 means one minute) are waited out when the wait is at most
-//!   `retry.max_rate_limit_wait_secs`, else the call fails as [`AgentError::RateLimited`].
+//!   `retry.max_rate_limit_wait_secs`, else the call fails at once as
+//!   [`AgentError::RateLimited`] (exit 2).
 //! - In App mode every repository call uses an installation token narrowed to that one
-//!   repository and to `statuses: write`, `contents: read`; a token minted for a job
-//!   ([`GitHub::installation_token`] with [`Permissions::job`]) gets `contents: read` only.
+//!   repository and to [`Permissions::gateway`] (`checks: write`, `contents: read`, `metadata:
+//!   read`, `statuses: write`); a token minted for a job ([`GitHub::installation_token`] with
+//!   [`Permissions::job`]) gets `contents: read` only.
 //! - Descriptions are cut to GitHub's 140 characters ([`cap_description`]).
 
 use crate::app_jwt::AppKey;
+use crate::check_run::CheckRunRequest;
 use crate::config::{read_secret, Config, RetryConfig};
 use crate::error::{AgentError, Result};
 use base64::Engine;
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, USER_AGENT};
-use reqwest::{Method, StatusCode};
+use octocrab::models;
+use octocrab::Octocrab;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, USER_AGENT};
+use reqwest::StatusCode;
 use sdci_protocol::job::Secret;
 use sdci_protocol::{CommitSha, MintedToken, RepoName, StatusState};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// GitHub's limit on a commit status description.
 pub const MAX_DESCRIPTION: usize = 140;
-const API_VERSION: &str = "2022-11-28";
+const AGENT_USER_AGENT: &str = concat!("sdci-agent/", env!("CARGO_PKG_VERSION"));
 
 /// How the agent proves who it is.
 pub enum Auth {
@@ -73,7 +105,7 @@ impl Auth {
 /// The permissions an installation token is narrowed to: `name → read|write|admin`, as GitHub's
 /// `permissions` object of `POST /app/installations/{id}/access_tokens`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permissions(pub std::collections::BTreeMap<String, String>);
+pub struct Permissions(pub BTreeMap<String, String>);
 
 impl Permissions {
     /// What a job in the VM may do: read the repository, nothing else.
@@ -81,15 +113,17 @@ impl Permissions {
         Self::parse("contents:read").unwrap_or_else(|_| Self(Default::default()))
     }
 
-    /// What the gateway's own calls need (statuses, contents, branches).
+    /// What the gateway's own calls need: statuses, check runs, contents and branches, and
+    /// collaborator permissions (`metadata: read`). Contracts §5.
     pub fn gateway() -> Self {
-        Self::parse("statuses:write,contents:read").unwrap_or_else(|_| Self(Default::default()))
+        Self::parse("checks:write,contents:read,metadata:read,statuses:write")
+            .unwrap_or_else(|_| Self(Default::default()))
     }
 
     /// Parses `name:level[,name:level…]`: names of lower-case letters and `_`, levels `read`,
     /// `write` or `admin`, each name once.
     pub fn parse(text: &str) -> Result<Self> {
-        let mut map = std::collections::BTreeMap::new();
+        let mut map = BTreeMap::new();
         for item in text.split(',') {
             let (name, level) = item.trim().split_once(':').ok_or_else(|| {
                 AgentError::Usage(format!(
@@ -115,13 +149,8 @@ impl Permissions {
         Ok(Self(map))
     }
 
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::Value::Object(
-            self.0
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect(),
-        )
+    fn to_map(&self) -> HashMap<String, String> {
+        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 
@@ -132,6 +161,24 @@ pub struct StatusUpdate {
     pub description: String,
     pub target_url: Option<String>,
     pub context: String,
+}
+
+/// The body of `POST /repos/{o}/{r}/statuses/{sha}` (octocrab's `StatusState` inside).
+#[derive(Serialize)]
+struct CreateStatus<'a> {
+    state: models::StatusState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_url: Option<&'a str>,
+    description: String,
+    context: &'a str,
+}
+
+/// The answer of `GET /repos/{o}/{r}/collaborators/{user}/permission` (GitHub's
+/// `repository-collaborator-permission`; octocrab's model cannot decode it, module doc).
+#[derive(Deserialize)]
+struct CollaboratorPermission {
+    permission: String,
+    role_name: Option<String>,
 }
 
 /// Cuts a description to [`MAX_DESCRIPTION`] characters (ending in `…` when cut) and turns
@@ -206,30 +253,62 @@ fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
     Duration::from_millis(base - jitter + spread)
 }
 
+/// Whether an octocrab error is the network's (retried) rather than ours (a bad URI or header,
+/// an answer that is not UTF-8: not retried).
+fn is_transient(e: &octocrab::Error) -> bool {
+    matches!(
+        e,
+        octocrab::Error::Service { .. } | octocrab::Error::Hyper { .. }
+    )
+}
+
+/// The four verbs the client sends (octocrab's raw `_get`, `_post`, `_patch`, `_delete`).
+#[derive(Debug, Clone, Copy)]
+enum Verb {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+/// One whole answer: status, headers, body.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
 #[derive(Deserialize)]
 struct ErrorBody {
     message: Option<String>,
 }
 
+/// The largest file the contents API serves base64-encoded (1 MB); `ci-config` reads at most this.
+pub const CONTENTS_API_MAX_BYTES: u64 = 1024 * 1024;
+
 /// The GitHub client.
 pub struct GitHub {
-    http: reqwest::Client,
     api: String,
+    /// Built on first use (it needs the runtime, and the system's roots for TLS), then shared:
+    /// one connection pool for every call and every token.
+    crab: tokio::sync::OnceCell<Octocrab>,
     auth: Auth,
     retry: RetryConfig,
 }
 
 impl GitHub {
+    /// A client for the API base `api` (e.g. `https://api.github.com`, or GitHub Enterprise's
+    /// `https://HOST/api/v3`). Nothing is connected yet.
     pub fn new(api: &str, auth: Auth, retry: RetryConfig) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(retry.request_timeout())
-            .connect_timeout(retry.request_timeout())
-            .user_agent(concat!("sdci-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| AgentError::Config(format!("HTTP client: {e}")))?;
+        let api = api.trim_end_matches('/').to_owned();
+        if !(api.starts_with("https://") || api.starts_with("http://")) {
+            return Err(AgentError::Config(format!(
+                "the GitHub API base {api:?} is not an http(s) URL"
+            )));
+        }
         Ok(Self {
-            http,
-            api: api.trim_end_matches('/').to_owned(),
+            api,
+            crab: tokio::sync::OnceCell::new(),
             auth,
             retry,
         })
@@ -246,44 +325,95 @@ impl GitHub {
         Self::new(&cfg.api_url, auth, cfg.retry.clone())
     }
 
+    /// Whether this client authenticates as a GitHub App.
+    pub fn is_app(&self) -> bool {
+        matches!(self.auth, Auth::App { .. })
+    }
+
+    /// The shared octocrab client without credentials (each call adds its own).
+    async fn crab(&self) -> Result<&Octocrab> {
+        self.crab
+            .get_or_try_init(|| async {
+                Octocrab::builder()
+                    .base_uri(self.api.as_str())
+                    .map_err(|e| {
+                        AgentError::Config(format!("the GitHub API base {:?}: {e}", self.api))
+                    })?
+                    .add_header(ACCEPT, "application/vnd.github+json".into())
+                    .add_header(USER_AGENT, AGENT_USER_AGENT.into())
+                    .build()
+                    .map_err(|e| AgentError::Config(format!("the HTTP client for GitHub: {e}")))
+            })
+            .await
+    }
+
+    /// One attempt, bounded by the request timeout: the request and the whole answer.
+    async fn attempt<B: Serialize + ?Sized>(
+        &self,
+        crab: &Octocrab,
+        verb: Verb,
+        route: &str,
+        body: Option<&B>,
+    ) -> std::result::Result<Answer, Attempt> {
+        let exchange = async {
+            let resp = match verb {
+                Verb::Get => crab._get(route).await,
+                Verb::Post => crab._post(route, body).await,
+                Verb::Patch => crab._patch(route, body).await,
+                Verb::Delete => crab._delete(route, body).await,
+            }?;
+            let (status, headers) = (resp.status(), resp.headers().clone());
+            let body = crab.body_to_string(resp).await?;
+            Ok::<_, octocrab::Error>(Answer {
+                status,
+                headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(self.retry.request_timeout(), exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) if is_transient(&e) => {
+                Err(Attempt::Transient(format!("network error: {e}")))
+            }
+            Ok(Err(e @ octocrab::Error::InvalidUtf8 { .. })) => {
+                Err(Attempt::BadAnswer(e.to_string()))
+            }
+            Ok(Err(e)) => Err(Attempt::Fatal(e.to_string())),
+            Err(_) => Err(Attempt::Transient(format!(
+                "no whole answer within {} s (retry.request_timeout_secs)",
+                self.retry.request_timeout().as_secs()
+            ))),
+        }
+    }
+
     /// Sends a request with retries (module doc). Returns the first answer that is neither a
     /// 5xx nor a rate limit; the caller interprets it.
-    async fn send(
+    async fn send<B: Serialize + ?Sized>(
         &self,
         what: &str,
-        method: Method,
-        url: &str,
+        verb: Verb,
+        route: &str,
         bearer: &Secret,
-        body: Option<&serde_json::Value>,
-    ) -> Result<reqwest::Response> {
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", bearer.expose())).map_err(|_| {
-                AgentError::Config(
-                    "the token contains characters not allowed in an HTTP header".into(),
-                )
-            })?;
-        auth.set_sensitive(true);
+        body: Option<&B>,
+    ) -> Result<Answer> {
+        // octocrab builds `Bearer <token>` per request; a token that cannot be a header value
+        // is refused here with a message that does not contain it.
+        HeaderValue::from_str(&format!("Bearer {}", bearer.expose())).map_err(|_| {
+            AgentError::Config("the token contains characters not allowed in an HTTP header".into())
+        })?;
+        let crab = self
+            .crab()
+            .await?
+            .user_access_token(bearer.expose().to_owned())
+            .map_err(|e| AgentError::Config(format!("the GitHub client: {e}")))?;
         let mut attempt = 0u32;
         let mut rate_waits = 0u32;
         loop {
             attempt += 1;
-            let mut req = self
-                .http
-                .request(method.clone(), url)
-                .header(ACCEPT, "application/vnd.github+json")
-                .header("x-github-api-version", API_VERSION)
-                .header(AUTHORIZATION, auth.clone())
-                .header(
-                    USER_AGENT,
-                    concat!("sdci-agent/", env!("CARGO_PKG_VERSION")),
-                );
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            let last = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    if let Some(wait) = rate_limit_wait(status, resp.headers(), now_unix()) {
+            let last = match self.attempt(&crab, verb, route, body).await {
+                Ok(answer) => {
+                    let status = answer.status;
+                    if let Some(wait) = rate_limit_wait(status, &answer.headers, now_unix()) {
                         if wait.as_secs() > self.retry.max_rate_limit_wait_secs {
                             return Err(AgentError::RateLimited {
                                 what: what.into(),
@@ -310,13 +440,19 @@ impl GitHub {
                         continue;
                     }
                     if !status.is_server_error() {
-                        return Ok(resp);
+                        return Ok(answer);
                     }
                     format!("HTTP {}", status.as_u16())
                 }
-                Err(e) => {
-                    // reqwest's messages name the URL (no secrets in it) and the cause.
-                    format!("network error: {e}")
+                Err(Attempt::Transient(why)) => why,
+                Err(Attempt::Fatal(why)) => {
+                    return Err(AgentError::Config(format!("{what}: {why}")));
+                }
+                Err(Attempt::BadAnswer(why)) => {
+                    return Err(AgentError::BadAnswer {
+                        what: what.into(),
+                        why,
+                    });
                 }
             };
             if attempt >= self.retry.max_attempts {
@@ -333,29 +469,24 @@ impl GitHub {
     }
 
     /// Turns a non-2xx answer into an error carrying GitHub's message.
-    async fn refused(what: &str, resp: reqwest::Response) -> AgentError {
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ErrorBody>(&text)
+    fn refused(what: &str, answer: &Answer) -> AgentError {
+        let message = serde_json::from_str::<ErrorBody>(&answer.body)
             .ok()
             .and_then(|b| b.message)
-            .unwrap_or_else(|| text.chars().take(200).collect());
+            .unwrap_or_else(|| answer.body.chars().take(200).collect());
         AgentError::GitHubRefused {
             what: what.into(),
-            status,
+            status: answer.status.as_u16(),
             message,
         }
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(
-        what: &str,
-        resp: reqwest::Response,
-    ) -> Result<T> {
-        let bytes = resp.bytes().await.map_err(|e| AgentError::BadAnswer {
-            what: what.into(),
-            why: format!("reading the body: {e}"),
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| AgentError::BadAnswer {
+    /// A 2xx answer decoded into `T` (an octocrab model), else the refusal.
+    fn decode<T: serde::de::DeserializeOwned>(what: &str, answer: &Answer) -> Result<T> {
+        if !answer.status.is_success() {
+            return Err(Self::refused(what, answer));
+        }
+        serde_json::from_str(&answer.body).map_err(|e| AgentError::BadAnswer {
             what: what.into(),
             why: e.to_string(),
         })
@@ -378,31 +509,25 @@ impl GitHub {
                     .into(),
             ));
         };
-        let what = format!("POST /app/installations/{installation_id}/access_tokens");
-        let url = format!(
-            "{}/app/installations/{installation_id}/access_tokens",
-            self.api
-        );
-        let body = serde_json::json!({
-            "repositories": [repo.name()],
-            "permissions": permissions.to_json(),
-        });
+        let route = format!("/app/installations/{installation_id}/access_tokens");
+        let what = format!("POST {route}");
+        let body = models::apps::CreateInstallationAccessToken {
+            repositories: Some(vec![repo.name().to_owned()]),
+            repository_ids: None,
+            permissions: Some(permissions.to_map()),
+        };
         let jwt = key.jwt(*app_id, now_unix())?;
-        let resp = self
-            .send(&what, Method::POST, &url, &jwt, Some(&body))
+        let answer = self
+            .send(&what, Verb::Post, &route, &jwt, Some(&body))
             .await?;
-        if !resp.status().is_success() {
-            return Err(Self::refused(&what, resp).await);
-        }
-        #[derive(Deserialize)]
-        struct Minted {
-            token: String,
-            expires_at: String,
-        }
-        let m: Minted = Self::json(&what, resp).await?;
+        let minted: models::InstallationToken = Self::decode(&what, &answer)?;
+        let expires_at = minted.expires_at.ok_or_else(|| AgentError::BadAnswer {
+            what: what.clone(),
+            why: "the token has no expires_at".into(),
+        })?;
         Ok(MintedToken {
-            token: Secret::new(m.token),
-            expires_at: m.expires_at,
+            token: Secret::new(minted.token),
+            expires_at,
         })
     }
 
@@ -422,18 +547,24 @@ impl GitHub {
     /// revoked or expired answers `401`, which is success here too (it no longer works).
     pub async fn revoke_token(&self, token: &Secret) -> Result<()> {
         let what = "DELETE /installation/token";
-        let url = format!("{}/installation/token", self.api);
-        let resp = self.send(what, Method::DELETE, &url, token, None).await?;
-        let status = resp.status();
-        if status == StatusCode::NO_CONTENT || status.is_success() {
+        let answer = self
+            .send(
+                what,
+                Verb::Delete,
+                "/installation/token",
+                token,
+                None::<&()>,
+            )
+            .await?;
+        if answer.status.is_success() {
             tracing::info!("installation token revoked");
             return Ok(());
         }
-        if status == StatusCode::UNAUTHORIZED {
+        if answer.status == StatusCode::UNAUTHORIZED {
             tracing::info!("installation token was already revoked or expired");
             return Ok(());
         }
-        Err(Self::refused(what, resp).await)
+        Err(Self::refused(what, &answer))
     }
 
     /// Posts a commit status (description capped to 140 characters).
@@ -445,94 +576,167 @@ impl GitHub {
     ) -> Result<()> {
         let token = self.repo_token(repo).await?;
         let what = format!("POST /repos/{repo}/statuses/{}", sha.short());
-        let url = format!("{}/repos/{repo}/statuses/{sha}", self.api);
-        let mut body = serde_json::json!({
-            "state": update.state.as_str(),
-            "description": cap_description(&update.description),
-            "context": update.context,
-        });
-        if let Some(u) = &update.target_url {
-            body["target_url"] = serde_json::Value::String(u.clone());
-        }
-        let resp = self
-            .send(&what, Method::POST, &url, &token, Some(&body))
+        let route = format!("/repos/{repo}/statuses/{sha}");
+        let body = CreateStatus {
+            state: match update.state {
+                StatusState::Pending => models::StatusState::Pending,
+                StatusState::Success => models::StatusState::Success,
+                StatusState::Failure => models::StatusState::Failure,
+                StatusState::Error => models::StatusState::Error,
+            },
+            target_url: update.target_url.as_deref(),
+            description: cap_description(&update.description),
+            context: &update.context,
+        };
+        let answer = self
+            .send(&what, Verb::Post, &route, &token, Some(&body))
             .await?;
-        if !resp.status().is_success() {
-            return Err(Self::refused(&what, resp).await);
-        }
+        let _: models::Status = Self::decode(&what, &answer)?;
         tracing::info!(%repo, sha = sha.short(), state = update.state.as_str(), "posted commit status");
         Ok(())
     }
 
-    /// A file's bytes at a commit; `None` when GitHub answers 404.
+    /// A file's bytes at a commit; `None` when GitHub answers 404. A path that is no file (a
+    /// directory, a submodule) is [`AgentError::NoSuchFile`]; a file larger than `max_bytes` is
+    /// [`AgentError::FileTooLarge`], told by the answer's `size` before anything is decoded.
     pub async fn file_at(
         &self,
         repo: &RepoName,
         sha: &CommitSha,
         path: &str,
+        max_bytes: u64,
     ) -> Result<Option<Vec<u8>>> {
         let token = self.repo_token(repo).await?;
         let what = format!("GET /repos/{repo}/contents/{path}");
-        let url = format!(
-            "{}/repos/{repo}/contents/{}?ref={sha}",
-            self.api,
-            encode_path(path)
-        );
-        let resp = self.send(&what, Method::GET, &url, &token, None).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let route = format!("/repos/{repo}/contents/{}?ref={sha}", encode_path(path));
+        let answer = self
+            .send(&what, Verb::Get, &route, &token, None::<&()>)
+            .await?;
+        if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        if !resp.status().is_success() {
-            return Err(Self::refused(&what, resp).await);
+        let not_a_file = |kind: &str| {
+            AgentError::NoSuchFile(format!("{path} is a {kind} at {}, not a file", sha.short()))
+        };
+        if answer.status.is_success() && answer.body.trim_start().starts_with('[') {
+            return Err(not_a_file("directory"));
         }
-        #[derive(Deserialize)]
-        struct Content {
-            #[serde(rename = "type")]
-            kind: String,
-            encoding: Option<String>,
-            content: Option<String>,
+        let c: models::repos::Content = Self::decode(&what, &answer)?;
+        if c.r#type != "file" {
+            return Err(not_a_file(&c.r#type));
         }
-        let c: Content = Self::json(&what, resp).await?;
+        let too_large = |size: u64| AgentError::FileTooLarge {
+            path: path.to_owned(),
+            size,
+            max: max_bytes,
+        };
+        let size = u64::try_from(c.size).unwrap_or(0);
+        if size > max_bytes {
+            return Err(too_large(size));
+        }
         let bad = |why: &str| AgentError::BadAnswer {
             what: what.clone(),
             why: why.into(),
         };
-        if c.kind != "file" {
-            return Err(bad(&format!("{path} is a {}, not a file", c.kind)));
-        }
         if c.encoding.as_deref() != Some("base64") {
-            return Err(bad("content is not base64 (file larger than 1 MB?)"));
+            return Err(bad(
+                "the content is not base64 (the contents API serves files up to 1 MB)",
+            ));
         }
         let b64: String = c.content.unwrap_or_default().split_whitespace().collect();
-        base64::engine::general_purpose::STANDARD
+        let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
-            .map(Some)
-            .map_err(|_| bad("content is not valid base64"))
+            .map_err(|_| bad("the content is not valid base64"))?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(too_large(bytes.len() as u64));
+        }
+        Ok(Some(bytes))
     }
 
     /// The head commit of a branch.
     pub async fn branch_head(&self, repo: &RepoName, branch: &str) -> Result<CommitSha> {
         let token = self.repo_token(repo).await?;
         let what = format!("GET /repos/{repo}/branches/{branch}");
-        let url = format!("{}/repos/{repo}/branches/{}", self.api, encode_path(branch));
-        let resp = self.send(&what, Method::GET, &url, &token, None).await?;
-        if !resp.status().is_success() {
-            return Err(Self::refused(&what, resp).await);
-        }
-        #[derive(Deserialize)]
-        struct Commit {
-            sha: String,
-        }
-        #[derive(Deserialize)]
-        struct Branch {
-            commit: Commit,
-        }
-        let b: Branch = Self::json(&what, resp).await?;
+        let route = format!("/repos/{repo}/branches/{}", encode_path(branch));
+        let answer = self
+            .send(&what, Verb::Get, &route, &token, None::<&()>)
+            .await?;
+        let b: models::repos::Branch = Self::decode(&what, &answer)?;
         b.commit.sha.parse().map_err(|e| AgentError::BadAnswer {
             what,
             why: format!("{e}"),
         })
     }
+
+    /// `user`'s permission on `repo`: `role_name` when it is one of GitHub's five base roles,
+    /// else the legacy `permission` (`admin`, `write`, `read`, `none`); a user who is no
+    /// collaborator (`404`) is `none`. Contracts §5.
+    pub async fn collaborator_permission(&self, repo: &RepoName, user: &str) -> Result<String> {
+        let token = self.repo_token(repo).await?;
+        let what = format!("GET /repos/{repo}/collaborators/{user}/permission");
+        let route = format!(
+            "/repos/{repo}/collaborators/{}/permission",
+            encode_path(user)
+        );
+        let answer = self
+            .send(&what, Verb::Get, &route, &token, None::<&()>)
+            .await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok("none".into());
+        }
+        let p: CollaboratorPermission = Self::decode(&what, &answer)?;
+        const ROLES: [&str; 5] = ["admin", "maintain", "write", "triage", "read"];
+        if let Some(role) = p.role_name.filter(|r| ROLES.contains(&r.as_str())) {
+            return Ok(role);
+        }
+        if ["admin", "write", "read", "none"].contains(&p.permission.as_str()) {
+            return Ok(p.permission);
+        }
+        Err(AgentError::BadAnswer {
+            what,
+            why: format!(
+                "permission {:?} is none of admin, write, read, none",
+                p.permission
+            ),
+        })
+    }
+
+    /// Creates (`POST /repos/{o}/{r}/check-runs`) or updates (`PATCH …/check-runs/{id}`) a
+    /// check run; returns its id. Contracts §5, §10.
+    pub async fn check_run(&self, req: &CheckRunRequest) -> Result<u64> {
+        if !self.is_app() {
+            return Err(AgentError::Config(
+                "check runs need GitHub App mode (an [app] section); GitHub refuses them to a personal access token"
+                    .into(),
+            ));
+        }
+        let repo = &req.repo;
+        let token = self.repo_token(repo).await?;
+        let (verb, route) = match req.id {
+            None => (Verb::Post, format!("/repos/{repo}/check-runs")),
+            Some(id) => (Verb::Patch, format!("/repos/{repo}/check-runs/{id}")),
+        };
+        let what = format!(
+            "{} {route}",
+            if req.id.is_none() { "POST" } else { "PATCH" }
+        );
+        let answer = self
+            .send(&what, verb, &route, &token, Some(&req.body))
+            .await?;
+        let run: models::checks::CheckRun = Self::decode(&what, &answer)?;
+        tracing::info!(%repo, id = run.id.0, name = %run.name, "check run {}", if req.id.is_none() { "created" } else { "updated" });
+        Ok(run.id.0)
+    }
+}
+
+/// How one attempt failed.
+enum Attempt {
+    /// The network or GitHub's side: retried.
+    Transient(String),
+    /// Our side (a URI or header octocrab cannot build): not retried.
+    Fatal(String),
+    /// An answer that is not UTF-8 text: not retried.
+    BadAnswer(String),
 }
 
 #[cfg(test)]

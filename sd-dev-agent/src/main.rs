@@ -1,10 +1,11 @@
 //! Command-line entry point of `sdci-agent`. Thin: parses arguments and calls the library.
 
 use clap::{Parser, Subcommand};
+use sdci_agent::check_run::CheckRunArgs;
 use sdci_agent::config::Config;
 use sdci_agent::{gateway, run, AgentError};
 use sdci_protocol::{AgentJob, GatewayExit, Outcome};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -13,7 +14,9 @@ use std::path::PathBuf;
     version,
     about = "sdci agent: GitHub gateway, checkout, tarball, relay",
     after_help = "Exit codes: 0 ok; run: 0/1/2 = success/failure/error; 2 GitHub unreachable; \
-                  3 ci-config file or key missing; 64 usage; 78 configuration or request refused."
+                  3 ci-config file or key missing, or file missing; 64 usage; \
+                  78 configuration, request refused, or file too large.\n\
+                  Data may be given as --flag=value (the host always does) or --flag value."
 )]
 struct Cli {
     /// Configuration file [default: $SDCI_AGENT_CONFIG, else /etc/sdci/agent.toml]
@@ -71,6 +74,74 @@ enum Command {
         #[arg(long)]
         sha: String,
     },
+    /// Create (--sha, --name) or update (--id) a check run (GitHub App mode); prints {"id":N}.
+    CheckRun {
+        #[arg(long)]
+        repo: String,
+        /// The commit to create the check run on.
+        #[arg(long, conflicts_with = "id")]
+        sha: Option<String>,
+        /// At most 255 characters (branch protection requires it by name).
+        #[arg(long, conflicts_with = "id")]
+        name: Option<String>,
+        /// The check run to update.
+        #[arg(long)]
+        id: Option<String>,
+        /// queued, in_progress or completed
+        #[arg(long)]
+        status: Option<String>,
+        /// With --status=completed only: success, failure, neutral, cancelled, skipped,
+        /// timed_out or action_required
+        #[arg(long)]
+        conclusion: Option<String>,
+        /// http(s):// URL of the job's page.
+        #[arg(long)]
+        details_url: Option<String>,
+        /// At most 255 characters (the job id).
+        #[arg(long)]
+        external_id: Option<String>,
+        /// RFC 3339 UTC, e.g. 2026-12-01T10:37:00Z
+        #[arg(long)]
+        started_at: Option<String>,
+        /// RFC 3339 UTC, with --status=completed only.
+        #[arg(long)]
+        completed_at: Option<String>,
+        /// The output's title (at most 255 characters; needs --summary).
+        #[arg(long)]
+        title: Option<String>,
+        /// The output's Markdown summary (at most 65,535 bytes; needs --title).
+        #[arg(long)]
+        summary: Option<String>,
+        /// The output's Markdown details (at most 65,535 bytes).
+        #[arg(long)]
+        text: Option<String>,
+        /// A button, IDENTIFIER:LABEL:DESCRIPTION (at most 3; 20, 20, 40 characters).
+        #[arg(long = "action")]
+        actions: Vec<String>,
+        /// Remove the buttons (sends "actions": []).
+        #[arg(long)]
+        no_actions: bool,
+    },
+    /// Print a user's permission on a repository: admin, maintain, write, triage, read or none.
+    Permission {
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// Print the raw bytes of one file at a commit (exit 3: no such file; 78: larger than
+    /// --max-bytes).
+    File {
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        sha: String,
+        #[arg(long)]
+        path: String,
+        /// [default: 65536]
+        #[arg(long)]
+        max_bytes: Option<String>,
+    },
     /// Run a job in sd-dev (job JSON from FILE, or - for stdin); exit code = outcome.
     Run {
         #[arg(long)]
@@ -87,6 +158,15 @@ fn read_job(arg: &str) -> anyhow::Result<AgentJob> {
             .map_err(|e| anyhow::anyhow!("cannot read the job file {arg}: {e}"))?;
     }
     Ok(AgentJob::from_json(&bytes)?)
+}
+
+/// What a gateway command prints on stdout.
+enum Out {
+    Nothing,
+    /// One line (a newline is added).
+    Line(String),
+    /// Raw bytes, as they are (`file`).
+    Bytes(Vec<u8>),
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, (i32, String)> {
@@ -120,19 +200,80 @@ async fn dispatch(cli: Cli) -> Result<i32, (i32, String)> {
             context.as_deref(),
         )
         .await
-        .map(|()| None),
+        .map(|()| Out::Nothing),
         Command::Token { repo, permissions } => gateway::token(&cfg, &repo, permissions.as_deref())
             .await
-            .map(Some),
-        Command::Revoke { token_file } => gateway::revoke(&cfg, &token_file).await.map(|()| None),
-        Command::Head { repo, branch } => gateway::head(&cfg, &repo, &branch).await.map(Some),
-        Command::CiConfig { repo, sha } => gateway::ci_config(&cfg, &repo, &sha).await.map(Some),
+            .map(Out::Line),
+        Command::Revoke { token_file } => gateway::revoke(&cfg, &token_file)
+            .await
+            .map(|()| Out::Nothing),
+        Command::Head { repo, branch } => gateway::head(&cfg, &repo, &branch).await.map(Out::Line),
+        Command::CiConfig { repo, sha } => {
+            gateway::ci_config(&cfg, &repo, &sha).await.map(Out::Line)
+        }
+        Command::CheckRun {
+            repo,
+            sha,
+            name,
+            id,
+            status,
+            conclusion,
+            details_url,
+            external_id,
+            started_at,
+            completed_at,
+            title,
+            summary,
+            text,
+            actions,
+            no_actions,
+        } => {
+            let args = CheckRunArgs {
+                repo,
+                sha,
+                name,
+                id,
+                status,
+                conclusion,
+                details_url,
+                external_id,
+                started_at,
+                completed_at,
+                title,
+                summary,
+                text,
+                actions,
+                no_actions,
+            };
+            gateway::check_run(&cfg, &args).await.map(Out::Line)
+        }
+        Command::Permission { repo, user } => {
+            gateway::permission(&cfg, &repo, &user).await.map(Out::Line)
+        }
+        Command::File {
+            repo,
+            sha,
+            path,
+            max_bytes,
+        } => gateway::file(&cfg, &repo, &sha, &path, max_bytes.as_deref())
+            .await
+            .map(Out::Bytes),
         Command::Run { .. } => unreachable!("handled above"),
     }
     .map_err(fail)?;
-    if let Some(line) = out {
-        println!("{line}");
-    }
+    let written = match out {
+        Out::Nothing => Ok(()),
+        Out::Line(line) => writeln!(std::io::stdout(), "{line}"),
+        Out::Bytes(bytes) => std::io::stdout().write_all(&bytes),
+    };
+    written
+        .and_then(|()| std::io::stdout().flush())
+        .map_err(|e| {
+            (
+                GatewayExit::Unreachable.code(),
+                format!("writing stdout: {e}"),
+            )
+        })?;
     Ok(GatewayExit::Ok.code())
 }
 

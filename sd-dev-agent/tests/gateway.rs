@@ -131,7 +131,17 @@ fn status_with_a_personal_access_token_posts_the_documented_request() {
     assert_eq!(req.header("authorization"), Some("Bearer <redacted>"));
     assert_eq!(req.header("accept"), Some("application/vnd.github+json"));
     assert_eq!(req.header("x-github-api-version"), Some("2022-11-28"));
-    assert!(req.header("user-agent").unwrap().starts_with("sdci-agent/"));
+    // octocrab's client always adds `User-Agent: octocrab`; the agent names itself too.
+    let agents: Vec<&str> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "user-agent")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(
+        agents.iter().any(|a| a.starts_with("sdci-agent/")),
+        "{agents:?}"
+    );
 }
 
 #[test]
@@ -145,7 +155,7 @@ fn the_context_can_be_chosen_per_call() {
 }
 
 #[test]
-fn app_mode_posts_with_a_token_narrowed_to_the_repository_and_two_permissions() {
+fn app_mode_posts_with_a_token_narrowed_to_the_repository_and_the_gateway_s_four_permissions() {
     let s = setup(true, "");
     let out = s.agent(&s.status_args("success", "all 8 steps passed"));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -157,9 +167,11 @@ fn app_mode_posts_with_a_token_narrowed_to_the_repository_and_two_permissions() 
         Some(&["securedrop-workstation".to_owned()][..])
     );
     let perms = minted[0].permissions.clone().unwrap();
-    assert_eq!(perms.len(), 2, "{perms:?}");
-    assert_eq!(perms["statuses"], "write");
+    assert_eq!(perms.len(), 4, "{perms:?}");
+    assert_eq!(perms["checks"], "write");
     assert_eq!(perms["contents"], "read");
+    assert_eq!(perms["metadata"], "read");
+    assert_eq!(perms["statuses"], "write");
     let reqs = s.gh.requests();
     assert_eq!(reqs[0].path, "/app/installations/678/access_tokens");
     assert_eq!(reqs[0].status, 201, "the JWT was accepted");
@@ -591,4 +603,518 @@ async fn the_stand_in_refuses_what_github_refuses() {
         .json(&serde_json::json!({"state": "success"}));
     assert_eq!(code(anon.send().await.unwrap()), 401);
     assert_eq!(s.gh.statuses().len(), 1);
+}
+
+// ---- check-run, permission, file (contracts §5, issue 17) ----
+
+/// The check-run requests GitHub saw (the token mints of App mode left out).
+fn check_run_requests(s: &Setup) -> Vec<sdci_tests::github::RecordedRequest> {
+    s.gh.requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/check-runs"))
+        .collect()
+}
+
+fn printed_id(out: &Output) -> u64 {
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_object().unwrap().len(), 1, "one field: {v}");
+    v["id"].as_u64().unwrap()
+}
+
+#[test]
+fn check_run_creates_a_queued_run_with_the_documented_body_and_prints_its_id() {
+    let s = setup(true, "");
+    let out = s.agent(&[
+        "check-run",
+        &format!("--repo={REPO}"),
+        &format!("--sha={SHA}"),
+        "--name=sdci / Qubes 4.2",
+        "--status=queued",
+        "--details-url=http://127.0.0.1:8470/jobs/j1",
+        "--external-id=j1",
+    ]);
+    let id = printed_id(&out);
+    let reqs = check_run_requests(&s);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        (reqs[0].method.as_str(), reqs[0].path.as_str()),
+        ("POST", format!("/repos/{REPO}/check-runs").as_str())
+    );
+    assert_eq!(
+        reqs[0].json(),
+        serde_json::json!({"name": "sdci / Qubes 4.2", "head_sha": SHA, "status": "queued",
+            "details_url": "http://127.0.0.1:8470/jobs/j1", "external_id": "j1"})
+    );
+    let runs = s.gh.check_runs(REPO, SHA);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].id, id);
+    assert_eq!(runs[0].status, "queued");
+    assert_eq!(runs[0].external_id.as_deref(), Some("j1"));
+    // The gateway's own token may write checks (and nothing the VM's token may).
+    let perms = s.gh.minted()[0].permissions.clone().unwrap();
+    assert_eq!(perms["checks"], "write");
+}
+
+#[test]
+fn check_run_updates_take_a_run_through_in_progress_to_completed_with_output_and_actions() {
+    let s = setup(true, "");
+    let id = printed_id(&s.agent(&[
+        "check-run",
+        &format!("--repo={REPO}"),
+        &format!("--sha={SHA}"),
+        "--name=sdci / Qubes 4.2",
+    ]));
+    let id_arg = format!("--id={id}");
+    let out = s.agent(&[
+        "check-run",
+        &format!("--repo={REPO}"),
+        &id_arg,
+        "--status=in_progress",
+        "--started-at=2026-12-01T10:37:00Z",
+    ]);
+    assert_eq!(printed_id(&out), id);
+    // Values that begin with `-` are data in the `--flag=value` form.
+    let summary = "- step `make test` failed after 3 min\n\n```\n--x\n```\n";
+    let out = s.agent(&[
+        "check-run",
+        &format!("--repo={REPO}"),
+        &id_arg,
+        "--status=completed",
+        "--conclusion=action_required",
+        "--completed-at=2026-12-01T10:47:00Z",
+        "--title=-VM lost: the attempt ended",
+        &format!("--summary={summary}"),
+        "--text=--full log on the job page",
+        "--action=rerun:Re-run:Run this job again",
+    ]);
+    assert_eq!(printed_id(&out), id);
+    let out = s.agent(&[
+        "check-run",
+        &format!("--repo={REPO}"),
+        &id_arg,
+        "--no-actions",
+    ]);
+    assert_eq!(printed_id(&out), id);
+
+    let reqs = check_run_requests(&s);
+    let path = format!("/repos/{REPO}/check-runs/{id}");
+    assert!(reqs[1..]
+        .iter()
+        .all(|r| r.method == "PATCH" && r.path == path));
+    assert_eq!(
+        reqs[2].json(),
+        serde_json::json!({"status": "completed", "conclusion": "action_required",
+            "completed_at": "2026-12-01T10:47:00Z",
+            "output": {"title": "-VM lost: the attempt ended", "summary": summary,
+                       "text": "--full log on the job page"},
+            "actions": [{"label": "Re-run", "description": "Run this job again",
+                         "identifier": "rerun"}]})
+    );
+    assert_eq!(reqs[3].json(), serde_json::json!({"actions": []}));
+
+    let history = s.gh.check_run_history(id);
+    let kinds: Vec<_> = history.iter().map(|c| c.kind).collect();
+    use sdci_tests::github::ChangeKind::{Created, Updated};
+    assert_eq!(kinds, [Created, Updated, Updated, Updated]);
+    let statuses: Vec<&str> = history.iter().map(|c| c.after.status.as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["queued", "in_progress", "completed", "completed"]
+    );
+    let done = &history[2].after;
+    assert_eq!(done.conclusion.as_deref(), Some("action_required"));
+    assert_eq!(done.started_at.as_deref(), Some("2026-12-01T10:37:00Z"));
+    assert_eq!(done.actions.len(), 1);
+    assert_eq!(done.actions[0].identifier, "rerun");
+    assert_eq!(
+        done.output.as_ref().and_then(|o| o.summary.as_deref()),
+        Some(summary)
+    );
+    assert!(
+        history[3].after.actions.is_empty(),
+        "--no-actions removed the button"
+    );
+}
+
+#[test]
+fn check_run_arguments_beyond_github_s_limits_are_exit_64_without_a_request() {
+    let s = setup(true, "");
+    let repo = format!("--repo={REPO}");
+    let sha = format!("--sha={SHA}");
+    let name = "--name=sdci / Qubes 4.2".to_owned();
+    let long = |flag: &str, n: usize| format!("--{flag}={}", "x".repeat(n));
+    let cases: Vec<Vec<String>> = vec![
+        vec![repo.clone(), sha.clone(), long("name", 256)],
+        vec![repo.clone(), sha.clone()],
+        vec![repo.clone(), "--id=1".into(), sha.clone()],
+        vec![repo.clone(), "--id=x".into()],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            "--status=done".into(),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            "--status=completed".into(),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            "--conclusion=success".into(),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            "--status=completed".into(),
+            "--conclusion=stale".into(),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            long("title", 256),
+            "--summary=s".into(),
+        ],
+        vec![repo.clone(), sha.clone(), name.clone(), "--title=t".into()],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            "--title=t".into(),
+            long("summary", 65_536),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            "--title=t".into(),
+            "--summary=s".into(),
+            long("text", 65_536),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            "--action=a:b:c".into(),
+            "--action=a:b:c".into(),
+            "--action=a:b:c".into(),
+            "--action=a:b:c".into(),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            format!("--action=rerun:{}:d", "L".repeat(21)),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            format!("--action=rerun:L:{}", "d".repeat(41)),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            format!("--action={}:L:d", "i".repeat(21)),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            "--action=Re-run:L:d".into(),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            "--action=a:b:c".into(),
+            "--no-actions".into(),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            "--details-url=ftp://x/y".into(),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            long("external-id", 256),
+        ],
+        vec![
+            repo.clone(),
+            sha.clone(),
+            name.clone(),
+            "--started-at=2026-12-01T10:37:00+01:00".into(),
+        ],
+        vec!["--repo=not-a-repo".into(), sha.clone(), name.clone()],
+    ];
+    for case in &cases {
+        let mut args = vec!["check-run"];
+        args.extend(case.iter().map(String::as_str));
+        let out = s.agent(&args);
+        assert_eq!(out.status.code(), Some(64), "{case:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+    }
+    assert!(s.gh.requests().is_empty(), "no request for a refused call");
+}
+
+#[test]
+fn check_run_at_the_limits_is_accepted_by_the_agent_and_by_github() {
+    let s = setup(true, "");
+    let out = s.agent(&[
+        "check-run",
+        &format!("--repo={REPO}"),
+        &format!("--sha={SHA}"),
+        &format!("--name={}", "n".repeat(255)),
+        "--status=completed",
+        "--conclusion=success",
+        &format!("--title={}", "t".repeat(255)),
+        &format!("--summary={}", "s".repeat(65_535)),
+        &format!("--text={}", "x".repeat(65_535)),
+        &format!(
+            "--action={}:{}:{}",
+            "i".repeat(20),
+            "L".repeat(20),
+            "d".repeat(40)
+        ),
+        "--action=rerun:Re-run:again",
+        "--action=hold:Hold VM:keep the VM for debugging",
+        &format!("--external-id={}", "e".repeat(255)),
+    ]);
+    let id = printed_id(&out);
+    let run = &s.gh.check_run_history(id)[0].after;
+    assert_eq!(run.conclusion.as_deref(), Some("success"));
+    assert_eq!(run.actions.len(), 3);
+}
+
+#[test]
+fn check_run_in_token_mode_is_a_configuration_error_without_a_request() {
+    let s = setup(false, "");
+    let out = s.agent(&[
+        "check-run",
+        &format!("--repo={REPO}"),
+        &format!("--sha={SHA}"),
+        "--name=sdci / Qubes 4.2",
+    ]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(stderr(&out).contains("GitHub App"), "{}", stderr(&out));
+    assert!(s.gh.requests().is_empty());
+}
+
+#[test]
+fn check_run_rides_out_502s_with_growing_backoff_and_creates_one_run() {
+    let s = setup(
+        true,
+        "[retry]\nmax_attempts = 4\ninitial_backoff_ms = 200\nmax_backoff_ms = 2000\n",
+    );
+    s.gh.fail_next(2, 502);
+    let id = printed_id(&s.agent(&[
+        "check-run",
+        &format!("--repo={REPO}"),
+        &format!("--sha={SHA}"),
+        "--name=sdci / Qubes 4.2",
+    ]));
+    let reqs = s.gh.requests();
+    let seen: Vec<(u16, &str)> = reqs.iter().map(|r| (r.status, r.path.as_str())).collect();
+    // Faults come before routing, so the two 502s meet the token mint, the call's first
+    // request; it is retried like every request, then the check run is created once.
+    let (mint, create) = (
+        "/app/installations/678/access_tokens",
+        format!("/repos/{REPO}/check-runs"),
+    );
+    assert_eq!(
+        seen,
+        [
+            (502, mint),
+            (502, mint),
+            (201, mint),
+            (201, create.as_str())
+        ]
+    );
+    // Backoff 200 ms then 400 ms, each ±25 %.
+    let gap = |i: usize| reqs[i + 1].at.duration_since(reqs[i].at).unwrap();
+    assert!(
+        gap(0) >= Duration::from_millis(150),
+        "first pause {:?}",
+        gap(0)
+    );
+    assert!(
+        gap(1) >= Duration::from_millis(300),
+        "second pause {:?}",
+        gap(1)
+    );
+    let runs = s.gh.check_runs(REPO, SHA);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].id, id);
+}
+
+#[test]
+fn permission_prints_the_role_and_a_stranger_is_none() {
+    let s = setup(true, "");
+    for (user, role) in [
+        ("alice", "admin"),
+        ("bob", "maintain"),
+        ("carol", "write"),
+        ("dave", "triage"),
+        ("erin", "read"),
+    ] {
+        s.gh.set_permission(REPO, user, role);
+        let out = s.agent(&[
+            "permission",
+            &format!("--repo={REPO}"),
+            &format!("--user={user}"),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{role}\n"));
+    }
+    let out = s.agent(&["permission", &format!("--repo={REPO}"), "--user=mallory"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "none\n");
+    let last = s.gh.requests().pop().unwrap();
+    assert_eq!(
+        (last.method.as_str(), last.path.as_str(), last.status),
+        (
+            "GET",
+            format!("/repos/{REPO}/collaborators/mallory/permission").as_str(),
+            404
+        )
+    );
+    let perms = s.gh.minted()[0].permissions.clone().unwrap();
+    assert_eq!(perms["metadata"], "read");
+}
+
+#[test]
+fn permission_of_a_malformed_login_is_exit_64_without_a_request() {
+    let s = setup(false, "");
+    for bad in ["--user=a b", "--user=../x", "--user=-a", "--user="] {
+        let out = s.agent(&["permission", &format!("--repo={REPO}"), bad]);
+        assert_eq!(out.status.code(), Some(64), "{bad}: {}", stderr(&out));
+    }
+    assert!(s.gh.requests().is_empty());
+}
+
+#[test]
+fn a_rate_limit_longer_than_the_bound_fails_permission_with_exit_2_at_once() {
+    let s = setup(false, FAST_RETRY);
+    s.gh.set_permission(REPO, "alice", "write");
+    s.gh.rate_limit_next(RateLimit::Primary {
+        status: 403,
+        reset_after: Duration::from_secs(3600),
+    });
+    let started = std::time::Instant::now();
+    let out = s.agent(&["permission", &format!("--repo={REPO}"), "--user=alice"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr(&out).contains("max_rate_limit_wait_secs"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(s.gh.requests().len(), 1, "no retry before the reset");
+}
+
+#[test]
+fn file_prints_the_raw_bytes_of_one_file_at_the_commit() {
+    let s = setup(true, "");
+    let bytes: Vec<u8> = (0..=255u8).chain(*b"\nno newline at the end").collect();
+    s.gh.add_file(REPO, SHA, ".sdci/steps.bin", &bytes);
+    let out = s.agent(&[
+        "file",
+        &format!("--repo={REPO}"),
+        &format!("--sha={SHA}"),
+        "--path=.sdci/steps.bin",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout, bytes, "exactly the file, nothing added");
+    let last = s.gh.requests().pop().unwrap();
+    assert_eq!(
+        (last.method.as_str(), last.path.as_str()),
+        (
+            "GET",
+            format!("/repos/{REPO}/contents/.sdci/steps.bin").as_str()
+        )
+    );
+    assert_eq!(last.query.as_deref(), Some(format!("ref={SHA}").as_str()));
+}
+
+#[test]
+fn file_that_is_absent_is_exit_3_and_one_too_large_is_exit_78_unprinted() {
+    let s = setup(false, "");
+    let args = |path: &str, extra: &[&str]| -> Output {
+        let mut a = vec![
+            "file".to_owned(),
+            format!("--repo={REPO}"),
+            format!("--sha={SHA}"),
+            format!("--path={path}"),
+        ];
+        a.extend(extra.iter().map(|e| (*e).to_owned()));
+        s.agent(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = args("nope.txt", &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert!(stderr(&out).contains("has no nope.txt"), "{}", stderr(&out));
+
+    let big = vec![b'x'; 65_537];
+    s.gh.add_file(REPO, SHA, "big.log", &big);
+    let out = args("big.log", &[]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing of a file too large is printed"
+    );
+    assert!(stderr(&out).contains("65537 bytes"), "{}", stderr(&out));
+    let out = args("big.log", &["--max-bytes=65537"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout, big);
+    s.gh.add_file(REPO, SHA, "exact", &big[..65_536]);
+    assert_eq!(args("exact", &[]).status.code(), Some(0));
+
+    let before = s.gh.requests().len();
+    for (path, extra) in [
+        ("a/../b", &[][..]),
+        ("/etc/passwd", &[]),
+        ("x", &["--max-bytes=lots"]),
+    ] {
+        let out = args(path, extra);
+        assert_eq!(out.status.code(), Some(64), "{path}: {}", stderr(&out));
+    }
+    assert_eq!(s.gh.requests().len(), before, "no request for bad input");
+}
+
+#[test]
+fn help_lists_every_gateway_command_of_the_contract() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sdci-agent"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sub in [
+        "status",
+        "token",
+        "revoke",
+        "head",
+        "ci-config",
+        "check-run",
+        "permission",
+        "file",
+        "run",
+    ] {
+        assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
+    }
 }
