@@ -3,7 +3,8 @@
 //! file aside when the next attempt starts). A file grows by [`append_log`] as the event ingest
 //! renders events ([`Renderer`], in dom0's own line format, `protocol::logline`) and the host adds
 //! its notes, and is replaced by dom0's copy, the authoritative one, when the attempt ends and the
-//! two differ ([`replace_log`]).
+//! two differ ([`replace_log`]). Beside them, per attempt: dom0's `results.tar.zst`
+//! ([`results_path`]) and a console screenshot of a hung guest ([`screenshot_path`]).
 //!
 //! Serving ([`LiveLogs`]): a log is read by line number through a sparse line index kept per file
 //! (a byte offset every [`INDEX_STRIDE`] lines, extended by scanning only the bytes appended
@@ -62,6 +63,17 @@ pub fn log_of_attempt(dir: &Path, id: &str, attempt: u32, current: u32) -> PathB
     }
 }
 
+/// The stored `results.tar.zst` of attempt `attempt` (dom0's test results and evidence,
+/// contracts §11), kept beside the logs under the attempt's number.
+pub fn results_path(dir: &Path, id: &str, attempt: u32) -> PathBuf {
+    dir.join(format!("{id}.attempt-{attempt}.results.tar.zst"))
+}
+
+/// The console screenshot of attempt `attempt` (taken when its guest hung or timed out).
+pub fn screenshot_path(dir: &Path, id: &str, attempt: u32) -> PathBuf {
+    dir.join(format!("{id}.attempt-{attempt}.screenshot.png"))
+}
+
 /// Attempt `attempt` begins: the previous attempt's log (the current file) is moved aside to
 /// [`attempt_log_path`]`(attempt - 1)`, so each attempt keeps its own log. A file already there
 /// (a restart between a claim and this call) is kept, and the current file goes on growing.
@@ -77,14 +89,15 @@ pub fn begin_attempt(dir: &Path, id: &str, attempt: u32) -> std::io::Result<()> 
     std::fs::rename(current, aside)
 }
 
-/// Removes every log of a job (every attempt's).
+/// Removes every log of a job (every attempt's), with its results archives and screenshots.
 pub fn remove_logs(dir: &Path, id: &str) -> std::io::Result<()> {
     let prefix = format!("{id}.attempt-");
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(&prefix) && name.ends_with(".log") {
+        let ours = [".log", ".results.tar.zst", ".screenshot.png"];
+        if name.starts_with(&prefix) && ours.iter().any(|e| name.ends_with(e)) {
             std::fs::remove_file(entry.path())?;
         }
     }

@@ -594,7 +594,7 @@ impl<H: Hypervisor> Orchestrator<H> {
                 dev_dir: cfg.dom0.dev_dir.clone(),
                 steps: cfg.steps(),
                 deadline_unix: (now as u64) + cfg.deadlines.run_secs,
-                results: None,
+                results: cfg.jobs.results_spec(),
             },
             agent: AgentJob {
                 version: JOB_FILE_VERSION,
@@ -788,6 +788,10 @@ impl<H: Hypervisor> Orchestrator<H> {
                     self.terminate_quietly(vm, pid).await;
                 }
                 self.fetch_log(vm, id).await;
+                // A deadline (not a cancel): whatever results dom0 wrote are worth having.
+                if matches!(&f, Fail::Stop(s) if !s.canceled) {
+                    self.collect_results(vm, id).await;
+                }
                 return Err(f);
             }
         };
@@ -802,6 +806,7 @@ impl<H: Hypervisor> Orchestrator<H> {
     /// `launch` exited `code`: dom0's log fetched, the VM powered off at once, the verdict.
     async fn verdict(&self, job: &JobRow, vm: &str, code: i32) -> Result<(JobState, String), Fail> {
         self.fetch_log(vm, &job.id).await;
+        self.collect_results(vm, &job.id).await;
         let started = Instant::now();
         self.power_off_quietly(vm).await;
         self.hub

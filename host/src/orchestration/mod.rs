@@ -14,6 +14,8 @@
 //! - [`reconcile`]: start-up and periodic repair.
 //! - [`rotation`]: golden-snapshot rotation (`save` and its schedules).
 //! - [`nightly`]: nightly jobs and the schedule loop.
+//! - [`results`]: a job's `results.tar.zst` downloaded after its log, read as hostile input
+//!   into test cases and a list of evidence files (issue 19).
 //! - [`statuses`]: the status outbox drained through the GitHub gateway.
 //! - [`checks`]: the check-run outbox (contracts §10) and what a check run shows.
 //! - [`notifier`]: the Slack outbox.
@@ -29,6 +31,7 @@ pub mod nightly;
 pub mod notifier;
 pub mod orchestrator;
 pub mod reconcile;
+pub mod results;
 pub mod rotation;
 pub mod statuses;
 pub mod updates;

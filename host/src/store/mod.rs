@@ -24,6 +24,8 @@
 //! - [`existing`]: opening a store that must exist, without migrating (the CLI).
 //! - [`stats`]: read-only aggregates for `/metrics` and `/readyz` (no table of its own).
 //! - [`meta`]: `host_meta` (the instance id written into VM leases).
+//! - [`test_results`]: `test_results`, `result_sets`, `result_files` (a job's test cases, the
+//!   notes of reading them, its results archive's members; a test's history by its key).
 //!
 //! Invariants:
 //! - No SQL outside this module: the rest of the host calls typed methods on [`Store`].
@@ -48,6 +50,7 @@ mod outbox;
 mod pages;
 mod schema;
 mod stats;
+mod test_results;
 mod vms;
 
 pub use attempts::{AfterFailure, AttemptEnd, EventAuth, LaunchState, StepTiming};
@@ -58,6 +61,7 @@ pub use ingest::{Delivery, ForkApproval, Ingest, IngestWriter};
 pub use jobs::{JobRow, NewJob, Transition};
 pub use outbox::{NotifyCounts, NotifyState, PendingStatus, PostState, StatusRow};
 pub use pages::{AttemptRow, JobFilter, JobPage, PoolVm, QueueSpot, StepRow, MAX_PAGE};
+pub use test_results::{HistoryRow, ResultFile, ResultSet, TestRow};
 pub use vms::{Claim, RotationRun, VmRow};
 
 use crate::domain::JobState;

@@ -198,6 +198,45 @@ CREATE TABLE check_updates (
     last_error TEXT
 );
 CREATE INDEX check_updates_unposted ON check_updates(posted, job_id);
+"#,    r#"
+-- 9: test results (issue 19, contracts §11). One row per test case of an attempt, keyed for a
+-- test's history by `test_key` (classname::name); the attempt's result set (when read, the
+-- archive's size, the notes of what was refused or cut, a console screenshot kept); the members
+-- of its results.tar.zst.
+CREATE TABLE test_results (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    test_key TEXT NOT NULL,
+    suite TEXT NOT NULL,
+    classname TEXT NOT NULL,
+    name TEXT NOT NULL,
+    file TEXT,
+    line INTEGER,
+    outcome TEXT NOT NULL,
+    duration_ms INTEGER,
+    message TEXT,
+    text TEXT,
+    PRIMARY KEY (job_id, attempt, seq)
+) WITHOUT ROWID;
+CREATE INDEX test_results_by_key ON test_results(test_key, job_id);
+CREATE TABLE result_sets (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    archive_bytes INTEGER,
+    notes TEXT NOT NULL,
+    screenshot INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, attempt)
+) WITHOUT ROWID;
+CREATE TABLE result_files (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (job_id, attempt, path)
+) WITHOUT ROWID;
 "#,
 ];
 

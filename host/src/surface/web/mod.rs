@@ -10,6 +10,9 @@
 //!   resumable with `Last-Event-ID`.
 //! - `GET /jobs/{id}/log.txt?attempt=N[&download=1]` ([`api::raw`]): the raw log, `text/plain`,
 //!   with `Range`.
+//! - `GET /jobs/{id}/results/{attempt}/files/{*path}`, `…/results.tar.zst`, `…/screenshot.png`,
+//!   `GET /tests?key=&repo=` and `/api/v1/tests?key=&repo=` ([`results`]): a job's test results,
+//!   its evidence files served from the stored archive (never as HTML), a test's history.
 //! - `POST /api/v1/wake` ([`wake`]): makes the service look at its store again (the CLI calls it
 //!   after queueing or canceling a job).
 //!
@@ -24,6 +27,7 @@ pub mod api;
 pub mod assets;
 pub mod model;
 pub mod pages;
+pub mod results;
 pub mod sse;
 
 use crate::hub::Hub;
@@ -51,6 +55,20 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/api/v1/jobs/{id}", get(api::detail))
         .route("/api/v1/jobs/{id}/log", get(api::log))
         .route("/api/v1/jobs/{id}/log/stream", get(sse::stream))
+        .route(
+            "/jobs/{id}/results/{attempt}/files/{*path}",
+            get(results::member),
+        )
+        .route(
+            "/jobs/{id}/results/{attempt}/results.tar.zst",
+            get(results::archive),
+        )
+        .route(
+            "/jobs/{id}/results/{attempt}/screenshot.png",
+            get(results::screenshot),
+        )
+        .route("/tests", get(results::test_page))
+        .route("/api/v1/tests", get(results::test_api))
         .route("/assets/{name}", get(assets::serve))
 }
 

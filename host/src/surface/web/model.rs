@@ -142,6 +142,8 @@ pub struct JobDetail {
     pub history: Vec<TransitionView>,
     /// What the host knows of a cancel request.
     pub cancel_requested: Option<String>,
+    /// The test results of the newest attempt that has them (issue 19).
+    pub tests: Option<super::results::TestsView>,
 }
 
 /// Pretty JSON that is safe to print in a terminal: besides what JSON escapes anyway (C0
@@ -456,6 +458,7 @@ pub fn job_detail(
         attempts,
         history,
         cancel_requested: j.cancel_requested.clone(),
+        tests: super::results::tests_view(store, cfg, &j)?,
     }))
 }
 

@@ -9,6 +9,7 @@
 
 use super::ansi;
 use super::model::{AttemptView, JobDetail, JobList, JobSummary, StepView};
+use super::results::{Counts, HistoryView, RunView, TestsView};
 use crate::joblog::LogLines;
 use maud::{html, Markup, DOCTYPE};
 use sdci_protocol::Utc;
@@ -250,6 +251,7 @@ pub fn job_page(d: &JobDetail, tail: Option<&LogLines>, step_tail: Option<&LogLi
             @if let Some(s) = &j.subject { p.lead { (s) } }
         }
         (facts(d))
+        @if let Some(t) = &d.tests { (tests_section(t)) }
         section.attempts {
             h2 { "Attempts" }
             @if d.attempts.is_empty() {
@@ -281,6 +283,126 @@ pub fn job_page(d: &JobDetail, tail: Option<&LogLines>, step_tail: Option<&LogLi
         }
     };
     layout(&format!("{} · job {}", j.state, j.id), body)
+}
+
+fn bytes(n: u64) -> String {
+    if n >= 1024 * 1024 {
+        format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+    } else if n >= 1024 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+fn counts_line(c: &Counts) -> String {
+    format!(
+        "{} passed · {} failed · {} error · {} skipped — {} tests",
+        c.passed, c.failed, c.error, c.skipped, c.total
+    )
+}
+
+/// The job's tests: failed first (message, source line, flaky and quarantine labels), then the
+/// counts, durations, the slowest, the evidence files and the notes.
+fn tests_section(t: &TestsView) -> Markup {
+    html! {
+        section.tests id="tests" data-attempt=(t.attempt) {
+            h2 { "Tests" @if t.attempt > 0 { span.attempt { " (attempt " (t.attempt) ")" } } }
+            p.counts { (counts_line(&t.counts)) " in " (duration(t.duration_ms)) }
+            @if t.only_quarantined_failed {
+                p.quarantine-note { "Only quarantined tests failed: the check's conclusion is neutral, not success." }
+            }
+            @if !t.failed.is_empty() {
+                ul.failed {
+                    @for f in &t.failed {
+                        li.test data-key=(f.key) data-outcome=(f.outcome) data-flaky=[f.flaky.as_ref().map(|_| "1")] data-quarantined=[f.quarantined.as_deref()] {
+                            (badge(&f.outcome)) " "
+                            a.tname href=(f.history_url) { (f.key) }
+                            @if let Some(fl) = &f.flaky { " " span.flaky { (f.outcome) " — " (fl) } }
+                            @if let Some(q) = &f.quarantined { " " span.quarantined { "quarantined (" (q) ")" } }
+                            @if let Some(loc) = &f.location {
+                                " "
+                                @if let Some(u) = &f.source_url { a.src href=(u) { code { (loc) } } } @else { code.src { (loc) } }
+                            }
+                            @if let Some(d) = f.duration_ms { " " span.dur { (duration(d)) } }
+                            @if let Some(m) = &f.message { p.msg { (m) } }
+                            @if let Some(x) = &f.text { details.trace { summary { "Output" } pre { (x) } } }
+                        }
+                    }
+                }
+            }
+            @if !t.slowest.is_empty() {
+                details.slowest {
+                    summary { "Slowest tests" }
+                    ol { @for s in &t.slowest { li { a href=(s.history_url) { (s.key) } " " span.dur { (duration(s.duration_ms)) } " " (s.outcome) } } }
+                }
+            }
+            @if !t.files.is_empty() || t.archive_url.is_some() {
+                div.evidence {
+                    h3 { "Files from dom0" }
+                    @if let Some(u) = &t.archive_url {
+                        p { a.archive href=(u) download { "Download all (results.tar.zst" @if let Some(b) = t.archive_bytes { ", " (bytes(b)) } ")" } }
+                    }
+                    ul.files {
+                        @for f in &t.files {
+                            li data-kind=(f.kind) { a href=(f.url) { (f.path) } " " span.size { (bytes(f.bytes)) } " " a.dl href={ (f.url) "?download=1" } download { "download" } }
+                        }
+                    }
+                }
+            }
+            @if let Some(u) = &t.screenshot_url {
+                figure.screenshot { img src=(u) alt="The VM's console when the job timed out"; figcaption { "The VM's console when the job hung or timed out" } }
+            }
+            @if !t.notes.is_empty() {
+                ul.notes { @for n in &t.notes { li { (n) } } }
+            }
+        }
+    }
+}
+
+fn run_row(r: &RunView, max: i64) -> Markup {
+    html! {
+        tr data-job=(r.job_id) data-outcome=(r.outcome) {
+            td { (badge(&r.outcome)) }
+            td { a href=(r.job_url) { code { (r.job_id) } } @if r.attempt > 1 { " #" (r.attempt) } }
+            td { a href=(r.commit_url) { code { (r.short_sha) } } }
+            td { @if let Some(b) = &r.branch { code.branch { (b) } } }
+            td { (r.version.as_deref().unwrap_or("?")) }
+            td { (r.reason.replace('_', " ")) }
+            td { (time(r.at_ms)) }
+            td.dur {
+                @if let Some(d) = r.duration_ms {
+                    meter min="0" max=(max.max(1)) value=(d) {} " " (duration(d))
+                }
+            }
+            td.msg { (r.message.as_deref().unwrap_or("")) }
+        }
+    }
+}
+
+/// `GET /tests?key=`: a test's runs across jobs, newest first.
+pub fn test_page(v: &HistoryView) -> Markup {
+    let body = html! {
+        h1.testkey { "Test " code { (v.key) } }
+        @if let Some(r) = &v.repo { p.lead { (r) } }
+        dl.facts {
+            dt { "Runs" } dd.counts { (counts_line(&v.counts)) }
+            dt { "Last success" } dd.lastok {
+                @if let Some(r) = &v.last_success { (time(r.at_ms)) " on " a href=(r.job_url) { code { (r.short_sha) } } } @else { "none recorded" }
+            }
+            dt { "First failure" } dd.firstbad {
+                @if let Some(r) = &v.first_failure { (time(r.at_ms)) " on " a href=(r.job_url) { code { (r.short_sha) } } } @else { "none recorded" }
+            }
+            @if let Some(f) = &v.flaky { dt { "Flaky" } dd.flaky { (f) } }
+            @if let Some(q) = &v.quarantined { dt { "Quarantine" } dd.quarantined { "quarantined by " code { (q) } " (its failure alone makes a check neutral)" } }
+        }
+        table.runs {
+            thead { tr { th { "Outcome" } th { "Job" } th { "Commit" } th { "Branch" } th { "Qubes" } th { "Reason" } th { "When" } th { "Duration" } th { "Message" } } }
+            tbody { @for r in &v.runs { (run_row(r, v.max_duration_ms)) } }
+        }
+        @if v.runs.is_empty() { p { "No runs of this test are recorded." } }
+    };
+    layout(&format!("test {}", v.key), body)
 }
 
 /// The filters of the list, as given.
