@@ -262,6 +262,22 @@ fn is_transient(e: &octocrab::Error) -> bool {
     )
 }
 
+/// An error with its causes, `outer: inner: …` (hyper's "client error (Connect)" alone does not
+/// say "connection refused"). Transport errors name no header, so no token.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// The four verbs the client sends (octocrab's raw `_get`, `_post`, `_patch`, `_delete`).
 #[derive(Debug, Clone, Copy)]
 enum Verb {
@@ -372,9 +388,10 @@ impl GitHub {
         };
         match tokio::time::timeout(self.retry.request_timeout(), exchange).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) if is_transient(&e) => {
-                Err(Attempt::Transient(format!("network error: {e}")))
-            }
+            Ok(Err(e)) if is_transient(&e) => Err(Attempt::Transient(format!(
+                "network error: {}",
+                with_causes(&e)
+            ))),
             Ok(Err(e @ octocrab::Error::InvalidUtf8 { .. })) => {
                 Err(Attempt::BadAnswer(e.to_string()))
             }

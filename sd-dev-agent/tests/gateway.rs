@@ -1118,3 +1118,81 @@ fn help_lists_every_gateway_command_of_the_contract() {
         assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
     }
 }
+
+/// An agent config in token mode pointing at `api`, with `retry` as its `[retry]` table.
+fn token_config_for(dir: &Path, api: &str, retry: &str) -> std::path::PathBuf {
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{PAT}\n")).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "api_url = {api:?}\ntoken_file = {:?}\n{retry}",
+            token.display().to_string()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn an_answer_that_never_comes_is_cut_at_the_request_timeout_and_retried_then_exit_2() {
+    // A server that accepts connections and never answers them.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = token_config_for(
+        dir.path(),
+        &api,
+        "[retry]\nmax_attempts = 2\ninitial_backoff_ms = 10\nmax_backoff_ms = 10\nrequest_timeout_secs = 1\n",
+    );
+    let started = std::time::Instant::now();
+    let out = agent(&config, &["head", "--repo", REPO, "--branch", "main"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no whole answer within 1 s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "two attempts of 1 s each: {took:?}"
+    );
+    assert_eq!(
+        accepted.lock().unwrap().len(),
+        2,
+        "one connection per attempt"
+    );
+}
+
+#[test]
+fn a_closed_port_is_a_network_error_retried_up_to_max_attempts_then_exit_2() {
+    // Bind and drop: nothing listens on that loopback port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = token_config_for(
+        dir.path(),
+        &format!("http://127.0.0.1:{port}"),
+        "[retry]\nmax_attempts = 3\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\n",
+    );
+    let out = agent(&config, &["permission", "--repo", REPO, "--user", "alice"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("after 3 attempts") && err.contains("network error"),
+        "{err}"
+    );
+    assert!(!err.contains(PAT), "no token in the logs");
+}
