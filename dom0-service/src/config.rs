@@ -6,6 +6,7 @@
 //! typo never silently drops a limit. Paths must be absolute; defaults are under `$HOME`.
 
 use crate::error::{Error, Result};
+use crate::results::{Evidence, ResultsConfig};
 use crate::unpack::Limits;
 use sdci_protocol::paths;
 use serde::Deserialize;
@@ -37,6 +38,8 @@ pub struct Config {
     pub privileged_remove: Vec<String>,
     pub limits: Limits,
     pub launch: LaunchConfig,
+    /// What `sdci.Run` collects after the steps and its bounds (contracts §11).
+    pub results: ResultsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,31 @@ struct File {
     limits: LimitsFile,
     #[serde(default)]
     launch: LaunchFile,
+    #[serde(default)]
+    results: ResultsFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResultsFile {
+    max_file_bytes: Option<u64>,
+    max_members: Option<usize>,
+    max_total_bytes: Option<u64>,
+    max_unpacked_bytes: Option<u64>,
+    max_walk_entries: Option<u64>,
+    deadline_secs: Option<u64>,
+    command_timeout_secs: Option<u64>,
+    evidence_root: Option<PathBuf>,
+    evidence: Option<Vec<EvidenceFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvidenceFile {
+    member: String,
+    command: Option<Vec<String>>,
+    dir: Option<String>,
+    glob: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -111,6 +139,7 @@ impl Config {
                 agent_command: "sdci-agent run --job -".into(),
                 ready_timeout: Duration::from_secs(120),
             },
+            results: ResultsConfig::default(),
         }
     }
 
@@ -226,8 +255,74 @@ impl Config {
         if let Some(s) = lc.ready_timeout_secs {
             c.launch.ready_timeout = Duration::from_secs(s);
         }
+        parse_results(f.results, &mut c.results)?;
         Ok(c)
     }
+}
+
+fn parse_results(f: ResultsFile, r: &mut ResultsConfig) -> std::result::Result<(), String> {
+    let caps = &mut r.caps;
+    macro_rules! set {
+        ($field:ident) => {
+            if let Some(v) = f.$field {
+                caps.$field = v;
+            }
+        };
+    }
+    set!(max_file_bytes);
+    set!(max_members);
+    set!(max_total_bytes);
+    set!(max_unpacked_bytes);
+    set!(max_walk_entries);
+    if let Some(s) = f.deadline_secs {
+        caps.deadline = Duration::from_secs(s);
+    }
+    if let Some(s) = f.command_timeout_secs {
+        caps.command_timeout = Duration::from_secs(s);
+    }
+    if caps.max_members > sdci_protocol::results::MAX_ENTRIES {
+        return Err(format!(
+            "results.max_members must be at most {}",
+            sdci_protocol::results::MAX_ENTRIES
+        ));
+    }
+    if caps.max_total_bytes < 64 * 1024 {
+        return Err("results.max_total_bytes must be at least 65536".into());
+    }
+    if let Some(p) = f.evidence_root {
+        if !p.is_absolute() {
+            return Err(format!(
+                "results.evidence_root must be an absolute path, got {p:?}"
+            ));
+        }
+        r.evidence_root = p;
+    }
+    if let Some(list) = f.evidence {
+        let mut out = Vec::new();
+        for e in list {
+            let source = match (e.command, e.dir, e.glob) {
+                (Some(argv), None, None) => Evidence::Command {
+                    member: e.member,
+                    argv,
+                },
+                (None, Some(dir), Some(glob)) => Evidence::Dir {
+                    member: e.member,
+                    dir,
+                    glob,
+                },
+                _ => {
+                    return Err(format!(
+                        "results.evidence {:?}: give either command, or dir and glob",
+                        e.member
+                    ))
+                }
+            };
+            source.validate()?;
+            out.push(source);
+        }
+        r.evidence = out;
+    }
+    Ok(())
 }
 
 /// `$HOME`, which must be an absolute path.
@@ -285,6 +380,22 @@ mod tests {
             qvm_run = "/x/qvm-run"
             agent_command = "agent"
             ready_timeout_secs = 8
+            [results]
+            max_file_bytes = 12
+            max_members = 13
+            max_total_bytes = 70000
+            max_unpacked_bytes = 15
+            max_walk_entries = 16
+            deadline_secs = 17
+            command_timeout_secs = 18
+            evidence_root = "/world"
+            [[results.evidence]]
+            member = "journal.txt"
+            command = ["cat", "/j"]
+            [[results.evidence]]
+            member = "xen-console"
+            dir = "/var/log/xen/console"
+            glob = "guest-*.log"
         "#;
         let c = Config::parse(text, Path::new("/h")).unwrap();
         assert_eq!(c.jobs_dir, Path::new("/j"));
@@ -311,6 +422,39 @@ mod tests {
         assert_eq!(c.limits.rate_grace, Duration::from_secs(11));
         assert_eq!(c.launch.qvm_run, "/x/qvm-run");
         assert_eq!(c.launch.ready_timeout, Duration::from_secs(8));
+        let r = &c.results;
+        assert_eq!(
+            (
+                r.caps.max_file_bytes,
+                r.caps.max_members,
+                r.caps.max_total_bytes
+            ),
+            (12, 13, 70000)
+        );
+        assert_eq!(
+            (r.caps.max_unpacked_bytes, r.caps.max_walk_entries),
+            (15, 16)
+        );
+        assert_eq!(r.caps.deadline, Duration::from_secs(17));
+        assert_eq!(r.caps.command_timeout, Duration::from_secs(18));
+        assert_eq!(r.evidence_root, Path::new("/world"));
+        assert_eq!(r.evidence.len(), 2);
+        assert_eq!(r.evidence[1].member(), "xen-console");
+    }
+
+    #[test]
+    fn a_bad_evidence_source_is_an_error() {
+        for bad in [
+            "[[results.evidence]]\nmember = \"a/b\"\ncommand = [\"x\"]",
+            "[[results.evidence]]\nmember = \"j\"\ncommand = []",
+            "[[results.evidence]]\nmember = \"j\"\ndir = \"rel\"\nglob = \"*\"",
+            "[[results.evidence]]\nmember = \"j\"\ndir = \"/x\"\nglob = \"../*\"",
+            "[[results.evidence]]\nmember = \"j\"\ncommand = [\"x\"]\ndir = \"/x\"",
+            "[results]\nevidence_root = \"rel\"",
+            "[results]\nmax_total_bytes = 10",
+        ] {
+            assert!(Config::parse(bad, Path::new("/h")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! dom0's own job files: `<jobs_dir>/<id>/job.json`, uploaded by the host (trusted), and the
-//! files the service keeps next to it (`log.txt`, the fresh `tree/`, the `run.started` marker).
+//! files the service keeps next to it (`log.txt`, `results.tar.zst`, the fresh `tree/`, the
+//! `run.started` marker).
 //!
 //! Invariants: a job id reaches the file system only as a validated [`JobId`], i.e. one path
 //! component of `[a-z0-9-]` under the configured jobs directory; the job file is replaced only
@@ -7,7 +8,7 @@
 //! directory), so a reader sees the old file or the new one, never a torn one.
 
 use crate::error::{Error, Result};
-use sdci_protocol::paths::{JOB_FILE, LOG_FILE};
+use sdci_protocol::paths::{JOB_FILE, LOG_FILE, RESULTS_FILE};
 use sdci_protocol::{JobFile, JobId};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ impl JobPaths {
     }
     pub fn log(&self) -> PathBuf {
         self.dir.join(LOG_FILE)
+    }
+    /// The results file (contracts §11), written after the steps.
+    pub fn results(&self) -> PathBuf {
+        self.dir.join(RESULTS_FILE)
     }
     /// Where the archive is unpacked before it is moved into place.
     pub fn tree(&self) -> PathBuf {

@@ -8,7 +8,9 @@
 //!    before (a job runs once);
 //! 4. the archive on stdin is unpacked into a fresh `<job dir>/tree` and moved into place, all
 //!    before the job's deadline (the reader also enforces a minimum average rate);
-//! 5. the job's steps run in order, the first failure stops the job.
+//! 5. the job's steps run in order, the first failure stops the job;
+//! 6. the JUnit files and, unless the steps succeeded, the failure evidence are collected into
+//!    `results.tar.zst` ([`crate::results`], contracts §11), which never changes the outcome.
 //!
 //! Nothing from the dev VM chooses a step, a path or an environment variable: `QREXEC_*`
 //! variables are removed from the steps' environment. The exit code is the outcome (0/1/2) and
@@ -216,7 +218,27 @@ fn serve(
             config.checkout_dir.display()
         )),
     }
-    run_steps(config, job, log)
+    let result = run_steps(config, job, log);
+    // The steps ran (whatever their end): collect what they left, never changing the outcome.
+    let outcome = match &result {
+        Ok((outcome, _)) => *outcome,
+        Err(_) => Outcome::Error,
+    };
+    let env = base_env(job);
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let collect = crate::results::Job {
+        id: &spec.id,
+        spec: spec.results_spec(),
+        outcome,
+        deadline_unix: spec.deadline_unix,
+        checkout: &config.checkout_dir,
+        job_dir: &paths.dir,
+        env: &env,
+        home: home.as_deref(),
+        kill_grace: config.kill_grace,
+    };
+    crate::results::collect_and_log(&config.results, &collect, log);
+    result
 }
 
 /// The job's deadline (Unix seconds) as an `Instant` on the monotonic clock; `None` once passed.
