@@ -478,7 +478,8 @@ async fn rerun(
         return (
             StatusCode::OK,
             format!(
-                "ignored: {sender} has {} access to {repo}; a re-run needs write",
+                "ignored: {sender} has no write access to {repo} (permission {}); a re-run \
+                 needs write",
                 permission.as_str()
             ),
         );
