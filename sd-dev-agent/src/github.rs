@@ -8,8 +8,9 @@
 //! token the request carries).
 //!
 //! What octocrab does here: the HTTP stack (its default hyper client, rustls on ring, native
-//! roots, built once per process on first use), the base URI (GitHub Enterprise's `/api/v3`
-//! included), the `X-GitHub-Api-Version` header, the `Authorization` header of each call
+//! roots, built once per process on first use; redirects followed, as GitHub answers `301` for a
+//! renamed repository, with credentials dropped on a redirect to another origin), the base URI
+//! (GitHub Enterprise's `/api/v3` included), the `X-GitHub-Api-Version` header, the `Authorization` header of each call
 //! (`Octocrab::user_access_token`, set per request and marked sensitive), and the typed models:
 //! request bodies from `octocrab::models::apps::CreateInstallationAccessToken` and
 //! `octocrab::params::checks`, answers decoded into `models::InstallationToken`,
