@@ -286,7 +286,9 @@ where
         tokio::spawn(orchestration::statuses::status_worker(hub.clone()));
         // Check runs for the jobs stored from now on, by this process or the CLI (contracts §10).
         hub.store.set_check_runs(hub.cfg.agent.check_runs_on())?;
-        tokio::spawn(orchestration::checks::check_worker(hub.clone()));
+        if hub.cfg.agent.check_runs_on() {
+            tokio::spawn(orchestration::checks::check_worker(hub.clone()));
+        }
         // Slack notifications (their settings were validated when the configuration loaded).
         if let Some(n) =
             orchestration::notifier::Notifier::from_config(&hub.cfg, hub.store.clone())?
