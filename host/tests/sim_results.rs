@@ -13,6 +13,7 @@ mod common;
 use common::sim::*;
 use common::*;
 use sdci_host::domain::JobState;
+use sdci_host::orchestration::checks;
 use sdci_protocol::results::{EntryKind, ResultsEntry, ResultsManifest, Skipped, RESULTS_VERSION};
 use sdci_tests::vsphere_sim::{SimOptions, SimVm, VsphereSim};
 use std::path::{Path, PathBuf};
@@ -356,6 +357,59 @@ async fn a_failed_jobs_tests_and_evidence_are_on_its_page_and_a_retried_commit_s
         .as_str()
         .unwrap()
         .starts_with("known flaky"));
+    // The check run's summary lists the failed tests with the same labels; a real failure
+    // beside a quarantined one stays a failure.
+    let report = checks::JobReport::read(&host.hub, &third).unwrap().unwrap();
+    assert_eq!(report.conclusion(), Some(checks::Conclusion::Failure));
+    let summary = checks::completed_summary(&report);
+    assert!(summary.contains("### Tests"), "{summary}");
+    assert!(
+        summary.contains("| failed — known flaky: passed on "),
+        "{summary}"
+    );
+    assert!(summary.contains("(quarantined: test\\_setup)"), "{summary}");
+    assert!(summary.contains("tests/test\\_vms.py:42"), "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_only_failures_are_quarantined_concludes_neutral_with_them_listed() {
+    let (dir, ctl, sim) = setup();
+    // Only `test_setup` errors (the apt test passes): quarantined, so neutral — not success.
+    std::fs::write(ctl.join("results.tar.zst"), results(junit(true).as_bytes())).unwrap();
+    std::fs::write(ctl.join("exit"), "1").unwrap();
+    let extra = format!("{FAST}[tests]\nquarantine = [\"tests.test_dom0::test_set*\"]\n");
+    let host = start_host(dir.path(), &sim, &extra).await;
+    let id = push(&host, 1, "main", "d1").await;
+    assert_eq!(
+        job_ended(&host, "the job ends", &id).await.state,
+        JobState::Failure
+    );
+    let report = checks::JobReport::read(&host.hub, &id).unwrap().unwrap();
+    assert_eq!(report.conclusion(), Some(checks::Conclusion::Neutral));
+    assert_eq!(
+        checks::completed_title(&report),
+        "Neutral: only quarantined tests failed"
+    );
+    let summary = checks::completed_summary(&report);
+    assert!(summary.starts_with("**Neutral**"), "{summary}");
+    assert!(
+        summary.contains("quarantined: tests.test\\_dom0::test\\_set\\*"),
+        "{summary}"
+    );
+    let (_, _, page) = get(&format!("{}/jobs/{id}", host.url)).await;
+    assert!(
+        page.contains("Only quarantined tests failed"),
+        "the page says why"
+    );
+
+    // Without the quarantine the same results are a failure (the default is off).
+    drop(host);
+    let dir2 = tempfile::tempdir().unwrap();
+    let host = start_host(dir2.path(), &sim, FAST).await;
+    let id = push(&host, 2, "main", "d2").await;
+    job_ended(&host, "the job ends", &id).await;
+    let report = checks::JobReport::read(&host.hub, &id).unwrap().unwrap();
+    assert_eq!(report.conclusion(), Some(checks::Conclusion::Failure));
 }
 
 #[tokio::test(flavor = "multi_thread")]

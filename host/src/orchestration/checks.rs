@@ -14,7 +14,9 @@
 //! - What is shown is built from the store at post time (the job, its attempts and steps, the
 //!   log file), so the completion always shows the job's final data.
 //! - Never a green or neutral check for something that did not pass: an infrastructure error is
-//!   `action_required`, a canceled job `cancelled`, a passed deadline `timed_out`.
+//!   `action_required`, a canceled job `cancelled`, a passed deadline `timed_out`; a failure is
+//!   `neutral` only when every failed test is quarantined (`[tests] quarantine`, issue 19), with
+//!   them listed.
 //! - Every text is bounded before the call: the title to 255 characters, the summary to
 //!   [`MAX_SUMMARY_BYTES`], cut on a character boundary with a note saying so.
 
@@ -48,6 +50,8 @@ pub enum Conclusion {
     Cancelled,
     TimedOut,
     ActionRequired,
+    /// Only quarantined tests failed (`[tests] quarantine`, issue 19): not a success.
+    Neutral,
 }
 
 impl Conclusion {
@@ -58,6 +62,7 @@ impl Conclusion {
             Self::Cancelled => "cancelled",
             Self::TimedOut => "timed_out",
             Self::ActionRequired => "action_required",
+            Self::Neutral => "neutral",
         }
     }
 }
@@ -108,6 +113,8 @@ pub struct JobReport {
     pub deadline_passed: bool,
     /// The job page.
     pub url: String,
+    /// The test results (issue 19), when an attempt has them.
+    pub tests: Option<super::results::TestsReport>,
 }
 
 impl JobReport {
@@ -123,7 +130,9 @@ impl JobReport {
             .launch_state(id)?
             .and_then(|l| l.run_deadline_ms)
             .is_some_and(|d| job.state.is_terminal() && job.updated_ms >= d);
+        let tests = super::results::report(&hub.store, &hub.cfg, &job)?;
         let mut report = Self {
+            tests,
             url: format!("{}/jobs/{}", hub.cfg.public_url, job.id),
             job,
             attempts,
@@ -157,7 +166,15 @@ impl JobReport {
     }
 
     pub fn conclusion(&self) -> Option<Conclusion> {
-        conclusion(self.job.state, self.deadline_passed)
+        match conclusion(self.job.state, self.deadline_passed) {
+            // A failure whose only failed tests are quarantined: neutral, listed, never green.
+            Some(Conclusion::Failure)
+                if self.tests.as_ref().is_some_and(|t| t.only_quarantined) =>
+            {
+                Some(Conclusion::Neutral)
+            }
+            c => c,
+        }
     }
 }
 
@@ -314,8 +331,10 @@ pub fn failing_step_section(r: &JobReport) -> Option<String> {
 
 /// The failed tests of the job (issue 19, test results): the place their section goes, between
 /// the failing step and the attempts. `None` until the job's data has test results.
-pub fn failed_tests_section(_r: &JobReport) -> Option<String> {
-    None
+pub fn failed_tests_section(r: &JobReport) -> Option<String> {
+    r.tests
+        .as_ref()
+        .map(|t| super::results::markdown(t, &r.url))
 }
 
 /// Every attempt and how it ended, oldest first.
@@ -378,6 +397,7 @@ pub fn completed_title(r: &JobReport) -> String {
         Some(Conclusion::Cancelled) => format!("Cancelled: {note}"),
         Some(Conclusion::TimedOut) => format!("Timed out: {note}"),
         Some(Conclusion::ActionRequired) => format!("Infrastructure error: {note}"),
+        Some(Conclusion::Neutral) => "Neutral: only quarantined tests failed".to_owned(),
         None => note.to_owned(),
     };
     cut_chars(title.trim_end_matches([':', ' ']), MAX_TITLE_CHARS)
@@ -391,6 +411,9 @@ pub fn completed_summary(r: &JobReport) -> String {
         Some(Conclusion::Failure) => "**Failed**: a step of the project failed.",
         Some(Conclusion::Cancelled) => "**Cancelled**: nothing was decided about the project.",
         Some(Conclusion::TimedOut) => "**Timed out**: the job's run deadline passed.",
+        Some(Conclusion::Neutral) => {
+            "**Neutral**: only quarantined tests failed (listed below); this is not a success."
+        }
         Some(Conclusion::ActionRequired) => {
             "**Infrastructure error**: nothing was decided about the project; press Re-run to \
              try again."
@@ -719,6 +742,7 @@ mod tests {
 
     fn report(state: JobState, note: &str, steps: Vec<StepRow>) -> JobReport {
         JobReport {
+            tests: None,
             job: job(state, note),
             attempts: vec![
                 AttemptRow {

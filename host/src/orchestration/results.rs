@@ -18,12 +18,18 @@
 //! - each JUnit file by `domain::junit`'s limits, and at most `tests.max_cases` cases a job.
 //!
 //! Serving a member ([`copy_member`]) reads the stored archive again with the same bounds.
+//!
+//! For the check run (`checks`): [`report`] (counts, failed tests with their flaky label and
+//! quarantine entry, whether only quarantined tests failed: then the conclusion is `neutral`)
+//! and its Markdown section [`markdown`]; [`flaky_label`] is the one flaky rule the job page
+//! uses too.
 
 use super::Orchestrator;
 use crate::config::Config;
-use crate::domain::junit::{self, JunitLimits, TestCase};
+use crate::domain::flakes::{self, Run};
+use crate::domain::junit::{self, CaseOutcome, JunitLimits, TestCase};
 use crate::joblog::{self, append_log};
-use crate::store::{ResultFile, ResultSet, Store};
+use crate::store::{JobRow, ResultFile, ResultSet, Store};
 use sdci_protocol::results::{validate_member_path, ResultsManifest, MANIFEST, MAX_MANIFEST_BYTES};
 use sdci_vsphere::Hypervisor;
 use std::io::{BufReader, Read};
@@ -423,6 +429,177 @@ pub fn ingest(
         let _ = append_log(&dir, job_id, &text);
     }
     Ok(all)
+}
+
+/// The flaky label of job `job`'s run of test `key` (stored at `stored_ms`), by the rule of
+/// `domain::flakes` over the test's history in the job's repository: `"known flaky: passed on
+/// … at … (job …)"`, or `None`.
+pub fn flaky_label(
+    store: &Store,
+    cfg: &Config,
+    job: &JobRow,
+    key: &str,
+    outcome: CaseOutcome,
+    stored_ms: i64,
+) -> crate::Result<Option<String>> {
+    if !outcome.is_bad() {
+        return Ok(None);
+    }
+    let rule = cfg.tests.flake_rule();
+    let history =
+        store.test_history(key, Some(job.repo.as_str()), (rule.window * 3) as u32 + 10)?;
+    let runs: Vec<Run> = history
+        .into_iter()
+        .map(|h| Run {
+            job_id: h.job_id,
+            sha: h.sha,
+            version: h.version.unwrap_or_default(),
+            outcome: h.outcome,
+            at_ms: h.at_ms,
+        })
+        .collect();
+    let this = Run {
+        job_id: job.id.to_string(),
+        sha: job.sha.to_string(),
+        version: job.version.clone().unwrap_or_default(),
+        outcome,
+        at_ms: stored_ms,
+    };
+    Ok(flakes::assess(&this, &runs, &rule).map(|f| {
+        format!(
+            "known flaky: {}",
+            f.describe(|ms| sdci_protocol::Utc::from_unix_millis(ms).rfc3339())
+        )
+    }))
+}
+
+/// Failed tests a check run's summary lists; the rest are counted.
+pub const REPORTED_TESTS: usize = 50;
+
+/// One failed test as the check run shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedTest {
+    pub key: String,
+    pub outcome: CaseOutcome,
+    pub message: Option<String>,
+    /// `file:line` as the JUnit file gave it.
+    pub location: Option<String>,
+    pub flaky: Option<String>,
+    pub quarantined: Option<String>,
+}
+
+/// A job's test results as its check run shows them (the newest attempt that has results).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TestsReport {
+    pub total: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub errored: usize,
+    pub skipped: usize,
+    /// Failed and errored tests, quarantined ones last, at most [`REPORTED_TESTS`].
+    pub tests: Vec<ReportedTest>,
+    /// Tests failed, and every one of them is quarantined (`[tests] quarantine`): the check's
+    /// conclusion is `neutral`, never `success`.
+    pub only_quarantined: bool,
+}
+
+/// The test results of job `job` for its check run; `None` when no attempt has results.
+pub fn report(store: &Store, cfg: &Config, job: &JobRow) -> crate::Result<Option<TestsReport>> {
+    let id = job.id.as_str();
+    let Some(attempt) = store.result_attempts(id)?.into_iter().next() else {
+        return Ok(None);
+    };
+    let stored_ms = store.result_set(id, attempt)?.map_or(0, |s| s.stored_ms);
+    let rows = store.test_cases(id, attempt)?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut r = TestsReport {
+        total: rows.len(),
+        ..TestsReport::default()
+    };
+    let mut all_quarantined = true;
+    for t in &rows {
+        let c = &t.case;
+        match c.outcome {
+            CaseOutcome::Passed => r.passed += 1,
+            CaseOutcome::Skipped => r.skipped += 1,
+            CaseOutcome::Failed => r.failed += 1,
+            CaseOutcome::Error => r.errored += 1,
+        }
+        if !c.outcome.is_bad() {
+            continue;
+        }
+        let quarantined = cfg.tests.quarantine_entry(&t.key).map(str::to_owned);
+        all_quarantined &= quarantined.is_some();
+        if r.tests.len() < REPORTED_TESTS {
+            r.tests.push(ReportedTest {
+                key: t.key.clone(),
+                outcome: c.outcome,
+                message: c.message.clone(),
+                location: c.file.as_ref().map(|f| match c.line {
+                    Some(l) => format!("{f}:{l}"),
+                    None => f.clone(),
+                }),
+                flaky: flaky_label(store, cfg, job, &t.key, c.outcome, stored_ms)?,
+                quarantined,
+            });
+        }
+    }
+    r.tests.sort_by_key(|t| t.quarantined.is_some());
+    r.only_quarantined = r.failed + r.errored > 0 && all_quarantined;
+    Ok(Some(r))
+}
+
+/// The check run summary's "Tests" section (Markdown; every text from the VM escaped by
+/// `md_inline`).
+pub fn markdown(r: &TestsReport, job_url: &str) -> String {
+    use super::checks::md_inline;
+    use std::fmt::Write;
+    let mut out = String::from("### Tests\n\n");
+    let _ = writeln!(
+        out,
+        "{} passed · {} failed · {} error · {} skipped of {} ([details]({job_url}#tests))\n",
+        r.passed, r.failed, r.errored, r.skipped, r.total
+    );
+    if r.only_quarantined {
+        out.push_str(
+            "Only quarantined tests failed (`[tests] quarantine`): the conclusion is neutral, \
+             not success.\n\n",
+        );
+    }
+    if r.tests.is_empty() {
+        return out;
+    }
+    out.push_str("| | test | where | message |\n|---|---|---|---|\n");
+    for t in &r.tests {
+        let mut label = t.outcome.as_str().to_owned();
+        if let Some(f) = &t.flaky {
+            label = format!("{label} — {}", md_inline(f));
+        }
+        if let Some(q) = &t.quarantined {
+            label = format!("{label} (quarantined: {})", md_inline(q));
+        }
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} |",
+            md_inline(&t.key),
+            t.location.as_deref().map(md_inline).unwrap_or_default(),
+            t.message
+                .as_deref()
+                .map(|m| md_inline(&crate::domain::junit::clean(m, 300)))
+                .unwrap_or_default()
+        );
+    }
+    let listed = r.tests.len();
+    if r.failed + r.errored > listed {
+        let _ = writeln!(
+            out,
+            "\n… and {} more on the [job page]({job_url}#tests).",
+            r.failed + r.errored - listed
+        );
+    }
+    out
 }
 
 impl<H: Hypervisor> Orchestrator<H> {

@@ -150,41 +150,6 @@ pub fn history_url(key: &str, repo: &str) -> String {
     )
 }
 
-fn flaky_label(
-    store: &Store,
-    cfg: &Config,
-    j: &JobRow,
-    t: &TestRow,
-    stored_ms: i64,
-) -> Result<Option<String>> {
-    let rule = cfg.tests.flake_rule();
-    let history =
-        store.test_history(&t.key, Some(j.repo.as_str()), (rule.window * 3) as u32 + 10)?;
-    let runs: Vec<Run> = history
-        .into_iter()
-        .map(|h| Run {
-            job_id: h.job_id,
-            sha: h.sha,
-            version: h.version.unwrap_or_default(),
-            outcome: h.outcome,
-            at_ms: h.at_ms,
-        })
-        .collect();
-    let this = Run {
-        job_id: j.id.to_string(),
-        sha: j.sha.to_string(),
-        version: j.version.clone().unwrap_or_default(),
-        outcome: t.case.outcome,
-        at_ms: stored_ms,
-    };
-    Ok(flakes::assess(&this, &runs, &rule).map(|f| {
-        format!(
-            "known flaky: {}",
-            f.describe(|ms| sdci_protocol::Utc::from_unix_millis(ms).rfc3339())
-        )
-    }))
-}
-
 /// The results of job `j`'s newest attempt that has them; `None` when no attempt has.
 pub fn tests_view(store: &Store, cfg: &Config, j: &JobRow) -> Result<Option<TestsView>> {
     let id = j.id.as_str();
@@ -234,7 +199,14 @@ pub fn tests_view(store: &Store, cfg: &Config, j: &JobRow) -> Result<Option<Test
                 .as_deref()
                 .and_then(|f| source_url(&web, &repo, j.sha.as_str(), f, c.line)),
             history_url: history_url(&t.key, &repo),
-            flaky: flaky_label(store, cfg, j, t, set.stored_ms)?,
+            flaky: crate::orchestration::results::flaky_label(
+                store,
+                cfg,
+                j,
+                &t.key,
+                c.outcome,
+                set.stored_ms,
+            )?,
             quarantined: cfg.tests.quarantine_entry(&t.key).map(str::to_owned),
             duration_ms: c.duration_ms,
         });
@@ -421,7 +393,10 @@ fn params(p: TestParams) -> Option<(String, Option<String>)> {
 }
 
 fn no_key() -> Response {
-    fail(StatusCode::BAD_REQUEST, "give the test as ?key=classname::name")
+    fail(
+        StatusCode::BAD_REQUEST,
+        "give the test as ?key=classname::name",
+    )
 }
 
 /// `GET /tests?key=&repo=`.
