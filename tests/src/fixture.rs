@@ -15,7 +15,16 @@
 //!   then `N` lines `slow line I at <Unix ns>` every `GAP` seconds (`ci/slow`: `N GAP`, default
 //!   `100 0.02`), for the job page's live-log tests and the P3 benchmark;
 //! - a snapshot check: `make dev` leaves `~/.fixture-ran-<sha>` in dom0, and `make test` fails if
-//!   a marker of *another* commit is there, i.e. if the VM was not reverted between jobs.
+//!   a marker of *another* commit is there, i.e. if the VM was not reverted between jobs;
+//! - a JUnit file, as SDW's pytest writes it (`--junitxml=test-data.xml` in the checkout's root,
+//!   contracts §11): five cases of which one passes with `file`/`line` attributes, in `fail` mode
+//!   one fails (with `file`/`line`: `tests/test_vms_platform.py:41`) and one errors, one is always
+//!   skipped ([`JUNIT_CASES`]); in `flaky` mode `test_sd_vm_apt_sources` fails on the first run of
+//!   a commit and passes on every later run, keyed on a marker directory *outside* the VM (the
+//!   path in `ci/flaky`, so a snapshot revert does not forget it; [`Fixture::commit_flaky`]); and
+//!   `ci/junit`, when committed ([`Fixture::commit_junit`]), is written as the JUnit file
+//!   verbatim (hostile JUnit input for the host's parser). `hang` writes none (pytest writes it at
+//!   the end).
 
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -31,7 +40,45 @@ pub enum TestMode {
     Hang,
     Flood,
     Slow,
+    /// `make test` fails on the first run of a commit (`test_sd_vm_apt_sources`), passes after.
+    Flaky,
 }
+
+/// One JUnit case of the fixture: classname, name, file and line if any, outcome in `fail` mode.
+pub type JunitCase = (
+    &'static str,
+    &'static str,
+    Option<(&'static str, u32)>,
+    &'static str,
+);
+
+/// The fixture's JUnit cases. In `pass` mode every case but the skipped one passes; in `flaky`
+/// mode as `pass` except the flaky case on a commit's first run, which fails as in `fail` mode.
+pub const JUNIT_CASES: &[JunitCase] = &[
+    (
+        "tests.test_vms_exist",
+        "test_sd_vms_exist",
+        Some(("tests/test_vms_exist.py", 12)),
+        "passed",
+    ),
+    (
+        "tests.test_vms_platform",
+        "test_sd_vm_apt_sources",
+        Some(("tests/test_vms_platform.py", 41)),
+        "failed",
+    ),
+    ("tests.test_gpg", "test_sd_gpg_has_key", None, "error"),
+    (
+        "tests.test_proxy_vm",
+        "test_proxy_url",
+        Some(("tests/test_proxy_vm.py", 20)),
+        "skipped",
+    ),
+    ("launcher.tests.test_updater", "test_ok", None, "passed"),
+];
+
+/// The flaky case's name ([`TestMode::Flaky`]).
+pub const FLAKY_TEST: &str = "test_sd_vm_apt_sources";
 
 impl TestMode {
     fn as_str(self) -> &'static str {
@@ -41,6 +88,7 @@ impl TestMode {
             Self::Hang => "hang",
             Self::Flood => "flood",
             Self::Slow => "slow",
+            Self::Flaky => "flaky",
         }
     }
 }
@@ -109,19 +157,62 @@ done
 test -L launcher/sdw_notify && test -f launcher/sdw_notify/__init__.py || { echo "FAIL: symlink lost"; exit 1; }
 test -x scripts/run-tests || { echo "FAIL: exec bit lost"; exit 1; }
 echo "CI=${CI:-unset}"
+# pytest's JUnit file, as SDW's pyproject.toml has it written: test-data.xml in the checkout.
+junit() { # $1: pass, fail, or flaky (only the flaky case fails)
+  if [ -f ci/junit ]; then cp ci/junit test-data.xml; return; fi
+  case "$1" in
+    fail) apt=failed gpg=error;;
+    flaky) apt=failed gpg=passed;;
+    *) apt=passed gpg=passed;;
+  esac
+  failures=0; errors=0
+  [ "$apt" = failed ] && failures=1
+  [ "$gpg" = error ] && errors=1
+  {
+    echo '<?xml version="1.0" encoding="utf-8"?>'
+    echo "<testsuites><testsuite name=\"pytest\" errors=\"$errors\" failures=\"$failures\" skipped=\"1\" tests=\"5\" time=\"1.234\" timestamp=\"$(date -u +%Y-%m-%dT%H:%M:%S)\" hostname=\"$(hostname)\">"
+    echo '<testcase classname="tests.test_vms_exist" name="test_sd_vms_exist" file="tests/test_vms_exist.py" line="12" time="0.250" />'
+    if [ "$apt" = failed ]; then
+      echo '<testcase classname="tests.test_vms_platform" name="test_sd_vm_apt_sources" file="tests/test_vms_platform.py" line="41" time="0.500"><failure message="AssertionError: assert &apos;deb https://apt.freedom.press bookworm main&apos; in sources">def test_sd_vm_apt_sources():
+&gt;       assert expected in sources
+E       AssertionError: sources of sd-app differ
+
+tests/test_vms_platform.py:44: AssertionError</failure></testcase>'
+    else
+      echo '<testcase classname="tests.test_vms_platform" name="test_sd_vm_apt_sources" file="tests/test_vms_platform.py" line="41" time="0.500" />'
+    fi
+    if [ "$gpg" = error ]; then
+      echo '<testcase classname="tests.test_gpg" name="test_sd_gpg_has_key" time="0.010"><error message="failed on setup with &quot;FileNotFoundError: sd-journalist.sec&quot;">FileNotFoundError: [Errno 2] No such file or directory: &apos;sd-journalist.sec&apos;</error></testcase>'
+    else
+      echo '<testcase classname="tests.test_gpg" name="test_sd_gpg_has_key" time="0.010" />'
+    fi
+    echo '<testcase classname="tests.test_proxy_vm" name="test_proxy_url" file="tests/test_proxy_vm.py" line="20" time="0.000"><skipped type="pytest.skip" message="requires sd-proxy">tests/test_proxy_vm.py:20: requires sd-proxy</skipped></testcase>'
+    echo '<testcase classname="launcher.tests.test_updater" name="test_ok" time="0.001" />'
+    echo '</testsuite></testsuites>'
+  } > test-data.xml
+}
 case "$(cat ci/test-mode)" in
-  pass)  echo "tests/test_vms.py::test_sd_vms PASSED"; echo "1 passed";;
-  fail)  echo "tests/test_vms.py::test_sd_vms FAILED"; echo "1 failed"; exit 1;;
+  pass)  echo "tests/test_vms.py::test_sd_vms PASSED"; echo "1 passed"; junit pass;;
+  fail)  echo "tests/test_vms.py::test_sd_vms FAILED"; echo "1 failed"; junit fail; exit 1;;
+  flaky) # fails on the first run of this commit: the marker lives outside the VM (ci/flaky)
+         marks=$(cat ci/flaky)
+         if mkdir -p "$marks" && mkdir "$marks/ran-$(cat ci/commit-id)" 2>/dev/null; then
+           echo "tests/test_vms_platform.py::test_sd_vm_apt_sources FAILED"; echo "1 failed"
+           junit flaky; exit 1
+         fi
+         echo "tests/test_vms_platform.py::test_sd_vm_apt_sources PASSED"; echo "1 passed"
+         junit pass;;
   hang)  echo "hanging"; sleep 100000;;
   flood) n=$(cat ci/flood 2>/dev/null || echo 20000)
-         for i in $(seq 1 "$n"); do echo "line $i of a very chatty test suite"; done; echo "1 passed";;
+         for i in $(seq 1 "$n"); do echo "line $i of a very chatty test suite"; done; echo "1 passed"
+         junit pass;;
   slow)  read -r n gap < ci/slow 2>/dev/null || { n=100; gap=0.02; }
          echo '<script>window.sdciPwned = 1</script>'
          echo '"><img src=x onerror="window.sdciPwned = 2">'
          printf '\033[1;31mFAILED\033[0m in red, \033[32mok\033[0m in green\n'
          i=0
          while [ "$i" -lt "$n" ]; do i=$((i + 1)); echo "slow line $i at $(date +%s%N)"; sleep "$gap"; done
-         echo "1 passed";;
+         echo "1 passed"; junit pass;;
   *) echo "unknown test mode"; exit 2;;
 esac
 "#;
@@ -246,6 +337,30 @@ impl Fixture {
         write(&self.path, "ci/flood", &format!("{lines}\n"), false)?;
         git(&self.path, &["add", "ci/flood"])?;
         self.commit_mode(TestMode::Flood, message)
+    }
+
+    /// Commits `make test` in `flaky` mode: [`FLAKY_TEST`] fails on the first run of the new
+    /// commit and passes on every re-run. `marks` is a directory outside the VM's disk (so a
+    /// snapshot revert keeps it; reachable from dom0's steps: the vSphere world's guests run on
+    /// this machine); returns the new sha.
+    pub fn commit_flaky(&self, marks: &Path, message: &str) -> Result<String> {
+        write(
+            &self.path,
+            "ci/flaky",
+            &format!("{}\n", marks.display()),
+            false,
+        )?;
+        git(&self.path, &["add", "ci/flaky"])?;
+        self.commit_mode(TestMode::Flaky, message)
+    }
+
+    /// Commits `junit` as the JUnit file `make test` writes verbatim (any bytes: hostile input
+    /// for the host's parser), in `mode`; returns the new sha.
+    pub fn commit_junit(&self, junit: &[u8], mode: TestMode, message: &str) -> Result<String> {
+        fs::create_dir_all(self.path.join("ci"))?;
+        fs::write(self.path.join("ci/junit"), junit)?;
+        git(&self.path, &["add", "ci/junit"])?;
+        self.commit_mode(mode, message)
     }
 
     /// The sha of `main`'s head.

@@ -16,6 +16,12 @@
 //!   private mount and UTS namespaces where that qube's home tree is `/home`, `HOME` is
 //!   `/home/<user>` and the host name is the qube's name. Nothing of the world reaches the
 //!   machine's own `/home`.
+//! - dom0's logs as a real dom0 has them (contracts §11 collects them when a job fails):
+//!   `journalctl` in `/usr/bin` answers `-b [--no-pager]` with a boot header and dom0's
+//!   "journal"; `/var/log/xen/console/guest-<qube>.log` and `/var/log/qubes/{qubes,
+//!   qrexec.<qube>,guid.<qube>}.log` exist for the running qubes and grow when `qvm-start`
+//!   starts one (`qvm-shutdown` notes the shutdown), and `/var/log/qubes/mgmt-<qube>.log` is
+//!   Salt's; dom0.toml's `[results] evidence_root` is R, so `sdci-dom0` reads them in R.
 //! - The qubes' state (running/halted, class, tags, sizes, fault switches) lives in
 //!   `R/var/lib/qubes-sim/qubes.json`; every stand-in call is appended to
 //!   `R/var/log/qubes-sim/calls.jsonl`, and dom0's "journal" (qrexec decisions, service stderr)
@@ -44,6 +50,13 @@ pub const DOM0_TOOLS: &[&str] = &[
     "sudo",
     "qubes-policy-lint",
 ];
+
+/// Stand-ins written by this module itself (shell scripts, not `qubes_sim.py`): dom0's journal.
+pub const DOM0_LOG_TOOLS: &[&str] = &["journalctl"];
+
+/// The stand-ins whose wrapper also writes dom0's logs of the qubes they start or stop, as
+/// qubesd, the Xen console daemon, `qrexec-daemon` and `qubes-guid` do.
+const LOGGING_TOOLS: &[&str] = &["qvm-start", "qvm-shutdown"];
 
 /// The stand-in tools installed in every other qube's `/usr/bin`.
 pub const QUBE_TOOLS: &[&str] = &["qrexec-client-vm"];
@@ -199,7 +212,80 @@ fn symlink_force(target: &Path, link: &Path) -> Result<()> {
         .with_context(|| format!("symlink {} -> {}", link.display(), target.display()))
 }
 
+/// Shell lines (for a stand-in's wrapper, before its `exec`) that write dom0's logs of the qubes
+/// named in the arguments, as a real dom0 gets them: the Xen console log of a booting guest, its
+/// qrexec and GUI daemon logs and qubesd's line in `qubes.log`. Options, their numeric values
+/// and names outside Qubes' charset are skipped.
+fn qube_log_hook(root: &Path, tool: &str) -> String {
+    let (console, qubesd) = match tool {
+        "qvm-start" => (
+            "printf '[    0.000000] Linux version 6.6.63-1.qubes.fc37.x86_64 (%s)\\n             [    0.118034] Booting paravirtualized kernel on Xen PVH\\n             [    2.718281] systemd[1]: Reached target multi-user.target\\n             Debian GNU/Linux 12 %s hvc0\\n%s login: \\n' \"$q\" \"$q\" \"$q\"",
+            "Starting %s",
+        ),
+        _ => (
+            "printf '[ 9999.000000] reboot: Power down (%s)\\n' \"$q\"",
+            "Shutting down %s",
+        ),
+    };
+    format!(
+        "# qubes-sim world: dom0's logs of the qubes this call starts or stops\n         R={r}\n         now=$(date -u '+%Y-%m-%d %H:%M:%S')\n         for q in \"$@\"; do\n         \x20 case \"$q\" in -*|*[!A-Za-z0-9_-]*|''|*[!0-9]*) ;; *) continue;; esac\n         \x20 case \"$q\" in -*|*[!A-Za-z0-9_-]*|'') continue;; esac\n         \x20 {{ {console}; }} >> \"$R/var/log/xen/console/guest-$q.log\" 2>/dev/null\n         \x20 printf '%s,000 vm.%s: {qubesd}\\n' \"$now\" \"$q\" \"$q\" >> \"$R/var/log/qubes/qubes.log\" 2>/dev/null\n         \x20 printf '%s qrexec-daemon: domain %s: {qubesd}\\n' \"$now\" \"$q\" \"$q\" >> \"$R/var/log/qubes/qrexec.$q.log\" 2>/dev/null\n         \x20 printf '%s qubes-guid: domain %s: {qubesd}\\n' \"$now\" \"$q\" \"$q\" >> \"$R/var/log/qubes/guid.$q.log\" 2>/dev/null\n         done\n",
+        r = sh_quote(&root.to_string_lossy()),
+    )
+}
+
+/// dom0's `journalctl` stand-in: `-b` (this boot) and `--no-pager` are accepted, anything else
+/// is refused as the other stand-ins refuse what they do not implement; the output is a boot
+/// header, the kernel's and qubesd's start lines and dom0's "journal"
+/// (`var/log/qubes-sim/journal.log`: qrexec decisions, the services' stderr) in journalctl's
+/// short format.
+fn journalctl(root: &Path) -> String {
+    format!(
+        "#!/bin/sh\n         # qubes-sim stand-in (sdci_tests::qubes_world): dom0's journal\n         R={r}\n         for a in \"$@\"; do\n         \x20 case \"$a\" in -b|--boot|--no-pager) ;; *)\n         \x20   echo \"journalctl: option $a is not implemented by the qubes-sim stand-in\" >&2; exit 2;;\n         \x20 esac\n         done\n         ts=$(date '+%b %d %H:%M:%S')\n         echo '-- Boot 5d1ba4e1c0de4b1e8d7f2a9c3b6e0f11 --'\n         echo \"$ts dom0 kernel: Linux version 6.6.63-1.qubes.fc37.x86_64 (Qubes OS 4.2)\"\n         echo \"$ts dom0 kernel: Xen version 4.17.5 (hypervisor)\"\n         echo \"$ts dom0 systemd[1]: Started qubesd.service - Qubes OS daemon.\"\n         if [ -f \"$R/var/log/qubes-sim/journal.log\" ]; then\n         \x20 sed \"s/^\\([^:]*\\): /$ts dom0 \\1: /\" \"$R/var/log/qubes-sim/journal.log\"\n         fi\n",
+        r = sh_quote(&root.to_string_lossy()),
+    )
+}
+
 impl QubesWorld {
+    /// Writes what dom0 has of a running qube's boot: its Xen console log, qrexec and GUI
+    /// daemon logs, qubesd's line and (as after `sdw-admin --apply`) Salt's management log.
+    fn write_boot_logs(&self, qube: &str) -> Result<()> {
+        let log = |rel: String, text: String| -> Result<()> {
+            use std::io::Write;
+            let path = self.root.join(rel);
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("write {}", path.display()))?;
+            f.write_all(text.as_bytes())
+                .with_context(|| format!("write {}", path.display()))
+        };
+        log(
+            format!("var/log/xen/console/guest-{qube}.log"),
+            format!(
+                "[    0.000000] Linux version 6.6.63-1.qubes.fc37.x86_64 ({qube})\n                 [    0.118034] Booting paravirtualized kernel on Xen PVH\n                 [    2.718281] systemd[1]: Reached target multi-user.target\n                 Debian GNU/Linux 12 {qube} hvc0\n{qube} login: \n"
+            ),
+        )?;
+        log(
+            "var/log/qubes/qubes.log".into(),
+            format!("2026-12-01 00:00:00,000 vm.{qube}: Starting {qube}\n"),
+        )?;
+        log(
+            format!("var/log/qubes/qrexec.{qube}.log"),
+            format!("qrexec-daemon: domain {qube}: connected\n"),
+        )?;
+        log(
+            format!("var/log/qubes/guid.{qube}.log"),
+            format!("qubes-guid: domain {qube}: started\n"),
+        )?;
+        log(
+            format!("var/log/qubes/mgmt-{qube}.log"),
+            format!(
+                "2026-12-01 00:00:00,000 calling 'state.highstate'...\n                 2026-12-01 00:00:01,000 output: {qube}:\n                 2026-12-01 00:00:01,000 output: Summary for {qube}\n                 2026-12-01 00:00:01,000 output: Succeeded: 12 (changed=3)\n                 2026-12-01 00:00:01,000 output: Failed:     0\n"
+            ),
+        )
+    }
+
     /// Lays out the default world in `root` (created if missing).
     pub fn create(root: &Path) -> Result<Self> {
         Self::create_with(root, &WorldSpec::default())
@@ -243,9 +329,25 @@ impl QubesWorld {
         ] {
             mkdirs(&r.join(dir))?;
         }
-        for tool in DOM0_TOOLS {
-            write_exec(&r.join("usr/bin").join(tool), &wrapper(tool))?;
+        for dir in [
+            "var/log/xen/console",
+            "var/log/qubes",
+            "var/log/salt",
+            "tmp",
+        ] {
+            mkdirs(&r.join(dir))?;
         }
+        for tool in DOM0_TOOLS {
+            let body = if LOGGING_TOOLS.contains(tool) {
+                let w = wrapper(tool);
+                let (shebang, rest) = w.split_once('\n').unwrap_or((&w, ""));
+                format!("{shebang}\n{}{rest}", qube_log_hook(r, tool))
+            } else {
+                wrapper(tool)
+            };
+            write_exec(&r.join("usr/bin").join(tool), &body)?;
+        }
+        write_exec(&r.join("usr/bin/journalctl"), &journalctl(r))?;
         let entry = r.join("usr/local/bin/sdci-dom0");
         let _ = std::fs::remove_file(&entry);
         write_exec(
@@ -287,6 +389,11 @@ impl QubesWorld {
                 "# the simulated dom0 runs as root (tests run as root)\nallow_root = true\n",
             );
         }
+        dom0_toml.push_str(&format!(
+            "# dom0's /var/log and /tmp are the world's (contracts §11)\n[results]\n\
+             evidence_root = {:?}\n",
+            r.to_string_lossy()
+        ));
         std::fs::write(home.join(paths::DOM0_CONFIG), dom0_toml).context("write dom0.toml")?;
 
         // the other qubes
@@ -329,6 +436,11 @@ impl QubesWorld {
                 .qube_root(&spec.dev_vm)
                 .join("usr/local/bin/sdci-agent"),
         )?;
+        for (name, q) in &qubes {
+            if name != "dom0" && q["state"] == "running" {
+                world.write_boot_logs(name)?;
+            }
+        }
         let state = json!({
             "dom0_user": spec.dom0_user,
             "base_path": std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),

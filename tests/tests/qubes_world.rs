@@ -869,3 +869,360 @@ fn stand_ins_refuse_to_run_outside_a_world() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("only run inside a simulated world"));
 }
+
+// ------------------------------------------------------------------------------------------
+// dom0's logs (contracts §11 collects them when a job fails)
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn dom0_has_a_journal_console_logs_and_qubes_logs_as_a_real_dom0_has() {
+    let (_tmp, world) = world();
+    let r = world.root();
+    // A qrexec call leaves its policy decision in dom0's journal.
+    let out = call_from(&world, "sd-dev", "dom0", "sdci.Run+echo", b"x");
+    assert_eq!(out.status.code(), Some(0));
+    let out = dom0(&world, &["journalctl", "-b", "--no-pager"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let journal = text(&out.stdout);
+    assert!(journal.starts_with("-- Boot "), "{journal}");
+    assert!(journal.contains(" dom0 kernel: Linux version"), "{journal}");
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.contains(" dom0 ") && l.contains("sd-dev -> dom0: allowed")),
+        "{journal}"
+    );
+    let out = dom0(&world, &["journalctl", "--since", "today"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not implemented by the qubes-sim stand-in"));
+
+    // The running qubes booted: their consoles and daemons' logs are there; halted ones have none.
+    let console =
+        |q: &str| std::fs::read_to_string(r.join(format!("var/log/xen/console/guest-{q}.log")));
+    assert!(console("sys-net").unwrap().contains("sys-net login:"));
+    assert!(console("sys-firewall").is_ok());
+    assert!(console("sd-dev").is_err());
+    assert!(r.join("var/log/qubes/qrexec.sys-net.log").is_file());
+    assert!(
+        std::fs::read_to_string(r.join("var/log/qubes/mgmt-sys-net.log"))
+            .unwrap()
+            .contains("Succeeded")
+    );
+
+    // qvm-start boots a qube: its console log appears, qubesd notes it; qvm-shutdown too.
+    assert_eq!(
+        dom0(&world, &["qvm-start", "--skip-if-running", "sd-dev"], b"")
+            .status
+            .code(),
+        Some(0)
+    );
+    assert!(console("sd-dev").unwrap().contains("sd-dev login:"));
+    let qubes_log = || std::fs::read_to_string(r.join("var/log/qubes/qubes.log")).unwrap();
+    assert!(
+        qubes_log().contains("vm.sd-dev: Starting sd-dev"),
+        "{}",
+        qubes_log()
+    );
+    assert_eq!(
+        dom0(
+            &world,
+            &["qvm-shutdown", "--wait", "--timeout", "60", "sd-dev"],
+            b""
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    assert!(console("sd-dev").unwrap().contains("Power down"));
+    assert!(qubes_log().contains("vm.sd-dev: Shutting down sd-dev"));
+    assert!(console("60").is_err(), "an option's value is no qube");
+
+    // qvm-ls --all lists every qube with its state.
+    let out = dom0(&world, &["qvm-ls", "--all"], b"");
+    let ls = text(&out.stdout);
+    assert!(ls.starts_with("NAME") && ls.contains("STATE"), "{ls}");
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("sd-dev") && l.contains("Halted")),
+        "{ls}"
+    );
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("sys-net") && l.contains("Running")),
+        "{ls}"
+    );
+
+    // sdci-dom0 reads dom0's logs in the world.
+    let config = std::fs::read_to_string(world.dom0_home().join(".sdci/dom0.toml")).unwrap();
+    assert!(
+        config.contains(&format!(
+            "[results]\nevidence_root = {:?}",
+            r.to_string_lossy()
+        )),
+        "{config}"
+    );
+}
+
+/// The fixture's tree as `sdci-agent` sends it: `git archive | zstd`.
+fn fixture_archive(fixture: &Fixture) -> Vec<u8> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("git archive --format=tar HEAD | zstd -q -c")
+        .current_dir(&fixture.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    out.stdout
+}
+
+/// dom0's job file for job `id` running `script` in the checkout.
+fn write_job(world: &QubesWorld, id: &str, script: &str) {
+    use sdci_protocol::job::{AgentJob, JobFile, JobSpec, Reason, Secret, Step};
+    let sha: sdci_protocol::CommitSha = "0123456789abcdef0123456789abcdef01234567".parse().unwrap();
+    let repo: sdci_protocol::RepoName = "freedomofpress/securedrop-workstation".parse().unwrap();
+    let job: sdci_protocol::JobId = id.parse().unwrap();
+    let dev_dir = "/home/user/securedrop-workstation".to_string();
+    let file = JobFile {
+        version: sdci_protocol::JOB_FILE_VERSION,
+        spec: JobSpec {
+            id: job.clone(),
+            repo: repo.clone(),
+            sha: sha.clone(),
+            branch: None,
+            reason: Reason::Manual,
+            qubes_version: "4.2".into(),
+            dev_vm: "sd-dev".into(),
+            dev_dir: dev_dir.clone(),
+            steps: vec![Step::new("make-test", &["sh", "-c", script], 120).with_env("CI", "true")],
+            deadline_unix: 4_000_000_000,
+            results: None,
+        },
+        agent: AgentJob {
+            version: sdci_protocol::JOB_FILE_VERSION,
+            id: job,
+            repo,
+            sha,
+            dev_dir,
+            clone_url: "/nonexistent".into(),
+            github_api: "http://127.0.0.1:1".into(),
+            token: None,
+            status_context: "sd-ci-runner".into(),
+            target_url: "http://127.0.0.1:1/jobs/x".into(),
+            event_url: "http://127.0.0.1:1/api/v1/jobs/x/events".into(),
+            event_secret: Secret::new("s"),
+            post_final_status: false,
+            post_running_status: false,
+        },
+    };
+    let dir = world.dom0_home().join(".sdci/jobs").join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("job.json"), file.to_json()).unwrap();
+}
+
+/// `results.tar.zst` unpacked with the stock tools, as an operator would: member → bytes.
+fn unpack_results(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let out_dir = path.with_extension("unpacked");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("zstd -q -dc \"$1\" | tar -x -C \"$2\"")
+        .arg("sh")
+        .arg(path)
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut members = std::collections::BTreeMap::new();
+    fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    walk(&out_dir, &out_dir, &mut members);
+    members
+}
+
+#[test]
+fn a_failing_fixture_job_leaves_results_with_its_junit_file_the_journal_and_the_console_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = QubesWorld::create(&tmp.path().join("guest")).unwrap();
+    let fixture = Fixture::create(&tmp.path().join("fixture"), TestMode::Fail).unwrap();
+    write_job(
+        &world,
+        "results-1",
+        "cp files/config.json.example config.json && cp sd-journalist.sec.example \
+         sd-journalist.sec && make test",
+    );
+    let started = std::time::Instant::now();
+    let out = call_from(
+        &world,
+        "sd-dev",
+        "dom0",
+        "sdci.Run+results-1",
+        &fixture_archive(&fixture),
+    );
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let job_dir = world.dom0_home().join(".sdci/jobs/results-1");
+    let log = std::fs::read_to_string(job_dir.join("log.txt")).unwrap();
+    assert!(log.contains("result: failure"), "{log}");
+    let results = job_dir.join("results.tar.zst");
+    let bytes = std::fs::metadata(&results)
+        .unwrap_or_else(|e| panic!("{e}\n{log}"))
+        .len();
+    let members = unpack_results(&results);
+    let manifest = sdci_protocol::ResultsManifest::from_json(&members["manifest.json"]).unwrap();
+    assert_eq!(manifest.outcome, sdci_protocol::Outcome::Failure);
+    let junit = String::from_utf8_lossy(&members["junit/1.xml"]).into_owned();
+    assert!(
+        junit.contains("failures=\"1\"") && junit.contains("errors=\"1\""),
+        "{junit}"
+    );
+    assert!(junit.contains(
+        "name=\"test_sd_vm_apt_sources\" file=\"tests/test_vms_platform.py\" line=\"41\""
+    ));
+    assert!(junit.contains("<skipped type=\"pytest.skip\""), "{junit}");
+    assert!(
+        junit.contains("hostname=\"dom0\""),
+        "written in dom0's view"
+    );
+    let journal = String::from_utf8_lossy(&members["evidence/journal.txt"]).into_owned();
+    assert!(journal.contains("sd-dev -> dom0: allowed"), "{journal}");
+    assert!(
+        String::from_utf8_lossy(&members["evidence/xen-console/guest-sys-net.log"])
+            .contains("sys-net login:")
+    );
+    assert!(members.contains_key("evidence/qubes/qubes.log"));
+    assert!(members.contains_key("evidence/qubes/mgmt-sys-firewall.log"));
+    assert!(String::from_utf8_lossy(&members["evidence/qvm-ls.txt"]).contains("sd-dev"));
+    assert!(manifest.entries.iter().all(|e| e.bytes <= 8 << 20));
+    assert!(bytes <= 64 << 20);
+    let line = log
+        .lines()
+        .find(|l| l.contains("dom0: results: "))
+        .unwrap()
+        .to_string();
+    eprintln!(
+        "figures: the fixture's failing job in the Qubes world: results.tar.zst {bytes} bytes, \
+         {} members, collection {} ms, whole sdci.Run call {secs:.2} s; {line}",
+        manifest.entries.len(),
+        manifest.took_ms
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// the fixture's make test: its JUnit file and its flaky test
+// ------------------------------------------------------------------------------------------
+
+/// The fixture's tree at HEAD checked out in `dir` with the copies `make test` needs.
+fn checkout(fixture: &Fixture, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "git archive --format=tar HEAD | tar -x -C \"$1\" && cd \"$1\" && \
+              cp files/config.json.example config.json && \
+              cp sd-journalist.sec.example sd-journalist.sec",
+        )
+        .arg("sh")
+        .arg(dir)
+        .current_dir(&fixture.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// `make test` in `dir` (HOME there too): its exit code and the JUnit file it wrote.
+fn make_test(dir: &Path) -> (Option<i32>, String) {
+    let out = Command::new("make")
+        .args(["-s", "test"])
+        .current_dir(dir)
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    let junit = std::fs::read_to_string(dir.join("test-data.xml")).unwrap_or_default();
+    let _ = std::fs::remove_file(dir.join("test-data.xml"));
+    (out.status.code(), junit)
+}
+
+#[test]
+fn the_fixtures_make_test_writes_junit_with_pass_fail_error_and_skipped_cases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = Fixture::create(&tmp.path().join("fixture"), TestMode::Pass).unwrap();
+    let pass = tmp.path().join("pass");
+    checkout(&fixture, &pass);
+    let (code, junit) = make_test(&pass);
+    assert_eq!(code, Some(0));
+    assert!(
+        junit.contains("failures=\"0\" skipped=\"1\" tests=\"5\""),
+        "{junit}"
+    );
+    assert!(!junit.contains("<failure") && !junit.contains("<error"));
+    for (_, name, file_line, _) in sdci_tests::fixture::JUNIT_CASES {
+        assert!(junit.contains(&format!("name=\"{name}\"")), "{name}");
+        if let Some((file, line)) = file_line {
+            assert!(junit.contains(&format!("name=\"{name}\" file=\"{file}\" line=\"{line}\"")));
+        }
+    }
+    fixture.commit_mode(TestMode::Fail, "fail").unwrap();
+    let fail = tmp.path().join("fail");
+    checkout(&fixture, &fail);
+    let (code, junit) = make_test(&fail);
+    assert_eq!(code, Some(2), "make's status for a failed recipe");
+    assert!(
+        junit.contains("errors=\"1\" failures=\"1\" skipped=\"1\""),
+        "{junit}"
+    );
+    assert!(junit.contains("<failure message=\"AssertionError"));
+    assert!(junit.contains("<error message=\"failed on setup"));
+    // Hostile JUnit input for the host's parser goes through verbatim.
+    let hostile = b"<?xml version=\"1.0\"?><!DOCTYPE x [<!ENTITY a \"aaaa\">]><x>&a;\xff</x>";
+    fixture
+        .commit_junit(hostile, TestMode::Fail, "hostile junit")
+        .unwrap();
+    let raw = tmp.path().join("raw");
+    checkout(&fixture, &raw);
+    let out = Command::new("make")
+        .args(["-s", "test"])
+        .current_dir(&raw)
+        .env("HOME", &raw)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(std::fs::read(raw.join("test-data.xml")).unwrap(), hostile);
+}
+
+#[test]
+fn the_fixtures_flaky_test_fails_on_a_commits_first_run_and_passes_on_its_re_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = Fixture::create(&tmp.path().join("fixture"), TestMode::Pass).unwrap();
+    let marks = tmp.path().join("flaky-marks");
+    fixture.commit_flaky(&marks, "flaky").unwrap();
+    // Each run gets a fresh checkout (a reverted VM): only the marks outside it remember.
+    let run = |n: &str| {
+        let dir = tmp.path().join(n);
+        checkout(&fixture, &dir);
+        make_test(&dir)
+    };
+    let (code, junit) = run("first");
+    assert_eq!(code, Some(2), "make's status for a failed recipe");
+    assert!(
+        junit.contains(&format!("name=\"{}\"", sdci_tests::fixture::FLAKY_TEST))
+            && junit.contains("failures=\"1\"")
+            && junit.contains("errors=\"0\""),
+        "only the flaky case fails: {junit}"
+    );
+    let (code, junit) = run("re-run");
+    assert_eq!(code, Some(0));
+    assert!(junit.contains("failures=\"0\""), "{junit}");
+    assert_eq!(run("third").0, Some(0));
+    // A new commit is a new first run.
+    fixture.commit_flaky(&marks, "flaky again").unwrap();
+    assert_eq!(run("new-commit").0, Some(2));
+}
