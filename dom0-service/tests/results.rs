@@ -557,3 +557,69 @@ fn a_job_refused_before_its_steps_writes_no_results_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!w.results_file("refused-1").exists());
 }
+
+#[test]
+fn a_checkout_replaced_by_a_symlink_is_not_walked() {
+    let w = World::new("");
+    w.job(
+        "swap-1",
+        vec![sh(
+            "make-test",
+            "c=$(pwd); cd / && rm -rf \"$c\" && ln -s /etc \"$c\"; exit 1",
+            60,
+        )],
+        Some(ResultsSpec {
+            junit: vec!["*".into()],
+            artifacts: vec!["**/*".into()],
+        }),
+    );
+    let (out, _) = w.run("swap-1");
+    assert_eq!(out.status.code(), Some(1));
+    let b = open_bundle(&w.results_file("swap-1"));
+    assert_eq!(b.manifest.of_kind(EntryKind::Junit).count(), 0);
+    assert_eq!(b.manifest.of_kind(EntryKind::Artifact).count(), 0);
+    assert!(
+        b.skipped()
+            .contains("securedrop-workstation: a symlink where a directory should be"),
+        "{}",
+        b.skipped()
+    );
+}
+
+#[test]
+fn a_failing_job_with_evidence_at_the_per_file_cap_stays_within_the_total_cap() {
+    // Figures for the worst realistic case: a 16 MiB journal and four 8 MiB console logs of
+    // log-like text (each kept at the 8 MiB per-file cap).
+    let w = World::new("");
+    let mut rng = fixture::Rng::new(19);
+    for q in ["sd-app", "sd-log", "sd-proxy", "sd-whonix"] {
+        std::fs::write(
+            w.root.join(format!("var/log/xen/console/guest-{q}.log")),
+            rng.text(8 << 20),
+        )
+        .unwrap();
+    }
+    let journal = w.d.root().join("journal-source.txt");
+    std::fs::write(&journal, rng.text(16 << 20)).unwrap();
+    w.script("journalctl", &format!("cat {}\n", journal.display()));
+    w.job("big-1", vec![sh("make-test", "exit 1", 60)], None);
+    let (out, secs) = w.run("big-1");
+    assert_eq!(out.status.code(), Some(1));
+    let b = open_bundle(&w.results_file("big-1"));
+    assert!(b.file_bytes <= 64 << 20);
+    let journal = b
+        .manifest
+        .entries
+        .iter()
+        .find(|e| e.path == "evidence/journal.txt")
+        .unwrap();
+    assert!(journal.truncated && journal.bytes <= 8 << 20);
+    let unpacked: u64 = b.manifest.entries.iter().map(|e| e.bytes).sum();
+    eprintln!(
+        "figures: evidence at the per-file cap: {unpacked} bytes unpacked in {} members → \
+         {} bytes compressed; collection {} ms; whole call {secs:.2} s",
+        b.manifest.entries.len(),
+        b.file_bytes,
+        b.manifest.took_ms
+    );
+}
