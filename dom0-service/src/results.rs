@@ -233,6 +233,18 @@ pub fn collect_and_log(config: &ResultsConfig, job: &Job<'_>, log: &mut JobLog) 
                 human(s.file_bytes),
                 s.took.as_secs_f64()
             ));
+            if count(EntryKind::Junit) == 0 {
+                log.note(&format!(
+                    "results: no JUnit file matched {} in {}",
+                    job.spec
+                        .junit
+                        .iter()
+                        .map(|g| format!("{g:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    job.checkout.display()
+                ));
+            }
             for skip in m.skipped.iter().take(MAX_SKIPPED_LOGGED) {
                 log.note(&format!(
                     "results: skipped {}: {}",
