@@ -61,11 +61,14 @@ fn glob() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Makes one node at its full path.
+type Make = Box<dyn Fn(&Path)>;
+
 /// Builds the tree; parents are created as directories where needed (a node whose parent is a
 /// file or a link is dropped).
 fn build(root: &Path, outside: &Path, nodes: &[Node]) {
     for n in nodes {
-        let (rel, make): (&str, Box<dyn Fn(&Path)>) = match n {
+        let (rel, make): (&str, Make) = match n {
             Node::File(p) => (
                 p,
                 Box::new(move |full: &Path| {
