@@ -8,8 +8,8 @@
 //!   [`GuestAuth`], [`GuestProgram`], [`ProcessState`]);
 //! - [`error`]: the one error type [`HypervisorError`] and its retry [`ErrorClass`];
 //! - [`snapshots`]: which snapshot a name means and which ones pruning removes (pure rules);
-//! - the trait itself, below, with the default `prune_snapshots`, `wait_program`, `download_to`
-//!   and the VM notes (`note`, `set_note`: none, for a backend without them).
+//! - the trait itself, below, with the default `prune_snapshots`, `wait_program`, `download_to`,
+//!   the VM notes (`note`, `set_note`: none, for a backend without them) and `screenshot` (none).
 //!
 //! VMs are addressed by name (`Qubes_4.2_a`): names are unique per pool by the deployment rules,
 //! and a backend maps them to its own ids. No method sleeps a fixed time: waits are driven by the
@@ -183,6 +183,18 @@ pub trait Hypervisor: Send + Sync + 'static {
                 truncated: keep < bytes.len(),
             })
         }
+    }
+
+    /// A picture of the VM's console (PNG) written to the host file `dest` (at most `max_bytes`),
+    /// for a job whose guest hung or timed out. `Ok(None)`: the backend takes none (the default).
+    fn screenshot(
+        &self,
+        vm: &str,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Option<Downloaded>>> + Send {
+        let _ = (vm, dest, max_bytes);
+        async { Ok(None) }
     }
 
     /// The VM's note and its version ([`VmNote`]). The default: an empty note, no version

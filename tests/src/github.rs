@@ -30,6 +30,8 @@
 
 mod checks;
 pub mod objects;
+pub mod openapi;
+pub mod webhooks;
 
 pub use checks::{ChangeKind, CheckRun, CheckRunAction, CheckRunChange, CheckRunOutput};
 
@@ -65,6 +67,10 @@ pub struct RecordedRequest {
     pub response_headers: Vec<(String, String)>,
     /// The body the stand-in answered (empty for git and for answers without a body).
     pub response_body: String,
+    /// What GitHub's OpenAPI description says against the request body or the answer (empty
+    /// when both are allowed). A request refused with a 4xx whose body the description refuses
+    /// too is only noted here; everything else is also a [`GitHub::violations`] entry.
+    pub openapi: Vec<String>,
     /// When the request arrived (before the answer was decided).
     pub at: SystemTime,
 }
@@ -161,6 +167,8 @@ struct Inner {
     rate_used: HashMap<String, u64>,
     /// The end of the current rate-limit hour (epoch seconds).
     rate_reset: u64,
+    /// Requests and answers that GitHub's OpenAPI description does not allow.
+    violations: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -200,6 +208,7 @@ impl GitHub {
             counter: 0,
             rate_used: HashMap::new(),
             rate_reset: now_unix() + 3600,
+            violations: Vec::new(),
         }));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state = inner.clone();
@@ -388,8 +397,25 @@ impl GitHub {
     pub fn check_run_history(&self, id: u64) -> Vec<CheckRunChange> {
         self.lock().checks.history(id)
     }
+
+    /// The requests and answers so far that GitHub's OpenAPI description does not allow, each
+    /// naming the operation and the schema's complaint.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    /// As [`GitHub::violations`], and forgets them: for a test that sends a wrong body on
+    /// purpose (the stand-in would otherwise fail it when dropped).
+    pub fn take_violations(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().violations)
+    }
 }
 
+/// Stops the server, then fails the test if any request or answer broke GitHub's OpenAPI
+/// description. Why a panic here rather than answering `500`: a `500` is retried by the agent
+/// and ends as "GitHub unavailable", an outcome tests already expect in places, so a wrong body
+/// could pass unnoticed; every test that starts a stand-in drops it, so the panic cannot be
+/// missed (unless the test is failing already, when it is printed instead).
 impl Drop for GitHub {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -397,6 +423,21 @@ impl Drop for GitHub {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        let violations = self.take_violations();
+        if violations.is_empty() {
+            return;
+        }
+        let text = format!(
+            "the GitHub stand-in saw {} request(s) or answer(s) that GitHub's OpenAPI description \
+             (@octokit/openapi) does not allow:\n{}",
+            violations.len(),
+            violations.join("\n---\n")
+        );
+        if std::thread::panicking() {
+            eprintln!("{text}");
+        } else {
+            panic!("{text}");
         }
     }
 }
@@ -539,10 +580,33 @@ async fn handle(State(state): State<Shared>, req: Request) -> Response {
         &headers,
         &body,
     );
-    let (resp, response_body) = match routed {
-        Routed::Raw(r) => (r, String::new()),
-        Routed::Api(_op, answer) => finish(&mut inner, &method, &headers, answer),
+    let mut openapi_notes = Vec::new();
+    let (resp, response_body, op) = match routed {
+        Routed::Raw(r) => (r, String::new(), None),
+        Routed::Api(op, answer) => {
+            let (r, text) = finish(&mut inner, &method, &headers, answer);
+            (r, text, op)
+        }
     };
+    if let Some(op) = op {
+        let status = resp.status().as_u16();
+        let answer = serde_json::from_str::<Value>(&response_body).ok();
+        // A wrong request body that the stand-in refused is GitHub's behaviour (a client's
+        // bug, which the client's test sees as the refusal); one it accepted is the
+        // stand-in's. A wrong answer is always the stand-in's.
+        let refused = (400..500).contains(&status);
+        let request = openapi::check_request(op, &method, &body).err();
+        let response = openapi::check_response(op, &method, status, answer.as_ref()).err();
+        for (p, fatal) in [(request, !refused), (response, true)] {
+            let Some(p) = p else { continue };
+            let v = format!("{method} {path}: {p}");
+            if fatal {
+                eprintln!("GitHub stand-in: OpenAPI violation: {v}");
+                inner.violations.push(v.clone());
+            }
+            openapi_notes.push(v);
+        }
+    }
     inner.requests.push(RecordedRequest {
         method,
         path,
@@ -552,6 +616,7 @@ async fn handle(State(state): State<Shared>, req: Request) -> Response {
         status: resp.status().as_u16(),
         response_headers: recorded_headers(resp.headers()),
         response_body,
+        openapi: openapi_notes,
         at,
     });
     resp

@@ -24,22 +24,19 @@ pub fn push_commit(
 ) -> Result<String> {
     let secret = std::fs::read_to_string(w.dir().join("webhook-secret"))
         .context("read the world's webhook secret")?;
-    let body = serde_json::json!({
-        "ref": format!("refs/heads/{branch}"),
-        "before": "0000000000000000000000000000000000000000",
-        "after": sha,
-        "deleted": false,
-        "repository": {
-            "full_name": REPO,
-            "clone_url": format!("https://github.com/{REPO}.git"),
-        },
-        "head_commit": {
-            "id": sha,
-            "message": message,
-            "author": {"name": author, "username": "someone"},
-        },
-    })
-    .to_string();
+    // GitHub's whole push payload with this head commit, checked against
+    // @octokit/openapi-webhooks.
+    let zero = "0000000000000000000000000000000000000000";
+    let mut payload = crate::github::webhooks::push(REPO, branch, zero, sha);
+    for pointer in ["/head_commit", "/commits/0"] {
+        if let Some(commit) = payload.pointer_mut(pointer) {
+            commit["message"] = Value::from(message);
+            commit["author"]["name"] = Value::from(author);
+            commit["author"]["username"] = Value::from("someone");
+        }
+    }
+    crate::github::webhooks::validate("push", None, &payload).map_err(|e| anyhow!(e))?;
+    let body = payload.to_string();
     let signature = sign(secret.trim_end().as_bytes(), body.as_bytes());
     let addr = w
         .host_url()

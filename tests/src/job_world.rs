@@ -107,17 +107,11 @@ pub trait JobWorld {
 
     /// Sends a signed `push` webhook for `sha` on `branch` and returns the host's raw answer.
     fn send_push_to(&self, sha: &str, branch: &str) -> Result<(u16, String)> {
-        let body = serde_json::json!({
-            "ref": format!("refs/heads/{branch}"),
-            "before": "0000000000000000000000000000000000000000",
-            "after": sha,
-            "deleted": false,
-            "repository": {
-                "full_name": REPO,
-                "clone_url": format!("https://github.com/{REPO}.git"),
-            },
-        })
-        .to_string();
+        // GitHub's whole push payload, checked against @octokit/openapi-webhooks.
+        let zero = "0000000000000000000000000000000000000000";
+        let payload = crate::github::webhooks::push(REPO, branch, zero, sha);
+        crate::github::webhooks::validate("push", None, &payload).map_err(|e| anyhow!(e))?;
+        let body = payload.to_string();
         let signature = sign(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
         let delivery = format!("{:x}", crate::world::rand_u64());
         http(

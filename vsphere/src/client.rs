@@ -400,6 +400,22 @@ impl Hypervisor for VsphereClient {
         .await
     }
 
+    /// `CreateScreenshot_Task`, then the image from the datastore (`screenshot`).
+    async fn screenshot(
+        &self,
+        vm: &str,
+        dest: &std::path::Path,
+        max_bytes: u64,
+    ) -> Result<Option<Downloaded>> {
+        let timeout = self.session.timeouts.task();
+        self.with_vm(vm, |m| async move {
+            crate::screenshot::take(&self.session, &m, vm, dest, max_bytes, timeout)
+                .await
+                .map(Some)
+        })
+        .await
+    }
+
     async fn note(&self, vm: &str) -> Result<VmNote> {
         self.with_vm(vm, |m| async move { notes::read(&self.session, &m).await })
             .await

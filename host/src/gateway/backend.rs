@@ -287,6 +287,15 @@ impl Hypervisor for Backends {
             .download_to(vm, auth, guest_path, dest, max_bytes))
     }
 
+    async fn screenshot(
+        &self,
+        vm: &str,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> HvResult<Option<Downloaded>> {
+        routed!(self, vm, |c| c.screenshot(vm, dest, max_bytes))
+    }
+
     async fn note(&self, vm: &str) -> HvResult<VmNote> {
         routed!(self, vm, |c| c.note(vm))
     }

@@ -784,10 +784,20 @@ impl<H: Hypervisor> Orchestrator<H> {
         let code = match code {
             Ok(c) => c,
             Err(f) => {
+                // A deadline, or a guest that stopped answering: its console shows where it hung.
+                let shot = match matches!(&f, Fail::Stop(s) if !s.canceled)
+                    || matches!(f, Fail::Vm(_))
+                {
+                    true => self.take_screenshot(vm, id).await,
+                    false => None,
+                };
                 if matches!(f, Fail::Stop(_)) {
                     self.terminate_quietly(vm, pid).await;
                 }
                 self.fetch_log(vm, id).await;
+                if let Some(line) = shot {
+                    let _ = append_log(&self.hub.cfg.log_dir(), id, &line);
+                }
                 // A deadline (not a cancel): whatever results dom0 wrote are worth having.
                 if matches!(&f, Fail::Stop(s) if !s.canceled) {
                     self.collect_results(vm, id).await;

@@ -166,13 +166,15 @@ async fn start_configured<H: Hypervisor>(
     }
 }
 
+/// GitHub's whole `push` payload, checked against @octokit/openapi-webhooks, without a head
+/// commit (`null`, as the schema allows; a test that wants one sets it).
 pub fn push_body(branch: &str, sha: &str) -> String {
-    serde_json::json!({
-        "ref": format!("refs/heads/{branch}"), "after": sha, "deleted": false,
-        "repository": {"full_name": "freedomofpress/securedrop-workstation",
-                       "clone_url": "https://github.com/freedomofpress/securedrop-workstation.git"}
-    })
-    .to_string()
+    let zero = "0000000000000000000000000000000000000000";
+    let mut payload = sdci_tests::github::webhooks::push(REPO, branch, zero, sha);
+    payload["head_commit"] = serde_json::Value::Null;
+    payload["commits"] = serde_json::json!([]);
+    sdci_tests::github::webhooks::validate("push", None, &payload).unwrap();
+    payload.to_string()
 }
 
 /// Sends a signed (or not) delivery; returns (status, body).

@@ -263,3 +263,55 @@ async fn every_answer_carries_githubs_headers_and_a_get_an_etag_that_answers_304
         "documentation_url": "https://docs.github.com/rest", "status": "404"})
     );
 }
+
+#[tokio::test]
+async fn a_wrong_request_body_the_stand_in_refuses_is_noted_and_one_it_accepts_is_a_violation() {
+    let gh = standin();
+    let r = call(
+        &gh,
+        "POST",
+        &format!("/repos/{REPO}/statuses/{SHA}"),
+        "ghp_pat",
+        Some(json!({"state": "bogus"})),
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    let noted = gh.requests().pop().unwrap().openapi;
+    assert_eq!(noted.len(), 1, "{noted:?}");
+    assert!(
+        noted[0].contains("request body of POST /repos/{owner}/{repo}/statuses/{sha}"),
+        "{noted:?}"
+    );
+    assert!(gh.violations().is_empty(), "refused as GitHub refuses it");
+    // The stand-in takes a null external_id; GitHub's description wants a string.
+    let r = call(
+        &gh,
+        "POST",
+        &format!("/repos/{REPO}/check-runs"),
+        "ghs_checks",
+        Some(json!({"name": "n", "head_sha": SHA, "external_id": null})),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let v = gh.take_violations();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].contains("/external_id"), "{v:?}");
+}
+
+#[test]
+#[should_panic(expected = "does not allow")]
+fn a_stand_in_that_saw_a_violation_fails_the_test_when_dropped() {
+    let gh = standin();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(call(
+        &gh,
+        "POST",
+        &format!("/repos/{REPO}/check-runs"),
+        "ghs_checks",
+        Some(json!({"name": "n", "head_sha": SHA, "external_id": null})),
+    ));
+    drop(gh);
+}

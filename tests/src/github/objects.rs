@@ -28,11 +28,13 @@ pub fn node_id(prefix: &str, id: u64) -> String {
 /// `simple-user`: `kind` is `User`, `Bot` or `Organization`.
 pub fn simple_user(base: &str, login: &str, kind: &str) -> Value {
     let id = id_of(login);
-    let u = format!("{base}/users/{login}");
+    // GitHub escapes a bot's brackets in its URLs: `/users/sdci%5Bbot%5D`.
+    let path = login.replace('[', "%5B").replace(']', "%5D");
+    let u = format!("{base}/users/{path}");
     json!({
         "login": login, "id": id, "node_id": node_id("U", id),
         "avatar_url": format!("{base}/avatars/u/{id}?v=4"), "gravatar_id": "",
-        "url": u, "html_url": format!("{base}/{login}"),
+        "url": u, "html_url": format!("{base}/{path}"),
         "followers_url": format!("{u}/followers"),
         "following_url": format!("{u}/following{{/other_user}}"),
         "gists_url": format!("{u}/gists{{/gist_id}}"),
