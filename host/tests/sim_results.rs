@@ -22,13 +22,14 @@ use std::time::Duration;
 const FAST: &str = "[jobs]\npoll_interval_ms = 50\nmax_attempts = 1\n";
 
 /// `sdci-dom0 launch` that writes dom0's log, copies `CTL/results.tar.zst` beside it when that
-/// file exists, and exits with `CTL/exit` (default 0).
+/// file exists, hangs while `CTL/hang` exists, and exits with `CTL/exit` (default 0).
 fn stub(ctl: &Path) -> String {
     let c = ctl.display();
     format!(
         "#!/bin/sh\njob=\"$2\"\ndir=$(dirname \"$job\")\n\
          echo \"dom0 log for $job\" > \"$dir/log.txt\"\n\
          [ -f '{c}/results.tar.zst' ] && cat '{c}/results.tar.zst' > \"$dir/results.tar.zst\"\n\
+         while [ -f '{c}/hang' ]; do sleep 0.05; done\n\
          code=0\n[ -f '{c}/exit' ] && code=$(cat '{c}/exit')\nexit \"$code\"\n"
     )
 }
@@ -447,4 +448,36 @@ async fn a_missing_or_hostile_archive_is_a_note_and_the_verdict_stands() {
     );
     let log = log_of(dir.path(), &id);
     assert!(log.contains("=== results: results.tar.zst: "), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_past_its_deadline_gets_a_console_screenshot_on_its_page() {
+    let (dir, ctl, sim) = setup();
+    std::fs::write(ctl.join("hang"), "").unwrap();
+    let extra = format!("{FAST}[deadlines]\nrun_secs = 2\n");
+    let host = start_host(dir.path(), &sim, &extra).await;
+    let id = push(&host, 1, "main", "d1").await;
+    let job = job_ended(&host, "the hung job ends", &id).await;
+    assert_eq!(job.state, JobState::Error, "{:?}", job.note);
+    let set = host.hub.store.result_set(&id, 1).unwrap().unwrap();
+    assert!(set.screenshot);
+    let log = log_of(dir.path(), &id);
+    assert!(
+        log.contains("=== console screenshot of Qubes_4.2_a kept ("),
+        "{log}"
+    );
+    let (_, _, page) = get(&format!("{}/jobs/{id}", host.url)).await;
+    let img = format!("src=\"/jobs/{id}/results/1/screenshot.png\"");
+    assert!(page.contains(&img), "{page}");
+    let r = reqwest::get(format!("{}/jobs/{id}/results/1/screenshot.png", host.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let png = r.bytes().await.unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "a PNG from the datastore"
+    );
+    std::fs::remove_file(ctl.join("hang")).unwrap();
 }

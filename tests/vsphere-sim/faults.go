@@ -203,6 +203,11 @@ func (w *World) middleware(inner http.Handler) http.Handler {
 				return
 			}
 		}
+		if method.Name == "CreateScreenshot_Task" {
+			if w.createScreenshot(rw, method) {
+				return
+			}
+		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		inner.ServeHTTP(rw, r)
 	})

@@ -8,7 +8,7 @@
 //! - Layers below, each owning one part of the protocol: [`xmltree`] (answers as element trees),
 //!   [`soap`] (envelopes, faults), [`tls`] (trust), [`session`] (cookie, login, retries),
 //!   [`inventory`] (property reads, container views), [`wait`] (WaitForUpdatesEx waiters),
-//!   [`tasks`], [`snapshots`], [`power`], [`guest`].
+//!   [`tasks`], [`snapshots`], [`power`], [`guest`], [`screenshot`] (console screenshots).
 
 pub mod client;
 pub mod config;
@@ -17,6 +17,7 @@ pub mod hypervisor;
 pub mod inventory;
 pub mod notes;
 pub mod power;
+pub mod screenshot;
 pub mod session;
 pub mod snapshots;
 pub mod soap;

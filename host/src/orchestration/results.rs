@@ -602,7 +602,52 @@ pub fn markdown(r: &TestsReport, job_url: &str) -> String {
     out
 }
 
+/// The largest console screenshot kept, bytes.
+pub const MAX_SCREENSHOT_BYTES: u64 = 16 * 1024 * 1024;
+
 impl<H: Hypervisor> Orchestrator<H> {
+    /// Takes a console screenshot of `vm` for job `id`'s current attempt (its guest hung or its
+    /// deadline passed) and keeps it beside the log. Best effort: what happened is the line
+    /// returned for the job's log (`None`: the backend takes no screenshots).
+    pub(super) async fn take_screenshot(&self, vm: &str, id: &str) -> Option<String> {
+        let hub = &self.hub;
+        let attempt = match hub.store.job(id) {
+            Ok(Some(j)) => j.attempts.max(1),
+            _ => return None,
+        };
+        let dir = hub.cfg.log_dir();
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return Some(format!("=== console screenshot not kept: {e}\n"));
+        }
+        let dest = joblog::screenshot_path(&dir, id, attempt);
+        let got = tokio::time::timeout(
+            Duration::from_secs(60),
+            self.hv.screenshot(vm, &dest, MAX_SCREENSHOT_BYTES),
+        )
+        .await;
+        let line = match got {
+            Ok(Ok(Some(d))) if !d.truncated => match hub.store.set_screenshot(id, attempt) {
+                Ok(()) => format!("=== console screenshot of {vm} kept ({} bytes)\n", d.bytes),
+                Err(e) => format!("=== console screenshot of {vm} not recorded: {e}\n"),
+            },
+            Ok(Ok(Some(_))) => {
+                let _ = std::fs::remove_file(&dest);
+                format!("=== console screenshot of {vm} larger than {MAX_SCREENSHOT_BYTES} bytes; not kept\n")
+            }
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                let _ = std::fs::remove_file(&dest);
+                format!("=== console screenshot of {vm} failed: {e}\n")
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&dest);
+                format!("=== console screenshot of {vm} took longer than 60 s; not kept\n")
+            }
+        };
+        tracing::info!(%vm, "{}", line.trim_end());
+        Some(line)
+    }
+
     /// Downloads dom0's `results.tar.zst` of job `id` (after its log), keeps it beside the log
     /// and stores what it holds. Never fails the job: every problem is a note in its log.
     pub(super) async fn collect_results(&self, vm: &str, id: &str) {
