@@ -1196,3 +1196,125 @@ fn a_closed_port_is_a_network_error_retried_up_to_max_attempts_then_exit_2() {
     );
     assert!(!err.contains(PAT), "no token in the logs");
 }
+
+/// A loopback HTTP server that answers every request with one fixed JSON answer and records
+/// each request's head (request line and headers): for answers the stand-in never gives (a
+/// GitHub Enterprise base path, a directory, a custom role, a wrong shape).
+struct FixedAnswer {
+    api: String,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FixedAnswer {
+    fn start(base_path: &str, status: u16, body: serde_json::Value) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let api = format!("http://{}{base_path}", listener.local_addr().unwrap());
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let body = body.to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut reader = BufReader::new(conn);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                seen.lock().unwrap().push(head);
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        });
+        Self { api, heads }
+    }
+
+    fn agent(&self, args: &[&str]) -> Output {
+        let dir = tempfile::tempdir().unwrap();
+        let config = token_config_for(
+            dir.path(),
+            &self.api,
+            "[retry]\nmax_attempts = 2\ninitial_backoff_ms = 10\nmax_backoff_ms = 10\n",
+        );
+        agent(&config, args)
+    }
+
+    fn request_lines(&self) -> Vec<String> {
+        self.heads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| h.lines().next().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
+#[test]
+fn a_github_enterprise_api_base_keeps_its_path() {
+    let base = "http://127.0.0.1:1/api/v3/repos/o/r/commits/x";
+    let gh = FixedAnswer::start(
+        "/api/v3",
+        200,
+        serde_json::json!({"name": "main", "protected": false,
+            "commit": {"sha": SHA, "url": base}}),
+    );
+    let out = gh.agent(&["head", "--repo=o/r", "--branch=main"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), SHA);
+    assert_eq!(
+        gh.request_lines(),
+        ["GET /api/v3/repos/o/r/branches/main HTTP/1.1"]
+    );
+    let head = gh.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(head.contains("authorization: bearer "), "{head}");
+    assert!(head.contains("x-github-api-version: 2022-11-28"), "{head}");
+}
+
+#[test]
+fn an_answer_of_the_wrong_shape_is_exit_2_and_not_retried() {
+    let gh = FixedAnswer::start("", 200, serde_json::json!({"name": "main"}));
+    let out = gh.agent(&["head", "--repo=o/r", "--branch=main"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unexpected answer from GitHub"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(gh.request_lines().len(), 1);
+}
+
+#[test]
+fn file_of_a_directory_is_exit_3() {
+    let gh = FixedAnswer::start("", 200, serde_json::json!([]));
+    let out = gh.agent(&[
+        "file",
+        "--repo=o/r",
+        &format!("--sha={SHA}"),
+        "--path=.github",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is a directory"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn permission_with_a_custom_role_is_its_legacy_permission() {
+    let gh = FixedAnswer::start(
+        "",
+        200,
+        serde_json::json!({"permission": "write", "role_name": "release-manager", "user": null}),
+    );
+    let out = gh.agent(&["permission", "--repo=o/r", "--user=alice"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "write\n");
+    assert_eq!(
+        gh.request_lines(),
+        ["GET /repos/o/r/collaborators/alice/permission HTTP/1.1"]
+    );
+}
