@@ -217,9 +217,17 @@ pub struct Job<'a> {
     pub kill_grace: Duration,
 }
 
-/// Collects, writes the file and notes the result in `log`; never fails the job.
+/// Collects, writes the file and notes the result in `log`; never fails the job (not even if
+/// the collection panicked: that is caught and noted, so the steps' result is still sent).
 pub fn collect_and_log(config: &ResultsConfig, job: &Job<'_>, log: &mut JobLog) {
-    match collect(config, job) {
+    let collected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| collect(config, job)))
+        .unwrap_or_else(|_| {
+            Err(Error::io(
+                "collecting the results",
+                std::io::Error::other("the collection panicked"),
+            ))
+        });
+    match collected {
         Ok(s) => {
             let m = &s.manifest;
             let count = |k| m.of_kind(k).count();
