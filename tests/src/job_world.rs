@@ -128,6 +128,57 @@ pub trait JobWorld {
         )
     }
 
+    /// Sends a signed webhook `event` with `body` (a `check_run`, a `check_suite`: see
+    /// [`check_events`]) and returns the host's raw answer.
+    fn send_event(&self, event: &str, body: &serde_json::Value) -> Result<(u16, String)> {
+        let action = body.get("action").and_then(serde_json::Value::as_str);
+        crate::github::webhooks::validate(event, action, body).map_err(|e| anyhow!(e))?;
+        let body = body.to_string();
+        let signature = sign(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
+        let delivery = format!("{:x}", crate::world::rand_u64());
+        http(
+            self.addr(),
+            "POST",
+            "/hooks/github",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-GitHub-Event", event),
+                ("X-GitHub-Delivery", &delivery),
+                ("X-Hub-Signature-256", &signature),
+            ],
+            body.as_bytes(),
+        )
+    }
+
+    /// The check runs GitHub holds for `sha`, in creation order.
+    fn check_runs(&self, sha: &str) -> Vec<crate::github::CheckRun> {
+        self.github().check_runs(REPO, sha)
+    }
+
+    /// Waits until the check runs of `sha` satisfy `done` (safety net `limit`).
+    fn wait_check_runs(
+        &self,
+        sha: &str,
+        limit: Duration,
+        done: &dyn Fn(&[crate::github::CheckRun]) -> bool,
+    ) -> Result<Vec<crate::github::CheckRun>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let runs = self.check_runs(sha);
+            if done(&runs) {
+                return Ok(runs);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the check runs of {sha} did not get there within {limit:?}: {runs:#?}\n\
+                     host log (tail):\n{}",
+                    tail(&self.host_log(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs `sdci-host --config <world's> ARGS...` and returns its stdout.
     fn host_cli(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(crate::binary("sdci-host"))
@@ -403,5 +454,129 @@ impl JobWorld for World {
                 .inject(crate::vsphere_sim::Fault::ToolsNever { vm: vm.clone() })?;
         }
         Ok(())
+    }
+}
+
+/// GitHub's `check_run` and `check_suite` webhooks as the tests send them (contracts §10):
+/// GitHub's own documented example payloads (`@octokit/openapi-webhooks`' `components/examples`)
+/// with this world's repository, commit, check run and sender put in, each validated against the
+/// webhook's schema before it is returned, so the host is tested with what GitHub sends.
+pub mod check_events {
+    use crate::github::openapi::{packages_dir, webhook_pointer, webhooks};
+    use crate::github::CheckRun;
+    use anyhow::{anyhow, Context, Result};
+    use serde_json::{json, Value};
+    use std::sync::OnceLock;
+
+    /// The webhook description's documented examples, read once.
+    fn examples() -> Result<&'static Value> {
+        static EXAMPLES: OnceLock<std::result::Result<Value, String>> = OnceLock::new();
+        EXAMPLES
+            .get_or_init(|| {
+                let path = packages_dir().join("openapi-webhooks/generated/api.github.com.json");
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| format!("{}: {e}: run scripts/install-deps", path.display()))?;
+                let mut doc: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                Ok(doc
+                    .pointer_mut("/components/examples")
+                    .map(Value::take)
+                    .unwrap_or(Value::Null))
+            })
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    fn example(name: &str) -> Result<Value> {
+        examples()?
+            .pointer(&format!("/{name}/value"))
+            .cloned()
+            .with_context(|| format!("no documented example {name} in openapi-webhooks"))
+    }
+
+    /// Puts `repo` (`owner/name`) into an example's `repository`.
+    fn set_repository(v: &mut Value, repo: &str) {
+        let (owner, name) = repo.split_once('/').unwrap_or((repo, repo));
+        let r = &mut v["repository"];
+        r["full_name"] = json!(repo);
+        r["name"] = json!(name);
+        r["owner"]["login"] = json!(owner);
+    }
+
+    fn validated(key: &str, v: Value) -> Result<Value> {
+        webhooks()
+            .map_err(|e| anyhow!("{e}"))?
+            .validate_at(&webhook_pointer(key), &v)
+            .map_err(|e| anyhow!("the {key} payload is not what GitHub sends: {e}"))?;
+        Ok(v)
+    }
+
+    /// `check_run` `rerequested` (GitHub's "Re-run" button) of `run`, pressed by `sender`.
+    pub fn rerequested(run: &CheckRun, sender: &str) -> Result<Value> {
+        let mut v = example("check-run-rerequested")?;
+        fill_run(&mut v, run, sender);
+        v["action"] = json!("rerequested");
+        validated("check-run-rerequested", v)
+    }
+
+    /// `check_run` `requested_action` with `identifier` (a button the check run carries).
+    pub fn requested_action(run: &CheckRun, sender: &str, identifier: &str) -> Result<Value> {
+        let mut v = example("check-run-requested-action")?;
+        fill_run(&mut v, run, sender);
+        v["action"] = json!("requested_action");
+        v["requested_action"] = json!({ "identifier": identifier });
+        validated("check-run-requested-action", v)
+    }
+
+    /// `check_suite` `rerequested` of the suite of `run`'s commit, by `sender`. (GitHub documents
+    /// no example of it: the suite is the check-run example's, completed as the schema asks.)
+    pub fn suite_rerequested(run: &CheckRun, sender: &str) -> Result<Value> {
+        let base = example("check-run-rerequested")?;
+        let mut suite = base["check_run"]["check_suite"].clone();
+        suite["head_sha"] = json!(run.head_sha);
+        suite["after"] = json!(run.head_sha);
+        suite["status"] = json!("completed");
+        suite["conclusion"] = json!(run.conclusion.clone().unwrap_or_else(|| "failure".into()));
+        suite["app"] = base["check_run"]["app"].clone();
+        suite["latest_check_runs_count"] = json!(1);
+        suite["check_runs_url"] = json!(format!(
+            "https://api.github.com/repos/{}/check-suites/{}/check-runs",
+            run.repo, suite["id"]
+        ));
+        suite["created_at"] = json!("2019-05-15T15:20:31Z");
+        suite["updated_at"] = json!("2019-05-15T15:21:14Z");
+        suite["head_commit"] = json!({
+            "id": run.head_sha, "tree_id": run.head_sha,
+            "message": "Update README.md", "timestamp": "2019-05-15T15:20:30Z",
+            "author": {"name": "Codertocat", "email": "21031067+Codertocat@users.noreply.github.com"},
+            "committer": {"name": "Codertocat", "email": "21031067+Codertocat@users.noreply.github.com"}
+        });
+        let mut v = json!({
+            "action": "rerequested",
+            "check_suite": suite,
+            "repository": base["repository"].clone(),
+            "sender": base["sender"].clone(),
+        });
+        set_repository(&mut v, &run.repo);
+        v["sender"]["login"] = json!(sender);
+        validated("check-suite-rerequested", v)
+    }
+
+    fn fill_run(v: &mut Value, run: &CheckRun, sender: &str) {
+        set_repository(v, &run.repo);
+        v["sender"]["login"] = json!(sender);
+        let c = &mut v["check_run"];
+        c["id"] = json!(run.id);
+        c["head_sha"] = json!(run.head_sha);
+        c["name"] = json!(run.name);
+        c["external_id"] = json!(run.external_id.clone().unwrap_or_default());
+        c["status"] = json!(run.status);
+        c["conclusion"] = json!(run.conclusion);
+        c["details_url"] = json!(run.details_url);
+        c["started_at"] = json!(run.started_at);
+        c["completed_at"] = json!(run.completed_at);
+        c["check_suite"]["head_sha"] = json!(run.head_sha);
+        c["check_suite"]["after"] = json!(run.head_sha);
+        c["pull_requests"] = json!([]);
+        c["check_suite"]["pull_requests"] = json!([]);
     }
 }
