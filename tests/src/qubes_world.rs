@@ -51,9 +51,6 @@ pub const DOM0_TOOLS: &[&str] = &[
     "qubes-policy-lint",
 ];
 
-/// Stand-ins written by this module itself (shell scripts, not `qubes_sim.py`): dom0's journal.
-pub const DOM0_LOG_TOOLS: &[&str] = &["journalctl"];
-
 /// The stand-ins whose wrapper also writes dom0's logs of the qubes they start or stop, as
 /// qubesd, the Xen console daemon, `qrexec-daemon` and `qubes-guid` do.
 const LOGGING_TOOLS: &[&str] = &["qvm-start", "qvm-shutdown"];
