@@ -49,6 +49,10 @@ pub struct AgentConfig {
     /// protection can require it.
     #[serde(default = "default_check_name")]
     pub check_name: String,
+    /// The check run's name and the status context of a matrix cell's job (issue 20): `{cell}`
+    /// is replaced by the cell's name (`4.3 / dev`, `4.3 / upgrade-from-prod`).
+    #[serde(default = "default_cell_name")]
+    pub cell_name: String,
 }
 
 /// GitHub's limit on a check run's name (contracts §5).
@@ -65,6 +69,9 @@ fn default_github_api() -> String {
 }
 fn default_agent_timeout() -> u64 {
     120
+}
+fn default_cell_name() -> String {
+    "sdci / {cell}".into()
 }
 fn default_check_name() -> String {
     "sdci / Qubes {version}".into()
@@ -111,6 +118,16 @@ impl AgentConfig {
                 "agent.check_name must be 1 to {} characters without control characters \
                  (default \"sdci / Qubes {{version}}\")",
                 MAX_CHECK_NAME - 32
+            ));
+        }
+        if !self.cell_name.contains("{cell}")
+            || self.cell_name.chars().count() > MAX_CHECK_NAME - 64
+            || self.cell_name.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "agent.cell_name must contain {{cell}}, have at most {} characters and no \
+                 control characters (default \"sdci / {{cell}}\")",
+                MAX_CHECK_NAME - 64
             ));
         }
         if self.timeout_secs == 0 {

@@ -67,8 +67,9 @@ pub struct Config {
     /// Seconds between reconciler runs (it also runs at start-up).
     #[serde(default = "default_reconcile_interval_secs")]
     pub reconcile_interval_secs: u64,
-    /// Qubes version used when a commit names none (or `ci-config` fails).
-    #[serde(default = "default_version")]
+    /// Qubes version used when a commit names none (or `ci-config` fails); default: the newest
+    /// version among `[pools]` (`4.2` without pools).
+    #[serde(default)]
     pub default_version: String,
     /// Repository used by `sdci-host run` (manual jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,8 +134,17 @@ fn default_log_retention_days() -> u64 {
 fn default_reconcile_interval_secs() -> u64 {
     60
 }
-fn default_version() -> String {
-    "4.2".into()
+/// The newest Qubes version among the pools (by number: `4.10` is newer than `4.9`), else `4.2`.
+fn newest_pool(pools: &BTreeMap<String, PoolConfig>) -> String {
+    let num = |v: &str| -> (u64, u64) {
+        let (a, b) = v.split_once('.').unwrap_or((v, "0"));
+        (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
+    };
+    pools
+        .keys()
+        .max_by_key(|v| num(v))
+        .cloned()
+        .unwrap_or_else(|| "4.2".into())
 }
 
 macro_rules! default_from_empty {
@@ -156,10 +166,13 @@ default_from_empty!(Deadlines);
 impl Config {
     /// Parses a configuration from TOML text and validates every table.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, HostError> {
-        let cfg: Self = toml::from_str(text).map_err(|e| HostError::Config {
+        let mut cfg: Self = toml::from_str(text).map_err(|e| HostError::Config {
             path: origin.to_owned(),
             message: e.to_string(),
         })?;
+        if cfg.default_version.is_empty() {
+            cfg.default_version = newest_pool(&cfg.pools);
+        }
         cfg.validate().map_err(|message| HostError::Config {
             path: origin.to_owned(),
             message,

@@ -1,6 +1,8 @@
-//! `[pools."<version>"]`: one pool of VMs per Qubes version, each on one hypervisor backend.
+//! `[pools."<version>"]`: one pool of VMs per Qubes version, each on one hypervisor backend,
+//! with the golden snapshots its matrix scenarios start from (`scenarios`, issue 20).
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Which hypervisor holds a pool's VMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -32,6 +34,12 @@ pub struct PoolConfig {
     /// The hypervisor holding the pool's VMs (`vsphere`, the default, or `libvirt`).
     #[serde(default)]
     pub backend: Backend,
+    /// The golden snapshots a matrix scenario may start from (its `snapshot:` in the commit's
+    /// `.github/sdci.yml`) → the snapshot's name on this pool's VMs, e.g.
+    /// `{ prod-installed = "sdw-prod-installed" }`. A scenario without `snapshot:` starts from
+    /// `golden_snapshot`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scenarios: BTreeMap<String, String>,
 }
 
 impl PoolConfig {
@@ -43,6 +51,14 @@ impl PoolConfig {
         }
         if self.prefix.is_empty() {
             return Err(format!("pools.{version:?}.prefix must not be empty"));
+        }
+        for (k, v) in &self.scenarios {
+            if k.is_empty() || v.trim().is_empty() {
+                return Err(format!(
+                    "pools.{version:?}.scenarios: map each scenario snapshot to a snapshot name, \
+                     e.g. scenarios = {{ prod-installed = \"sdw-prod-installed\" }}"
+                ));
+            }
         }
         if self.golden_snapshot.is_empty() {
             return Err(format!(

@@ -41,6 +41,16 @@ pub struct WebhookConfig {
     /// `sender`); required when `fork_label` is set. Anyone else's label is ignored.
     #[serde(default)]
     pub fork_approvers: Vec<String>,
+    /// Pull-request labels that run matrix cells (issue 20) start with this: `sdci:all`, a
+    /// version (`sdci:4.3`), an environment or scenario, or parts joined by `/`
+    /// (`sdci:4.3/dev`). Adding one queues its cells for the head, removing it cancels them.
+    /// The commit's own `labels:` triggers work besides. `""` turns the host's labels off.
+    #[serde(default = "default_run_label_prefix")]
+    pub run_label_prefix: String,
+    /// Whether comments `/sdci run|retry|cancel` on pull requests act (for users with write
+    /// access only).
+    #[serde(default = "super::yes")]
+    pub comment_commands: bool,
 }
 
 fn default_webhook_secret_file() -> PathBuf {
@@ -48,6 +58,9 @@ fn default_webhook_secret_file() -> PathBuf {
 }
 fn default_max_body() -> usize {
     5 * 1024 * 1024
+}
+fn default_run_label_prefix() -> String {
+    "sdci:".into()
 }
 fn default_branches() -> Vec<String> {
     vec!["*".into()]
@@ -67,6 +80,13 @@ impl WebhookConfig {
                 "webhook.fork_label needs webhook.fork_approvers: the GitHub logins whose label \
                  approves a fork's commit (anyone who can label would otherwise approve)"
                     .into(),
+            );
+        }
+        if self.run_label_prefix.chars().count() > 40
+            || self.run_label_prefix.chars().any(char::is_control)
+        {
+            return Err(
+                "webhook.run_label_prefix must be at most 40 characters (default \"sdci:\")".into(),
             );
         }
         if self.fork_label.as_deref() == Some("") {

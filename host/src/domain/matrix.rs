@@ -1094,6 +1094,36 @@ fail_fast: false
             .contains("cells"));
     }
 
+    /// The README's example is SDW's likely matrix: it must parse, and expand as it says.
+    #[test]
+    fn the_readme_example_parses_into_the_cells_it_names() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let section = readme.split("### The matrix: ").nth(1).unwrap();
+        let yaml = section
+            .split("```yaml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        let m = parse(yaml.as_bytes()).unwrap();
+        assert_eq!(
+            names(&m),
+            ["4.3 / dev", "4.3 / staging", "4.3 / upgrade-from-prod"]
+        );
+        assert_eq!(m.cells()[2].before_dev[0].timeout_secs, 90 * 60);
+        assert!(!m.fail_fast);
+        let toml = section
+            .split("```toml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        assert!(toml.contains("scenarios = { prod-installed = "), "{toml}");
+    }
+
     #[test]
     fn the_plain_matrix_is_one_cell() {
         let m = Matrix::plain("4.2");

@@ -609,7 +609,10 @@ pub async fn drain_checks(hub: &Hub, agent: &GithubGateway) -> Result<Drained> {
         if !hub.store.check_posting(p.id)? {
             continue;
         }
-        let name = hub.cfg.agent.check_name_for(&version);
+        // A matrix cell's job is named from its cell (`sdci / 4.3 / dev`, issue 20).
+        let cell = super::matrix::job_cell(hub, p.job_id.as_str()).map(|c| c.0);
+        let name = super::matrix::report_name(&hub.cfg, cell.as_deref())
+            .unwrap_or_else(|| hub.cfg.agent.check_name_for(&version));
         let req = request(&report, &p, &name);
         match agent.check_run(&req).await {
             Ok(id) => {

@@ -592,7 +592,18 @@ impl<H: Hypervisor> Orchestrator<H> {
                 qubes_version: j.version.clone().unwrap_or_default(),
                 dev_vm: cfg.dom0.dev_vm.clone(),
                 dev_dir: cfg.dom0.dev_dir.clone(),
-                steps: cfg.steps(),
+                steps: match super::matrix::job_cell(&self.hub, &j.id) {
+                    // A matrix cell's job (issue 20): its environment and scenario's steps.
+                    Some((_, cell)) => {
+                        super::matrix::steps_for(cfg.steps(), &cell).map_err(|message| {
+                            Fail::Config {
+                                key: "[jobs] steps".into(),
+                                message,
+                            }
+                        })?
+                    }
+                    None => cfg.steps(),
+                },
                 deadline_unix: (now as u64) + cfg.deadlines.run_secs,
                 results: cfg.jobs.results_spec(),
             },
@@ -666,8 +677,14 @@ impl<H: Hypervisor> Orchestrator<H> {
             id,
             &format!("=== attempt {} on {vm}\n", claim.attempt),
         );
-        let snapshot = match &claim.job.snapshot {
-            Some(s) => s.clone(),
+        // A matrix scenario's golden snapshot (`[pools.V] scenarios`, issue 20).
+        let scenario = match super::matrix::job_cell(hub, id) {
+            Some((_, cell)) => super::matrix::snapshot_for(cfg, &cell)
+                .map_err(|(key, message)| Fail::Config { key, message })?,
+            None => None,
+        };
+        let snapshot = match claim.job.snapshot.clone().or(scenario) {
+            Some(s) => s,
             None => {
                 let Some(pool) = cfg.pools.get(&version) else {
                     return Err(Fail::Fatal(format!("no pool for Qubes {version}")));
@@ -785,12 +802,11 @@ impl<H: Hypervisor> Orchestrator<H> {
             Ok(c) => c,
             Err(f) => {
                 // A deadline, or a guest that stopped answering: its console shows where it hung.
-                let shot = match matches!(&f, Fail::Stop(s) if !s.canceled)
-                    || matches!(f, Fail::Vm(_))
-                {
-                    true => self.take_screenshot(vm, id).await,
-                    false => None,
-                };
+                let shot =
+                    match matches!(&f, Fail::Stop(s) if !s.canceled) || matches!(f, Fail::Vm(_)) {
+                        true => self.take_screenshot(vm, id).await,
+                        false => None,
+                    };
                 if matches!(f, Fail::Stop(_)) {
                     self.terminate_quietly(vm, pid).await;
                 }

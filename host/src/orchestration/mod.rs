@@ -4,6 +4,8 @@
 //!
 //! - [`orchestrator`]: the [`Orchestrator`] — scheduler (claims, dispatch the moment a VM frees)
 //!   and the version intake.
+//! - [`matrix`]: the commit's `.github/sdci.yml` → one job per cell; a cell's steps, snapshot
+//!   and check-run / status name (issue 20).
 //! - [`lifecycle`]: one attempt of one job on one VM, phase by phase (and re-adopting one a
 //!   previous process left running).
 //! - [`leases`]: VM leases written on the VMs, so instances sharing a vSphere keep apart.
@@ -27,6 +29,7 @@ pub mod checks;
 pub mod dom0_script;
 pub mod leases;
 pub mod lifecycle;
+pub mod matrix;
 pub mod nightly;
 pub mod notifier;
 pub mod orchestrator;

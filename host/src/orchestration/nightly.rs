@@ -1,5 +1,6 @@
 //! Nightly jobs: `sdci-host nightly --branch B` (and each `[[nightly.schedule]]` in `serve`)
-//! resolves the branch head (`sdci-agent head`), picks the Qubes version (`sdci-agent
+//! resolves the branch head (`sdci-agent head`), picks the Qubes version (the intake's matrix
+//! cells that ask for `nightly` when the commit has `.github/sdci.yml`; else `sdci-agent
 //! ci-config`, else `default_version`) and queues a job with reason `nightly` and
 //! `update = true` through the same queue as every other job. Also the loop every schedule of
 //! `serve` runs (nightly jobs and rotations): sleep until the next fire time, fire, repeat.
@@ -37,7 +38,23 @@ pub async fn queue(cfg: &Config, store: &Store, branch: &str) -> Result<sdci_pro
         .map_err(|e: sdci_protocol::ProtocolError| HostError::Invalid(e.to_string()))?;
     let github = GithubGateway::from_config(cfg);
     let sha = github.head(&repo, branch).await?;
-    let version = if cfg.agent.resolve_version {
+    // A commit with a matrix file gets its nightly cells from the intake (issue 20): the job
+    // waits for them there, like a pushed commit's.
+    let has_matrix = cfg.agent.resolve_version
+        && matches!(
+            github
+                .file(
+                    repo.as_str(),
+                    sha.as_str(),
+                    crate::domain::matrix::MATRIX_PATH,
+                    crate::domain::matrix::MAX_BYTES as u64,
+                )
+                .await,
+            Ok(Some(ref b)) if !b.iter().all(u8::is_ascii_whitespace)
+        );
+    let version = if has_matrix {
+        String::new()
+    } else if cfg.agent.resolve_version {
         match github.ci_config(&repo, &sha).await {
             Ok(Some(v)) => v,
             Ok(None) => cfg.default_version.clone(),
@@ -49,7 +66,7 @@ pub async fn queue(cfg: &Config, store: &Store, branch: &str) -> Result<sdci_pro
     } else {
         cfg.default_version.clone()
     };
-    if !cfg.pools.contains_key(&version) {
+    if !has_matrix && !cfg.pools.contains_key(&version) {
         return Err(HostError::Invalid(format!(
             "{repo}@{sha} asks for Qubes {version}, which has no pool: add [pools.\"{version}\"] \
              to the host config"
@@ -67,7 +84,7 @@ pub async fn queue(cfg: &Config, store: &Store, branch: &str) -> Result<sdci_pro
         branch: Some(branch.to_owned()),
         supersede_key: None,
         clone_url,
-        version: Some(version.clone()),
+        version: (!has_matrix).then(|| version.clone()),
         snapshot: None,
         update_first: true,
         commit_author: None,

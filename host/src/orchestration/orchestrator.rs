@@ -9,8 +9,9 @@
 //!   before; FIFO within a pool (the store's `seq` order). A VM another instance holds (its
 //!   lease on the VM, `leases`) is left out until that lease expires. Nothing is claimed once the
 //!   process is draining (`SIGTERM`).
-//! - Jobs wait for their Qubes version (the intake, via `sdci-agent ci-config`) before they can be
-//!   claimed; a version without a pool ends the job with `error` and says how to fix it; while
+//! - Jobs wait for their Qubes version (the intake: the commit's matrix file through
+//!   `orchestration::matrix`, else `sdci-agent ci-config`) before they can be claimed; a
+//!   version without a pool ends the job with `error` and says how to fix it; while
 //!   the gateway is unavailable they wait (retried with backoff), so no job runs on a guessed
 //!   version because GitHub was down.
 //!
@@ -294,6 +295,14 @@ pub async fn intake_once(hub: &Hub) -> bool {
             hub.statuses.notify_one();
             hub.checks.notify_one();
             continue;
+        }
+        // The commit's matrix file first (issue 20); without one, the plain path below.
+        if hub.cfg.agent.resolve_version {
+            match super::matrix::resolve(hub, &job).await {
+                super::matrix::Resolved::Done => continue,
+                super::matrix::Resolved::Unavailable => return true,
+                super::matrix::Resolved::Plain => {}
+            }
         }
         let version = if hub.cfg.agent.resolve_version {
             match hub.github.ci_config(&job.repo, &job.sha).await {

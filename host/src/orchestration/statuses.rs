@@ -52,6 +52,14 @@ pub async fn drain_statuses(hub: &Hub, agent: &GithubGateway) -> Result<Drained>
     for _round in 0..2 {
         let mut again = false;
         for s in hub.store.unposted_statuses()? {
+            // A job still waiting for its matrix cell has no context yet (issue 20).
+            let job = hub.store.job(s.job_id.as_str())?;
+            if job
+                .as_ref()
+                .is_some_and(|j| j.state == crate::domain::JobState::Queued && j.version.is_none())
+            {
+                continue;
+            }
             if !hub.store.status_posting(s.id)? {
                 continue;
             }
@@ -83,7 +91,18 @@ enum Posted {
 async fn post(hub: &Hub, agent: &GithubGateway, s: &PendingStatus) -> Result<Posted> {
     let store = &hub.store;
     let url = format!("{}/jobs/{}", hub.cfg.public_url, s.job_id);
-    let r = agent
+    // A matrix cell's job posts under the cell's own context (`sdci / 4.3 / dev`, issue 20).
+    let cell = super::matrix::job_cell(hub, s.job_id.as_str());
+    let cell_agent =
+        super::matrix::report_name(&hub.cfg, cell.as_ref().map(|c| c.0.as_str())).map(|context| {
+            GithubGateway {
+                context,
+                ..agent.clone()
+            }
+        });
+    let r = cell_agent
+        .as_ref()
+        .unwrap_or(agent)
         .status(&s.repo, &s.sha, s.state.as_str(), &s.description, &url)
         .await;
     let e = match r {

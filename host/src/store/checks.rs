@@ -157,6 +157,7 @@ fn rerun_one(
     };
     let id = new_job_id(tx, &job.sha)?;
     insert_job(tx, &id, &job, now)?;
+    super::cells::copy_cell(tx, source.id.as_str(), id.as_str(), "rerun")?;
     let note = format!("re-run of {} ({why})", source.id);
     exec(
         tx,
@@ -496,7 +497,9 @@ impl Store {
             let mut versions = std::collections::HashSet::new();
             let mut out = Vec::new();
             for j in &jobs {
-                if versions.insert(j.version.clone()) {
+                // One per version, and per matrix cell (issue 20).
+                let cell = super::cells::cell_name(tx, j.id.as_str())?;
+                if versions.insert((j.version.clone(), cell)) {
                     out.push(rerun_one(tx, j, why, now)?);
                 }
             }

@@ -20,6 +20,8 @@
 //!   (Slack messages still to send).
 //! - [`checks`]: `check_meta`, `check_runs` and `check_updates` (the check-run outbox,
 //!   contracts §10) and re-runs (a new job like an earlier one).
+//! - [`cells`]: `job_cells`, `job_requests`, `pr_labels`: the matrix cell each job runs, what a
+//!   placeholder asks for, and expanding a placeholder into one job per cell (issue 20).
 //! - [`backup`]: `sdci-host backup FILE`, SQLite's online backup of the live database.
 //! - [`existing`]: opening a store that must exist, without migrating (the CLI).
 //! - [`stats`]: read-only aggregates for `/metrics` and `/readyz` (no table of its own).
@@ -40,6 +42,7 @@
 
 mod attempts;
 mod backup;
+mod cells;
 mod checks;
 mod event_stream;
 mod existing;
@@ -55,6 +58,7 @@ mod vms;
 
 pub use attempts::{AfterFailure, AttemptEnd, EventAuth, LaunchState, StepTiming};
 pub use backup::BackupReport;
+pub use cells::{Expansion, JobCell, NewCell};
 pub use checks::{CheckPhase, CheckUpdateRow, PendingCheck, Rerun};
 pub use event_stream::EventAccess;
 pub use ingest::{Delivery, ForkApproval, Ingest, IngestWriter};

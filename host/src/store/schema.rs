@@ -198,7 +198,8 @@ CREATE TABLE check_updates (
     last_error TEXT
 );
 CREATE INDEX check_updates_unposted ON check_updates(posted, job_id);
-"#,    r#"
+"#,
+    r#"
 -- 9: test results (issue 19, contracts §11). One row per test case of an attempt, keyed for a
 -- test's history by `test_key` (classname::name); the attempt's result set (when read, the
 -- archive's size, the notes of what was refused or cut, a console screenshot kept); the members
@@ -236,6 +237,28 @@ CREATE TABLE result_files (
     kind TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     PRIMARY KEY (job_id, attempt, path)
+) WITHOUT ROWID;
+"#,
+    r#"
+-- 10: matrix cells (issue 20). The cell a job runs (its stable name, the cell as the
+-- orchestration wrote it, why it was queued); what a placeholder job asks for (a label, a
+-- comment's selection); a pull request's labels as its last delivery listed them.
+CREATE TABLE job_cells (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+    name TEXT NOT NULL,
+    cell TEXT NOT NULL,
+    queued_by TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX job_cells_by_name ON job_cells(name);
+CREATE TABLE job_requests (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+    request TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE pr_labels (
+    repo TEXT NOT NULL,
+    pr INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    PRIMARY KEY (repo, pr, label)
 ) WITHOUT ROWID;
 "#,
 ];

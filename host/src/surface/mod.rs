@@ -1,6 +1,7 @@
 //! The surfaces: everything that takes input from outside the process and answers it.
 //!
 //! - [`webhook`]: `POST /hooks/github` — signature, filters, one job per delivery.
+//! - [`commands`]: matrix triggers from GitHub: `skip-ci`, run labels, `/sdci` comments (issue 20).
 //! - [`events`]: the agents' NDJSON event ingest (contracts §1).
 //! - [`web`]: job pages, `POST /api/v1/wake`.
 //! - [`metrics`]: Prometheus `/metrics`; [`health`]: `/healthz`.
@@ -12,6 +13,7 @@
 
 pub mod check_config;
 pub mod cli;
+pub mod commands;
 pub mod events;
 pub mod health;
 pub mod metrics;

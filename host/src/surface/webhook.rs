@@ -21,6 +21,8 @@
 //!   needs a new approval (remove and add the label again). The label's mere presence on the pull
 //!   request approves nothing, and the label is not removed through GitHub (the host holds no
 //!   token that may edit issues): the ignore message says what to do.
+//! - A branch named `…skip-ci…` or a head commit saying `[skip ci]` queues nothing; run labels
+//!   and `/sdci` comments are `surface::commands` (issue 20).
 //! - Re-runs from GitHub (contracts §10): `check_run` `rerequested`, `check_run`
 //!   `requested_action` with identifier `rerun`, and `check_suite` `rerequested` each queue new
 //!   jobs (never "already covered"), only for an allowed repository and only when the `sender`
@@ -288,6 +290,10 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
             if !patterns.iter().any(|pat| glob_match(pat, name)) {
                 return ignore(format!("{kind} {name} not selected by the filters"));
             }
+            let message = p.head_commit.as_ref().and_then(|c| c.message.as_deref());
+            if let Some(why) = super::commands::skip_ci(name, message) {
+                return ignore(why);
+            }
             let clone_url = clone_url(
                 cfg,
                 p.repository.clone_url.as_deref(),
@@ -363,6 +369,9 @@ pub fn decide(cfg: &Config, event: &str, body: &[u8]) -> Result<Decision, String
                 }
                 _ => return ignore(format!("pull_request action {} not tested", e.action)),
             };
+            if let Some(why) = super::commands::skip_ci(&pr.head.git_ref, None) {
+                return ignore(why);
+            }
             let (repo, sha) = ids(base, &pr.head.sha, "pull_request")?;
             let (clone_name, clone_raw) = match &pr.head.repo {
                 Some(r) => (r.full_name.as_str(), r.clone_url.as_deref()),
@@ -598,6 +607,16 @@ pub async fn receive(
     }
     let event = header("x-github-event").unwrap_or("").to_owned();
     let delivery = header("x-github-delivery").map(str::to_owned);
+    // Matrix triggers (issue 20): a pull request's labels, run labels, `/sdci` comments.
+    match event.as_str() {
+        "issue_comment" => return super::commands::comment(&hub, &bytes).await,
+        "pull_request" => {
+            if let Some(answer) = super::commands::pull_request(&hub, &bytes).await {
+                return answer;
+            }
+        }
+        _ => {}
+    }
     let decision = match decide(&hub.cfg, &event, &bytes) {
         Ok(d) => d,
         Err(e) => {

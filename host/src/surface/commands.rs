@@ -1,0 +1,493 @@
+//! Matrix triggers from GitHub (issue 20): `skip-ci`, pull-request labels and the `/sdci`
+//! comment commands. The webhook handler calls in here after the signature and size checks;
+//! everything below queues placeholders (`Store::insert_requested_job`) whose cells the matrix
+//! intake chooses from the commit's own `.github/sdci.yml`, or cancels cell jobs.
+//!
+//! Invariants:
+//! - A branch whose name contains `skip-ci`, or a pushed head commit whose message has
+//!   `[skip ci]` (or `[ci skip]`), queues nothing.
+//! - Every `pull_request` delivery of an allowed repository stores the pull request's labels,
+//!   before its job is stored: a `synchronize` then runs the labelled cells too (the intake reads
+//!   them), but only when that head is allowed to run at all (the fork rules of
+//!   `surface::webhook`: the delivery's job exists only for a trusted or approved head).
+//! - A label added (other than the fork-approval label) queues the cells it selects for the
+//!   pull request's head; for a fork by an author not on the allow-list, only if that head sha
+//!   was approved. Removing it cancels the live cells that label queued, and nothing else.
+//! - Comment commands act only for users with write access (`permission` through the gateway,
+//!   cached a minute); anyone else's command is logged and does nothing. A command is
+//!   acknowledged in the logs of the jobs it touched (the gateway has no command that reacts to
+//!   or answers a comment) and in the delivery's answer.
+
+use crate::hub::Hub;
+use crate::orchestration::matrix::Request;
+use crate::store::NewJob;
+use axum::http::StatusCode;
+use sdci_protocol::{Reason, RepoName};
+use serde::Deserialize;
+
+/// Why a push or pull request is skipped, if it is (see the module doc).
+pub fn skip_ci(branch: &str, message: Option<&str>) -> Option<String> {
+    if branch.contains("skip-ci") {
+        return Some(format!("branch {branch} contains skip-ci"));
+    }
+    let m = message.unwrap_or("");
+    if m.contains("[skip ci]") || m.contains("[ci skip]") {
+        return Some("the commit message says [skip ci]".into());
+    }
+    None
+}
+
+#[derive(Deserialize)]
+struct Repo {
+    full_name: String,
+    #[serde(default)]
+    clone_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct User {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct Label {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    sha: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    repo: Option<Repo>,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    head: Head,
+    user: User,
+    #[serde(default)]
+    labels: Vec<Label>,
+    #[serde(default)]
+    title: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PullRequestEvent {
+    action: String,
+    number: u64,
+    pull_request: PullRequest,
+    repository: Repo,
+    #[serde(default)]
+    label: Option<Label>,
+    #[serde(default)]
+    sender: Option<User>,
+}
+
+type Answer = (StatusCode, String);
+
+fn ok(text: String) -> Option<Answer> {
+    Some((StatusCode::OK, text))
+}
+
+/// A `pull_request` delivery's matrix part: labels stored; `labeled`/`unlabeled` of a run label
+/// answered here (`Some`); everything else goes on to the webhook's own rules (`None`).
+pub async fn pull_request(hub: &Hub, body: &[u8]) -> Option<Answer> {
+    let e: PullRequestEvent = serde_json::from_slice(body).ok()?;
+    let cfg = &hub.cfg;
+    let base = e.repository.full_name.as_str();
+    if !cfg.webhook.allows_repo(base) {
+        return None;
+    }
+    let labels: Vec<String> = e
+        .pull_request
+        .labels
+        .iter()
+        .map(|l| l.name.clone())
+        .collect();
+    if let Err(err) = hub.store.set_pr_labels(base, e.number, &labels) {
+        tracing::error!(error = %err, "storing a pull request's labels");
+    }
+    let label = e.label.as_ref()?.name.clone();
+    let is_run_label = matches!(e.action.as_str(), "labeled" | "unlabeled")
+        && cfg.webhook.fork_label.as_deref() != Some(label.as_str());
+    if !is_run_label {
+        return None;
+    }
+    let pr = &e.pull_request;
+    let sender = e.sender.as_ref().map_or("", |u| u.login.as_str());
+    let repo: RepoName = base.parse().ok()?;
+    let Ok(sha) = pr.head.sha.parse::<sdci_protocol::CommitSha>() else {
+        return Some((StatusCode::BAD_REQUEST, "bad head sha".into()));
+    };
+    if e.action == "unlabeled" {
+        let by = format!("label:{label}");
+        let why = format!("label {label} removed by {sender}");
+        let n = cancel_cells(hub, &repo, sha.as_str(), |queued_by| queued_by == by, &why);
+        return ok(format!("canceled {n} cell job(s) label {label} queued"));
+    }
+    if let Some(why) = skip_ci(&pr.head.git_ref, None) {
+        return ok(format!("ignored: {why}"));
+    }
+    let head_repo = pr.head.repo.as_ref().map(|r| r.full_name.as_str());
+    let fork = head_repo != Some(base);
+    if fork && !cfg.webhook.fork_allow_users.contains(&pr.user.login) {
+        let approved = hub
+            .store
+            .fork_approvals(base, e.number)
+            .unwrap_or_default()
+            .iter()
+            .any(|(s, _)| *s == sha.as_str());
+        if !approved {
+            tracing::info!(%label, sha = %sha, "label on a fork's unapproved head: no cells");
+            return ok(format!(
+                "ignored: label {label} on fork commit {} that has no approval",
+                sha.short()
+            ));
+        }
+    }
+    let (clone_name, clone_raw) = match &pr.head.repo {
+        Some(r) => (r.full_name.as_str(), r.clone_url.as_deref()),
+        None => (base, e.repository.clone_url.as_deref()),
+    };
+    let job = NewJob {
+        repo,
+        sha,
+        reason: Reason::PullRequest,
+        branch: Some(pr.head.git_ref.clone()),
+        supersede_key: Some(format!("{base}#{}", e.number)),
+        clone_url: clone_url(hub, clone_raw, clone_name),
+        version: None,
+        snapshot: None,
+        update_first: false,
+        commit_author: Some(pr.user.login.clone()),
+        commit_subject: pr.title.clone(),
+    };
+    Some(queue(
+        hub,
+        &job,
+        &Request::Label(label.clone()),
+        &format!("label {label} added by {sender}"),
+    ))
+}
+
+fn clone_url(hub: &Hub, from_payload: Option<&str>, repo: &str) -> String {
+    if let Some(o) = &hub.cfg.agent.clone_url_override {
+        return o.clone();
+    }
+    match from_payload {
+        Some(u) if u.starts_with("https://") => u.to_owned(),
+        _ => format!("https://github.com/{repo}.git"),
+    }
+}
+
+/// Stores a placeholder asking for `request`, notes `why` in its log, wakes the intake.
+fn queue(hub: &Hub, job: &NewJob, request: &Request, why: &str) -> Answer {
+    match hub.store.insert_requested_job(job, &request.to_text(), why) {
+        Ok(id) => {
+            let _ = crate::joblog::append_log(
+                &hub.cfg.log_dir(),
+                id.as_str(),
+                &format!("=== {why}: cells chosen by the commit's matrix\n"),
+            );
+            tracing::info!(job = %id, %why, "matrix request queued");
+            hub.wake_all();
+            (StatusCode::ACCEPTED, format!("queued job {id} ({why})"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "storing a matrix request failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not store the request; redeliver it".into(),
+            )
+        }
+    }
+}
+
+/// Cancels the live cell jobs of a commit whose `queued_by` passes `which`; returns how many.
+fn cancel_cells(
+    hub: &Hub,
+    repo: &RepoName,
+    sha: &str,
+    which: impl Fn(&str) -> bool,
+    why: &str,
+) -> usize {
+    let jobs = hub.store.cell_jobs(repo.as_str(), sha).unwrap_or_default();
+    let mut n = 0;
+    for (j, c) in jobs {
+        if !(j.state == crate::domain::JobState::Queued || j.state.is_active())
+            || !which(&c.queued_by)
+        {
+            continue;
+        }
+        match hub.store.request_cancel(j.id.as_str(), why) {
+            Ok(Some(queued)) => {
+                if !queued {
+                    hub.cancel_live(j.id.as_str());
+                }
+                let _ = crate::joblog::append_log(
+                    &hub.cfg.log_dir(),
+                    j.id.as_str(),
+                    &format!("=== {why}: canceled\n"),
+                );
+                n += 1;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(job = %j.id, error = %e, "canceling a cell"),
+        }
+    }
+    if n > 0 {
+        hub.wake_all();
+    }
+    n
+}
+
+#[derive(Deserialize)]
+struct Issue {
+    number: u64,
+    /// Present when the issue is a pull request.
+    #[serde(default)]
+    pull_request: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Comment {
+    body: String,
+    user: User,
+}
+
+#[derive(Deserialize)]
+struct CommentEvent {
+    action: String,
+    issue: Issue,
+    comment: Comment,
+    repository: Repo,
+}
+
+/// A comment command, parsed from the comment's first line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Run(Vec<String>),
+    Retry,
+    Cancel,
+}
+
+/// `/sdci run [version] [env] [scenario]`, `/sdci retry`, `/sdci cancel` on the first line;
+/// anything else is no command (`None`), an unknown verb an error saying the verbs.
+pub fn parse_command(body: &str) -> Option<Result<Command, String>> {
+    let line = body.lines().next()?.trim();
+    let mut words = line.split_whitespace();
+    if words.next()? != "/sdci" {
+        return None;
+    }
+    let verb = words.next().unwrap_or("");
+    let rest: Vec<String> = words.take(8).map(str::to_owned).collect();
+    Some(match verb {
+        "run" => Ok(Command::Run(rest)),
+        "retry" if rest.is_empty() => Ok(Command::Retry),
+        "cancel" if rest.is_empty() => Ok(Command::Cancel),
+        other => Err(format!(
+            "/sdci {}: the commands are run [version] [env] [scenario], retry, cancel",
+            other.chars().take(20).collect::<String>()
+        )),
+    })
+}
+
+/// An `issue_comment` delivery: a `/sdci` command on a pull request, from a user with write
+/// access, acts on the pull request's head as the host last saw it.
+pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
+    let e: CommentEvent = match serde_json::from_slice(body) {
+        Ok(e) => e,
+        Err(err) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("bad issue_comment payload: {err}"),
+            )
+        }
+    };
+    let cfg = &hub.cfg;
+    let repo_name = e.repository.full_name.as_str();
+    if !cfg.webhook.comment_commands {
+        return (StatusCode::OK, "ignored: comment commands are off".into());
+    }
+    if !cfg.webhook.allows_repo(repo_name) {
+        return (
+            StatusCode::OK,
+            format!("ignored: repository {repo_name} not configured"),
+        );
+    }
+    if e.action != "created" || e.issue.pull_request.is_none() {
+        return (
+            StatusCode::OK,
+            "ignored: not a new comment on a pull request".into(),
+        );
+    }
+    let command = match parse_command(&e.comment.body) {
+        None => return (StatusCode::OK, "ignored: no /sdci command".into()),
+        Some(Err(why)) => return (StatusCode::OK, format!("ignored: {why}")),
+        Some(Ok(c)) => c,
+    };
+    let login = e.comment.user.login.as_str();
+    let permission = tokio::time::timeout(
+        std::time::Duration::from_secs(8),
+        hub.permissions.get(&hub.github, repo_name, login),
+    )
+    .await;
+    match permission {
+        Ok(Ok(p)) if p.can_write() => {}
+        Ok(Ok(p)) => {
+            tracing::warn!(%login, repo = %repo_name, permission = p.as_str(), ?command,
+                "comment command refused: no write access; nothing done");
+            return (
+                StatusCode::OK,
+                format!(
+                    "ignored: {login} has {} access to {repo_name}; /sdci needs write",
+                    p.as_str()
+                ),
+            );
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(%login, error = %err, "comment command: permission unknown; nothing done");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not check the commenter's permission; redeliver".into(),
+            );
+        }
+        Err(_) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not check the commenter's permission in time; redeliver".into(),
+            )
+        }
+    }
+    let number = e.issue.number;
+    let head = match hub.store.newest_pr_job(repo_name, number) {
+        Ok(Some(j)) => j,
+        Ok(None) => {
+            return (
+                StatusCode::OK,
+                format!("ignored: no commit of pull request #{number} is known here yet"),
+            )
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "reading the pull request's jobs");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not read the store; redeliver".into(),
+            );
+        }
+    };
+    let why = match &command {
+        Command::Run(w) if w.is_empty() => format!("/sdci run by {login}"),
+        Command::Run(w) => format!("/sdci run {} by {login}", w.join(" ")),
+        Command::Retry => format!("/sdci retry by {login}"),
+        Command::Cancel => format!("/sdci cancel by {login}"),
+    };
+    let placeholder = NewJob {
+        repo: head.repo.clone(),
+        sha: head.sha.clone(),
+        reason: Reason::PullRequest,
+        branch: head.branch.clone(),
+        supersede_key: Some(format!("{repo_name}#{number}")),
+        clone_url: head.clone_url.clone(),
+        version: None,
+        snapshot: None,
+        update_first: false,
+        commit_author: head.commit_author.clone(),
+        commit_subject: head.commit_subject.clone(),
+    };
+    match command {
+        Command::Run(words) => queue(
+            hub,
+            &placeholder,
+            &Request::Select {
+                login: login.to_owned(),
+                words,
+            },
+            &why,
+        ),
+        Command::Cancel => {
+            let n = cancel_cells(hub, &head.repo, head.sha.as_str(), |_| true, &why);
+            let plain = match (&head.state, hub.store.job_cell(head.id.as_str())) {
+                (s, Ok(None)) if *s == crate::domain::JobState::Queued || s.is_active() => {
+                    match hub.store.request_cancel(head.id.as_str(), &why) {
+                        Ok(Some(false)) => {
+                            hub.cancel_live(head.id.as_str());
+                            1
+                        }
+                        Ok(Some(true)) => 1,
+                        _ => 0,
+                    }
+                }
+                _ => 0,
+            };
+            hub.wake_all();
+            (
+                StatusCode::OK,
+                format!(
+                    "{why}: {} job(s) of {} canceled",
+                    n + plain,
+                    head.sha.short()
+                ),
+            )
+        }
+        Command::Retry => {
+            let jobs = hub
+                .store
+                .cell_jobs(repo_name, head.sha.as_str())
+                .unwrap_or_default();
+            // The newest job of each cell decides whether that cell failed.
+            let mut seen = Vec::new();
+            let mut failed = Vec::new();
+            for (j, c) in &jobs {
+                if seen.contains(&c.name) {
+                    continue;
+                }
+                seen.push(c.name.clone());
+                if matches!(
+                    j.state,
+                    crate::domain::JobState::Failure | crate::domain::JobState::Error
+                ) {
+                    failed.push(c.name.clone());
+                }
+            }
+            if failed.is_empty() {
+                return (
+                    StatusCode::OK,
+                    format!("ignored: no failed cell of {}", head.sha.short()),
+                );
+            }
+            queue(hub, &placeholder, &Request::Cells(failed), &why)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_ci_is_in_the_branch_name_or_the_commit_message() {
+        assert!(skip_ci("feature-skip-ci", None).is_some());
+        assert!(skip_ci("main", Some("Fix\n\n[skip ci]")).is_some());
+        assert!(skip_ci("main", Some("[ci skip] docs")).is_some());
+        assert!(skip_ci("main", Some("skip ci")).is_none());
+        assert!(skip_ci("main", None).is_none());
+    }
+
+    #[test]
+    fn comment_commands_are_read_from_the_first_line() {
+        assert_eq!(
+            parse_command("/sdci run 4.3 dev\nplease"),
+            Some(Ok(Command::Run(vec!["4.3".into(), "dev".into()])))
+        );
+        assert_eq!(parse_command("/sdci run"), Some(Ok(Command::Run(vec![]))));
+        assert_eq!(parse_command(" /sdci retry "), Some(Ok(Command::Retry)));
+        assert_eq!(parse_command("/sdci cancel"), Some(Ok(Command::Cancel)));
+        assert!(matches!(parse_command("/sdci rerun"), Some(Err(_))));
+        assert!(matches!(parse_command("/sdci retry now"), Some(Err(_))));
+        assert_eq!(parse_command("looks good\n/sdci run"), None);
+        assert_eq!(parse_command("/sdcix run"), None);
+        assert_eq!(parse_command(""), None);
+    }
+}
