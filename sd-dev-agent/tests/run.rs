@@ -1,5 +1,5 @@
 //! `sdci-agent run` end to end in one machine: a real git repository served by the GitHub
-//! stand-in (dumb HTTP, so the shallow fetch is refused and the full fetch is used), the real
+//! stand-in (smart HTTP through `git http-backend`, so the shallow fetch of the sha is used), the real
 //! `sdci-dom0 run` behind a `qrexec-client-vm` stand-in that starts it the way qrexec does, and
 //! a stand-in of the host's event endpoint (contracts §1, server side) behind a TCP proxy that
 //! can cut connections.
@@ -353,14 +353,14 @@ fn run_fetches_the_commit_sends_it_to_dom0_and_relays_every_event_in_order() {
         == Some("https://ci.example/jobs/job-run-1")
         && s.context == "sd-ci-runner"));
 
-    // The checkout stays in place for `make clone`; the dumb-HTTP remote forced the full fetch,
-    // which authenticated through askpass (the stand-in refuses anonymous git requests).
+    // The checkout stays in place for `make clone`; the smart-HTTP remote served the shallow
+    // fetch of the sha, which authenticated through askpass (the stand-in refuses anonymous git
+    // requests).
     assert!(Path::new(&w.job.dev_dir).join("Makefile").is_file());
-    assert!(
-        stderr(&out).contains("shallow fetch refused"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("how=Shallow"), "{}", stderr(&out));
+    let fetches = w.gh.git_fetches();
+    assert_eq!(fetches.len(), 1, "{fetches:?}");
+    assert_eq!(fetches[0].request.deepen, Some(1));
     let git_reqs: Vec<_> =
         w.gh.requests()
             .into_iter()

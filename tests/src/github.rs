@@ -29,13 +29,15 @@
 //! github.com.
 
 mod checks;
+mod git_http;
 pub mod objects;
 pub mod openapi;
 pub mod webhooks;
 
 pub use checks::{ChangeKind, CheckRun, CheckRunAction, CheckRunChange, CheckRunOutput};
+pub use git_http::FetchRequest;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,6 +48,7 @@ use sdci_protocol::Utc;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -135,6 +138,8 @@ struct Repo {
     branches: HashMap<String, String>,
     files: HashMap<(String, String), Vec<u8>>,
     git_dir: Option<PathBuf>,
+    /// Served over git's dumb HTTP only ([`GitHub::serve_git_dumb`]), not `git http-backend`.
+    dumb: bool,
     /// Collaborator permission (role) per user login, as set by the test.
     roles: HashMap<String, String>,
 }
@@ -169,6 +174,20 @@ struct Inner {
     rate_reset: u64,
     /// Requests and answers that GitHub's OpenAPI description does not allow.
     violations: Vec<String>,
+    /// Every upload-pack request (a fetch or clone), with the bytes its answer carried.
+    git_fetches: Vec<(String, FetchRequest, Arc<AtomicU64>)>,
+    /// Bytes of every git answer's body (smart HTTP), in all.
+    git_bytes: Arc<AtomicU64>,
+}
+
+/// A fetch or clone the stand-in served over smart HTTP (one `git-upload-pack` request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitFetch {
+    pub repo: String,
+    /// What was asked for: the wanted objects, `deepen` (shallow), `filter`.
+    pub request: FetchRequest,
+    /// The bytes of the answer sent so far (the pack, with git's framing).
+    pub bytes_sent: u64,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -209,6 +228,8 @@ impl GitHub {
             rate_used: HashMap::new(),
             rate_reset: now_unix() + 3600,
             violations: Vec::new(),
+            git_fetches: Vec::new(),
+            git_bytes: Arc::default(),
         }));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state = inner.clone();
@@ -290,26 +311,56 @@ impl GitHub {
     }
 
     /// Serves the git repository at `path` (bare, or a work tree with `.git`) at
-    /// [`GitHub::clone_url`].
+    /// [`GitHub::clone_url`] over smart HTTP (`git http-backend`, protocol v2, a fetch of one
+    /// sha and shallow fetches allowed, as on GitHub).
     pub fn serve_git(&self, repo: &str, path: &Path) {
+        self.register_git(repo, path, false);
+    }
+
+    /// As [`GitHub::serve_git`], over git's dumb HTTP protocol only (static files), which
+    /// cannot fetch shallow: for a test of a client's fallback to a full fetch.
+    pub fn serve_git_dumb(&self, repo: &str, path: &Path) {
+        self.register_git(repo, path, true);
+    }
+
+    fn register_git(&self, repo: &str, path: &Path, dumb: bool) {
         let git_dir = if path.join(".git").is_dir() {
             path.join(".git")
         } else {
             path.to_path_buf()
         };
-        let ok = std::process::Command::new("git")
-            .arg("--git-dir")
-            .arg(&git_dir)
-            .arg("update-server-info")
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "git update-server-info in {}", git_dir.display());
+        if dumb {
+            let ok = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(&git_dir)
+                .arg("update-server-info")
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "git update-server-info in {}", git_dir.display());
+        }
+        let mut inner = self.lock();
+        let r = inner.repos.entry(repo.to_owned()).or_default();
+        r.git_dir = Some(git_dir);
+        r.dumb = dumb;
+    }
+
+    /// Every fetch or clone served over smart HTTP so far, in arrival order.
+    pub fn git_fetches(&self) -> Vec<GitFetch> {
         self.lock()
-            .repos
-            .entry(repo.to_owned())
-            .or_default()
-            .git_dir = Some(git_dir);
+            .git_fetches
+            .iter()
+            .map(|(repo, request, bytes)| GitFetch {
+                repo: repo.clone(),
+                request: request.clone(),
+                bytes_sent: bytes.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Bytes of all git answers' bodies so far (smart HTTP: ref advertisements and packs).
+    pub fn git_bytes_sent(&self) -> u64 {
+        self.lock().git_bytes.load(Ordering::Relaxed)
     }
 
     /// Registers `token` as an installation token minted earlier (as the host would have, with
@@ -560,6 +611,9 @@ fn recorded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 enum Routed {
     Api(Option<&'static str>, Answer),
     Raw(Response),
+    /// A smart-HTTP git request, served after the lock is released, with the byte counters
+    /// its answer adds to.
+    Git(git_http::GitRequest, Vec<Arc<AtomicU64>>),
 }
 
 async fn handle(State(state): State<Shared>, req: Request) -> Response {
@@ -567,24 +621,53 @@ async fn handle(State(state): State<Shared>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let headers = req.headers().clone();
-    let body = axum::body::to_bytes(req.into_body(), 4 << 20)
-        .await
-        .unwrap_or_default();
-    let mut inner = state.lock().unwrap_or_else(|p| p.into_inner());
     let at = SystemTime::now();
-    let routed = respond(
-        &mut inner,
-        &method,
-        &path,
-        query.as_deref(),
-        &headers,
-        &body,
-    );
+    let Ok(body) = axum::body::to_bytes(req.into_body(), git_http::MAX_BODY).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
+    };
+    let routed = {
+        let mut inner = state.lock().unwrap_or_else(|p| p.into_inner());
+        respond(
+            &mut inner,
+            &method,
+            &path,
+            query.as_deref(),
+            &headers,
+            &body,
+        )
+    };
+    // Git runs a process: without the lock, so the stand-in keeps answering meanwhile.
+    let routed = match routed {
+        Routed::Git(req, counters) => Routed::Raw(git_http::serve(req, counters).await),
+        other => other,
+    };
+    let mut inner = state.lock().unwrap_or_else(|p| p.into_inner());
+    record(&mut inner, routed, method, path, query, headers, body, at)
+}
+
+/// Finishes an answer (headers, OpenAPI checks) and records the request with it.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    inner: &mut Inner,
+    routed: Routed,
+    method: String,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    at: SystemTime,
+) -> Response {
     let mut openapi_notes = Vec::new();
     let (resp, response_body, op) = match routed {
         Routed::Raw(r) => (r, String::new(), None),
+        // Served before recording (see `handle`); never reaches here.
+        Routed::Git(_, _) => (
+            StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            String::new(),
+            None,
+        ),
         Routed::Api(op, answer) => {
-            let (r, text) = finish(&mut inner, &method, &headers, answer);
+            let (r, text) = finish(inner, &method, &headers, answer);
             (r, text, op)
         }
     };
@@ -864,9 +947,9 @@ fn respond(
         ("DELETE", ["installation", "token"]) => {
             ("/installation/token", revoke_token(inner, headers, body))
         }
-        ("GET", [o, r, rest @ ..]) if r.ends_with(".git") && !rest.is_empty() => {
+        ("GET" | "POST", [o, r, rest @ ..]) if r.ends_with(".git") && !rest.is_empty() => {
             let repo = format!("{o}/{}", r.trim_end_matches(".git"));
-            return Routed::Raw(git_file(inner, &repo, &rest.join("/"), headers));
+            return git_route(inner, &repo, method, &rest.join("/"), query, headers, body);
         }
         _ => return Routed::Api(None, message(404, "Not Found")),
     };
@@ -1386,9 +1469,24 @@ fn access_token(inner: &mut Inner, id: &str, headers: &HeaderMap, body: &[u8]) -
     )
 }
 
-fn git_file(inner: &Inner, repo: &str, file: &str, headers: &HeaderMap) -> Response {
-    let Some(git_dir) = inner.repos.get(repo).and_then(|r| r.git_dir.clone()) else {
-        return (StatusCode::NOT_FOUND, "Repository not found.").into_response();
+/// A git request: Basic auth with a token that may read contents (GitHub's `401` with
+/// `WWW-Authenticate` asks git for credentials), then smart HTTP, or dumb for a repository
+/// served with [`GitHub::serve_git_dumb`].
+fn git_route(
+    inner: &mut Inner,
+    repo: &str,
+    method: &str,
+    rest: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Routed {
+    let Some((git_dir, dumb)) = inner
+        .repos
+        .get(repo)
+        .and_then(|r| r.git_dir.clone().map(|d| (d, r.dumb)))
+    else {
+        return Routed::Raw((StatusCode::NOT_FOUND, "Repository not found.").into_response());
     };
     if let Err(resp) = authorize(inner, headers, repo, "contents", "read") {
         if resp.status == 401 {
@@ -1397,10 +1495,64 @@ fn git_file(inner: &Inner, repo: &str, file: &str, headers: &HeaderMap) -> Respo
                 "www-authenticate",
                 HeaderValue::from_static("Basic realm=\"GitHub\""),
             );
-            return r;
+            return Routed::Raw(r);
         }
-        return (StatusCode::FORBIDDEN, "Permission denied").into_response();
+        return Routed::Raw((StatusCode::FORBIDDEN, "Permission denied").into_response());
     }
+    if dumb {
+        if method != "GET" {
+            return Routed::Raw((StatusCode::FORBIDDEN, "dumb HTTP only").into_response());
+        }
+        return Routed::Raw(git_file(&git_dir, rest));
+    }
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut counters = vec![inner.git_bytes.clone()];
+    if rest == "git-upload-pack" {
+        let compressed = header("content-encoding").is_some_and(|e| e != "identity");
+        let request = if compressed {
+            None
+        } else {
+            git_http::parse_fetch(body)
+        };
+        if let Some(request) = request {
+            let bytes = Arc::new(AtomicU64::new(0));
+            counters.push(bytes.clone());
+            inner.git_fetches.push((repo.to_owned(), request, bytes));
+        }
+    }
+    let remote_user = header("authorization")
+        .and_then(|v| {
+            let b64 = v.strip_prefix("Basic ")?;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()?;
+            let s = String::from_utf8(raw).ok()?;
+            s.split_once(':').map(|(u, _)| u.to_owned())
+        })
+        .unwrap_or_default();
+    Routed::Git(
+        git_http::GitRequest {
+            git_dir,
+            path_info: format!("/{rest}"),
+            method: method.to_owned(),
+            query: query.map(str::to_owned),
+            content_type: header("content-type"),
+            content_encoding: header("content-encoding"),
+            git_protocol: header("git-protocol"),
+            remote_user,
+            body: Bytes::copy_from_slice(body),
+        },
+        counters,
+    )
+}
+
+/// Git's dumb HTTP: a file of the repository, read as it is.
+fn git_file(git_dir: &Path, file: &str) -> Response {
     let rel = Path::new(file);
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return (StatusCode::NOT_FOUND, "not found").into_response();
@@ -1450,3 +1602,6 @@ mod tests {
 
 #[cfg(test)]
 mod answers_tests;
+
+#[cfg(test)]
+mod git_tests;
