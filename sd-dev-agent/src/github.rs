@@ -7,8 +7,9 @@
 //! /app/installations/{id}/access_tokens`, `DELETE /installation/token` (revoke the installation
 //! token the request carries).
 //!
-//! What octocrab does here: the HTTP stack (its default hyper client, rustls on ring, native
-//! roots, built once per process on first use; redirects followed, as GitHub answers `301` for a
+//! What octocrab does here: the HTTP stack (its default hyper client, rustls on ring, the
+//! system's roots, built once per process on first use, and not at all without a CA
+//! certificate on the system, whatever the API's scheme, unlike reqwest; redirects followed, as GitHub answers `301` for a
 //! renamed repository, with credentials dropped on a redirect to another origin), the base URI
 //! (GitHub Enterprise's `/api/v3` included), the `X-GitHub-Api-Version` header, the `Authorization` header of each call
 //! (`Octocrab::user_access_token`, set per request and marked sensitive), and the typed models:
@@ -364,7 +365,13 @@ impl GitHub {
                     .add_header(ACCEPT, "application/vnd.github+json".into())
                     .add_header(USER_AGENT, AGENT_USER_AGENT.into())
                     .build()
-                    .map_err(|e| AgentError::Config(format!("the HTTP client for GitHub: {e}")))
+                    .map_err(|e| {
+                        AgentError::Config(format!(
+                            "the HTTP client for GitHub: {} (it needs the system's CA \
+                             certificates, package ca-certificates, even for an http:// API base)",
+                            with_causes(&e)
+                        ))
+                    })
             })
             .await
     }

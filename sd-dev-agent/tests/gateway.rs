@@ -1318,3 +1318,23 @@ fn permission_with_a_custom_role_is_its_legacy_permission() {
         ["GET /repos/o/r/collaborators/alice/permission HTTP/1.1"]
     );
 }
+
+#[test]
+fn without_any_ca_certificate_a_call_is_exit_78_naming_the_package() {
+    let s = setup(false, "");
+    let empty = tempfile::tempdir().unwrap();
+    // rustls-native-certs reads these instead of the system's store.
+    let out = Command::new(env!("CARGO_BIN_EXE_sdci-agent"))
+        .arg("--config")
+        .arg(s.config())
+        .args(["head", &format!("--repo={REPO}"), "--branch=main"])
+        .env("SSL_CERT_FILE", empty.path().join("none.pem"))
+        .env("SSL_CERT_DIR", empty.path())
+        .env_remove("SDCI_GITHUB_API")
+        .env_remove("SDCI_GITHUB_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ca-certificates"), "{}", stderr(&out));
+    assert!(s.gh.requests().is_empty(), "nothing was sent");
+}
