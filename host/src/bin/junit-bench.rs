@@ -6,6 +6,7 @@
 use anyhow::Result;
 use sdci_host::domain::junit::{self, JunitLimits};
 use sdci_host::orchestration::results::{read_archive, ReadLimits};
+use sdci_protocol::results::{EntryKind, ResultsEntry, ResultsManifest, RESULTS_VERSION};
 use std::time::Instant;
 
 fn junit_xml(cases: usize) -> String {
@@ -59,10 +60,38 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut b = tar::Builder::new(Vec::new());
     let journal = "Dec 01 10:00:00 dom0 kernel: a line of the journal\n".repeat(200_000);
-    for (path, data) in [
+    let members = [
         ("junit/1.xml", xml.as_bytes()),
         ("evidence/journal.txt", journal.as_bytes()),
-    ] {
+    ];
+    let manifest = ResultsManifest {
+        version: RESULTS_VERSION,
+        job: "bench-1".parse()?,
+        outcome: sdci_protocol::Outcome::Failure,
+        evidence: true,
+        took_ms: 0,
+        entries: members
+            .iter()
+            .map(|(path, data)| ResultsEntry {
+                path: (*path).into(),
+                kind: if path.starts_with("junit/") {
+                    EntryKind::Junit
+                } else {
+                    EntryKind::Evidence
+                },
+                source: (*path).into(),
+                bytes: data.len() as u64,
+                truncated: false,
+            })
+            .collect(),
+        skipped: vec![],
+        skipped_more: 0,
+    }
+    .to_json();
+    for (path, data) in [("manifest.json", manifest.as_bytes())]
+        .into_iter()
+        .chain(members)
+    {
         let mut h = tar::Header::new_ustar();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);

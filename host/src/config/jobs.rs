@@ -40,7 +40,8 @@ pub struct JobsConfig {
     #[serde(default = "default_dom0_log_max_bytes")]
     pub dom0_log_max_bytes: u64,
     /// The most of dom0's `results.tar.zst` (test results and evidence, contracts §11) the host
-    /// downloads after the log, bytes; a longer archive is not kept (a line in the job's log).
+    /// downloads after the log, bytes (dom0's own cap on the file is 64 MiB); a longer archive
+    /// is not kept (a line in the job's log).
     #[serde(default = "default_results_max_bytes")]
     pub results_max_bytes: u64,
     /// Globs (relative to the checkout in dom0) of the JUnit XML files dom0 collects after the
@@ -81,7 +82,7 @@ fn default_dom0_log_max_bytes() -> u64 {
     256 * 1024 * 1024
 }
 fn default_results_max_bytes() -> u64 {
-    96 * 1024 * 1024
+    64 * 1024 * 1024
 }
 
 /// A glob dom0 may expand inside the checkout: protocol's rules (relative, no `.`/`..`, no
@@ -105,7 +106,7 @@ impl JobsConfig {
             return Err("jobs.dom0_log_max_bytes must be at least 4096 (default 268435456)".into());
         }
         if self.results_max_bytes < 4096 {
-            return Err("jobs.results_max_bytes must be at least 4096 (default 100663296)".into());
+            return Err("jobs.results_max_bytes must be at least 4096 (default 67108864)".into());
         }
         for (key, globs) in [
             ("junit", self.junit.as_deref().unwrap_or_default()),

@@ -54,7 +54,8 @@ fn default_archive_max_members() -> usize {
     1000
 }
 fn default_archive_max_unpacked_bytes() -> u64 {
-    512 * 1024 * 1024
+    // dom0's `max_unpacked_bytes` (256 MiB) plus room for the manifest (contracts §11).
+    260 * 1024 * 1024
 }
 
 impl Default for TestsConfig {
@@ -121,6 +122,45 @@ impl TestsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// README's "Host configuration" block documents `[tests]` and the results keys of `[jobs]`
+    /// with their defaults.
+    #[test]
+    fn the_readme_shows_the_test_results_defaults() {
+        let block = crate::config::tests::readme_toml_block("## Host configuration");
+        let c = crate::config::Config::parse(&block, std::path::Path::new("README.md")).unwrap();
+        let d = crate::config::Config::parse("", std::path::Path::new("x")).unwrap();
+        let (a, b) = (&c.tests, &d.tests);
+        assert_eq!(a.quarantine, b.quarantine);
+        assert_eq!(
+            (
+                a.flaky_window,
+                a.flaky_min_runs,
+                a.max_cases,
+                a.archive_max_members
+            ),
+            (
+                b.flaky_window,
+                b.flaky_min_runs,
+                b.max_cases,
+                b.archive_max_members
+            )
+        );
+        assert_eq!(a.flaky_flip_rate, b.flaky_flip_rate);
+        assert_eq!(
+            (a.junit_max_bytes, a.archive_max_unpacked_bytes),
+            (b.junit_max_bytes, b.archive_max_unpacked_bytes)
+        );
+        assert_eq!(c.jobs.results_max_bytes, d.jobs.results_max_bytes);
+        assert_eq!(c.jobs.artifacts, d.jobs.artifacts);
+        let shown = c.jobs.junit.unwrap();
+        assert_eq!(
+            shown,
+            sdci_protocol::ResultsSpec::default().junit,
+            "dom0's default"
+        );
+        assert_eq!(d.jobs.junit, None);
+    }
 
     #[test]
     fn the_defaults_quarantine_nothing_and_validate() {

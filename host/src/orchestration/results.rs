@@ -14,7 +14,8 @@
 //! - at most `tests.archive_max_members` members; only regular files, each name by protocol's
 //!   `validate_member_path` (so no `..`, no absolute names, a fixed alphabet); links, devices
 //!   and directories are skipped with a note;
-//! - the manifest by protocol's `ResultsManifest::from_json` (bounded, unknown fields refused);
+//! - the manifest first, by protocol's `ResultsManifest::from_json` (bounded, unknown fields
+//!   refused), or nothing is used; every other member listed in it with its exact size;
 //! - each JUnit file by `domain::junit`'s limits, and at most `tests.max_cases` cases a job.
 //!
 //! Serving a member ([`copy_member`]) reads the stored archive again with the same bounds.
@@ -286,16 +287,49 @@ fn read_into(path: &Path, limits: &ReadLimits, out: &mut ArchiveRead) -> std::io
             continue;
         }
         let kind = kind_of(&name);
-        if kind == "manifest" {
+        if members == 1 {
+            // The manifest comes first, and without it nothing else is read (contracts §11).
+            if kind != "manifest" {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "its first member is not manifest.json; nothing in it is used",
+                ));
+            }
             let mut json = Vec::new();
             (&mut entry)
                 .take(MAX_MANIFEST_BYTES as u64 + 1)
                 .read_to_end(&mut json)?;
             match ResultsManifest::from_json(&json) {
                 Ok(m) => out.manifest = Some(m),
-                Err(e) => out.notes.push(format!("manifest.json refused: {e}")),
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("manifest.json refused ({e}); nothing in it is used"),
+                    ))
+                }
             }
             continue;
+        }
+        let size = entry.header().size().unwrap_or(u64::MAX);
+        let listed = out
+            .manifest
+            .as_ref()
+            .and_then(|m| m.entries.iter().find(|e| e.path == name))
+            .map(|e| e.bytes);
+        match listed {
+            None => {
+                out.notes.push(format!(
+                    "member {shown:?} skipped: not listed in manifest.json"
+                ));
+                continue;
+            }
+            Some(b) if b != size => {
+                out.notes.push(format!(
+                    "member {shown:?} skipped: {size} bytes, manifest.json says {b}"
+                ));
+                continue;
+            }
+            Some(_) => {}
         }
         let bytes = if kind == "junit" && out.cases.len() < limits.max_cases {
             let mut counted = Counting {
@@ -755,28 +789,45 @@ mod tests {
         }
     }
 
-    fn manifest() -> Vec<u8> {
-        let entry = |path: &str, kind, truncated| ResultsEntry {
-            path: path.into(),
-            kind,
-            source: format!("/src/{path}"),
-            bytes: 1,
-            truncated,
-        };
+    /// The manifest dom0 would write for `members`: every regular member with a valid name,
+    /// its exact size, `truncated` for the names in `cut` (and then one skipped file too).
+    fn manifest_for(members: &[(&[u8], u8, Vec<u8>)], cut: &[&str]) -> Vec<u8> {
+        let entries = members
+            .iter()
+            .filter_map(|(name, kind, data)| {
+                let path = std::str::from_utf8(name).ok()?;
+                validate_member_path(path).ok()?;
+                if *kind != b'0' || path == MANIFEST {
+                    return None;
+                }
+                let kind = match path.split('/').next()? {
+                    "junit" => EntryKind::Junit,
+                    "evidence" => EntryKind::Evidence,
+                    _ => EntryKind::Artifact,
+                };
+                Some(ResultsEntry {
+                    path: path.into(),
+                    kind,
+                    source: format!("/src/{path}"),
+                    bytes: data.len() as u64,
+                    truncated: cut.contains(&path),
+                })
+            })
+            .collect();
         ResultsManifest {
             version: RESULTS_VERSION,
             job: "job-1".parse().unwrap(),
             outcome: sdci_protocol::Outcome::Failure,
             evidence: true,
             took_ms: 5,
-            entries: vec![
-                entry("junit/1.xml", EntryKind::Junit, false),
-                entry("evidence/journal.txt", EntryKind::Evidence, true),
-            ],
-            skipped: vec![Skipped::new(
-                "/var/log/xen/console/huge.log",
-                "larger than 8 MiB",
-            )],
+            entries,
+            skipped: match cut.is_empty() {
+                true => vec![],
+                false => vec![Skipped::new(
+                    "/var/log/xen/console/huge.log",
+                    "larger than 8 MiB",
+                )],
+            },
             skipped_more: 0,
         }
         .to_json()
@@ -796,8 +847,20 @@ mod tests {
         out
     }
 
-    /// A tar stream of (name, type, data) members, compressed.
+    /// A tar stream of (name, type, data) members after their manifest, compressed.
     fn archive(dir: &Path, members: &[(&[u8], u8, Vec<u8>)]) -> PathBuf {
+        archive_cut(dir, members, &[])
+    }
+
+    /// As [`archive`], the manifest marking the members `cut` as truncated.
+    fn archive_cut(dir: &Path, members: &[(&[u8], u8, Vec<u8>)], cut: &[&str]) -> PathBuf {
+        let mut all = vec![(MANIFEST.as_bytes(), b'0', manifest_for(members, cut))];
+        all.extend(members.iter().cloned());
+        raw_archive(dir, &all)
+    }
+
+    /// A tar stream of exactly these members, compressed.
+    fn raw_archive(dir: &Path, members: &[(&[u8], u8, Vec<u8>)]) -> PathBuf {
         let mut tar = Vec::new();
         for (name, kind, data) in members {
             tar.extend_from_slice(&header(name, *kind, data.len() as u64));
@@ -813,13 +876,13 @@ mod tests {
     #[test]
     fn an_archive_gives_its_cases_its_files_and_what_dom0_cut_or_skipped() {
         let d = tempfile::tempdir().unwrap();
-        let p = archive(
+        let p = archive_cut(
             d.path(),
             &[
-                (b"manifest.json", b'0', manifest()),
                 (b"junit/1.xml", b'0', JUNIT.into()),
                 (b"evidence/journal.txt", b'0', b"boot\n".to_vec()),
             ],
+            &["evidence/journal.txt"],
         );
         let r = read_archive(&p, &limits());
         assert!(r.manifest.is_some(), "{:?}", r.notes);
@@ -884,6 +947,55 @@ mod tests {
             r.notes.iter().all(|n| n.contains("skipped")),
             "{:?}",
             r.notes
+        );
+    }
+
+    #[test]
+    fn without_the_manifest_first_nothing_is_used_and_unlisted_or_resized_members_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let junit: (&[u8], u8, Vec<u8>) = (b"junit/1.xml", b'0', JUNIT.into());
+        let r = read_archive(&raw_archive(d.path(), &[junit.clone()]), &limits());
+        assert!(r.cases.is_empty() && r.files.is_empty());
+        assert!(
+            r.notes[0].contains("first member is not manifest.json"),
+            "{:?}",
+            r.notes
+        );
+        let bad = raw_archive(
+            d.path(),
+            &[
+                (
+                    MANIFEST.as_bytes(),
+                    b'0',
+                    b"{\"version\":1,\"extra\":true}".to_vec(),
+                ),
+                junit.clone(),
+            ],
+        );
+        let r = read_archive(&bad, &limits());
+        assert!(r.cases.is_empty());
+        assert!(
+            r.notes[0].contains("manifest.json refused"),
+            "{:?}",
+            r.notes
+        );
+        // Listed with another size, and a member the manifest does not list.
+        let listed = manifest_for(&[(b"junit/1.xml", b'0', b"short".to_vec())], &[]);
+        let p = raw_archive(
+            d.path(),
+            &[
+                (MANIFEST.as_bytes(), b'0', listed),
+                junit,
+                (b"evidence/extra.txt", b'0', b"x".to_vec()),
+            ],
+        );
+        let r = read_archive(&p, &limits());
+        assert!(r.cases.is_empty() && r.files.is_empty(), "{:?}", r.files);
+        let notes = r.notes.join("\n");
+        assert!(notes.contains("manifest.json says 5"), "{notes}");
+        assert!(
+            notes.contains("\"evidence/extra.txt\" skipped: not listed"),
+            "{notes}"
         );
     }
 
