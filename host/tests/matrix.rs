@@ -932,3 +932,30 @@ async fn without_a_matrix_file_workstation_ci_yml_names_the_version_and_else_the
     })
     .await;
 }
+
+#[tokio::test]
+async fn with_fail_fast_a_failed_cell_cancels_the_others_of_its_commit() {
+    let w = world("").await;
+    let file = format!("{TWO_BY_TWO}fail_fast: true\n");
+    w.gh.add_file(REPO, &sha(10), ".github/sdci.yml", file.as_bytes());
+    let (code, text) = w.send("push", "d1", &push("main", 10, "A change")).await;
+    assert_eq!(code, 202, "{text}");
+    let names = ["4.2 / dev", "4.2 / staging", "4.3 / dev", "4.3 / staging"];
+    w.until("four cells run", |w| {
+        w.jobs(10).len() == 4 && names.iter().all(|n| w.cell_running(10, n))
+    })
+    .await;
+    w.hv.inner.release(w.cell(10, "4.3 / dev").id.as_str(), 1);
+    w.until("the other cells are canceled", |w| {
+        ["4.2 / dev", "4.2 / staging", "4.3 / staging"]
+            .iter()
+            .all(|n| {
+                w.try_cell(10, n)
+                    .is_some_and(|j| j.state == JobState::Canceled)
+            })
+    })
+    .await;
+    assert_eq!(w.cell(10, "4.3 / dev").state, JobState::Failure);
+    let note = w.cell(10, "4.2 / dev").note.unwrap_or_default();
+    assert!(note.contains("fail_fast: cell 4.3 / dev failed"), "{note}");
+}

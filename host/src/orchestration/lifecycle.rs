@@ -361,6 +361,8 @@ impl<H: Hypervisor> Orchestrator<H> {
                 if let Err(e) = hub.store.finish(id, state, &note, true) {
                     tracing::error!(error = %e, "recording the end of the job");
                 }
+                // A failed cell of a `fail_fast` matrix cancels its commit's other cells.
+                super::matrix::fail_fast(hub, job, state);
                 hub.metrics.count(&format!("jobs_{}", state.as_str()));
             }
             Err(_) if lost.is_some() => {

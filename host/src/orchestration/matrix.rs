@@ -13,6 +13,8 @@
 //!   runs cells guessed because GitHub was down.
 //! - A trigger that selects no cell leaves nothing on GitHub (the placeholder is dropped
 //!   unposted). A cell whose version has no pool ends `error` naming the fix, like a plain job.
+//! - Cells are independent unless the file says `fail_fast: true`: then a failed cell
+//!   (`failure`, the project's own) cancels the commit's other live cells of the same trigger.
 //! - The cell's environment reaches every step as `SECUREDROP_ENV` through the steps' own `env`
 //!   in the job file: every deployed `sdci-dom0` already applies a step's `env`, while a new
 //!   field of `JobSpec` would be refused by an older dom0 in a golden snapshot (its job file
@@ -341,6 +343,38 @@ fn drop_placeholder(hub: &Hub, job: &JobRow, why: &str) {
     if let Err(e) = hub.store.expand_job(job.id.as_str(), &[], why, false) {
         tracing::error!(job = %job.id, error = %e, "dropping the job");
     }
+}
+
+/// After job `job` ended `state`: when it is a failed cell of a matrix with `fail_fast`, the
+/// other live cells of the same commit and trigger are canceled (the default, `fail_fast:
+/// false`, leaves every cell alone).
+pub fn fail_fast(hub: &Hub, job: &JobRow, state: JobState) {
+    if state != JobState::Failure {
+        return;
+    }
+    let Some((name, cell)) = job_cell(hub, job.id.as_str()) else {
+        return;
+    };
+    if !cell.fail_fast {
+        return;
+    }
+    let why = format!("fail_fast: cell {name} failed");
+    let others = hub
+        .store
+        .cell_jobs(job.repo.as_str(), job.sha.as_str())
+        .unwrap_or_default();
+    for (j, _) in others {
+        let live = j.state == JobState::Queued || j.state.is_active();
+        if j.id == job.id || j.reason != job.reason || !live {
+            continue;
+        }
+        match hub.store.request_cancel(j.id.as_str(), &why) {
+            Ok(Some(false)) => hub.cancel_live(j.id.as_str()),
+            Ok(_) => {}
+            Err(e) => tracing::error!(job = %j.id, error = %e, "fail_fast: canceling a cell"),
+        }
+    }
+    hub.wake_all();
 }
 
 /// The job's cell, if it runs one.
