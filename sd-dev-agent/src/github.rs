@@ -8,18 +8,19 @@
 //! token the request carries).
 //!
 //! What octocrab does here: the HTTP stack (its default hyper client, rustls on ring, the
-//! system's roots, built once per process on first use, and not at all without a CA
-//! certificate on the system, whatever the API's scheme, unlike reqwest; redirects followed, as GitHub answers `301` for a
-//! renamed repository, with credentials dropped on a redirect to another origin), the base URI
-//! (GitHub Enterprise's `/api/v3` included), the `X-GitHub-Api-Version` header, the `Authorization` header of each call
-//! (`Octocrab::user_access_token`, set per request and marked sensitive), and the typed models:
-//! request bodies from `octocrab::models::apps::CreateInstallationAccessToken` and
-//! `octocrab::params::checks`, answers decoded into `models::InstallationToken`,
-//! `models::Status`, `models::repos::{Content, Branch}` and `models::checks::CheckRun`.
-//! What it does not do, and why the calls go through its raw `_get`/`_post`/`_patch`/`_delete`
-//! instead of its typed `send()`s:
-//! - its typed calls hide the status and headers, which the rate-limit rule below needs; and
-//!   its retry layer (feature `retry`, off here) retries 5xx at once, without backoff;
+//! system's roots; built once per process on first use, and not at all without a CA certificate
+//! on the system, whatever the API's scheme, unlike reqwest; redirects followed, as GitHub
+//! answers `301` for a renamed repository, credentials dropped on a redirect to another
+//! origin), the base URI (GitHub Enterprise's `/api/v3` included), the `X-GitHub-Api-Version`
+//! header, the `Authorization` header of each call (`Octocrab::user_access_token`, set per
+//! request and marked sensitive), and the typed models: request bodies from
+//! `models::apps::CreateInstallationAccessToken`, `params::checks` and `models::StatusState`,
+//! answers decoded into `models::InstallationToken`, `models::Status`, `models::repos::{Content,
+//! Branch}` and `models::checks::CheckRun`. What it does not do, and why the calls go through
+//! its raw `_get`/`_post`/`_patch`/`_delete` instead of its typed `send()`s:
+//! - its typed calls hide the status and headers, which the rate-limit rule below needs; its
+//!   retry layer (feature `retry`, off here) retries a 5xx at once, without backoff, and sleeps
+//!   out any rate-limit reset, however far;
 //! - its check-run builders have no `actions` (and create has no `started_at`), so the check-run
 //!   body is ours ([`crate::check_run`]) with octocrab's `CheckRunStatus`, `CheckRunConclusion`
 //!   and `CheckRunOutput` inside it;
@@ -27,10 +28,10 @@
 //!   GitHub's documented `admin|write|read|none`: the permission answer is read into our own
 //!   two-field struct;
 //! - its App authentication (feature `jwt`) links jsonwebtoken with aws-lc-rs or RustCrypto, a
-//!   second crypto stack beside ring, and mints installation tokens it cannot narrow to
-//!   permissions: the App JWT stays [`crate::app_jwt`] (ring, already linked through rustls),
-//!   and tokens are minted with an explicit `CreateInstallationAccessToken { repositories,
-//!   permissions }`.
+//!   second crypto stack beside ring, and its automatic installation tokens
+//!   (`installation_builder`) are narrowed to repositories, never to permissions: the App JWT
+//!   stays [`crate::app_jwt`] (ring, already linked through rustls), and tokens are minted with
+//!   an explicit `CreateInstallationAccessToken { repositories, permissions }`.
 //!
 //! Cost (issue 17, measured on the 2-core build machine, loaded by other builds): octocrab adds
 //! 25 crates to the agent's graph (octocrab, chrono, snafu, secrecy, arc-swap, http-serde,
