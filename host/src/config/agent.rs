@@ -24,7 +24,8 @@ pub struct AgentConfig {
     /// GitHub App mode: fetch a short-lived token (`sdci-agent token`) for each job file.
     #[serde(default)]
     pub github_app: bool,
-    /// Ask `sdci-agent ci-config` for each commit's Qubes version (else `default_version`).
+    /// Read each commit's matrix file (`sdci-agent file`, issue 20), else ask `sdci-agent
+    /// ci-config` for its Qubes version; `false`: every job runs `default_version`, no matrix.
     #[serde(default = "super::yes")]
     pub resolve_version: bool,
     /// GitHub REST API base written into job files.
