@@ -531,3 +531,184 @@ fn a_failed_job_opens_with_its_failing_step_expanded_and_in_view() {
     );
     b.screenshot(&shots().join("failed.png")).unwrap();
 }
+
+/// Test results in the browser (issue 19): the real `sdci-dom0` collected the fixture's JUnit
+/// file and the evidence of the failed job; the page lists the failed tests first, links the
+/// failing line on GitHub at the commit, lists the evidence files (served as text, never as a
+/// page), and a test's name opens its history. A hostile JUnit file stays text.
+#[test]
+fn a_failed_jobs_tests_and_evidence_are_on_its_page_and_a_test_opens_its_history() {
+    let Some(w) = world(WorldOptions {
+        mode: TestMode::Fail,
+        ..WorldOptions::default().one_vm()
+    }) else {
+        return;
+    };
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    let job = wait_terminal(&w, &id);
+    assert_eq!(job["state"], "failure", "{job}");
+    assert!(
+        !job["tests"].is_null(),
+        "no test results stored: {}",
+        w.job_log(&id)
+    );
+    let b = Browser::start(1280, 1200).unwrap();
+    b.goto(&format!("{}/jobs/{id}", w.host_url())).unwrap();
+    b.wait_for(
+        "script ready",
+        "return window.sdciReady === true",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let v = b
+        .exec(
+            "const s = document.querySelector('section.tests'); if (!s) return null;\
+             const a = document.querySelector('section.attempts');\
+             const failed = Array.from(s.querySelectorAll('ul.failed li.test'));\
+             return [\
+               !!(s.compareDocumentPosition(a) & Node.DOCUMENT_POSITION_FOLLOWING),\
+               failed.map(li => [li.dataset.key, li.dataset.outcome,\
+                 (li.querySelector('.msg') || {}).textContent || '',\
+                 (li.querySelector('a.src') || {href: ''}).href]),\
+               s.querySelector('.counts').textContent,\
+               Array.from(s.querySelectorAll('ul.files li a:first-child')).map(x => x.textContent),\
+               !!s.querySelector('a.archive')]",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(v[0], true, "the tests come before the attempts: {v}");
+    let failed = v[1].as_array().unwrap();
+    let keys: Vec<&str> = failed.iter().map(|f| f[0].as_str().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "tests.test_vms_platform::test_sd_vm_apt_sources",
+            "tests.test_gpg::test_sd_gpg_has_key"
+        ],
+        "{v}"
+    );
+    assert_eq!(failed[0][1], "failed");
+    assert_eq!(failed[1][1], "error");
+    assert!(
+        failed[0][2]
+            .as_str()
+            .unwrap()
+            .contains("AssertionError: assert 'deb https://apt"),
+        "{v}"
+    );
+    assert!(
+        failed[0][3]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/blob/{sha}/tests/test_vms_platform.py#L41")),
+        "{v}"
+    );
+    assert!(
+        v[2].as_str()
+            .unwrap()
+            .starts_with("2 passed · 1 failed · 1 error · 1 skipped — 5 tests"),
+        "{v}"
+    );
+    let files: Vec<&str> = v[3]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert!(files.contains(&"junit/1.xml"), "{v}");
+    assert!(
+        files.iter().any(|f| f.starts_with("evidence/")),
+        "the failed job's evidence is listed: {v}"
+    );
+    assert_eq!(v[4], true, "one download of the whole archive");
+    b.exec(
+        "document.querySelector('section.tests').scrollIntoView(); return true",
+        &[],
+    )
+    .unwrap();
+    b.screenshot(&shots().join("tests.png")).unwrap();
+
+    // Each file is served as text or bytes, never as a page of the host's origin.
+    let evidence = files.iter().find(|f| f.starts_with("evidence/")).unwrap();
+    let (code, body) = w
+        .get(&format!(
+            "/jobs/{id}/results/{}/files/{evidence}",
+            job["tests"]["attempt"]
+        ))
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let ct = b
+        .exec(
+            "const a = Array.from(document.querySelectorAll('section.tests ul.files li a'))\
+               .find(x => x.textContent.startsWith('evidence/'));\
+             return fetch(a.href).then(r => [r.status, r.headers.get('content-type'),\
+               r.headers.get('content-disposition')])",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(ct[0], 200, "{ct}");
+    assert!(!ct[1].as_str().unwrap().contains("html"), "{ct}");
+    assert!(ct[2].as_str().unwrap().contains("filename="), "{ct}");
+
+    // The test's name opens its history: this job's run, failed, on this commit.
+    b.exec(
+        "document.querySelector('section.tests ul.failed li.test a.tname').click(); return true",
+        &[],
+    )
+    .unwrap();
+    b.wait_for(
+        "the test's page",
+        "return !!document.querySelector('table.runs tbody tr')",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let run = b
+        .exec(
+            "const r = document.querySelector('table.runs tbody tr');\
+             return [document.querySelector('h1.testkey code').textContent, r.dataset.job,\
+                     r.dataset.outcome]",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        run,
+        serde_json::json!([
+            "tests.test_vms_platform::test_sd_vm_apt_sources",
+            id,
+            "failed"
+        ])
+    );
+
+    // A hostile JUnit file: markup in names and messages stays text.
+    let hostile = br#"<?xml version="1.0"?><testsuite name="&lt;img src=x onerror=window.sdciPwned=3&gt;">
+<testcase classname="t" name="&lt;script&gt;window.sdciPwned=4&lt;/script&gt;" file="javascript:alert(1)" line="1"><failure message="&quot;&gt;&lt;img src=x onerror=window.sdciPwned=5&gt;">&lt;/pre&gt;&lt;script&gt;window.sdciPwned=6&lt;/script&gt;</failure></testcase>
+</testsuite>"#;
+    let sha = w
+        .fixture
+        .commit_junit(hostile, TestMode::Fail, "hostile junit")
+        .unwrap();
+    w.publish(&sha).unwrap();
+    let id = w.push(&sha).unwrap();
+    assert_eq!(wait_terminal(&w, &id)["state"], "failure");
+    b.goto(&format!("{}/jobs/{id}", w.host_url())).unwrap();
+    b.wait_for(
+        "script ready",
+        "return window.sdciReady === true",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let v = b
+        .exec(
+            "const li = document.querySelector('section.tests ul.failed li.test');\
+             const src = li.querySelector('a.src');\
+             return [window.sdciPwned === undefined, li.querySelector('a.tname').textContent,\
+                     !src || src.href.startsWith('http'), li.querySelectorAll('script, img').length]",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!([true, "t::<script>window.sdciPwned=4</script>", true, 0])
+    );
+}
