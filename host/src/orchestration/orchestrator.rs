@@ -299,7 +299,12 @@ pub async fn intake_once(hub: &Hub) -> bool {
         // The commit's matrix file first (issue 20); without one, the plain path below.
         if hub.cfg.agent.resolve_version {
             match super::matrix::resolve(hub, &job).await {
-                super::matrix::Resolved::Done => continue,
+                super::matrix::Resolved::Done => {
+                    // Its queued status and check run waited for the cell (its name).
+                    hub.statuses.notify_one();
+                    hub.checks.notify_one();
+                    continue;
+                }
                 super::matrix::Resolved::Unavailable => return true,
                 super::matrix::Resolved::Plain => {}
             }
@@ -344,7 +349,8 @@ pub async fn intake_once(hub: &Hub) -> bool {
             continue;
         }
         tracing::info!(job = %job.id, version = %version, "version resolved");
-        // A check run is created once its name (the version) is known.
+        // A check run is created, and a queued status posted, once the version is known.
+        hub.statuses.notify_one();
         hub.checks.notify_one();
         hub.scheduler.notify_one();
     }
