@@ -712,3 +712,83 @@ fn a_failed_jobs_tests_and_evidence_are_on_its_page_and_a_test_opens_its_history
         serde_json::json!([true, "t::<script>window.sdciPwned=4</script>", true, 0])
     );
 }
+
+/// A flaky test (issue 19): the fixture's `test_sd_vm_apt_sources` fails on its commit's first
+/// run and passes on the re-run (`sdci-host jobs rerun`); the failed job's page then labels it
+/// "failed — known flaky: passed on <sha> at <time> (job <re-run>)", and its history shows both.
+#[test]
+fn a_test_that_passed_on_a_rerun_of_its_commit_is_labelled_known_flaky_on_the_failed_job() {
+    let Some(w) = world(WorldOptions::default().one_vm()) else {
+        return;
+    };
+    let marks = w.dir().join("flaky-marks");
+    let sha = w.fixture.commit_flaky(&marks, "flaky").unwrap();
+    w.publish(&sha).unwrap();
+    let first = w.push(&sha).unwrap();
+    assert_eq!(wait_terminal(&w, &first)["state"], "failure");
+    let second = w.host_cli(&["jobs", "rerun", &first]).unwrap();
+    let second = second.trim().to_owned();
+    assert_eq!(wait_terminal(&w, &second)["state"], "success");
+    let b = Browser::start(1280, 900).unwrap();
+    b.goto(&format!("{}/jobs/{first}", w.host_url())).unwrap();
+    b.wait_for(
+        "script ready",
+        "return window.sdciReady === true",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let label = b
+        .exec(
+            "const li = document.querySelector(\
+               'section.tests li.test[data-key=\"tests.test_vms_platform::test_sd_vm_apt_sources\"]');\
+             return li ? [li.dataset.flaky || null, (li.querySelector('.flaky') || {}).textContent || null] : null",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(label[0], "1", "{label}");
+    let text = label[1].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "failed — known flaky: passed on {} at ",
+            &sha[..7]
+        )) && text.ends_with(&format!("(job {second})")),
+        "{text}"
+    );
+    b.exec(
+        "document.querySelector('section.tests').scrollIntoView(); return true",
+        &[],
+    )
+    .unwrap();
+    b.screenshot(&shots().join("flaky.png")).unwrap();
+    // The test's page: both runs on this commit, the success newest, flagged flaky.
+    b.exec(
+        "document.querySelector('section.tests li.test a.tname').click(); return true",
+        &[],
+    )
+    .unwrap();
+    b.wait_for(
+        "the test's page",
+        "return document.querySelectorAll('table.runs tbody tr').length === 2",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let runs = b
+        .exec(
+            "return [Array.from(document.querySelectorAll('table.runs tbody tr'))\
+               .map(r => [r.dataset.job, r.dataset.outcome]),\
+               (document.querySelector('dd.flaky') || {}).textContent || null]",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        runs[0],
+        serde_json::json!([[second, "passed"], [first, "failed"]])
+    );
+    assert!(
+        runs[1]
+            .as_str()
+            .unwrap()
+            .starts_with("known flaky: passed on"),
+        "{runs}"
+    );
+}
