@@ -15,6 +15,8 @@
 //! - [`log`]: the job log file and the event stream on stdout.
 //! - [`privilege`]: switching from root to the dom0 user.
 //! - [`service`]: the `sdci.Run` flow; [`launch`]: the `launch` flow.
+//! - [`rerun`]: `sdci-dom0 rerun`, a stage re-run's steps on the tree a provisioned snapshot
+//!   holds (issue 18, contracts §12).
 //! - [`results`]: after the steps, the JUnit files and the failure evidence into
 //!   `results.tar.zst` (contracts §11).
 //! - [`fixture`]: tar and tree generators for tests, the benchmark and fuzzing.
@@ -28,6 +30,7 @@ pub mod job;
 pub mod launch;
 pub mod log;
 pub mod privilege;
+pub mod rerun;
 pub mod results;
 pub mod service;
 pub mod steps;

@@ -22,6 +22,9 @@ enum Command {
     },
     /// Start the dev VM and run `sdci-agent run` there for the job in JOBFILE.
     Launch { jobfile: std::path::PathBuf },
+    /// Run the steps of JOBFILE on the tree already in dom0 (a stage re-run from a provisioned
+    /// snapshot; no agent, no archive).
+    Rerun { jobfile: std::path::PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     let code = match cli.command {
         Command::Run { job_id } => sdci_dom0::service::run(job_id),
         Command::Launch { jobfile } => sdci_dom0::launch::launch(&jobfile),
+        Command::Rerun { jobfile } => sdci_dom0::rerun::rerun(&jobfile),
     };
     std::process::exit(code)
 }

@@ -253,7 +253,7 @@ fn deadline_instant(deadline_unix: u64) -> Option<Instant> {
 
 /// The steps' base environment: the service's own minus everything qrexec set (the caller
 /// influences some of it), plus the job's variables.
-fn base_env(job: &JobFile) -> Vec<(String, String)> {
+pub(crate) fn base_env(job: &JobFile) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| !k.starts_with("QREXEC_") && k != crate::config::CONFIG_ENV)
         .collect();
@@ -276,7 +276,12 @@ fn with_overrides(
     env
 }
 
-fn run_steps(config: &Config, job: &JobFile, log: &mut JobLog) -> Result<(Outcome, String), Error> {
+/// The job's steps in order (also `sdci-dom0 rerun`'s, contracts §12).
+pub(crate) fn run_steps(
+    config: &Config,
+    job: &JobFile,
+    log: &mut JobLog,
+) -> Result<(Outcome, String), Error> {
     let spec = &job.spec;
     let base = base_env(job);
     let total = spec.steps.len();

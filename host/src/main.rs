@@ -136,8 +136,13 @@ enum JobsAction {
     /// Cancel a queued or running job (an ended one is an error).
     Cancel { id: String },
     /// Run a job's commit again: a new job for the same repository, commit, branch and Qubes
-    /// version; prints its id.
-    Rerun { id: String },
+    /// version; prints its id. With `--from test`: only the stages from that one on, from the
+    /// job's provisioned snapshot (on the VM holding it; refused when it is gone).
+    Rerun {
+        id: String,
+        #[arg(long)]
+        from: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -227,8 +232,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("{}", cli::show_json(&cfg, &id)?)
                     }
                     JobsAction::Show { id, .. } => print!("{}", cli::show(&cfg, &id)?),
-                    JobsAction::Rerun { id } => {
-                        let new = cli::rerun(&cfg, &id)?;
+                    JobsAction::Rerun { id, from } => {
+                        let new = match from {
+                            Some(stage) => cli::rerun_from(&cfg, &id, &stage)?,
+                            None => cli::rerun(&cfg, &id)?,
+                        };
                         cli::wake(&cfg).await;
                         println!("{new}");
                     }

@@ -198,6 +198,12 @@ func (w *World) middleware(inner http.Handler) http.Handler {
 				return
 			}
 		}
+		if method.Name == "CreateSnapshot_Task" {
+			noteSnapshotRequest(method, vmName) // stages.go
+		}
+		if method.Name == "AcquireTicket" && w.acquireTicket(rw, r, method) {
+			return
+		}
 		if method.Name == "ReconfigVM_Task" {
 			if w.reconfigVM(rw, r, method, body) {
 				return

@@ -507,6 +507,7 @@ func (h *hook) PutObject(obj mo.Reference) {
 		if st == nil {
 			return
 		}
+		memory := takeSnapshotMemory(st.name) // stages.go
 		orig := task.Execute
 		task.Execute = func(t *simulator.Task) (types.AnyType, types.BaseMethodFault) {
 			res, fault := orig(t)
@@ -521,6 +522,7 @@ func (h *hook) PutObject(obj mo.Reference) {
 				log.Printf("snapshot %s of %s: %v", snap.Value, st.name, err)
 				return nil, &types.SnapshotFault{}
 			}
+			recordSnapshotMemory(snap, memory)
 			return res, nil
 		}
 	case "VirtualMachineSnapshot.revertToSnapshot":
@@ -535,13 +537,18 @@ func (h *hook) PutObject(obj mo.Reference) {
 		}
 		orig := task.Execute
 		task.Execute = func(t *simulator.Task) (types.AnyType, types.BaseMethodFault) {
-			// A snapshot taken without memory reverts to a powered-off VM.
+			// A snapshot taken without memory reverts to a powered-off VM; one with memory
+			// comes back powered on (stages.go).
 			h.w.powerOffNow(st.ref)
 			if err := replaceTree(h.w.snapshotDir(st.name, snap), st.root); err != nil {
 				log.Printf("revert %s to %s: %v", st.name, snap.Value, err)
 				return nil, &types.FileFault{File: st.root}
 			}
-			return orig(t)
+			res, fault := orig(t)
+			if fault == nil && snapshotHasMemory(snap) {
+				h.w.powerOnNow(st.ref)
+			}
+			return res, fault
 		}
 	}
 }

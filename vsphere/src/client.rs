@@ -263,6 +263,50 @@ impl Hypervisor for VsphereClient {
         .await
     }
 
+    async fn create_memory_snapshot(&self, vm: &str, name: &str, description: &str) -> Result<()> {
+        self.with_vm(vm, |m| async move {
+            let args = snapshots::create_args_with(name, description, true);
+            tasks::run(
+                &self.session,
+                "CreateSnapshot_Task",
+                &m,
+                &args,
+                Some((&m, vm)),
+                self.session.timeouts.task(),
+            )
+            .await
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// `AcquireTicket` (`webmks`): the console's WebSocket URL `wss://host:port/ticket/T`
+    /// (the host as vSphere names it, else the connected one).
+    async fn console(&self, vm: &str) -> Result<Option<String>> {
+        self.with_vm(vm, |m| async move {
+            let r = self
+                .session
+                .call(
+                    "AcquireTicket",
+                    &m,
+                    "<ticketType>webmks</ticketType>",
+                    crate::session::Idem::Once,
+                )
+                .await?;
+            let Some(ticket) = r.text_at("returnval/ticket").filter(|t| !t.is_empty()) else {
+                return Ok(None);
+            };
+            let host = r.text_at("returnval/host").unwrap_or("").to_owned();
+            let port = r.text_at("returnval/port").unwrap_or("443").to_owned();
+            Ok(Some(if host.is_empty() {
+                format!("webmks ticket {ticket}")
+            } else {
+                format!("wss://{host}:{port}/ticket/{ticket}")
+            }))
+        })
+        .await
+    }
+
     async fn remove_snapshot(&self, vm: &str, name: &str) -> Result<()> {
         self.with_vm(vm, |m| async move {
             let snap = self.find_snapshot(&m, vm, name).await?;

@@ -95,8 +95,14 @@ pub fn flatten(info: &Element) -> Vec<SnapshotInfo> {
 
 /// Arguments of `CreateSnapshot_Task` (no memory, no quiescing).
 pub fn create_args(name: &str, description: &str) -> String {
+    create_args_with(name, description, false)
+}
+
+/// Arguments of `CreateSnapshot_Task` with or without the VM's memory (never quiesced: a
+/// memory snapshot needs no quiescing, and Qubes' dom0 has no VMware Tools sync driver).
+pub fn create_args_with(name: &str, description: &str, memory: bool) -> String {
     format!(
-        "{}{}<memory>false</memory><quiesce>false</quiesce>",
+        "{}{}<memory>{memory}</memory><quiesce>false</quiesce>",
         crate::soap::el("name", name),
         crate::soap::el("description", description)
     )

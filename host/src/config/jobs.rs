@@ -54,6 +54,10 @@ pub struct JobsConfig {
     /// Steps run in dom0; absent means the built-in defaults (`protocol::job::default_steps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<Step>>,
+    /// The steps grouped into stages (issue 18, `domain::stages`); absent: `provision` through
+    /// `make-dev`, then `test`. Checked against the steps at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Vec<crate::domain::stages::StageSpec>>,
     /// Removed: a job's updates are the update phase (`[updates]`, then a reboot), never steps
     /// in the job file. Kept only to refuse old configs with a message saying so.
     #[serde(default, skip_serializing)]
@@ -133,7 +137,30 @@ impl JobsConfig {
                 return Err("jobs.steps must hold at least one step, each with an argv".into());
             }
         }
+        self.stage_of_steps()?;
         Ok(())
+    }
+
+    /// The configured (or default) stages.
+    pub fn stages(&self) -> Vec<crate::domain::stages::StageSpec> {
+        self.stages
+            .clone()
+            .unwrap_or_else(crate::domain::stages::default_stages)
+    }
+
+    /// The stage of each configured step, in order (checked at load, issue 18). Custom steps
+    /// without the default stages' `make-dev` are one `test` stage (nothing to snapshot).
+    pub fn stage_of_steps(&self) -> Result<Vec<String>, String> {
+        use crate::domain::stages;
+        let steps = self
+            .steps
+            .clone()
+            .unwrap_or_else(sdci_protocol::job::default_steps);
+        let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+        if self.stages.is_none() && !names.contains(&"make-dev") {
+            return Ok(vec![stages::TEST.to_owned(); names.len()]);
+        }
+        stages::assign(&names, &self.stages())
     }
 
     /// What the job file asks dom0 to collect: `None` (the field left out, dom0's defaults)
@@ -187,5 +214,21 @@ mod tests {
         let spec = j.results_spec().unwrap();
         assert_eq!(spec.junit, sdci_protocol::ResultsSpec::default().junit);
         assert_eq!(spec.artifacts, ["a/*.log"]);
+    }
+
+    #[test]
+    fn stages_are_checked_against_the_steps_at_load() {
+        assert!(jobs("").is_ok());
+        let e =
+            jobs("stages = [{ name = \"provision\", through = \"nope\" }, { name = \"test\" }]")
+                .unwrap_err();
+        assert!(
+            e.starts_with("jobs.stages:") && e.contains("\"nope\""),
+            "{e}"
+        );
+        assert!(jobs(
+            "stages = [{ name = \"provision\", through = \"make-clone\" }, { name = \"test\" }]"
+        )
+        .is_ok());
     }
 }

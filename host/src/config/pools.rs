@@ -40,6 +40,20 @@ pub struct PoolConfig {
     /// `golden_snapshot`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scenarios: BTreeMap<String, String>,
+    /// Provisioned snapshots (issue 18) the reconciler keeps in this pool, newest first (the
+    /// newest per branch and any a re-run uses are kept beyond this).
+    #[serde(default = "default_stage_snapshots_max")]
+    pub stage_snapshots_max: usize,
+    /// Hours a provisioned snapshot is kept at most (same exceptions).
+    #[serde(default = "default_stage_snapshots_max_age_hours")]
+    pub stage_snapshots_max_age_hours: u64,
+}
+
+fn default_stage_snapshots_max() -> usize {
+    4
+}
+fn default_stage_snapshots_max_age_hours() -> u64 {
+    72
 }
 
 impl PoolConfig {

@@ -7,6 +7,7 @@
 //! - [`junit`]: JUnit XML read as hostile input into test cases (issue 19).
 //! - [`flakes`]: when a failed test is flaky, and which tests a quarantine entry names.
 //! - [`matrix`]: the tested commit's `.github/sdci.yml` (hostile input) and its cells (issue 20).
+//! - [`stages`]: a job's steps grouped into stages, the provisioned snapshot's name (issue 18).
 //!
 //! Invariant: nothing here performs I/O or depends on another module of the host.
 
@@ -16,6 +17,7 @@ pub mod flakes;
 mod job_state;
 pub mod junit;
 pub mod matrix;
+pub mod stages;
 
 pub use commit::CommitInfo;
 pub use cron::Schedule;

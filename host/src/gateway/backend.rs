@@ -193,6 +193,27 @@ impl Hypervisor for Backends {
         routed!(self, vm, |c| c.remove_snapshot(vm, name))
     }
 
+    async fn create_memory_snapshot(
+        &self,
+        vm: &str,
+        name: &str,
+        description: &str,
+    ) -> HvResult<()> {
+        routed!(self, vm, |c| c.create_memory_snapshot(
+            vm,
+            name,
+            description
+        ))
+    }
+
+    async fn snapshot_bytes(&self, vm: &str, name: &str) -> HvResult<Option<u64>> {
+        routed!(self, vm, |c| c.snapshot_bytes(vm, name))
+    }
+
+    async fn console(&self, vm: &str) -> HvResult<Option<String>> {
+        routed!(self, vm, |c| c.console(vm))
+    }
+
     async fn prune_snapshots(
         &self,
         vm: &str,

@@ -82,8 +82,14 @@ pub fn conclusion(state: JobState, deadline_passed: bool) -> Option<Conclusion> 
 
 /// The buttons of a completed check run. The identifier is what `requested_action` delivers
 /// (`surface::webhook`); the next ones go here (GitHub allows three).
-pub const COMPLETED_ACTIONS: &[(&str, &str, &str)] =
-    &[(RERUN_ACTION, "Re-run", "Run this commit again in a new job")];
+pub const COMPLETED_ACTIONS: &[(&str, &str, &str)] = &[
+    (RERUN_ACTION, "Re-run", "Run this commit again in a new job"),
+    (
+        super::stages::RERUN_TESTS_ACTION,
+        "Re-run tests",
+        "Only the tests, on the provisioned VM",
+    ),
+];
 
 /// The identifier of the "Re-run" action.
 pub const RERUN_ACTION: &str = "rerun";
@@ -115,6 +121,8 @@ pub struct JobReport {
     pub url: String,
     /// The test results (issue 19), when an attempt has them.
     pub tests: Option<super::results::TestsReport>,
+    /// The job's stages, snapshot and re-run links (issue 18), when it has stages.
+    pub stages: Option<super::stages::StagesReport>,
 }
 
 impl JobReport {
@@ -133,6 +141,7 @@ impl JobReport {
         let tests = super::results::report(&hub.store, &hub.cfg, &job)?;
         let mut report = Self {
             tests,
+            stages: super::stages::StagesReport::read(&hub.store, id)?,
             url: format!("{}/jobs/{}", hub.cfg.public_url, job.id),
             job,
             attempts,
@@ -276,7 +285,18 @@ pub fn steps_section(r: &JobReport) -> Option<String> {
     let mut out = format!(
         "### Steps (attempt {attempt})\n\n| # | step | result | duration |\n|---|---|---|---|\n"
     );
+    if let Some(line) = r.stages.as_ref().and_then(|st| st.links_line()) {
+        out.insert_str(0, &line);
+    }
+    let mut stage: Option<&str> = None;
     for s in steps.iter().take(MAX_SUMMARY_STEPS) {
+        // Grouped by stage (issue 18): a row naming the stage before its first step.
+        if let Some(st) = r.stages.as_ref().and_then(|st| st.stage_of(s.step)) {
+            if stage != Some(st) {
+                let _ = writeln!(out, "| | **stage {}** | | |", md_inline(st));
+                stage = Some(st);
+            }
+        }
         let result = match s.status {
             Some(c) if c != 0 && s.timed_out != Some(true) => {
                 format!("{} (exit status {c})", step_outcome(s))
@@ -573,6 +593,11 @@ pub fn request(r: &JobReport, p: &PendingCheck, name: &str) -> CheckRunRequest {
                 text: None,
             });
             req.actions = Some(completed_actions());
+            // "Re-run tests" only while there is a provisioned snapshot (issue 18).
+            if let Some(a) = req.actions.as_mut() {
+                let snapshot = r.stages.as_ref().is_some_and(|s| s.snapshot);
+                a.retain(|a| snapshot || a.identifier != super::stages::RERUN_TESTS_ACTION);
+            }
         }
     }
     req
@@ -746,6 +771,7 @@ mod tests {
     fn report(state: JobState, note: &str, steps: Vec<StepRow>) -> JobReport {
         JobReport {
             tests: None,
+            stages: None,
             job: job(state, note),
             attempts: vec![
                 AttemptRow {

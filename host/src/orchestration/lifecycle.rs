@@ -594,18 +594,25 @@ impl<H: Hypervisor> Orchestrator<H> {
                 qubes_version: j.version.clone().unwrap_or_default(),
                 dev_vm: cfg.dom0.dev_vm.clone(),
                 dev_dir: cfg.dom0.dev_dir.clone(),
-                steps: match super::matrix::job_cell(&self.hub, &j.id) {
-                    // A matrix cell's job (issue 20): its environment and scenario's steps.
-                    Some((_, cell)) => {
-                        super::matrix::steps_for(cfg.steps(), &cell).map_err(|message| {
-                            Fail::Config {
-                                key: "[jobs] steps".into(),
-                                message,
-                            }
-                        })?
-                    }
-                    None => cfg.steps(),
-                },
+                // The stage of each step recorded; a stage re-run gets only its stages' steps
+                // (issue 18).
+                steps: self
+                    .staged_steps(
+                        j,
+                        match super::matrix::job_cell(&self.hub, &j.id) {
+                            // A matrix cell's job (issue 20): its environment and scenario's steps.
+                            Some((_, cell)) => super::matrix::steps_for(cfg.steps(), &cell)
+                                .map_err(|message| Fail::Config {
+                                    key: "[jobs] steps".into(),
+                                    message,
+                                })?,
+                            None => cfg.steps(),
+                        },
+                    )
+                    .map_err(|message| Fail::Config {
+                        key: "[jobs] stages".into(),
+                        message,
+                    })?,
                 deadline_unix: (now as u64) + cfg.deadlines.run_secs,
                 results: cfg.jobs.results_spec(),
             },
@@ -755,7 +762,15 @@ impl<H: Hypervisor> Orchestrator<H> {
         self.advance(id, JobState::Running, "sdci-dom0 launch")?;
         let program = GuestProgram {
             path: cfg.dom0.program.clone(),
-            arguments: format!("launch {}", claim.job.id.dom0_paths().job_file()),
+            // A stage re-run runs its steps on the tree already in dom0 (contracts §12).
+            arguments: format!(
+                "{} {}",
+                match hub.store.rerun_link(id) {
+                    Ok(Some(_)) => "rerun",
+                    _ => "launch",
+                },
+                claim.job.id.dom0_paths().job_file()
+            ),
             env: Vec::new(),
             working_directory: Some(home),
         };
@@ -778,8 +793,9 @@ impl<H: Hypervisor> Orchestrator<H> {
         hub.statuses.notify_one();
         hub.checks.notify_one();
         tracing::info!(pid, "sdci-dom0 launch started");
-        self.run_launch(&claim.job, vm, pid, run_deadline_ms, stop, end)
-            .await
+        // The provisioned snapshot is taken beside the run once `provision` succeeded.
+        let run = self.run_launch(&claim.job, vm, pid, run_deadline_ms, stop, end);
+        self.with_provision_snapshot(&claim.job, vm, run).await
     }
 
     /// From a started (or re-adopted) `launch` to the verdict, the VM powered off.
@@ -834,6 +850,7 @@ impl<H: Hypervisor> Orchestrator<H> {
     /// `launch` exited `code`: dom0's log fetched, the VM powered off at once, the verdict.
     async fn verdict(&self, job: &JobRow, vm: &str, code: i32) -> Result<(JobState, String), Fail> {
         self.fetch_log(vm, &job.id).await;
+        self.read_rerun_events(job, vm).await;
         self.collect_results(vm, &job.id).await;
         let started = Instant::now();
         self.power_off_quietly(vm).await;

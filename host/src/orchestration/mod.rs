@@ -18,6 +18,8 @@
 //! - [`nightly`]: nightly jobs and the schedule loop.
 //! - [`results`]: a job's `results.tar.zst` downloaded after its log, read as hostile input
 //!   into test cases and a list of evidence files (issue 19).
+//! - [`stages`]: a job's stages in its attempt, the provisioned snapshot, a stage re-run's
+//!   steps, the retention of provisioned snapshots (issue 18).
 //! - [`statuses`]: the status outbox drained through the GitHub gateway.
 //! - [`checks`]: the check-run outbox (contracts §10) and what a check run shows.
 //! - [`notifier`]: the Slack outbox.
@@ -36,6 +38,7 @@ pub mod orchestrator;
 pub mod reconcile;
 pub mod results;
 pub mod rotation;
+pub mod stages;
 pub mod statuses;
 pub mod updates;
 pub mod vm_power;

@@ -111,7 +111,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         self.wake_scheduler_at(until + 1);
     }
 
-    fn is_foreign(&self, vm: &str) -> bool {
+    pub(super) fn is_foreign(&self, vm: &str) -> bool {
         let mut f = lock(&self.foreign);
         match f.get(vm) {
             Some(until) if *until > now_ms() => true,

@@ -306,7 +306,14 @@ impl<H: Hypervisor> Orchestrator<H> {
                     .unwrap_or_default()
                     .into_iter()
                     .any(|j| j.vm.as_deref() == Some(&vm.name))
-                    || hub.store.rotation_holds(&vm.name).unwrap_or(false);
+                    || hub.store.rotation_holds(&vm.name).unwrap_or(false)
+                    // A held VM (issue 18) is leased to its ended job, never a stray.
+                    || hub
+                        .store
+                        .holds()
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|h| h.vm == vm.name);
                 if !held {
                     self.power_off_stray(&vm.name).await;
                 }
@@ -383,6 +390,8 @@ impl<H: Hypervisor> Orchestrator<H> {
             Err(e) => tracing::warn!(error = %e, "checking the check runs"),
         }
         self.check_quarantine();
+        // Provisioned snapshots past their pool's retention (issue 18).
+        self.prune_stage_snapshots().await;
         let keep_ms = (hub.cfg.log_retention_days * 86_400_000) as i64;
         if let Ok(old) = hub.store.ended_before(now - keep_ms) {
             for id in old {

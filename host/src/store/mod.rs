@@ -28,6 +28,8 @@
 //! - [`meta`]: `host_meta` (the instance id written into VM leases).
 //! - [`test_results`]: `test_results`, `result_sets`, `result_files` (a job's test cases, the
 //!   notes of reading them, its results archive's members; a test's history by its key).
+//! - [`stages`]: `job_stages`, `stage_snapshots`, `stage_reruns`, `vm_holds`, `hold_requests`
+//!   (issue 18: stages, the provisioned snapshot, re-runs from it, held VMs).
 //!
 //! Invariants:
 //! - No SQL outside this module: the rest of the host calls typed methods on [`Store`].
@@ -52,6 +54,7 @@ mod meta;
 mod outbox;
 mod pages;
 mod schema;
+mod stages;
 mod stats;
 mod test_results;
 mod vms;
@@ -65,6 +68,7 @@ pub use ingest::{Delivery, ForkApproval, Ingest, IngestWriter};
 pub use jobs::{JobRow, NewJob, Transition};
 pub use outbox::{NotifyCounts, NotifyState, PendingStatus, PostState, StatusRow};
 pub use pages::{AttemptRow, JobFilter, JobPage, PoolVm, QueueSpot, StepRow, MAX_PAGE};
+pub use stages::{Hold, RerunFrom, RerunLink, StageSnapshot};
 pub use test_results::{HistoryRow, ResultFile, ResultSet, TestRow};
 pub use vms::{Claim, RotationRun, VmRow};
 

@@ -261,6 +261,51 @@ CREATE TABLE pr_labels (
     PRIMARY KEY (repo, pr, label)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- 11: stages (issue 18). The stage of each step of a job's file; a job's provisioned snapshot
+-- (the VM holding it, its size when known, when the retention removed it); a re-run from a
+-- stage (its origin, the snapshot and the VM it is pinned to); held VMs and hold requests.
+CREATE TABLE job_stages (
+    job_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    PRIMARY KEY (job_id, step)
+) WITHOUT ROWID;
+CREATE TABLE stage_snapshots (
+    job_id TEXT PRIMARY KEY,
+    vm TEXT NOT NULL,
+    version TEXT NOT NULL,
+    branch TEXT,
+    name TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    bytes INTEGER,
+    removed_ms INTEGER
+) WITHOUT ROWID;
+CREATE TABLE stage_reruns (
+    job_id TEXT PRIMARY KEY,
+    origin TEXT NOT NULL,
+    from_stage TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    vm TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX stage_reruns_by_origin ON stage_reruns(origin);
+CREATE TABLE vm_holds (
+    vm TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    who TEXT NOT NULL,
+    automatic INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    console TEXT
+) WITHOUT ROWID;
+CREATE TABLE hold_requests (
+    job_id TEXT PRIMARY KEY,
+    who TEXT NOT NULL,
+    secs INTEGER NOT NULL,
+    requested_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Refuses a database whose schema is not exactly this binary's, without changing it (the CLI:

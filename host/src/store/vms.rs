@@ -199,11 +199,15 @@ impl Store {
                     |r| r.get(0),
                 )?;
                 let untried = free.iter().find(|v| !failed.contains(v));
-                let vm = match untried {
-                    Some(v) => v.clone(),
+                // A stage re-run runs only on the VM holding its snapshot (issue 18).
+                let pinned = super::stages::pinned_vm(tx, job.id.as_str())?;
+                let vm = match (untried, pinned) {
+                    (_, Some(p)) if free.contains(&p) => p,
+                    (_, Some(_)) => continue,
+                    (Some(v), None) => v.clone(),
                     // Every pool VM was tried: any free one will do.
-                    None if failed.len() >= pool_size => free[0].clone(),
-                    None => continue,
+                    (None, None) if failed.len() >= pool_size => free[0].clone(),
+                    (None, None) => continue,
                 };
                 let now = now_ms();
                 let attempt = job.attempts + 1;

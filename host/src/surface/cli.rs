@@ -285,6 +285,21 @@ pub fn rerun(cfg: &Config, id: &str) -> Result<JobId> {
     }
 }
 
+/// `sdci-host jobs rerun ID --from STAGE` (issue 18): a new job that reverts the VM holding
+/// job `id`'s provisioned snapshot and runs only the stages from `from` on; refused (saying
+/// why, offering the full run) when that snapshot is gone.
+pub fn rerun_from(cfg: &Config, id: &str, from: &str) -> Result<JobId> {
+    let who = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "an operator".into());
+    let why = format!("sdci-host jobs rerun --from {from} by {}", term_safe(&who));
+    match super::reruns::rerun_from(&open(cfg)?, None, id, from, &why)? {
+        super::reruns::Answer::Queued(j) => Ok(j),
+        super::reruns::Answer::Refused(text) => Err(HostError::Invalid(term_safe(&text))),
+        _ => Err(HostError::NoSuchJob(id.to_owned())),
+    }
+}
+
 /// `sdci-host vms`: the pools as the store knows them.
 pub fn vms(cfg: &Config) -> Result<String> {
     let store = open(cfg)?;

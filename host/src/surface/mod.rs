@@ -6,6 +6,8 @@
 //! - [`web`]: job pages, `POST /api/v1/wake`.
 //! - [`metrics`]: Prometheus `/metrics`; [`health`]: `/healthz`.
 //! - [`cli`]: the subcommands other than `serve`, on the store file directly.
+//! - [`reruns`]: a re-run from a stage (issue 18), the one rule behind the CLI, the check
+//!   run's "Re-run tests" and the job page.
 //! - [`check_config`]: `sdci-host check-config [--connect]`.
 //!
 //! Boundary: a surface parses and checks what it is given, then calls the store, the hub or the
@@ -17,5 +19,6 @@ pub mod commands;
 pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod reruns;
 pub mod web;
 pub mod webhook;

@@ -72,7 +72,10 @@ pub enum RerunTarget {
 
 /// The buttons of a check run that re-run its job (`orchestration::checks` puts them there);
 /// more actions get their own arm in [`decide`].
-const RERUN_ACTIONS: &[&str] = &[crate::orchestration::checks::RERUN_ACTION];
+const RERUN_ACTIONS: &[&str] = &[
+    crate::orchestration::checks::RERUN_ACTION,
+    crate::orchestration::stages::RERUN_TESTS_ACTION,
+];
 
 #[derive(Deserialize)]
 struct CheckRunEvent {
@@ -496,6 +499,39 @@ async fn rerun(
     let why = format!("{} by {sender}", spec.what);
     let result = match &spec.target {
         RerunTarget::Job { id, sha } => match hub.store.job(id) {
+            // "Re-run tests" (issue 18): only the test stage, from the provisioned snapshot.
+            Ok(Some(j))
+                if j.repo == spec.repo
+                    && &j.sha == sha
+                    && spec
+                        .what
+                        .ends_with(crate::orchestration::stages::RERUN_TESTS_ACTION) =>
+            {
+                use crate::surface::reruns::{rerun_from, Answer};
+                let stage = crate::domain::stages::TEST;
+                return match rerun_from(&hub.store, delivery, id, stage, &why) {
+                    Ok(Answer::Queued(new)) => {
+                        tracing::info!(what = %spec.what, %sender, job = %new, "re-run of the tests queued");
+                        hub.wake_all();
+                        (StatusCode::ACCEPTED, format!("queued job {new}"))
+                    }
+                    Ok(Answer::Refused(text)) => {
+                        tracing::warn!(what = %spec.what, %sender, %text, "re-run of the tests refused");
+                        (StatusCode::OK, format!("ignored: {text}"))
+                    }
+                    Ok(Answer::DuplicateDelivery) => {
+                        (StatusCode::OK, "duplicate delivery: nothing new".into())
+                    }
+                    Ok(Answer::NoSuchJob) => (StatusCode::OK, "ignored: no job to re-run".into()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "storing a re-run failed");
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "could not store the re-run; redeliver it".into(),
+                        )
+                    }
+                };
+            }
             Ok(Some(j)) if j.repo == spec.repo && &j.sha == sha => {
                 hub.store.rerun_job(delivery, event, id, &why)
             }

@@ -287,6 +287,8 @@ pub struct MemoryHv {
     pub dirs: Mutex<HashMap<String, std::collections::HashSet<String>>>,
     next_pid: Mutex<i64>,
     pub changed: Notify,
+    /// (VM, snapshot) taken with memory: a revert to one comes back powered on (issue 18).
+    pub memory_snapshots: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl MemoryHv {
@@ -369,8 +371,27 @@ impl Hypervisor for MemoryHv {
     async fn snapshots(&self, _vm: &str) -> R<Vec<SnapshotInfo>> {
         Ok(vec![])
     }
-    async fn revert(&self, vm: &str, _snapshot: &str) -> R<()> {
-        self.set_power(vm, PowerState::Off)
+    async fn revert(&self, vm: &str, snapshot: &str) -> R<()> {
+        let memory = self
+            .memory_snapshots
+            .lock()
+            .unwrap()
+            .contains(&(vm.to_owned(), snapshot.to_owned()));
+        self.set_power(
+            vm,
+            if memory {
+                PowerState::On
+            } else {
+                PowerState::Off
+            },
+        )
+    }
+    async fn create_memory_snapshot(&self, vm: &str, n: &str, _d: &str) -> R<()> {
+        self.memory_snapshots
+            .lock()
+            .unwrap()
+            .insert((vm.to_owned(), n.to_owned()));
+        Ok(())
     }
     async fn create_snapshot(&self, _vm: &str, _n: &str, _d: &str) -> R<()> {
         Ok(())

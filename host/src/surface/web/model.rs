@@ -144,6 +144,8 @@ pub struct JobDetail {
     pub cancel_requested: Option<String>,
     /// The test results of the newest attempt that has them (issue 19).
     pub tests: Option<super::results::TestsView>,
+    /// Its stages, provisioned snapshot and re-run links both ways (issue 18).
+    pub stages: Option<crate::orchestration::stages::StagesReport>,
 }
 
 /// Pretty JSON that is safe to print in a terminal: besides what JSON escapes anyway (C0
@@ -459,6 +461,7 @@ pub fn job_detail(
         history,
         cancel_requested: j.cancel_requested.clone(),
         tests: super::results::tests_view(store, cfg, &j)?,
+        stages: crate::orchestration::stages::StagesReport::read(store, j.id.as_str())?,
     }))
 }
 

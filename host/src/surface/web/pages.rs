@@ -175,7 +175,11 @@ fn attempt_section(
             }
             @if let Some(r) = &a.reason { p.reason { (r) } }
             @if let Some(e) = &a.error { p.error { (e) } }
-            ol.steps { @for s in &a.steps { (step_item(s, &prefix, failing, step_tail)) } }
+            ol.steps { @for (i, s) in a.steps.iter().enumerate() {
+                // Grouped by stage (issue 18): a heading before each stage's first step.
+                @if let Some(st) = stage_heading(d, a, i) { li.stage { "Stage " strong { (st) } } }
+                (step_item(s, &prefix, failing, step_tail))
+            } }
             @if let Some(log) = &a.log {
                 div.logtools {
                     a href=(log.raw_url) { "Raw" } " · "
@@ -201,6 +205,31 @@ fn attempt_section(
             } @else {
                 p.nolog { "No log was kept for this attempt." }
             }
+        }
+    }
+}
+
+/// The stage whose first step is step `i` of attempt `a`, if it starts a stage.
+fn stage_heading<'a>(d: &'a JobDetail, a: &AttemptView, i: usize) -> Option<&'a str> {
+    let st = d.stages.as_ref()?;
+    let of = |k: usize| st.stage_of(a.steps.get(k)?.number.checked_sub(1)?);
+    let this = of(i)?;
+    (i == 0 || of(i - 1) != Some(this)).then_some(this)
+}
+
+/// The stage facts (issue 18): the re-run's origin, the re-runs of this job, its snapshot.
+fn stage_facts(d: &JobDetail) -> Markup {
+    let Some(st) = &d.stages else { return html! {} };
+    let id = &d.job.id;
+    html! {
+        @if let Some((o, from)) = &st.origin {
+            dt { "Re-run of" } dd.rerunof { a href={ "/jobs/" (o) } { code { (o) } } " from stage " (from) " (its provisioned snapshot)" }
+        }
+        @if !st.reruns.is_empty() {
+            dt { "Re-runs" } dd.reruns { @for r in &st.reruns { a href={ "/jobs/" (r) } { code { (r) } } " " } }
+        }
+        @if st.snapshot && st.origin.is_none() {
+            dt { "Provisioned" } dd.provisioned { "snapshot kept; re-run the tests: " code { "sdci-host jobs rerun " (id) " --from test" } }
         }
     }
 }
@@ -238,6 +267,7 @@ fn facts(d: &JobDetail) -> Markup {
             }
             @if let Some(n) = &j.note { dt { "Note" } dd.note { (n) } }
             @if let Some(c) = &d.cancel_requested { dt { "Cancel" } dd { (c) } }
+            (stage_facts(d))
         }
     }
 }
