@@ -954,7 +954,10 @@ mod tests {
     fn without_the_manifest_first_nothing_is_used_and_unlisted_or_resized_members_are_skipped() {
         let d = tempfile::tempdir().unwrap();
         let junit: (&[u8], u8, Vec<u8>) = (b"junit/1.xml", b'0', JUNIT.into());
-        let r = read_archive(&raw_archive(d.path(), &[junit.clone()]), &limits());
+        let r = read_archive(
+            &raw_archive(d.path(), std::slice::from_ref(&junit)),
+            &limits(),
+        );
         assert!(r.cases.is_empty() && r.files.is_empty());
         assert!(
             r.notes[0].contains("first member is not manifest.json"),
