@@ -643,3 +643,39 @@ async fn make_directory_creates_missing_parents_and_an_existing_directory_is_suc
     assert_eq!(kind(&e), "InvalidGuestLogin", "{e}");
     assert_eq!(e.class(), ErrorClass::GiveUp);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_screenshot_of_a_running_vm_is_a_png_from_its_datastore_and_an_off_vm_has_none() {
+    // The VM in the second datacenter: the datastore GET needs its datacenter (`dcPath`).
+    let sim = VsphereSim::start(
+        SimOptions::vcenter()
+            .tls(true)
+            .vms(vec![vm("Qubes_4.2_a"), vm("Qubes_4.2_b").datacenter(1)]),
+    )
+    .unwrap();
+    let c = connect(&sim).await;
+    let dest = std::env::temp_dir().join(format!("sdci-console-{}.png", std::process::id()));
+    let e = c
+        .screenshot("Qubes_4.2_b", &dest, 1 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&e), "InvalidPowerState", "{e:?}");
+    c.power_on("Qubes_4.2_b").await.unwrap();
+    let got = c
+        .screenshot("Qubes_4.2_b", &dest, 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    let png = std::fs::read(&dest).unwrap();
+    assert_eq!(got.bytes, png.len() as u64);
+    assert!(!got.truncated);
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    // Capped: a smaller limit cuts the download and says so.
+    let cut = c
+        .screenshot("Qubes_4.2_b", &dest, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((cut.bytes, cut.truncated), (100, true));
+    let _ = std::fs::remove_file(&dest);
+}
