@@ -9,7 +9,7 @@
 # For the end-to-end job in a guest (`sdci_tests::libvirt_world`) the root also carries this
 # machine's Debian userland the job's programs use — bash, make, GNU tar and coreutils,
 # findutils, grep, sed, util-linux mount/unshare, Python 3 with its standard library (the
-# Qubes stand-ins), git with its HTTP transport — with their shared libraries, and the kernel
+# Qubes stand-ins), git with its HTTP transport, the CA bundle — with their shared libraries, and the kernel
 # modules for a virtio NIC and overlayfs. Network: only what a domain's restricted user network
 # forwards (`sdci_libvirt::UserNet`); the guest sets up `10.0.2.15/24` when it has a NIC.
 # A world disk: `sdci.world=PATH` on the kernel command line mounts `/dev/vdb` at PATH and runs
@@ -33,7 +33,7 @@ if [ "${1:-}" = "--recipe" ]; then
     echo "$p $(apt-cache policy "$p" | awk '/Candidate:/{print $2}')"
   done
   for p in util-linux libpam-modules libglib2.0-0 libc6 bash dash make tar coreutils findutils \
-           grep sed mount "$PY-minimal" "lib$PY-stdlib" git libgcc-s1; do
+           grep sed mount "$PY-minimal" "lib$PY-stdlib" git libgcc-s1 ca-certificates; do
     echo "$p $(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo none)"
   done
   exit 0
@@ -122,6 +122,10 @@ tar -C / --exclude="$PY/test" --exclude="$PY/idlelib" --exclude="$PY/tkinter" \
     --exclude="$PY/turtledemo" --exclude="$PY/ensurepip" --exclude='*/tests' \
     --exclude="$PY/config-*" -cf - "usr/lib/$PY" | tar -C $r -xf -
 cp -L /usr/lib/os-release $r/etc/os-release
+# The CA bundle: sdci-agent's GitHub client (octocrab over rustls with the system's roots)
+# cannot be built without one, even for the stand-in's http:// base.
+mkdir -p $r/etc/ssl/certs
+cp -L /etc/ssl/certs/ca-certificates.crt $r/etc/ssl/certs/ca-certificates.crt
 # What the workspace's Rust binaries (sdci-dom0, sdci-agent, copied in per test world) link.
 for lib in /lib/x86_64-linux-gnu/libgcc_s.so.1 /lib/x86_64-linux-gnu/libm.so.6; do
   mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"

@@ -282,6 +282,10 @@ fn a_superseding_push_ends_the_queued_job_in_error_superseded(w: &mut dyn JobWor
     let b = w.commit(TestMode::Pass, "b").unwrap();
     let id_b = w.push(&b).unwrap();
     assert_eq!(w.job(&id_b).unwrap().state, "queued");
+    // B's cells are known (its matrix read) and GitHub shows it queued before C arrives; a job
+    // superseded before that posts only its end (host/tests/scheduler.rs).
+    w.wait_statuses(&b, 1, w.patience(Duration::from_secs(30)))
+        .unwrap();
     let c = w.commit(TestMode::Pass, "c").unwrap();
     let id_c = w.push(&c).unwrap();
 
