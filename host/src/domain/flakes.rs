@@ -101,33 +101,11 @@ pub fn assess(this: &Run, history: &[Run], rule: &FlakeRule) -> Option<Flaky> {
 /// name after the last `::`, or a pattern with `*` (any run of characters) over the key.
 pub fn quarantined(entry: &str, key: &str) -> bool {
     if entry.contains('*') {
-        return glob(entry, key);
+        return super::pattern::star_match(entry, key);
     }
     entry == key || key.rsplit_once("::").is_some_and(|(_, n)| n == entry)
 }
 
-/// `*` matches any run of characters; everything else itself. Linear (two-pointer) matching.
-fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
 
 #[cfg(test)]
 mod tests {

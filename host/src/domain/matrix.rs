@@ -22,6 +22,7 @@
 //! refuse an anchor at its first byte and keep every key's line for its error. Scalars stay the
 //! text that was written, so `4.10` is the version `4.10` (YAML 1.2 would read the float 4.1).
 
+use super::pattern::star_match;
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use std::fmt;
 
@@ -150,7 +151,7 @@ impl Cell {
     /// [`Selector`]s, decided by the caller).
     pub fn runs_on(&self, trigger: &Trigger<'_>) -> bool {
         match trigger {
-            Trigger::Push { branch } => self.on.push.iter().any(|p| glob(p, branch)),
+            Trigger::Push { branch } => self.on.push.iter().any(|p| star_match(p, branch)),
             Trigger::PullRequest => self.on.pull_request,
             Trigger::Label { name } => self.on.labels.iter().any(|l| l == name),
             Trigger::Nightly => self.on.nightly,
@@ -174,25 +175,6 @@ pub enum Trigger<'a> {
     Manual,
 }
 
-/// `*` stands for any run of characters (the same rule as the host's branch filters).
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
 
 impl Matrix {
     /// The one-cell matrix of a version (`sdci-host run`, tests): that version × [`DEFAULT_ENV`].

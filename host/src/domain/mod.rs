@@ -6,6 +6,7 @@
 //! - [`cron`]: 5-field cron schedules in UTC or a fixed offset, parsed once at load.
 //! - [`junit`]: JUnit XML read as hostile input into test cases (issue 19).
 //! - [`flakes`]: when a failed test is flaky, and which tests a quarantine entry names.
+//! - [`pattern`]: the one `*` wildcard rule (branch filters, matrix branches, quarantine).
 //! - [`matrix`]: the tested commit's `.github/sdci.yml` (hostile input) and its cells (issue 20).
 //! - [`stages`]: a job's steps grouped into stages, the provisioned snapshot's name (issue 18).
 //!
@@ -17,6 +18,7 @@ pub mod flakes;
 mod job_state;
 pub mod junit;
 pub mod matrix;
+pub mod pattern;
 pub mod stages;
 
 pub use commit::CommitInfo;
