@@ -106,7 +106,6 @@ pub fn quarantined(entry: &str, key: &str) -> bool {
     entry == key || key.rsplit_once("::").is_some_and(|(_, n)| n == entry)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
