@@ -175,7 +175,6 @@ pub enum Trigger<'a> {
     Manual,
 }
 
-
 impl Matrix {
     /// The one-cell matrix of a version (`sdci-host run`, tests): that version × [`DEFAULT_ENV`].
     pub fn plain(version: &str) -> Self {

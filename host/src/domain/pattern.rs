@@ -33,7 +33,10 @@ mod tests {
         assert!(star_match("*", ""));
         assert!(star_match("release/*", "release/2.0"));
         assert!(star_match("*-ci*", "x-ci-y"));
-        assert!(star_match("tests::*::test_apt*", "tests::sd_vm::test_apt_sources"));
+        assert!(star_match(
+            "tests::*::test_apt*",
+            "tests::sd_vm::test_apt_sources"
+        ));
         assert!(!star_match("release/*", "main"));
     }
 

@@ -234,7 +234,6 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     )
 }
 
-
 /// The repository and commit of a payload, parsed once (`what` names the event in the error).
 fn ids(repo: &str, sha: &str, what: &str) -> Result<(RepoName, CommitSha), String> {
     match (repo.parse::<RepoName>(), sha.parse::<CommitSha>()) {
