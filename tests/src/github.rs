@@ -12,7 +12,7 @@
 //! | `GET /repos/{o}/{r}/collaborators/{user}/permission` | any token of the repository (`metadata: read`, which every installation token has); the level set with [`GitHub::set_permission`]; an unknown user is `404` |
 //! | `POST /app/installations/{id}/access_tokens` | RS256 JWT (signature, `iss` = app id, `exp` in the future and at most 10 minutes after `iat`); body: `repositories` (names of registered repos), `repository_ids`, `permissions` (`read`/`write`/`admin`) |
 //! | `DELETE /installation/token` | an installation token (not a PAT, not a JWT: `401`/`403` as GitHub); no body; `204`, after which the token answers `401 Bad credentials` everywhere |
-//! | `GET /{o}/{r}.git/...` | git from a registered repository, Basic auth with a token that may read contents |
+//! | `GET`/`POST /{o}/{r}.git/...` | git over smart HTTP ([`git_http`], the real `git http-backend`; dumb HTTP with [`GitHub::serve_git_dumb`]) from a registered repository, Basic auth with a token that may read contents |
 //!
 //! Every API answer carries GitHub's headers: `Content-Type: application/json; charset=utf-8`,
 //! `X-GitHub-Request-Id`, `X-GitHub-Api-Version-Selected`, `X-GitHub-Media-Type`,
