@@ -143,6 +143,15 @@ enum JobsAction {
         #[arg(long)]
         from: Option<String>,
     },
+    /// Keep the job's VM powered on when it ends (or extend the hold of an ended one), out of
+    /// dispatch, for debugging; default 4h.
+    Hold {
+        id: String,
+        #[arg(long = "for")]
+        for_: Option<String>,
+    },
+    /// End a job's hold now: its VM is powered off.
+    Release { id: String },
 }
 
 #[derive(Subcommand)]
@@ -232,6 +241,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("{}", cli::show_json(&cfg, &id)?)
                     }
                     JobsAction::Show { id, .. } => print!("{}", cli::show(&cfg, &id)?),
+                    JobsAction::Hold { id, for_ } => {
+                        println!("{}", cli::hold(&cfg, &id, for_.as_deref())?);
+                        cli::wake(&cfg).await;
+                    }
+                    JobsAction::Release { id } => {
+                        println!("{}", cli::release(&cfg, &id)?);
+                        cli::wake(&cfg).await;
+                    }
                     JobsAction::Rerun { id, from } => {
                         let new = match from {
                             Some(stage) => cli::rerun_from(&cfg, &id, &stage)?,

@@ -47,6 +47,34 @@ pub struct PoolConfig {
     /// Hours a provisioned snapshot is kept at most (same exceptions).
     #[serde(default = "default_stage_snapshots_max_age_hours")]
     pub stage_snapshots_max_age_hours: u64,
+    /// Keep a job's VM powered on after it ends, out of dispatch, for debugging (issue 18):
+    /// `off`, `failure` (a job that failed) or `always`. `sdci-host jobs hold ID` asks for one
+    /// job whatever this says.
+    #[serde(default)]
+    pub hold_on_failure: HoldOn,
+    /// How long a hold lasts unless extended or released, seconds (default 4 h).
+    #[serde(default = "default_hold_secs")]
+    pub hold_secs: u64,
+    /// An automatic hold ends early once the pool has had queued jobs for this long, seconds.
+    #[serde(default = "default_hold_grace_secs")]
+    pub hold_grace_secs: u64,
+}
+
+/// When a pool holds a job's VM after its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldOn {
+    #[default]
+    Off,
+    Failure,
+    Always,
+}
+
+fn default_hold_secs() -> u64 {
+    4 * 3600
+}
+fn default_hold_grace_secs() -> u64 {
+    900
 }
 
 fn default_stage_snapshots_max() -> usize {

@@ -364,6 +364,10 @@ impl<H: Hypervisor> Orchestrator<H> {
                 // A failed cell of a `fail_fast` matrix cancels its commit's other cells.
                 super::matrix::fail_fast(hub, job, state);
                 hub.metrics.count(&format!("jobs_{}", state.as_str()));
+                // A VM kept on for debugging (issue 18): held, out of dispatch, with a TTL.
+                if let Some(plan) = self.hold_plan(job, state == JobState::Failure) {
+                    self.begin_hold(job, vm, plan).await;
+                }
             }
             Err(_) if lost.is_some() => {
                 let why = lost.unwrap_or_default();
@@ -852,11 +856,15 @@ impl<H: Hypervisor> Orchestrator<H> {
         self.fetch_log(vm, &job.id).await;
         self.read_rerun_events(job, vm).await;
         self.collect_results(vm, &job.id).await;
-        let started = Instant::now();
-        self.power_off_quietly(vm).await;
-        self.hub
-            .metrics
-            .observe_phase("power_off", started.elapsed().as_secs_f64());
+        // A held VM (issue 18) stays on; `conclude` records the hold once the job has ended.
+        let verdict_reached = matches!(code, 0 | 1);
+        if !(verdict_reached && self.hold_plan(job, code == 1).is_some()) {
+            let started = Instant::now();
+            self.power_off_quietly(vm).await;
+            self.hub
+                .metrics
+                .observe_phase("power_off", started.elapsed().as_secs_f64());
+        }
         // Only a deliberate 0 or 1 decides the project's verdict (protocol's table).
         match Outcome::from_exit_code(code) {
             Outcome::Success => Ok((JobState::Success, "all steps passed".to_owned())),

@@ -13,6 +13,7 @@
 //!   fallback, power off quietly), written once.
 //! - [`dom0_script`]: commands run in dom0 through guest operations, their output in dom0's log.
 //! - [`updates`]: a job's update phase (Qubes updates, then a reboot).
+//! - [`holds`]: a job's VM held on after its end for debugging, with a TTL (issue 18).
 //! - [`reconcile`]: start-up and periodic repair.
 //! - [`rotation`]: golden-snapshot rotation (`save` and its schedules).
 //! - [`nightly`]: nightly jobs and the schedule loop.
@@ -29,6 +30,7 @@
 
 pub mod checks;
 pub mod dom0_script;
+pub mod holds;
 pub mod leases;
 pub mod lifecycle;
 pub mod matrix;

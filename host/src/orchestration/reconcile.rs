@@ -392,6 +392,8 @@ impl<H: Hypervisor> Orchestrator<H> {
         self.check_quarantine();
         // Provisioned snapshots past their pool's retention (issue 18).
         self.prune_stage_snapshots().await;
+        // Holds past their time, released, or in the way of queued jobs (issue 18).
+        self.expire_holds().await;
         let keep_ms = (hub.cfg.log_retention_days * 86_400_000) as i64;
         if let Ok(old) = hub.store.ended_before(now - keep_ms) {
             for id in old {

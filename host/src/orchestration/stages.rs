@@ -362,6 +362,8 @@ pub struct StagesReport {
     pub origin: Option<(String, String)>,
     /// The stage re-runs started from this job's snapshot.
     pub reruns: Vec<String>,
+    /// Its VM, held after the job for debugging (`orchestration::holds`).
+    pub hold: Option<crate::store::Hold>,
 }
 
 impl StagesReport {
@@ -373,7 +375,8 @@ impl StagesReport {
             .map(|(_, _, s)| s)
             .collect();
         let origin = store.rerun_link(id)?.map(|l| (l.origin, l.from_stage));
-        if of_steps.is_empty() && origin.is_none() {
+        let hold = store.hold_of_job(id)?;
+        if of_steps.is_empty() && origin.is_none() && hold.is_none() {
             return Ok(None);
         }
         let snap_of = origin.as_ref().map_or(id, |(o, _)| o.as_str());
@@ -382,6 +385,7 @@ impl StagesReport {
             snapshot: store.stage_snapshot(snap_of)?.is_some(),
             origin,
             reruns: store.reruns_of(id)?,
+            hold,
         }))
     }
 

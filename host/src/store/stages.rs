@@ -57,7 +57,7 @@ pub struct RerunLink {
 }
 
 /// A held VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Hold {
     pub vm: String,
     pub job_id: String,

@@ -340,7 +340,27 @@ pub fn vms(cfg: &Config) -> Result<String> {
             opt_safe(vm.last_error.as_deref(), "")
         );
     }
+    // Holds and provisioned snapshots (issue 18).
+    let pools: Vec<String> = cfg.pools.keys().cloned().collect();
+    out.push_str(&term_safe(&super::holds::vms_lines(&store, &pools)?));
     Ok(out)
+}
+
+/// `sdci-host jobs hold ID [--for DUR]` (issue 18).
+pub fn hold(cfg: &Config, id: &str, for_: Option<&str>) -> Result<String> {
+    let secs = match for_ {
+        Some(t) => super::holds::parse_for(t).map_err(HostError::Invalid)?,
+        None => 4 * 3600,
+    };
+    let who = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "an operator".into());
+    super::holds::hold(&open(cfg)?, id, secs, &term_safe(&who))
+}
+
+/// `sdci-host jobs release ID` (issue 18).
+pub fn release(cfg: &Config, id: &str) -> Result<String> {
+    super::holds::release(&open(cfg)?, id)
 }
 
 /// `sdci-host vms unquarantine NAME`.

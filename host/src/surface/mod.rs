@@ -8,6 +8,7 @@
 //! - [`cli`]: the subcommands other than `serve`, on the store file directly.
 //! - [`reruns`]: a re-run from a stage (issue 18), the one rule behind the CLI, the check
 //!   run's "Re-run tests" and the job page.
+//! - [`holds`]: `jobs hold|release`, and the holds and provisioned snapshots `vms` shows.
 //! - [`check_config`]: `sdci-host check-config [--connect]`.
 //!
 //! Boundary: a surface parses and checks what it is given, then calls the store, the hub or the
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod commands;
 pub mod events;
 pub mod health;
+pub mod holds;
 pub mod metrics;
 pub mod reruns;
 pub mod web;

@@ -228,6 +228,13 @@ fn stage_facts(d: &JobDetail) -> Markup {
         @if !st.reruns.is_empty() {
             dt { "Re-runs" } dd.reruns { @for r in &st.reruns { a href={ "/jobs/" (r) } { code { (r) } } " " } }
         }
+        @if let Some(h) = &st.hold {
+            dt { "Held" } dd.hold {
+                "VM " code { (h.vm) } " kept on by " (h.who) " until " (time(h.until_ms))
+                @if let Some(c) = &h.console { "; console " code { (c) } }
+                "; " code { "sdci-host jobs release " (id) } " ends it, " code { "jobs hold " (id) " --for 4h" } " extends it"
+            }
+        }
         @if st.snapshot && st.origin.is_none() {
             dt { "Provisioned" } dd.provisioned { "snapshot kept; re-run the tests: " code { "sdci-host jobs rerun " (id) " --from test" } }
         }

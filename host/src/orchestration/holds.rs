@@ -1,0 +1,211 @@
+//! Holding a job's VM after its end, for debugging (issue 18): per pool (`hold_on_failure =
+//! "off" | "failure" | "always"`) or on request (`sdci-host jobs hold ID [--for 4h]`). A held
+//! VM stays powered on, keeps the ended job in `vms.job_id` (so no claim takes it and the
+//! reconciler treats it as leased, never as a stray), and shows who asked, until when and how to
+//! reach it (VM name, the hypervisor's console ticket when it gives one). The hold ends at its
+//! TTL, on `jobs release ID` (the TTL set to now), or — for an automatic hold — once the pool has
+//! queued jobs and the grace passed; then the VM is powered off as any job's VM is (the next
+//! job's revert discards its disk).
+//!
+//! Invariants:
+//! - Only a job that reached a verdict (success/failure) is held: an infrastructure error
+//!   (the VM's fault, retried elsewhere) or a stop never is.
+//! - The decision is one pure function of the job's end, the pool's setting and the request
+//!   ([`decide`]), made once in the verdict (the VM stays on) and once after the store ended the
+//!   job (the hold recorded); both see the same inputs.
+//! - A hold survives a host restart (it is a row in the store); expiry is the reconciler's.
+
+use super::Orchestrator;
+use crate::config::{HoldOn, PoolConfig};
+use crate::store::Hold;
+use sdci_vsphere::Hypervisor;
+
+/// Who asked, for how long, automatic or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldPlan {
+    pub who: String,
+    pub secs: u64,
+    pub automatic: bool,
+}
+
+/// Whether a job that ended with `failed` (`true`: a step failed) is held: an explicit request
+/// wins; else the pool's setting.
+pub fn decide(
+    pool: Option<&PoolConfig>,
+    requested: Option<(String, u64)>,
+    failed: bool,
+) -> Option<HoldPlan> {
+    if let Some((who, secs)) = requested {
+        // Withdrawn (`jobs release` before the end): no hold at all.
+        if secs == 0 {
+            return None;
+        }
+        return Some(HoldPlan {
+            who,
+            secs,
+            automatic: false,
+        });
+    }
+    let pool = pool?;
+    let on = match pool.hold_on_failure {
+        HoldOn::Off => false,
+        HoldOn::Failure => failed,
+        HoldOn::Always => true,
+    };
+    on.then(|| HoldPlan {
+        who: format!(
+            "the pool (hold_on_failure = \"{}\")",
+            match pool.hold_on_failure {
+                HoldOn::Always => "always",
+                _ => "failure",
+            }
+        ),
+        secs: pool.hold_secs,
+        automatic: true,
+    })
+}
+
+/// A hold's remaining time, for people: `3h 59m`, `12m`, `expired`.
+pub fn left(until_ms: i64, now: i64) -> String {
+    let s = (until_ms - now) / 1000;
+    if s <= 0 {
+        return "expired".into();
+    }
+    match (s / 3600, (s % 3600) / 60) {
+        (0, m) => format!("{}m", m.max(1)),
+        (h, m) => format!("{h}h {m}m"),
+    }
+}
+
+impl<H: Hypervisor> Orchestrator<H> {
+    /// The hold plan for job `job` ending with `failed`, if any.
+    pub(super) fn hold_plan(&self, job: &crate::store::JobRow, failed: bool) -> Option<HoldPlan> {
+        let version = job.version.clone().unwrap_or_default();
+        let requested = self.hub.store.hold_request(job.id.as_str()).ok().flatten();
+        decide(self.hub.cfg.pools.get(&version), requested, failed)
+    }
+
+    /// After the store ended job `job` on `vm`: records the hold the verdict kept the VM on for.
+    pub(super) async fn begin_hold(&self, job: &crate::store::JobRow, vm: &str, plan: HoldPlan) {
+        let hub = &self.hub;
+        let now = crate::now_ms();
+        let console = match self.hv.console(vm).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%vm, error = %e, "no console ticket");
+                None
+            }
+        };
+        let hold = Hold {
+            vm: vm.to_owned(),
+            job_id: job.id.to_string(),
+            who: plan.who.clone(),
+            automatic: plan.automatic,
+            until_ms: now + (plan.secs as i64) * 1000,
+            created_ms: now,
+            console,
+        };
+        match hub.store.start_hold(&hold) {
+            Ok(()) => {
+                tracing::info!(%vm, who = %plan.who, secs = plan.secs, "VM held after its job");
+                let _ = crate::joblog::append_log(
+                    &hub.cfg.log_dir(),
+                    job.id.as_str(),
+                    &format!(
+                        "=== VM {vm} held for {} by {} (until {}); `sdci-host jobs release {}` \
+                         ends it\n",
+                        left(hold.until_ms, now),
+                        plan.who,
+                        sdci_protocol::time::Utc::from_unix_millis(hold.until_ms).rfc3339(),
+                        job.id
+                    ),
+                );
+            }
+            Err(e) => {
+                tracing::error!(%vm, error = %e, "recording the hold failed; powering off");
+                self.power_off_held(vm).await;
+            }
+        }
+    }
+
+    async fn power_off_held(&self, vm: &str) {
+        super::vm_power::power_off_quietly(&*self.hv, vm, self.hub.cfg.deadlines.shutdown_secs)
+            .await
+    }
+
+    /// Ends the holds that expired, were released, or (automatic ones) stand in the way of
+    /// queued jobs past the pool's grace: powered off, then free. Run by the reconciler.
+    pub async fn expire_holds(&self) {
+        let hub = &self.hub;
+        let now = crate::now_ms();
+        let holds = match hub.store.holds() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the holds");
+                return;
+            }
+        };
+        let queued = hub.store.queue_depths().unwrap_or_default();
+        for h in holds {
+            let version = hub
+                .store
+                .job(&h.job_id)
+                .ok()
+                .flatten()
+                .and_then(|j| j.version);
+            let pool = version.as_ref().and_then(|v| hub.cfg.pools.get(v));
+            let waiting = queued
+                .iter()
+                .any(|(v, n)| v.as_ref() == version.as_ref() && *n > 0);
+            let grace = pool.map_or(900, |p| p.hold_grace_secs) as i64 * 1000;
+            let why = if now >= h.until_ms {
+                "its time is up"
+            } else if h.automatic && waiting && now - h.created_ms >= grace {
+                "the pool has queued jobs"
+            } else {
+                continue;
+            };
+            tracing::info!(vm = %h.vm, job = %h.job_id, why, "ending a hold");
+            self.power_off_held(&h.vm).await;
+            if let Err(e) = hub.store.end_hold(&h.vm) {
+                tracing::error!(vm = %h.vm, error = %e, "ending the hold");
+            }
+            let _ = crate::joblog::append_log(
+                &hub.cfg.log_dir(),
+                &h.job_id,
+                &format!("=== the hold of VM {} ended ({why}); powered off\n", h.vm),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(on: HoldOn) -> PoolConfig {
+        let mut p: PoolConfig =
+            toml::from_str("prefix = \"Q_\"\ngolden_snapshot = \"g\"\n").unwrap();
+        p.hold_on_failure = on;
+        p
+    }
+
+    #[test]
+    fn a_request_wins_else_the_pool_decides_by_the_jobs_end() {
+        let req = Some(("ada".to_owned(), 60));
+        let asked = decide(Some(&pool(HoldOn::Off)), req, false).unwrap();
+        assert_eq!(
+            (asked.who.as_str(), asked.secs, asked.automatic),
+            ("ada", 60, false)
+        );
+        assert!(decide(Some(&pool(HoldOn::Off)), None, true).is_none());
+        assert!(decide(Some(&pool(HoldOn::Failure)), None, false).is_none());
+        let auto = decide(Some(&pool(HoldOn::Failure)), None, true).unwrap();
+        assert!(auto.automatic);
+        assert_eq!(auto.secs, 4 * 3600, "the default TTL is 4 h");
+        assert!(decide(Some(&pool(HoldOn::Always)), None, false).is_some());
+        assert!(decide(None, None, true).is_none());
+        assert_eq!(left(3_600_000 * 4, 0), "4h 0m");
+        assert_eq!(left(5, 10), "expired");
+    }
+}
