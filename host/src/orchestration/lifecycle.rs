@@ -2,8 +2,10 @@
 //! lease on the VM → (App mode: the job's token) → revert → power on → guest operations ready →
 //! (a job with `update = true`: Qubes updates and a reboot, `updates`) → make the job's folder,
 //! upload the job file → `sdci-dom0 launch` (the host posts `pending` "running") → wait → download
-//! dom0's log → power off. And the same from "launch started" on for an attempt a previous
-//! process left running ([`Orchestrator::resume`], re-adopted by the reconciler).
+//! dom0's log and its `results.tar.zst` (`results`: test cases and evidence, never the verdict; a
+//! console screenshot first when the guest hung or the deadline passed) → power off. And the same
+//! from "launch started" on for an attempt a previous process left running
+//! ([`Orchestrator::resume`], re-adopted by the reconciler).
 //!
 //! Invariants:
 //! - Every phase has its own deadline (`[deadlines]`) and can be interrupted by a stop request
