@@ -143,6 +143,12 @@ set -euo pipefail
 echo "Provisioning the development environment"
 for m in ~/.fixture-ran-*; do [ -e "$m" ] && echo "found earlier marker $m"; done
 touch ~/.fixture-ran-"$(cat ci/commit-id)"
+# `ci/dev-secs`: make dev takes this long (the stages benchmark, issue 18).
+[ -f ci/dev-secs ] && sleep "$(cat ci/dev-secs)"
+# What this provisioning left in dom0, with a nonce: a later `make test` that prints the same
+# line ran on this provisioned state (a re-run from the provisioned snapshot), not a new one.
+echo "commit $(cat ci/commit-id) nonce $(od -An -N8 -tx8 /dev/urandom | tr -d ' ') at $(date +%s%N)" > ~/.fixture-provisioned
+echo "provisioned: $(cat ~/.fixture-provisioned)"
 echo "dev done"
 "#;
 
@@ -157,6 +163,7 @@ done
 test -L launcher/sdw_notify && test -f launcher/sdw_notify/__init__.py || { echo "FAIL: symlink lost"; exit 1; }
 test -x scripts/run-tests || { echo "FAIL: exec bit lost"; exit 1; }
 echo "CI=${CI:-unset}"
+[ -f ~/.fixture-provisioned ] && echo "tree provisioned by: $(cat ~/.fixture-provisioned)"
 # pytest's JUnit file, as SDW's pyproject.toml has it written: test-data.xml in the checkout.
 junit() { # $1: pass, fail, or flaky (only the flaky case fails)
   if [ -f ci/junit ]; then cp ci/junit test-data.xml; return; fi
@@ -316,6 +323,14 @@ impl Fixture {
         )?;
         write(&self.path, "ci/commit-id", &format!("{}\n", n + 1), false)?;
         git(&self.path, &["commit", "-q", "-am", message])?;
+        self.head()
+    }
+
+    /// Commits `make dev` taking `secs` seconds (`ci/dev-secs`; issue 18's benchmark).
+    pub fn commit_dev_secs(&self, secs: f64, message: &str) -> Result<String> {
+        write(&self.path, "ci/dev-secs", &format!("{secs}\n"), false)?;
+        git(&self.path, &["add", "ci/dev-secs"])?;
+        git(&self.path, &["commit", "-q", "-m", message])?;
         self.head()
     }
 

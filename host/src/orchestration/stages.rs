@@ -199,12 +199,24 @@ impl<H: Hypervisor> Orchestrator<H> {
         }
     }
 
-    /// After a stage re-run's `sdci-dom0 rerun` ended: its events (`events.ndjson`, written
+    /// Right after dom0's log was fetched. A stage re-run: its events (`events.ndjson`, written
     /// by dom0 because no agent relays them) become the job's step rows and relayed result.
+    /// Another job: the provisioned snapshot's line in the host's copy of the log.
     pub(super) async fn read_rerun_events(&self, job: &JobRow, vm: &str) {
         let hub = &self.hub;
         let id = job.id.as_str();
         if !matches!(hub.store.rerun_link(id), Ok(Some(_))) {
+            // dom0's log just replaced the streamed one: the snapshot's line goes back on.
+            if let Ok(Some(s)) = hub.store.stage_snapshot(id) {
+                let _ = append_log(
+                    &hub.cfg.log_dir(),
+                    id,
+                    &format!(
+                        "=== provisioned snapshot {} of {} kept; `sdci-host jobs rerun {id}                          --from test` starts from it\n",
+                        s.name, s.vm
+                    ),
+                );
+            }
             return;
         }
         let cfg = &hub.cfg;
