@@ -6,7 +6,10 @@
 //! over 40 or identifier over 20 characters (identifier `[a-z0-9_-]+`), a `details_url` that is
 //! not `http(s)://`, an `external_id` over 255 characters, a time that is not RFC 3339 UTC, or a
 //! conclusion without `--status=completed` (or the reverse) is a usage error (exit 64) and no
-//! request is made. A summary is bounded in bytes, not GitHub's characters, so one argv word
+//! request is made. So is an `--annotation` that breaks GitHub's rules: more than 50 in one call,
+//! a level other than `notice`/`warning`/`failure`, a path that is not relative inside the
+//! repository (no empty, `.` or `..` part), a line below 1 or an end before the start, a message
+//! over 64 KiB or a title over 255 characters, or annotations without an output. A summary is bounded in bytes, not GitHub's characters, so one argv word
 //! stays below Linux's 128 KiB `MAX_ARG_STRLEN`.
 //!
 //! The body is octocrab's `params::checks` types (status, conclusion, output) inside our own
@@ -15,8 +18,9 @@
 
 use crate::error::{AgentError, Result};
 use octocrab::params::checks::{CheckRunConclusion, CheckRunOutput, CheckRunStatus};
+use octocrab::params::checks::{CheckRunOutputAnnotation, CheckRunOutputAnnotationLevel};
 use sdci_protocol::{CommitSha, RepoName};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// GitHub's limit on a check run's name and output title (characters).
 pub const MAX_NAME: usize = 255;
@@ -30,6 +34,13 @@ pub const MAX_ACTION_DESCRIPTION: usize = 40;
 pub const MAX_ACTION_IDENTIFIER: usize = 20;
 /// The limit on `external_id` (characters).
 pub const MAX_EXTERNAL_ID: usize = 255;
+/// GitHub's limit on annotations per create or update (more are sent in further updates; GitHub
+/// appends them).
+pub const MAX_ANNOTATIONS: usize = 50;
+/// GitHub's limit on an annotation's message (64 KB; bytes here).
+pub const MAX_ANNOTATION_MESSAGE_BYTES: usize = 65_535;
+/// GitHub's limit on an annotation's title (characters).
+pub const MAX_ANNOTATION_TITLE: usize = 255;
 
 /// The command line of `check-run`, as given (every value unchecked).
 #[derive(Debug, Default, Clone)]
@@ -50,6 +61,82 @@ pub struct CheckRunArgs {
     /// `IDENTIFIER:LABEL:DESCRIPTION` each (the label holds no `:`; the description may).
     pub actions: Vec<String>,
     pub no_actions: bool,
+    /// One JSON object each (titles and messages hold any character, `:` included):
+    /// `{"path","start_line","end_line","annotation_level","message"[,"title"]}`.
+    pub annotations: Vec<String>,
+}
+
+/// One `--annotation` word as given: a JSON object with GitHub's field names; any other field
+/// is refused (a typo would otherwise vanish).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnnotationArg {
+    path: String,
+    start_line: u32,
+    end_line: u32,
+    annotation_level: String,
+    message: String,
+    #[serde(default)]
+    title: Option<String>,
+}
+
+/// `--annotation={"path":…}` checked against GitHub's limits (module doc).
+pub fn parse_annotation(text: &str) -> Result<CheckRunOutputAnnotation> {
+    let shown: String = text.chars().take(80).collect();
+    let bad = |why: String| usage(format!("--annotation={shown:?}…: {why}"));
+    let a: AnnotationArg = serde_json::from_str(text).map_err(|e| {
+        bad(format!(
+            "not a JSON object {{\"path\",\"start_line\",\"end_line\",\"annotation_level\",\"message\"[,\"title\"]}}: {e}"
+        ))
+    })?;
+    let path_ok = !a.path.is_empty()
+        && !a.path.contains('\\')
+        && !a.path.chars().any(char::is_control)
+        && a.path
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    if !path_ok {
+        return Err(bad(format!(
+            "path {:?} is not relative inside the repository (no empty, . or .. part)",
+            a.path
+        )));
+    }
+    if a.start_line == 0 || a.end_line < a.start_line {
+        return Err(bad(format!(
+            "lines {}..{}: the start is at least 1 and the end not before it",
+            a.start_line, a.end_line
+        )));
+    }
+    let level = match a.annotation_level.as_str() {
+        "notice" => CheckRunOutputAnnotationLevel::Notice,
+        "warning" => CheckRunOutputAnnotationLevel::Warning,
+        "failure" => CheckRunOutputAnnotationLevel::Failure,
+        other => {
+            return Err(bad(format!(
+                "annotation_level {other:?} is not notice, warning or failure"
+            )))
+        }
+    };
+    if a.message.is_empty() || a.message.len() > MAX_ANNOTATION_MESSAGE_BYTES {
+        return Err(bad(format!(
+            "the message has {} bytes; GitHub wants 1 to {MAX_ANNOTATION_MESSAGE_BYTES}",
+            a.message.len()
+        )));
+    }
+    if let Some(t) = &a.title {
+        at_most_chars("an annotation's title", t, MAX_ANNOTATION_TITLE)?;
+    }
+    Ok(CheckRunOutputAnnotation {
+        path: a.path,
+        start_line: a.start_line,
+        end_line: a.end_line,
+        start_column: None,
+        end_column: None,
+        annotation_level: level,
+        message: a.message,
+        title: a.title,
+        raw_details: None,
+    })
 }
 
 /// One of a check run's buttons (GitHub's `actions[]` item).
@@ -283,6 +370,23 @@ impl CheckRunRequest {
         if let Some(ext) = &a.external_id {
             at_most_chars("--external-id", ext, MAX_EXTERNAL_ID)?;
         }
+        if a.annotations.len() > MAX_ANNOTATIONS {
+            return Err(usage(format!(
+                "{} --annotation given; GitHub takes at most {MAX_ANNOTATIONS} per request (send \
+                 the rest in further updates)",
+                a.annotations.len()
+            )));
+        }
+        let annotations = a
+            .annotations
+            .iter()
+            .map(|t| parse_annotation(t))
+            .collect::<Result<Vec<_>>>()?;
+        if !annotations.is_empty() && a.title.is_none() {
+            return Err(usage(
+                "--annotation goes in an output: it needs --title and --summary".into(),
+            ));
+        }
         let output = match (&a.title, &a.summary, &a.text) {
             (None, None, None) => None,
             (Some(title), Some(summary), text) => {
@@ -304,7 +408,7 @@ impl CheckRunRequest {
                     title: title.clone(),
                     summary: summary.clone(),
                     text: text.clone(),
-                    annotations: Vec::new(),
+                    annotations,
                     images: Vec::new(),
                 })
             }
@@ -600,5 +704,84 @@ mod tests {
         let mut a = create();
         a.started_at = Some("2026-12-01T10:37:00.5Z".into());
         assert_eq!(body(&a)["started_at"], "2026-12-01T10:37:00.5Z");
+    }
+
+    fn annotation(path: &str, line: u32, level: &str) -> String {
+        json!({"path": path, "start_line": line, "end_line": line, "annotation_level": level,
+               "title": "tests.test_vms::test_x: failed", "message": "assert 1 == 2: a:b"})
+        .to_string()
+    }
+
+    fn with_output(annotations: Vec<String>) -> CheckRunArgs {
+        CheckRunArgs {
+            title: Some("Failed".into()),
+            summary: Some("s".into()),
+            annotations,
+            ..create()
+        }
+    }
+
+    #[test]
+    fn annotations_go_into_the_output_in_github_s_words() {
+        let b = body(&with_output(vec![annotation(
+            "tests/test_vms.py",
+            42,
+            "failure",
+        )]));
+        assert_eq!(
+            b["output"]["annotations"],
+            json!([{"path": "tests/test_vms.py", "start_line": 42, "end_line": 42,
+                    "annotation_level": "failure", "message": "assert 1 == 2: a:b",
+                    "title": "tests.test_vms::test_x: failed"}])
+        );
+        assert!(body(&with_output(vec![]))["output"]
+            .get("annotations")
+            .is_none());
+    }
+
+    #[test]
+    fn fifty_annotations_pass_and_a_fifty_first_is_refused() {
+        let fifty = vec![annotation("a.py", 1, "notice"); MAX_ANNOTATIONS];
+        assert_eq!(
+            body(&with_output(fifty.clone()))["output"]["annotations"]
+                .as_array()
+                .map(Vec::len),
+            Some(50)
+        );
+        let mut more = fifty;
+        more.push(annotation("a.py", 1, "warning"));
+        assert!(refused(&with_output(more)).contains("at most 50 per request"));
+    }
+
+    #[test]
+    fn an_annotation_breaking_github_s_rules_is_refused() {
+        let long_message = "m".repeat(MAX_ANNOTATION_MESSAGE_BYTES + 1);
+        let long_title = "t".repeat(MAX_ANNOTATION_TITLE + 1);
+        let bad = [
+            annotation("a.py", 1, "error"),
+            annotation("/etc/passwd", 1, "failure"),
+            annotation("tests/../../x", 1, "failure"),
+            annotation("a//b.py", 1, "failure"),
+            annotation("a.py", 0, "failure"),
+            json!({"path": "a.py", "start_line": 5, "end_line": 4, "annotation_level": "failure",
+                   "message": "m"})
+            .to_string(),
+            json!({"path": "a.py", "start_line": 1, "end_line": 1, "annotation_level": "failure",
+                   "message": long_message})
+            .to_string(),
+            json!({"path": "a.py", "start_line": 1, "end_line": 1, "annotation_level": "failure",
+                   "message": "m", "title": long_title})
+            .to_string(),
+            json!({"path": "a.py", "start_line": 1, "end_line": 1, "annotation_level": "failure",
+                   "message": "m", "colour": "red"})
+            .to_string(),
+            "a.py:1:1:failure:t:m".into(),
+        ];
+        for b in bad {
+            refused(&with_output(vec![b.clone()]));
+        }
+        let mut no_output = create();
+        no_output.annotations = vec![annotation("a.py", 1, "failure")];
+        assert!(refused(&no_output).contains("needs --title and --summary"));
     }
 }

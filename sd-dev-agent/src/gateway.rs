@@ -1,5 +1,5 @@
 //! The host-side subcommands (`status`, `token`, `revoke`, `head`, `ci-config`, `check-run`,
-//! `permission`, `file`): what `sdci-host` runs instead of calling GitHub itself (contracts §5;
+//! `permission`, `file`, `react`): what `sdci-host` runs instead of calling GitHub itself (contracts §5;
 //! exit codes are `sdci_protocol::GatewayExit`, through `AgentError::exit_code`). Each parses
 //! its arguments into validated types first, so bad input is a usage error before any request
 //! is made; results go to stdout, logs to stderr.
@@ -154,6 +154,28 @@ pub async fn permission(cfg: &Config, repo_arg: &str, user: &str) -> Result<Stri
     let (repo, user) = (repo(repo_arg)?, login(user)?);
     let gh = GitHub::from_config(cfg)?;
     gh.collaborator_permission(&repo, user).await
+}
+
+/// GitHub's reaction contents (`POST …/reactions`' `content`).
+pub const REACTIONS: [&str; 8] = [
+    "+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes",
+];
+
+/// `react`: a reaction on an issue or pull-request comment (`POST
+/// /repos/{o}/{r}/issues/comments/{id}/reactions`); one that exists already is success.
+pub async fn react(cfg: &Config, repo_arg: &str, comment_id: &str, content: &str) -> Result<()> {
+    let repo = repo(repo_arg)?;
+    let id: u64 = comment_id.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+        AgentError::Usage(format!("--comment-id={comment_id:?} is not a comment id"))
+    })?;
+    if !REACTIONS.contains(&content) {
+        return Err(AgentError::Usage(format!(
+            "--content={content:?} is not one of {}",
+            REACTIONS.join(", ")
+        )));
+    }
+    let gh = GitHub::from_config(cfg)?;
+    gh.react_to_comment(&repo, id, content).await
 }
 
 /// `file`'s default bound (`--max-bytes`).

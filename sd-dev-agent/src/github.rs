@@ -5,7 +5,8 @@
 //! `GET /repos/{o}/{r}/branches/{b}`, `POST /repos/{o}/{r}/check-runs`, `PATCH
 //! /repos/{o}/{r}/check-runs/{id}`, `GET /repos/{o}/{r}/collaborators/{user}/permission`, `POST
 //! /app/installations/{id}/access_tokens`, `DELETE /installation/token` (revoke the installation
-//! token the request carries).
+//! token the request carries), `POST /repos/{o}/{r}/issues/comments/{id}/reactions` (its own
+//! token, narrowed to `issues: write`, [`Permissions::reactions`]).
 //!
 //! What octocrab does here: the HTTP stack (its default hyper client, rustls on ring, the
 //! system's roots; built once per process on first use, and not at all without a CA certificate
@@ -126,6 +127,12 @@ impl Permissions {
     pub fn gateway() -> Self {
         Self::parse("checks:write,contents:read,metadata:read,statuses:write")
             .unwrap_or_else(|_| Self(Default::default()))
+    }
+
+    /// What a reaction to a comment needs (`react`, contracts §5): kept out of
+    /// [`Permissions::gateway`], so an App without `issues: write` loses only the reactions.
+    pub fn reactions() -> Self {
+        Self::parse("issues:write,metadata:read").unwrap_or_else(|_| Self(Default::default()))
     }
 
     /// Parses `name:level[,name:level…]`: names of lower-case letters and `_`, levels `read`,
@@ -730,6 +737,35 @@ impl GitHub {
                 p.permission
             ),
         })
+    }
+
+    /// Reacts with `content` to comment `id` of `repo` (`POST
+    /// /repos/{o}/{r}/issues/comments/{id}/reactions`): `201` created, `200` when this App's
+    /// reaction was there already; both are success.
+    pub async fn react_to_comment(&self, repo: &RepoName, id: u64, content: &str) -> Result<()> {
+        let token = match &self.auth {
+            Auth::Token(t) => t.clone(),
+            Auth::App { .. } => {
+                self.installation_token(repo, &Permissions::reactions())
+                    .await?
+                    .token
+            }
+        };
+        let what = format!("POST /repos/{repo}/issues/comments/{id}/reactions");
+        let route = format!("/repos/{repo}/issues/comments/{id}/reactions");
+        let body = serde_json::json!({ "content": content });
+        let answer = self
+            .send(&what, Verb::Post, &route, &token, Some(&body))
+            .await?;
+        #[derive(Deserialize)]
+        struct Reaction {
+            id: u64,
+            content: String,
+        }
+        let r: Reaction = Self::decode(&what, &answer)?;
+        tracing::info!(%repo, comment = id, reaction = r.id, content = %r.content,
+            existed = answer.status == StatusCode::OK, "reacted to a comment");
+        Ok(())
     }
 
     /// Creates (`POST /repos/{o}/{r}/check-runs`) or updates (`PATCH …/check-runs/{id}`) a

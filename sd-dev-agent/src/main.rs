@@ -26,6 +26,8 @@ struct Cli {
     command: Command,
 }
 
+// One value per process, parsed once: the size of `CheckRun` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Post a commit status.
@@ -121,6 +123,20 @@ enum Command {
         /// Remove the buttons (sends "actions": []).
         #[arg(long)]
         no_actions: bool,
+        /// An annotation, one JSON object: {"path","start_line","end_line","annotation_level"
+        /// (notice|warning|failure),"message"[,"title"]} (at most 50 per call; needs --title).
+        #[arg(long = "annotation")]
+        annotations: Vec<String>,
+    },
+    /// React to an issue or pull-request comment (GitHub App or token); prints nothing.
+    React {
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        comment_id: String,
+        /// +1, -1, laugh, confused, heart, hooray, rocket or eyes
+        #[arg(long, allow_hyphen_values = true)]
+        content: String,
     },
     /// Print a user's permission on a repository: admin, maintain, write, triage, read or none.
     Permission {
@@ -227,6 +243,7 @@ async fn dispatch(cli: Cli) -> Result<i32, (i32, String)> {
             text,
             actions,
             no_actions,
+            annotations,
         } => {
             let args = CheckRunArgs {
                 repo,
@@ -244,9 +261,17 @@ async fn dispatch(cli: Cli) -> Result<i32, (i32, String)> {
                 text,
                 actions,
                 no_actions,
+                annotations,
             };
             gateway::check_run(&cfg, &args).await.map(Out::Line)
         }
+        Command::React {
+            repo,
+            comment_id,
+            content,
+        } => gateway::react(&cfg, &repo, &comment_id, &content)
+            .await
+            .map(|()| Out::Nothing),
         Command::Permission { repo, user } => {
             gateway::permission(&cfg, &repo, &user).await.map(Out::Line)
         }

@@ -1113,6 +1113,7 @@ fn help_lists_every_gateway_command_of_the_contract() {
         "check-run",
         "permission",
         "file",
+        "react",
         "run",
     ] {
         assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
@@ -1337,4 +1338,210 @@ fn without_any_ca_certificate_a_call_is_exit_78_naming_the_package() {
     assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
     assert!(stderr(&out).contains("ca-certificates"), "{}", stderr(&out));
     assert!(s.gh.requests().is_empty(), "nothing was sent");
+}
+
+// ---- annotations and reactions (contracts §5, issues 19 and 20) ----
+
+fn annotation(path: &str, line: u32, level: &str, message: &str) -> String {
+    let a = serde_json::json!({"path": path, "start_line": line, "end_line": line,
+        "annotation_level": level, "title": "tests.test_vms::test_x failed", "message": message});
+    format!("--annotation={a}")
+}
+
+#[test]
+fn check_run_annotations_reach_github_in_the_output_and_add_up_across_updates() {
+    let s = setup(true, "");
+    let id = printed_id(&s.agent(&[
+        "check-run",
+        &format!("--repo={REPO}"),
+        &format!("--sha={SHA}"),
+        "--name=sdci / Qubes 4.2",
+    ]));
+    let first: Vec<String> = (1..=50)
+        .map(|i| annotation("tests/test_vms.py", i, "failure", "assert: a: b"))
+        .collect();
+    let mut args = vec![
+        "check-run".to_owned(),
+        format!("--repo={REPO}"),
+        format!("--id={id}"),
+        "--status=completed".into(),
+        "--conclusion=failure".into(),
+        "--title=Failed: step make-test".into(),
+        "--summary=1 failed".into(),
+    ];
+    args.extend(first);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(printed_id(&s.agent(&argv)), id);
+    // The rest in a further update with the same output.
+    let more = annotation("tests/test_proxy.py", 7, "warning", "second batch");
+    assert_eq!(
+        printed_id(&s.agent(&[
+            "check-run",
+            &format!("--repo={REPO}"),
+            &format!("--id={id}"),
+            "--title=Failed: step make-test",
+            "--summary=1 failed",
+            &more,
+        ])),
+        id
+    );
+    let reqs = check_run_requests(&s);
+    let sent = reqs[1].json()["output"]["annotations"].clone();
+    assert_eq!(sent.as_array().map(Vec::len), Some(50));
+    assert_eq!(
+        sent[0],
+        serde_json::json!({"path": "tests/test_vms.py", "start_line": 1, "end_line": 1,
+            "annotation_level": "failure", "title": "tests.test_vms::test_x failed",
+            "message": "assert: a: b"})
+    );
+    assert_eq!(reqs[1].response_json()["output"]["annotations_count"], 50);
+    let run = &s.gh.check_runs(REPO, SHA)[0];
+    assert_eq!(run.annotations.len(), 51);
+    assert_eq!(
+        run.status, "completed",
+        "an output-only update keeps the conclusion"
+    );
+    let last = &run.annotations[50];
+    assert_eq!(
+        (
+            last.path.as_str(),
+            last.start_line,
+            last.annotation_level.as_str()
+        ),
+        ("tests/test_proxy.py", 7, "warning")
+    );
+    assert_eq!(reqs[2].response_json()["output"]["annotations_count"], 51);
+}
+
+#[test]
+fn a_51st_annotation_or_a_bad_one_is_exit_64_without_a_request() {
+    let s = setup(true, "");
+    let base = [
+        "check-run".to_owned(),
+        format!("--repo={REPO}"),
+        "--id=1".to_owned(),
+        "--title=t".to_owned(),
+        "--summary=s".to_owned(),
+    ];
+    let fifty_one: Vec<String> = (1..=51)
+        .map(|i| annotation("a.py", i, "failure", "m"))
+        .collect();
+    let cases: Vec<Vec<String>> = vec![
+        fifty_one,
+        vec![annotation("a.py", 1, "error", "m")],
+        vec![annotation("../etc/passwd", 1, "failure", "m")],
+        vec![annotation("/abs.py", 1, "failure", "m")],
+        vec![annotation("a.py", 0, "failure", "m")],
+        vec![annotation("a.py", 1, "failure", &"m".repeat(65_536))],
+        vec!["--annotation=a.py:1:1:failure:t:m".into()],
+    ];
+    for extra in cases {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = s.agent(&argv);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{:?}…: {}",
+            args.last().map(|a| a.chars().take(60).collect::<String>()),
+            stderr(&out)
+        );
+    }
+    // Annotations without an output are refused too.
+    let out = s.agent(&[
+        "check-run",
+        &format!("--repo={REPO}"),
+        "--id=1",
+        &annotation("a.py", 1, "failure", "m"),
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(s.gh.requests().is_empty(), "no request for bad input");
+}
+
+#[test]
+fn react_puts_a_reaction_on_the_comment_with_a_token_narrowed_to_issues_write() {
+    let s = setup(true, "");
+    let args = [
+        "react",
+        &format!("--repo={REPO}"),
+        "--comment-id=9001",
+        "--content=+1",
+    ];
+    let out = s.agent(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "react prints nothing");
+    let reactions = s.gh.reactions();
+    assert_eq!(reactions.len(), 1);
+    assert_eq!(
+        (
+            reactions[0].repo.as_str(),
+            reactions[0].comment_id,
+            reactions[0].content.as_str(),
+            reactions[0].user.as_str()
+        ),
+        (REPO, 9001, "+1", "sdci[bot]")
+    );
+    let minted = s.gh.minted();
+    let perms = minted[0].permissions.clone().unwrap();
+    assert_eq!(perms.get("issues").map(String::as_str), Some("write"));
+    assert!(
+        !perms.contains_key("checks") && !perms.contains_key("statuses"),
+        "the reaction's token writes nothing else: {perms:?}"
+    );
+    // The same reaction again: GitHub answers 200 with the existing one; still success.
+    let out = s.agent(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(s.gh.reactions().len(), 1);
+    let posts: Vec<u16> =
+        s.gh.requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/reactions"))
+            .map(|r| r.status)
+            .collect();
+    assert_eq!(posts, [201, 200]);
+    // `-1` is data, not an option.
+    let out = s.agent(&[
+        "react",
+        &format!("--repo={REPO}"),
+        "--comment-id=9001",
+        "--content=-1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(s.gh.reactions()[1].content, "-1");
+}
+
+#[test]
+fn react_with_a_personal_access_token_and_bad_arguments_without_a_request() {
+    let s = setup(false, "");
+    let out = s.agent(&[
+        "react",
+        &format!("--repo={REPO}"),
+        "--comment-id=5",
+        "--content=confused",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(s.gh.reactions()[0].content, "confused");
+    let before = s.gh.requests().len();
+    for (id, content) in [
+        ("5", "thumbsup"),
+        ("5", ""),
+        ("0", "+1"),
+        ("x", "+1"),
+        ("-5", "+1"),
+    ] {
+        let out = s.agent(&[
+            "react",
+            &format!("--repo={REPO}"),
+            &format!("--comment-id={id}"),
+            &format!("--content={content}"),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{id} {content}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(s.gh.requests().len(), before, "no request for bad input");
 }

@@ -11,6 +11,7 @@
 //! | `POST /repos/{o}/{r}/check-runs`, `PATCH`/`GET /repos/{o}/{r}/check-runs/{id}`, `GET /repos/{o}/{r}/commits/{ref}/check-runs` | an installation token with `checks: write` to write (`checks: read` to read); a personal access token may read but not write (`403 You must authenticate via a GitHub App.`); GitHub's rules in [`checks`]; every create and update recorded ([`GitHub::check_run_history`]) |
 //! | `GET /repos/{o}/{r}/collaborators/{user}/permission` | any token of the repository (`metadata: read`, which every installation token has); the level set with [`GitHub::set_permission`]; an unknown user is `404` |
 //! | `POST /app/installations/{id}/access_tokens` | RS256 JWT (signature, `iss` = app id, `exp` in the future and at most 10 minutes after `iat`); body: `repositories` (names of registered repos), `repository_ids`, `permissions` (`read`/`write`/`admin`) |
+//! | `POST /repos/{o}/{r}/issues/comments/{id}/reactions` | a token with `issues: write` or `pull_requests: write`; `content` one of GitHub's eight; `201` new, `200` the same reaction again; recorded ([`GitHub::reactions`], [`reactions`]) |
 //! | `DELETE /installation/token` | an installation token (not a PAT, not a JWT: `401`/`403` as GitHub); no body; `204`, after which the token answers `401 Bad credentials` everywhere |
 //! | `GET`/`POST /{o}/{r}.git/...` | git over smart HTTP ([`git_http`], the real `git http-backend`; dumb HTTP with [`GitHub::serve_git_dumb`]) from a registered repository, Basic auth with a token that may read contents |
 //!
@@ -32,10 +33,12 @@ mod checks;
 mod git_http;
 pub mod objects;
 pub mod openapi;
+mod reactions;
 pub mod webhooks;
 
 pub use checks::{ChangeKind, CheckRun, CheckRunAction, CheckRunChange, CheckRunOutput};
 pub use git_http::FetchRequest;
+pub use reactions::Reaction;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -164,6 +167,7 @@ struct Inner {
     minted: Vec<MintedToken>,
     statuses: Vec<CommitStatus>,
     checks: checks::CheckRuns,
+    reactions: Vec<reactions::Reaction>,
     requests: Vec<RecordedRequest>,
     faults: VecDeque<Fault>,
     outage_until: Option<(Instant, u16)>,
@@ -221,6 +225,7 @@ impl GitHub {
             minted: Vec::new(),
             statuses: Vec::new(),
             checks: checks::CheckRuns::default(),
+            reactions: Vec::new(),
             requests: Vec::new(),
             faults: VecDeque::new(),
             outage_until: None,
@@ -447,6 +452,11 @@ impl GitHub {
     /// Every accepted create and update of check run `id`, in order (empty for an unknown id).
     pub fn check_run_history(&self, id: u64) -> Vec<CheckRunChange> {
         self.lock().checks.history(id)
+    }
+
+    /// Every reaction to a comment accepted so far, in order.
+    pub fn reactions(&self) -> Vec<Reaction> {
+        self.lock().reactions.clone()
     }
 
     /// The requests and answers so far that GitHub's OpenAPI description does not allow, each
@@ -944,6 +954,10 @@ fn respond(
             "/app/installations/{installation_id}/access_tokens",
             access_token(inner, id, headers, body),
         ),
+        ("POST", ["repos", o, r, "issues", "comments", id, "reactions"]) => (
+            "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions",
+            react(inner, &repo_of(o, r), id, headers, body),
+        ),
         ("DELETE", ["installation", "token"]) => {
             ("/installation/token", revoke_token(inner, headers, body))
         }
@@ -1246,6 +1260,30 @@ fn get_permission(inner: &Inner, repo: &str, user: &str, headers: &HeaderMap) ->
     Answer::json(
         200,
         json!({"permission": permission, "role_name": role, "user": collaborator}),
+    )
+}
+
+/// A reaction to a comment ([`reactions`]): `issues: write` or `pull_requests: write`.
+fn react(inner: &mut Inner, repo: &str, id: &str, headers: &HeaderMap, body: &[u8]) -> Answer {
+    if !inner.repos.contains_key(repo) {
+        return message(404, "Not Found");
+    }
+    if let Err(a) = authorize(inner, headers, repo, "issues", "write") {
+        if authorize(inner, headers, repo, "pull_requests", "write").is_err() {
+            return *a;
+        }
+    }
+    let is_pat = presented_token(headers).is_some_and(|t| inner.pats.contains(&t));
+    let user = if is_pat { "standin-user" } else { "sdci[bot]" };
+    let (base, now) = (inner.base.clone(), rfc3339(now_unix()));
+    reactions::create(
+        &mut inner.reactions,
+        &mut inner.counter,
+        (&base, &now),
+        repo,
+        id,
+        user,
+        body,
     )
 }
 

@@ -7,9 +7,12 @@
 //! defaults to `queued`; a `conclusion` makes the run `completed` (and `completed_at` defaults to
 //! now); `completed` without a conclusion is `422`; `output` needs `title` and `summary`
 //! (summary and text at most 65,535 characters); at most 3 `actions`, label ≤ 20, description ≤
-//! 40, identifier ≤ 20 characters. `started_at` defaults to the creation time. Only the App that
-//! created a run may update it (there is one App here). Writing needs an installation token with
-//! `checks: write` (a personal access token is `403 You must authenticate via a GitHub App.`).
+//! 40, identifier ≤ 20 characters; `output.annotations` at most 50 per request, each with
+//! `path`, `start_line`, `end_line`, `annotation_level` (`notice`, `warning`, `failure`) and
+//! `message`, appended to the run's (GitHub keeps adding them across updates; the answer's
+//! `annotations_count` counts them all). `started_at` defaults to the creation time. Only the
+//! App that created a run may update it (there is one App here). Writing needs an installation
+//! token with `checks: write` (a personal access token is `403 You must authenticate via a GitHub App.`).
 
 use super::objects;
 use super::{validation_failed_for, Answer};
@@ -31,6 +34,20 @@ pub struct CheckRun {
     pub completed_at: Option<String>,
     pub output: Option<CheckRunOutput>,
     pub actions: Vec<CheckRunAction>,
+    /// Every annotation sent so far, across creates and updates, in order.
+    pub annotations: Vec<CheckRunAnnotation>,
+}
+
+/// One annotation of a check run (`output.annotations[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRunAnnotation {
+    pub path: String,
+    pub start_line: u64,
+    pub end_line: u64,
+    /// `notice`, `warning` or `failure`.
+    pub annotation_level: String,
+    pub title: Option<String>,
+    pub message: String,
 }
 
 /// A check run's `output` (title, summary, text).
@@ -137,6 +154,7 @@ impl CheckRuns {
             completed_at: None,
             output: None,
             actions: Vec::new(),
+            annotations: Vec::new(),
         };
         if let Err(a) = apply(&mut run, &fields, now) {
             return a;
@@ -367,6 +385,49 @@ fn apply(run: &mut CheckRun, f: &Map<String, Value>, now: &str) -> Result<(), An
             summary,
             text,
         });
+        if let Some(a) = o.get("annotations") {
+            let Some(items) = a.as_array() else {
+                return bad("annotations", "annotations must be an array");
+            };
+            if items.len() > 50 {
+                return bad("annotations", "Only 50 annotations are allowed per request");
+            }
+            for item in items {
+                let s = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
+                let n = |k: &str| item.get(k).and_then(Value::as_u64);
+                let (Some(path), Some(start_line), Some(end_line), Some(level), Some(message)) = (
+                    s("path"),
+                    n("start_line"),
+                    n("end_line"),
+                    s("annotation_level"),
+                    s("message"),
+                ) else {
+                    return Err(validation_failed_for(
+                        "CheckRun",
+                        "annotations",
+                        "missing_field",
+                        "an annotation needs path, start_line, end_line, annotation_level and message",
+                    ));
+                };
+                if !["notice", "warning", "failure"].contains(&level.as_str()) {
+                    return bad(
+                        "annotation_level",
+                        "annotation_level is not included in the list",
+                    );
+                }
+                if start_line == 0 || end_line < start_line {
+                    return bad("annotations", "start_line must be at most end_line");
+                }
+                run.annotations.push(CheckRunAnnotation {
+                    path,
+                    start_line,
+                    end_line,
+                    annotation_level: level,
+                    title: s("title"),
+                    message,
+                });
+            }
+        }
     }
     if let Some(a) = f.get("actions") {
         let Some(items) = a.as_array() else {
@@ -424,7 +485,7 @@ fn to_json(base: &str, app_id: u64, r: &CheckRun) -> Value {
             "title": output.and_then(|o| o.title.clone()),
             "summary": output.and_then(|o| o.summary.clone()),
             "text": output.and_then(|o| o.text.clone()),
-            "annotations_count": 0, "annotations_url": format!("{api}/annotations")
+            "annotations_count": r.annotations.len(), "annotations_url": format!("{api}/annotations")
         },
         "name": r.name,
         "check_suite": {"id": objects::id_of(&format!("{}@{}", r.repo, r.head_sha))},

@@ -53,6 +53,10 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ),
     ("/app/installations/{installation_id}/access_tokens", "post"),
     ("/installation/token", "delete"),
+    (
+        "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions",
+        "post",
+    ),
 ];
 
 /// One loaded description: its schemas compiled (boon's `Schemas`), found by JSON pointer.
