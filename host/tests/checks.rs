@@ -536,3 +536,159 @@ async fn with_commit_statuses_off_only_the_check_run_reports() {
         "no commit status"
     );
 }
+
+/// pytest's JUnit XML (`line` 0-based, as pytest writes it): the apt-sources failure at
+/// `tests/test_vms.py` line 41 (the `def` on line 42), `more` failures in
+/// `tests/test_many.py`, and cases that get no annotation: one passing, one error without a
+/// line, one failure whose file points outside the repository.
+fn junit_with_failures(more: u32) -> String {
+    let mut xml = String::from(
+        r#"<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
+<testcase classname="tests.test_vms" name="test_sd_vm_apt_sources" file="tests/test_vms.py" line="41" time="0.5"><failure message="AssertionError: sources differ: a != b">def test_sd_vm_apt_sources():
+&gt;       assert sources == expected</failure></testcase>
+<testcase classname="tests.test_vms" name="test_ok" file="tests/test_vms.py" line="12" time="0.1"/>
+<testcase classname="tests.test_dom0" name="test_setup" file="tests/test_dom0.py" time="0"><error message="fixture sd-dev not running"/></testcase>
+<testcase classname="tests.test_evil" name="test_out" file="../outside.py" line="3"><failure message="x"/></testcase>
+"#,
+    );
+    for i in 0..more {
+        xml.push_str(&format!(
+            "<testcase classname=\"tests.test_many\" name=\"test_{i}\" file=\"tests/test_many.py\" \
+             line=\"{}\"><failure message=\"boom {i}\"/></testcase>\n",
+            10 * i
+        ));
+    }
+    xml.push_str("</testsuite></testsuites>");
+    xml
+}
+
+/// A failed job of `sha(n)` whose attempt stored `junit`'s cases; waits for its completion.
+async fn failed_job_with_tests(h: &AppHost, n: u32, junit: &str) -> CheckRun {
+    use sdci_host::domain::junit::{parse, JunitLimits};
+    let id = new_job(h, n);
+    let attempt = launch(h, &id);
+    steps(h, &id, attempt, &["make-test"], Some("make-test"));
+    let parsed = parse("junit/1.xml", junit.as_bytes(), &JunitLimits::default());
+    assert!(parsed.notes.is_empty(), "{:?}", parsed.notes);
+    let set = sdci_host::store::ResultSet {
+        stored_ms: 1,
+        archive_bytes: None,
+        notes: Vec::new(),
+        screenshot: false,
+    };
+    let s = &h.hub.store;
+    s.store_results(&id, attempt, &parsed.cases, &[], &set)
+        .unwrap();
+    s.record_result(&id, attempt, "failure", "step \"make-test\" failed")
+        .unwrap();
+    s.finish(&id, JobState::Failure, "a step failed", true)
+        .unwrap();
+    h.hub.wake_all();
+    let runs = wait_runs(h, n, |r| status_is(r, "completed")).await;
+    runs[0].clone()
+}
+
+#[tokio::test]
+async fn a_failing_junit_case_with_file_and_line_is_annotated_there_on_the_check_run() {
+    let h = app_host(true, "").await;
+    let run = failed_job_with_tests(&h, 20, &junit_with_failures(0)).await;
+    assert_eq!(run.conclusion.as_deref(), Some("failure"));
+    // Only the failure with a file, a line and a path inside the repository.
+    let a = &run.annotations;
+    assert_eq!(a.len(), 1, "{a:#?}");
+    assert_eq!(
+        (a[0].path.as_str(), a[0].start_line, a[0].end_line),
+        ("tests/test_vms.py", 42, 42)
+    );
+    assert_eq!(a[0].annotation_level, "failure");
+    assert_eq!(
+        a[0].title.as_deref(),
+        Some("tests.test_vms::test_sd_vm_apt_sources failed")
+    );
+    assert!(
+        a[0].message
+            .starts_with("failed\n\nAssertionError: sources differ: a != b\n\n")
+            && a[0].message.contains("assert sources == expected"),
+        "{}",
+        a[0].message
+    );
+    let history = h.gh.check_run_history(run.id);
+    let completion = history.last().unwrap();
+    assert_eq!(completion.after.status, "completed");
+    assert_eq!(
+        completion.fields["output"]["annotations"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "the completing update carries the annotation"
+    );
+    let summary = run.output.unwrap().summary.unwrap();
+    assert!(
+        summary.contains("1 failed test(s) annotated at their file:line."),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn more_than_fifty_annotations_go_fifty_per_update_and_stop_at_the_cap_said_in_the_summary() {
+    let h = app_host(true, "").await;
+    // 1 + 504 annotatable failures: 500 annotated in 10 calls of 50, 5 left out.
+    let cap = sdci_host::orchestration::checks::MAX_ANNOTATIONS;
+    let run = failed_job_with_tests(&h, 21, &junit_with_failures(504)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut history = h.gh.check_run_history(run.id);
+    while history.last().unwrap().after.annotations.len() < cap {
+        assert!(
+            Instant::now() < deadline,
+            "annotations so far: {}",
+            history.last().unwrap().after.annotations.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        history = h.gh.check_run_history(run.id);
+    }
+    let completion = history
+        .iter()
+        .position(|c| c.after.status == "completed")
+        .unwrap();
+    let per_call: Vec<usize> = history[completion..]
+        .iter()
+        .map(|c| {
+            c.fields["output"]["annotations"]
+                .as_array()
+                .map_or(0, Vec::len)
+        })
+        .collect();
+    assert_eq!(per_call, [50; 10], "the completion, then 9 further updates");
+    let after = &history.last().unwrap().after;
+    assert_eq!(after.annotations.len(), cap);
+    assert_eq!(after.conclusion.as_deref(), Some("failure"));
+    assert_eq!(
+        after
+            .actions
+            .iter()
+            .map(|a| a.identifier.as_str())
+            .collect::<Vec<_>>(),
+        ["rerun"],
+        "the further updates leave the buttons"
+    );
+    // Every further update sends the completion's output again.
+    let outputs: Vec<&serde_json::Value> = history[completion..]
+        .iter()
+        .map(|c| &c.fields["output"]["summary"])
+        .collect();
+    assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+    let summary = after.output.clone().unwrap().summary.unwrap();
+    assert!(
+        summary.contains("500 failed test(s) annotated")
+            && summary.contains("5 more failed test(s) not annotated: at most 500"),
+        "{summary}"
+    );
+    assert_eq!(after.annotations[0].path, "tests/test_vms.py");
+    assert_eq!(
+        (
+            after.annotations[1].path.as_str(),
+            after.annotations[1].start_line
+        ),
+        ("tests/test_many.py", 1)
+    );
+}

@@ -1,6 +1,6 @@
 //! GitHub, through the `sdci-agent` binary: the host never calls the GitHub API itself
-//! (CONTRACTS.md §5). `status`, `token`, `revoke`, `head`, `ci-config`, `check-run`, `permission`
-//! and `file`, each a subprocess with a timeout, answered by exit code (protocol's
+//! (CONTRACTS.md §5). `status`, `token`, `revoke`, `head`, `ci-config`, `check-run`, `permission`,
+//! `file` and `react`, each a subprocess with a timeout, answered by exit code (protocol's
 //! [`GatewayExit`] table) and stdout. [`PermissionCache`] keeps `permission`'s answers for a
 //! minute (contracts §10).
 //!
@@ -123,6 +123,20 @@ pub struct CheckRunOutput {
     pub text: Option<String>,
 }
 
+/// One annotation of a check run's output (`--annotation=JSON`, contracts §5): GitHub's field
+/// names; the host checks GitHub's limits before it builds one (the agent refuses, never repairs).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckRunAnnotation {
+    pub path: String,
+    pub start_line: u32,
+    pub end_line: u32,
+    /// `notice`, `warning` or `failure`.
+    pub annotation_level: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    pub message: String,
+}
+
 /// One `sdci-agent check-run` call. The host bounds every field to §5's limits before it builds
 /// one (the agent refuses, never repairs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +155,8 @@ pub struct CheckRunRequest {
     pub output: Option<CheckRunOutput>,
     /// `None`: the actions stay as they are; `Some(empty)`: `--no-actions`.
     pub actions: Option<Vec<CheckRunAction>>,
+    /// At most 50 (GitHub's per-request limit); they need an `output`.
+    pub annotations: Vec<CheckRunAnnotation>,
 }
 
 impl CheckRunRequest {
@@ -172,6 +188,12 @@ impl CheckRunRequest {
             a.push(flag("summary", &o.summary));
             if let Some(t) = &o.text {
                 a.push(flag("text", t));
+            }
+        }
+        for x in &self.annotations {
+            // Serializing a struct of strings and numbers cannot fail.
+            if let Ok(json) = serde_json::to_string(x) {
+                a.push(flag("annotation", &json));
             }
         }
         match &self.actions {
@@ -479,6 +501,23 @@ impl GithubGateway {
         })
     }
 
+    /// `sdci-agent react`: a reaction (`+1`, `confused`, …) on an issue or pull-request comment.
+    pub async fn react(&self, repo: &str, comment_id: u64, content: &str) -> Result<()> {
+        let out = self
+            .run(&[
+                "react".into(),
+                flag("repo", repo),
+                flag("comment-id", &comment_id.to_string()),
+                flag("content", content),
+            ])
+            .await?;
+        if out.code == GatewayExit::Ok.code() {
+            Ok(())
+        } else {
+            Err(Self::fail("react", &out))
+        }
+    }
+
     /// `sdci-agent file`: the bytes of `path` at `sha`; `Ok(None)` when there is no such file
     /// (exit 3). A file over `max_bytes` is a refusal (exit 78).
     pub async fn file(
@@ -568,6 +607,14 @@ mod tests {
                 label: "Re-run".into(),
                 description: "Run this commit again".into(),
             }]),
+            annotations: vec![CheckRunAnnotation {
+                path: "tests/test_vms.py".into(),
+                start_line: 42,
+                end_line: 42,
+                annotation_level: "failure".into(),
+                title: Some("a: b".into()),
+                message: "assert 1 == 2".into(),
+            }],
         };
         let a = req.args();
         assert_eq!(a[0], "check-run");
@@ -575,6 +622,10 @@ mod tests {
         assert!(a.contains(&"--title=--title".to_owned()));
         assert!(a.contains(&"--summary=a\n| b |".to_owned()));
         assert!(a.contains(&"--action=rerun:Re-run:Run this commit again".to_owned()));
+        assert!(a.contains(
+            &r#"--annotation={"path":"tests/test_vms.py","start_line":42,"end_line":42,"annotation_level":"failure","title":"a: b","message":"assert 1 == 2"}"#
+                .to_owned()
+        ));
         assert!(!a.iter().any(|w| w.starts_with("--started-at")));
         req.target = CheckRunTarget::Update { id: 9 };
         req.actions = Some(Vec::new());

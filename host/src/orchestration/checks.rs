@@ -19,10 +19,19 @@
 //!   them listed.
 //! - Every text is bounded before the call: the title to 255 characters, the summary to
 //!   [`MAX_SUMMARY_BYTES`], cut on a character boundary with a note saying so.
+//! - The completion annotates each failed test that has a file and a line ([`test_annotations`]:
+//!   `failure`, or `warning` when quarantined), at most [`MAX_ANNOTATIONS`] in all (the summary
+//!   says how many were left out), [`ANNOTATIONS_PER_CALL`] per call: the completing update
+//!   carries the first ones, further updates with the same output carry the rest (GitHub
+//!   appends them). Those further updates are sent once, right after the completion is posted,
+//!   and not retried: a retry could not know which batches GitHub kept, and would annotate
+//!   twice; a failed batch is logged and the rest skipped (the summary and the job page still
+//!   list every failed test).
 
 use crate::domain::JobState;
 use crate::gateway::github::{
-    CheckRunAction, CheckRunOutput, CheckRunRequest, CheckRunTarget, GithubGateway,
+    CheckRunAction, CheckRunAnnotation, CheckRunOutput, CheckRunRequest, CheckRunTarget,
+    GithubGateway,
 };
 use crate::gateway::GatewayFailure;
 use crate::hub::Hub;
@@ -41,6 +50,13 @@ pub const MAX_SUMMARY_STEPS: usize = 200;
 /// Log lines of the failing step shown, each at most [`MAX_LOG_LINE_CHARS`].
 pub const LOG_TAIL_LINES: usize = 40;
 pub const MAX_LOG_LINE_CHARS: usize = 300;
+/// GitHub's limit on annotations per create or update.
+pub const ANNOTATIONS_PER_CALL: usize = 50;
+/// Annotations sent for one job, in all (10 calls); more are counted in the summary.
+pub const MAX_ANNOTATIONS: usize = 500;
+/// An annotation's message: the failure's message and text, cut to this many characters (at
+/// most 16 KiB of UTF-8, well within GitHub's 64 KiB and the argv word's 128 KiB).
+pub const MAX_ANNOTATION_MESSAGE_CHARS: usize = 4_000;
 
 /// How a check run concludes (GitHub's `conclusion`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +139,10 @@ pub struct JobReport {
     pub tests: Option<super::results::TestsReport>,
     /// The job's stages, snapshot and re-run links (issue 18), when it has stages.
     pub stages: Option<super::stages::StagesReport>,
+    /// The failed tests' annotations at file:line (issue 19), at most [`MAX_ANNOTATIONS`].
+    pub annotations: Vec<CheckRunAnnotation>,
+    /// Failed tests with a file and line beyond [`MAX_ANNOTATIONS`], not annotated.
+    pub annotations_left_out: usize,
 }
 
 impl JobReport {
@@ -139,7 +159,10 @@ impl JobReport {
             .and_then(|l| l.run_deadline_ms)
             .is_some_and(|d| job.state.is_terminal() && job.updated_ms >= d);
         let tests = super::results::report(&hub.store, &hub.cfg, &job)?;
+        let (annotations, annotations_left_out) = test_annotations(hub, id)?;
         let mut report = Self {
+            annotations,
+            annotations_left_out,
             tests,
             stages: super::stages::StagesReport::read(&hub.store, id)?,
             url: format!("{}/jobs/{}", hub.cfg.public_url, job.id),
@@ -185,6 +208,81 @@ impl JobReport {
             c => c,
         }
     }
+}
+
+/// A path GitHub can annotate: relative to the repository's root, `/`-separated, no empty, `.`
+/// or `..` part, no backslash or control character (a JUnit file's `file` comes from the VM).
+pub fn annotatable_path(p: &str) -> bool {
+    !p.is_empty()
+        && !p.contains('\\')
+        && !p.chars().any(char::is_control)
+        && p.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
+/// The annotations of job `id`'s failed and errored tests (its newest attempt with results)
+/// that have a file and a line: one each, at most [`MAX_ANNOTATIONS`]; the second value counts
+/// those left out. The JUnit `line` is pytest's, 0-based (pytest writes `item.location`'s
+/// line): the annotation's line is one more, the `def` line of the test.
+pub fn test_annotations(hub: &Hub, id: &str) -> Result<(Vec<CheckRunAnnotation>, usize)> {
+    let Some(attempt) = hub.store.result_attempts(id)?.into_iter().next() else {
+        return Ok((Vec::new(), 0));
+    };
+    let mut out = Vec::new();
+    let mut left_out = 0;
+    for t in hub.store.test_cases(id, attempt)? {
+        let c = &t.case;
+        let (Some(file), Some(line)) = (&c.file, c.line) else {
+            continue;
+        };
+        if !c.outcome.is_bad() || !annotatable_path(file) {
+            continue;
+        }
+        if out.len() >= MAX_ANNOTATIONS {
+            left_out += 1;
+            continue;
+        }
+        let quarantined = hub.cfg.tests.quarantine_entry(&t.key).is_some();
+        let mut message = c.outcome.as_str().to_owned();
+        for part in [&c.message, &c.text].into_iter().flatten() {
+            message.push_str("\n\n");
+            message.push_str(part);
+        }
+        let message = crate::domain::junit::clean(message.trim_end(), MAX_ANNOTATION_MESSAGE_CHARS);
+        let suffix = if quarantined { " (quarantined)" } else { "" };
+        let line = line.saturating_add(1);
+        out.push(CheckRunAnnotation {
+            path: file.clone(),
+            start_line: line,
+            end_line: line,
+            annotation_level: if quarantined { "warning" } else { "failure" }.into(),
+            title: Some(cut_chars(
+                &format!("{} {}{suffix}", t.key, c.outcome.as_str()),
+                MAX_TITLE_CHARS,
+            )),
+            message,
+        });
+    }
+    Ok((out, left_out))
+}
+
+/// The further updates that carry annotations beyond the completing call's
+/// [`ANNOTATIONS_PER_CALL`]: the same status, conclusion and output on run `id`, the buttons
+/// left as they are, [`ANNOTATIONS_PER_CALL`] each.
+pub fn annotation_batches(
+    completion: &CheckRunRequest,
+    id: u64,
+    annotations: &[CheckRunAnnotation],
+) -> Vec<CheckRunRequest> {
+    annotations
+        .chunks(ANNOTATIONS_PER_CALL)
+        .skip(1)
+        .map(|batch| CheckRunRequest {
+            target: CheckRunTarget::Update { id },
+            actions: None,
+            annotations: batch.to_vec(),
+            ..completion.clone()
+        })
+        .collect()
 }
 
 /// The last [`LOG_TAIL_LINES`] lines tagged `[name]` (dom0's step lines), without timestamp and
@@ -352,9 +450,23 @@ pub fn failing_step_section(r: &JobReport) -> Option<String> {
 /// The failed tests of the job (issue 19, test results): the place their section goes, between
 /// the failing step and the attempts. `None` until the job's data has test results.
 pub fn failed_tests_section(r: &JobReport) -> Option<String> {
-    r.tests
+    let mut out = r
+        .tests
         .as_ref()
-        .map(|t| super::results::markdown(t, &r.url))
+        .map(|t| super::results::markdown(t, &r.url))?;
+    let n = r.annotations.len();
+    if n > 0 {
+        let _ = writeln!(out, "\n{n} failed test(s) annotated at their file:line.");
+    }
+    if r.annotations_left_out > 0 {
+        let _ = writeln!(
+            out,
+            "{} more failed test(s) not annotated: at most {MAX_ANNOTATIONS} annotations per \
+             check run; all are on the [job page]({}#tests).",
+            r.annotations_left_out, r.url
+        );
+    }
+    Some(out)
 }
 
 /// Every attempt and how it ended, oldest first.
@@ -573,6 +685,7 @@ pub fn request(r: &JobReport, p: &PendingCheck, name: &str) -> CheckRunRequest {
         completed_at: None,
         output: None,
         actions: None,
+        annotations: Vec::new(),
     };
     match p.phase {
         CheckPhase::Queued => req.output = Some(progress_output(r, p)),
@@ -592,6 +705,13 @@ pub fn request(r: &JobReport, p: &PendingCheck, name: &str) -> CheckRunRequest {
                 summary: completed_summary(r),
                 text: None,
             });
+            // The first batch; the rest follow the completion (`annotation_batches`).
+            req.annotations = r
+                .annotations
+                .iter()
+                .take(ANNOTATIONS_PER_CALL)
+                .cloned()
+                .collect();
             req.actions = Some(completed_actions());
             // "Re-run tests" only while there is a provisioned snapshot (issue 18).
             if let Some(a) = req.actions.as_mut() {
@@ -647,6 +767,9 @@ pub async fn drain_checks(hub: &Hub, agent: &GithubGateway) -> Result<Drained> {
                 done.posted += 1;
                 tracing::info!(job = %p.job_id, phase = p.phase.as_str(), check_run = id,
                     conclusion = req.conclusion.as_deref().unwrap_or(""), "check run posted");
+                if p.phase == CheckPhase::Completed {
+                    post_annotation_batches(agent, &report, &req, id).await;
+                }
             }
             Err(e) => {
                 let next = crate::now_ms() + backoff_ms(p.tries);
@@ -689,6 +812,29 @@ pub async fn drain_checks(hub: &Hub, agent: &GithubGateway) -> Result<Drained> {
         }
     }
     Ok(done)
+}
+
+/// Sends the annotations beyond the completion's first batch, once each (module doc: a retry
+/// would annotate twice); stops at the first failure, logged.
+async fn post_annotation_batches(
+    agent: &GithubGateway,
+    r: &JobReport,
+    completion: &CheckRunRequest,
+    id: u64,
+) {
+    let batches = annotation_batches(completion, id, &r.annotations);
+    let total = batches.len();
+    for (i, b) in batches.iter().enumerate() {
+        if let Err(e) = agent.check_run(b).await {
+            tracing::warn!(job = %r.job.id, check_run = id, batch = i + 2, of = total + 1,
+                error = %e, "posting annotations failed; the rest are not sent");
+            return;
+        }
+    }
+    if total > 0 {
+        tracing::info!(job = %r.job.id, check_run = id, annotations = r.annotations.len(),
+            calls = total + 1, "annotations posted");
+    }
 }
 
 /// The outbox worker: drains on every wake-up (`Hub::checks`, notified wherever the status
@@ -772,6 +918,8 @@ mod tests {
         JobReport {
             tests: None,
             stages: None,
+            annotations: Vec::new(),
+            annotations_left_out: 0,
             job: job(state, note),
             attempts: vec![
                 AttemptRow {
@@ -916,6 +1064,52 @@ mod tests {
         let s = completed_summary(&r);
         assert!(s.len() <= MAX_SUMMARY_BYTES);
         assert!(s.contains("more steps (on the job page)"));
+    }
+
+    #[test]
+    fn only_paths_inside_the_repository_are_annotated_and_batches_are_fifty() {
+        for ok in ["tests/test_vms.py", "a", ".github/x.py"] {
+            assert!(annotatable_path(ok), "{ok}");
+        }
+        for bad in [
+            "", "/abs.py", "../x.py", "a/../b", "a//b", "./a", "a\\b", "a\nb",
+        ] {
+            assert!(!annotatable_path(bad), "{bad:?}");
+        }
+        let r = report(JobState::Failure, "x", vec![]);
+        let p = PendingCheck {
+            id: 1,
+            job_id: r.job.id.clone(),
+            phase: CheckPhase::Completed,
+            note: "x".into(),
+            at_ms: 90_000,
+            tries: 0,
+            refusals: 0,
+            run_id: None,
+        };
+        let a = CheckRunAnnotation {
+            path: "a.py".into(),
+            start_line: 1,
+            end_line: 1,
+            annotation_level: "failure".into(),
+            title: None,
+            message: "m".into(),
+        };
+        let mut r = r;
+        r.annotations = vec![a; 120];
+        let completion = request(&r, &p, "sdci / Qubes 4.2");
+        assert_eq!(completion.annotations.len(), ANNOTATIONS_PER_CALL);
+        let more = annotation_batches(&completion, 7, &r.annotations);
+        assert_eq!(
+            more.iter().map(|b| b.annotations.len()).collect::<Vec<_>>(),
+            [50, 20]
+        );
+        assert!(more
+            .iter()
+            .all(|b| b.target == CheckRunTarget::Update { id: 7 }
+                && b.actions.is_none()
+                && b.output == completion.output
+                && b.conclusion.as_deref() == Some("failure")));
     }
 
     #[test]
