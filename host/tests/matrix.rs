@@ -416,8 +416,25 @@ fn pull_request(action: &str, n: u32, labels: &[&str], sender: &str) -> Value {
     v
 }
 
-/// An `issue_comment` `created` on pull request #7 by `login`.
+/// An `issue_comment` `created` on pull request #7 by `login` (comment 9).
 fn comment(text: &str, login: &str) -> Value {
+    numbered_comment(text, login, 9)
+}
+
+/// [`comment`] with GitHub's comment id `id`.
+fn numbered_comment(text: &str, login: &str, id: u64) -> Value {
+    let mut c = comment_9(text, login);
+    let api = "https://api.github.com";
+    c["comment"]["id"] = json!(id);
+    c["comment"]["node_id"] = json!(format!("IC_{id}"));
+    c["comment"]["url"] = json!(format!("{api}/repos/{REPO}/issues/comments/{id}"));
+    c["comment"]["html_url"] = json!(format!("{WEB}/{REPO}/pull/7#issuecomment-{id}"));
+    c["comment"]["reactions"]["url"] =
+        json!(format!("{api}/repos/{REPO}/issues/comments/{id}/reactions"));
+    c
+}
+
+fn comment_9(text: &str, login: &str) -> Value {
     let api = "https://api.github.com";
     let user = objects::simple_user(WEB, login, "User");
     let reactions = json!({"url": format!("{api}/repos/{REPO}/issues/comments/9/reactions"),
@@ -958,4 +975,64 @@ async fn with_fail_fast_a_failed_cell_cancels_the_others_of_its_commit() {
     assert_eq!(w.cell(10, "4.3 / dev").state, JobState::Failure);
     let note = w.cell(10, "4.2 / dev").note.unwrap_or_default();
     assert!(note.contains("fail_fast: cell 4.3 / dev failed"), "{note}");
+}
+
+#[tokio::test]
+async fn a_writers_comment_command_is_acknowledged_with_a_reaction_and_a_strangers_gets_none() {
+    let w = world("").await;
+    w.gh.add_file(REPO, &sha(8), ".github/sdci.yml", TWO_BY_TWO.as_bytes());
+    let (code, text) = w
+        .send(
+            "pull_request",
+            "p1",
+            &pull_request("opened", 8, &[], "sd-dev"),
+        )
+        .await;
+    assert_eq!(code, 202, "{text}");
+    w.until("four cells run", |w| w.jobs(8).len() == 4).await;
+
+    let cases = [
+        (101, "/sdci run 4.3 dev", "stranger", 200),
+        (102, "/sdci rerun", "maint", 200),
+        (103, "/sdci run 4.3 dev", "maint", 202),
+        (104, "/sdci retry", "maint", 200),
+    ];
+    for (id, text, who, want) in cases {
+        let (code, answer) = w
+            .send(
+                "issue_comment",
+                &format!("c{id}"),
+                &numbered_comment(text, who, id),
+            )
+            .await;
+        assert_eq!(code, want, "{text} by {who}: {answer}");
+    }
+    w.until("three reactions", |w| w.gh.reactions().len() == 3)
+        .await;
+    let mut seen: Vec<(u64, String)> =
+        w.gh.reactions()
+            .into_iter()
+            .map(|r| {
+                assert_eq!((r.repo.as_str(), r.user.as_str()), (REPO, "sdci[bot]"));
+                (r.comment_id, r.content)
+            })
+            .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (102, "confused".to_owned()),
+            (103, "+1".to_owned()),
+            // Nothing failed yet: nothing to retry.
+            (104, "confused".to_owned()),
+        ],
+        "no reaction for the stranger's comment 101"
+    );
+    let posted: Vec<u16> =
+        w.gh.requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/reactions"))
+            .map(|r| r.status)
+            .collect();
+    assert_eq!(posted, [201, 201, 201]);
 }

@@ -14,9 +14,16 @@
 //!   pull request's head; for a fork by an author not on the allow-list, only if that head sha
 //!   was approved. Removing it cancels the live cells that label queued, and nothing else.
 //! - Comment commands act only for users with write access (`permission` through the gateway,
-//!   cached a minute); anyone else's command is logged and does nothing. A command is
-//!   acknowledged in the logs of the jobs it touched (the gateway has no command that reacts to
-//!   or answers a comment) and in the delivery's answer.
+//!   cached a minute); anyone else's command is logged and does nothing, and gets no reaction.
+//! - A writer's command is acknowledged on its comment with a reaction through the gateway
+//!   (`sdci-agent react`, contracts §5): [`ACCEPTED`] (`+1`) when it queued or canceled jobs,
+//!   [`REFUSED`] (`confused`) when it was not understood or had nothing to act on (an unknown
+//!   verb, no known commit of the pull request, no failed cell to retry, nothing to cancel);
+//!   also in the logs of the jobs it touched and in the delivery's answer. A failure of the host
+//!   itself (503, GitHub redelivers) gets no reaction yet. The reaction is queued on its own
+//!   task ([`acknowledge`]), so the webhook's answer never waits for it; that call is bounded by
+//!   `[agent] timeout_secs` like every gateway call, and not retried (a lost reaction loses
+//!   nothing but the acknowledgement, which the job's log keeps).
 
 use crate::hub::Hub;
 use crate::orchestration::matrix::Request;
@@ -252,8 +259,34 @@ struct Issue {
 
 #[derive(Deserialize)]
 struct Comment {
+    /// GitHub's id of the comment (what a reaction goes on).
+    #[serde(default)]
+    id: Option<u64>,
     body: String,
     user: User,
+}
+
+/// The reaction on a writer's command that was carried out.
+pub const ACCEPTED: &str = "+1";
+/// The reaction on a writer's command that was not understood or had nothing to act on.
+pub const REFUSED: &str = "confused";
+
+/// Reacts with `content` to comment `comment_id` of `repo` on a task of its own (the webhook's
+/// answer does not wait; the call is bounded by the gateway's timeout, and logged).
+pub fn acknowledge(hub: &Hub, repo: &str, comment_id: Option<u64>, content: &'static str) {
+    let Some(id) = comment_id else {
+        tracing::warn!(%repo, "comment command without a comment id: no reaction");
+        return;
+    };
+    let gateway = hub.github.clone();
+    let repo = repo.to_owned();
+    tokio::spawn(async move {
+        match gateway.react(&repo, id, content).await {
+            Ok(()) => tracing::info!(%repo, comment = id, content, "comment command acknowledged"),
+            Err(e) => tracing::warn!(%repo, comment = id, content, error = %e,
+                "reacting to the comment command failed; the job logs keep the acknowledgement"),
+        }
+    });
 }
 
 #[derive(Deserialize)]
@@ -322,10 +355,9 @@ pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
             "ignored: not a new comment on a pull request".into(),
         );
     }
-    let command = match parse_command(&e.comment.body) {
+    let parsed = match parse_command(&e.comment.body) {
         None => return (StatusCode::OK, "ignored: no /sdci command".into()),
-        Some(Err(why)) => return (StatusCode::OK, format!("ignored: {why}")),
-        Some(Ok(c)) => c,
+        Some(p) => p,
     };
     let login = e.comment.user.login.as_str();
     let permission = tokio::time::timeout(
@@ -336,7 +368,7 @@ pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
     match permission {
         Ok(Ok(p)) if p.can_write() => {}
         Ok(Ok(p)) => {
-            tracing::warn!(%login, repo = %repo_name, permission = p.as_str(), ?command,
+            tracing::warn!(%login, repo = %repo_name, permission = p.as_str(), command = ?parsed,
                 "comment command refused: no write access; nothing done");
             return (
                 StatusCode::OK,
@@ -360,14 +392,24 @@ pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
             )
         }
     }
+    let comment_id = e.comment.id;
+    let ack = |content| acknowledge(hub, repo_name, comment_id, content);
+    let command = match parsed {
+        Ok(c) => c,
+        Err(why) => {
+            ack(REFUSED);
+            return (StatusCode::OK, format!("ignored: {why}"));
+        }
+    };
     let number = e.issue.number;
     let head = match hub.store.newest_pr_job(repo_name, number) {
         Ok(Some(j)) => j,
         Ok(None) => {
+            ack(REFUSED);
             return (
                 StatusCode::OK,
                 format!("ignored: no commit of pull request #{number} is known here yet"),
-            )
+            );
         }
         Err(err) => {
             tracing::error!(error = %err, "reading the pull request's jobs");
@@ -396,8 +438,15 @@ pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
         commit_author: head.commit_author.clone(),
         commit_subject: head.commit_subject.clone(),
     };
+    // A queued request is carried out (`+1`); a failure to store it is redelivered (no reaction).
+    let ack_queued = |answer: Answer| {
+        if answer.0 == StatusCode::ACCEPTED {
+            ack(ACCEPTED);
+        }
+        answer
+    };
     match command {
-        Command::Run(words) => queue(
+        Command::Run(words) => ack_queued(queue(
             hub,
             &placeholder,
             &Request::Select {
@@ -405,7 +454,7 @@ pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
                 words,
             },
             &why,
-        ),
+        )),
         Command::Cancel => {
             let n = cancel_cells(hub, &head.repo, head.sha.as_str(), |_| true, &why);
             let plain = match (&head.state, hub.store.job_cell(head.id.as_str())) {
@@ -422,6 +471,7 @@ pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
                 _ => 0,
             };
             hub.wake_all();
+            ack(if n + plain > 0 { ACCEPTED } else { REFUSED });
             (
                 StatusCode::OK,
                 format!(
@@ -452,12 +502,13 @@ pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
                 }
             }
             if failed.is_empty() {
+                ack(REFUSED);
                 return (
                     StatusCode::OK,
                     format!("ignored: no failed cell of {}", head.sha.short()),
                 );
             }
-            queue(hub, &placeholder, &Request::Cells(failed), &why)
+            ack_queued(queue(hub, &placeholder, &Request::Cells(failed), &why))
         }
     }
 }
