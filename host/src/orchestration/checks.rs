@@ -54,8 +54,10 @@ pub const MAX_LOG_LINE_CHARS: usize = 300;
 pub const ANNOTATIONS_PER_CALL: usize = 50;
 /// Annotations sent for one job, in all (10 calls); more are counted in the summary.
 pub const MAX_ANNOTATIONS: usize = 500;
-/// An annotation's message: the failure's message and text, cut to this many characters (at
-/// most 16 KiB of UTF-8, well within GitHub's 64 KiB and the argv word's 128 KiB).
+/// An annotation's message: the failure's message and text, cut to this many characters: at
+/// most 16 KiB as one JSON argv word (4 bytes a character at worst), well within GitHub's 64 KiB
+/// and Linux's 128 KiB a word, and 50 of them under 1 MiB of the 2 MiB `ARG_MAX` beside the
+/// 64 KiB summary.
 pub const MAX_ANNOTATION_MESSAGE_CHARS: usize = 4_000;
 
 /// How a check run concludes (GitHub's `conclusion`).
