@@ -9,6 +9,10 @@
 //! - First a shallow fetch of that sha (`--depth 1`); if the server refuses (dumb HTTP, servers
 //!   that do not allow fetching unadvertised objects), a full fetch of branches and pull-request
 //!   heads. Either way the commit is verified to exist before it is checked out, detached.
+//! - A fetch that fails for now — GitHub answering 5xx or 429, a connection refused, reset or
+//!   timed out ([`is_transient`]) — is tried again after 1, 2, 4, 8, 16 and 30 s (about a minute
+//!   in all) before the job fails: a short GitHub outage costs a minute, not a VM boot and an
+//!   attempt. Any other failure is final at once.
 //! - Any previous directory at `dev_dir` is removed first, so nothing of an older job survives.
 //! - The `.example` copies read and write regular files only, never through or onto a symlink
 //!   the commit put there ([`copy_examples`]).
@@ -110,6 +114,23 @@ impl<'a> Git<'a> {
         )))
     }
 
+    /// [`Git::run`], tried again after [`RETRY_DELAYS`] while git's error [`is_transient`].
+    fn run_retrying(&self, args: &[&str]) -> Result<()> {
+        let mut delays = RETRY_DELAYS.iter();
+        loop {
+            match self.run(args) {
+                Err(AgentError::Git(msg)) if is_transient(&msg) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(error = %msg, retry_in_secs = delay.as_secs(), "git failed for now; trying again");
+                        std::thread::sleep(*delay);
+                    }
+                    None => return Err(AgentError::Git(msg)),
+                },
+                other => return other,
+            }
+        }
+    }
+
     /// Fetches exactly `sha` from `url` into a fresh repository at the directory, and checks it
     /// out (detached).
     pub fn fetch_commit(&self, url: &str, sha: &CommitSha) -> Result<Fetched> {
@@ -143,7 +164,7 @@ impl<'a> Git<'a> {
         };
         self.run(&["init", "-q", &format!("--object-format={format}")])?;
         self.run(&["remote", "add", "origin", url])?;
-        let fetched = match self.run(&[
+        let fetched = match self.run_retrying(&[
             "-c",
             "protocol.version=2",
             "fetch",
@@ -155,9 +176,11 @@ impl<'a> Git<'a> {
             sha.as_str(),
         ]) {
             Ok(()) => Fetched::Shallow,
+            // Still failing for now after the retries: a full fetch would fail the same way.
+            Err(AgentError::Git(msg)) if is_transient(&msg) => return Err(AgentError::Git(msg)),
             Err(e) => {
                 tracing::info!(error = %e, "shallow fetch refused; fetching the whole repository");
-                self.run(&[
+                self.run_retrying(&[
                     "fetch",
                     "-q",
                     "--no-tags",
@@ -173,6 +196,45 @@ impl<'a> Git<'a> {
         self.run(&["checkout", "-q", "--detach", sha.as_str()])?;
         Ok(fetched)
     }
+}
+
+/// The pauses between tries of a fetch that failed for now: about a minute in all.
+const RETRY_DELAYS: [std::time::Duration; 6] = [
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(4),
+    std::time::Duration::from_secs(8),
+    std::time::Duration::from_secs(16),
+    std::time::Duration::from_secs(30),
+];
+
+/// Whether git's error (its last stderr lines) says the remote failed for now: an HTTP 5xx or
+/// 429 answer, or a connection that could not be made or was lost. A 4xx (a wrong token, a
+/// missing repository), a refused unadvertised object or a missing commit is not.
+pub fn is_transient(git_error: &str) -> bool {
+    let e = git_error.to_ascii_lowercase();
+    let http_status = e
+        .split("returned error: ")
+        .nth(1)
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok());
+    if let Some(code) = http_status {
+        return code == 429 || (500..600).contains(&code);
+    }
+    [
+        "failed to connect",
+        "connection refused",
+        "connection reset",
+        "connection timed out",
+        "operation timed out",
+        "could not resolve host",
+        "rpc failed",
+        "early eof",
+        "unexpected disconnect",
+        "the remote end hung up unexpectedly",
+    ]
+    .iter()
+    .any(|needle| e.contains(needle))
 }
 
 /// True when an URL has a `userinfo@` part before its host.
@@ -296,6 +358,26 @@ fn open_destination(path: &Path) -> std::result::Result<std::fs::File, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn git_errors_of_an_outage_are_transient_and_refusals_are_not() {
+        for e in [
+            "`git fetch` failed (exit status: 128): fatal: unable to access 'http://127.0.0.1:1/o/r.git/': The requested URL returned error: 503",
+            "fatal: unable to access 'x': The requested URL returned error: 429",
+            "fatal: unable to access 'x': Failed to connect to 127.0.0.1 port 9: Connection refused",
+            "error: RPC failed; curl 56 Recv failure: Connection reset by peer | fatal: early EOF",
+        ] {
+            assert!(is_transient(e), "{e}");
+        }
+        for e in [
+            "fatal: unable to access 'x': The requested URL returned error: 403",
+            "fatal: Authentication failed for 'http://127.0.0.1/o/r.git/'",
+            "fatal: remote error: upload-pack: not our ref 0123456789abcdef",
+            "fatal: couldn't find remote ref 0123456789abcdef",
+        ] {
+            assert!(!is_transient(e), "{e}");
+        }
+    }
 
     #[test]
     fn clone_urls_with_credentials_are_refused_before_git_runs() {

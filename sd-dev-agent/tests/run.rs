@@ -373,6 +373,27 @@ fn run_fetches_the_commit_sends_it_to_dom0_and_relays_every_event_in_order() {
 }
 
 #[test]
+fn a_github_outage_during_the_fetch_is_waited_out_and_the_job_still_runs() {
+    let mut w = World::new("job-run-outage", None, vec![sh("check-tree", CHECK_TREE)]);
+    // Only the fetch meets the outage: the agent posts no status of its own here.
+    w.job.post_running_status = false;
+    w.job.post_final_status = false;
+    w.gh.outage_for(Duration::from_secs(3), 503);
+    let out = w.wait(w.spawn_agent());
+    assert_eq!(out.status.code(), Some(0), "agent:\n{}", stderr(&out));
+    let t = texts(&w.host.events());
+    assert!(t.contains(&"commit-id 1".to_owned()), "{t:?}");
+    assert!(stderr(&out).contains("how=Shallow"), "{}", stderr(&out));
+    let refused_git =
+        w.gh.requests()
+            .iter()
+            .filter(|r| r.status == 503 && r.path.contains(".git/"))
+            .count();
+    assert!(refused_git > 0, "the outage refused no git request");
+    w.assert_no_secret_leaked(&out);
+}
+
+#[test]
 fn event_forwarding_survives_the_host_dropping_the_connection_mid_stream() {
     let gate = "gate.fifo";
     let steps = vec![
