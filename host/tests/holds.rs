@@ -48,6 +48,19 @@ async fn a_failed_jobs_vm_is_held_out_of_dispatch_survives_a_restart_and_is_powe
         shown.contains(&format!("held VM {vm} for job {j1}")),
         "{shown}"
     );
+    let metrics = c
+        .get(format!("{}/metrics", host.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("\nsdci_held_vms 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("sdci_stage_snapshots{pool=\"4.2\"} 0"),
+        "{metrics}"
+    );
 
     // A queued job takes the other VM.
     deliver_push(&c, &host.url, "d2", "two", 2).await;

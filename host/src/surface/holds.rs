@@ -141,3 +141,47 @@ mod tests {
         }
     }
 }
+
+/// Prometheus lines for `/metrics`: provisioned snapshots per pool (count, and bytes where
+/// the hypervisor reports sizes: `sdci_stage_snapshot_bytes` counts only those) and held VMs.
+pub fn stage_metrics(store: &Store, pools: &[String]) -> String {
+    let snaps = store.stage_snapshots().unwrap_or_default();
+    let holds = store.holds().unwrap_or_default();
+    let mut out = String::from(
+        "# HELP sdci_stage_snapshots Provisioned snapshots kept, by pool (issue 18).\n\
+         # TYPE sdci_stage_snapshots gauge\n",
+    );
+    for p in pools {
+        let n = snaps.iter().filter(|s| &s.version == p).count();
+        let _ = writeln!(out, "sdci_stage_snapshots{{pool=\"{}\"}} {n}", label(p));
+    }
+    out.push_str(
+        "# HELP sdci_stage_snapshot_bytes Datastore bytes of the provisioned snapshots whose size \
+         the hypervisor reports, by pool.\n# TYPE sdci_stage_snapshot_bytes gauge\n",
+    );
+    for p in pools {
+        let b: i64 = snaps
+            .iter()
+            .filter(|s| &s.version == p)
+            .filter_map(|s| s.bytes)
+            .sum();
+        let _ = writeln!(
+            out,
+            "sdci_stage_snapshot_bytes{{pool=\"{}\"}} {b}",
+            label(p)
+        );
+    }
+    out.push_str(
+        "# HELP sdci_held_vms VMs kept on after their job for debugging.\n\
+         # TYPE sdci_held_vms gauge\n",
+    );
+    let _ = writeln!(out, "sdci_held_vms {}", holds.len());
+    out
+}
+
+/// A Prometheus label value, escaped.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

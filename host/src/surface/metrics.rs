@@ -330,6 +330,10 @@ fn store_families(e: &mut Exposition, hub: &Hub, v: &StoreView, now: i64) {
     );
     e.sample("sdci_statuses_unposted", &[], v.unposted);
     e.out.push_str(&v.rotations);
+    // Provisioned snapshots and held VMs (issue 18).
+    let names: Vec<String> = hub.cfg.pools.keys().cloned().collect();
+    e.out
+        .push_str(&super::holds::stage_metrics(&hub.store, &names));
 }
 
 /// `GET /metrics`.
