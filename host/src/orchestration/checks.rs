@@ -251,7 +251,7 @@ pub fn test_annotations(hub: &Hub, id: &str) -> Result<(Vec<CheckRunAnnotation>,
         }
         let message = crate::domain::junit::clean(message.trim_end(), MAX_ANNOTATION_MESSAGE_CHARS);
         let suffix = if quarantined { " (quarantined)" } else { "" };
-        let line = line.saturating_add(1);
+        let line = crate::domain::junit::source_line(line);
         out.push(CheckRunAnnotation {
             path: file.clone(),
             start_line: line,
@@ -694,6 +694,12 @@ pub fn request(r: &JobReport, p: &PendingCheck, name: &str) -> CheckRunRequest {
         CheckPhase::InProgress => {
             req.started_at = Some(rfc3339(first_start.unwrap_or(p.at_ms).min(p.at_ms)));
             req.output = Some(progress_output(r, p));
+            // "Hold VM" (issue 18): keep the VM on when the job ends, for debugging.
+            req.actions = Some(vec![CheckRunAction {
+                identifier: super::stages::HOLD_ACTION.into(),
+                label: "Hold VM".into(),
+                description: "Keep this VM on for 4 h when it ends".into(),
+            }]);
         }
         CheckPhase::Completed => {
             // A completion before the job's end cannot happen (the store queues it in the

@@ -41,6 +41,8 @@ use std::time::{Duration, Instant};
 
 /// The check run's "Re-run tests" button (`requested_action` identifier, contracts §10).
 pub const RERUN_TESTS_ACTION: &str = "rerun-tests";
+/// The running check run's "Hold VM" button: keep the VM on when the job ends (4 h).
+pub const HOLD_ACTION: &str = "hold-vm";
 
 /// The events file `sdci-dom0 rerun` writes next to `log.txt` (contracts §12).
 pub const RERUN_EVENTS: &str = "events.ndjson";

@@ -76,6 +76,7 @@ pub enum RerunTarget {
 const RERUN_ACTIONS: &[&str] = &[
     crate::orchestration::checks::RERUN_ACTION,
     crate::orchestration::stages::RERUN_TESTS_ACTION,
+    crate::orchestration::stages::HOLD_ACTION,
 ];
 
 #[derive(Deserialize)]
@@ -479,6 +480,37 @@ async fn rerun(
     let why = format!("{} by {sender}", spec.what);
     let result = match &spec.target {
         RerunTarget::Job { id, sha } => match hub.store.job(id) {
+            // "Hold VM" (issue 18): the job's VM stays on when it ends, for 4 h.
+            Ok(Some(j))
+                if j.repo == spec.repo
+                    && &j.sha == sha
+                    && spec
+                        .what
+                        .ends_with(crate::orchestration::stages::HOLD_ACTION) =>
+            {
+                if j.state.is_terminal() {
+                    return (
+                        StatusCode::OK,
+                        format!("ignored: job {id} already ended; its VM is not kept on"),
+                    );
+                }
+                return match hub.store.request_hold(id, sender, 4 * 3600) {
+                    Ok(()) => {
+                        tracing::info!(job = %id, %sender, "hold of the VM asked for");
+                        (
+                            StatusCode::ACCEPTED,
+                            format!("job {id}'s VM is held for 4 h when it ends"),
+                        )
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "storing a hold request failed");
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "could not store the hold; redeliver it".into(),
+                        )
+                    }
+                };
+            }
             // "Re-run tests" (issue 18): only the test stage, from the provisioned snapshot.
             Ok(Some(j))
                 if j.repo == spec.repo
@@ -988,6 +1020,19 @@ mod tests {
             decide(&c, "check_run", &body),
             want("check_run requested_action rerun")
         );
+        // Issue 18's buttons: "Re-run tests" and "Hold VM".
+        for action in ["rerun-tests", "hold-vm"] {
+            let body = check_run(
+                "requested_action",
+                Some(action),
+                "o/r",
+                "aaaaaaa-0123456789",
+            );
+            assert_eq!(
+                decide(&c, "check_run", &body),
+                want(&format!("check_run requested_action {action}"))
+            );
+        }
         for (body, why) in [
             (
                 check_run("requested_action", Some("hold"), "o/r", "x"),
