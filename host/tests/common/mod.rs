@@ -368,8 +368,27 @@ impl Hypervisor for MemoryHv {
             .map(|vm| Self::info(name, vm))
             .ok_or(VsphereError::VmNotFound { name: name.into() })
     }
-    async fn snapshots(&self, _vm: &str) -> R<Vec<SnapshotInfo>> {
-        Ok(vec![])
+    async fn snapshots(&self, vm: &str) -> R<Vec<SnapshotInfo>> {
+        // The memory snapshots taken (issue 18); the golden ones are not tracked.
+        let mut names: Vec<String> = self
+            .memory_snapshots
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(v, _)| v == vm)
+            .map(|(_, n)| n.clone())
+            .collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| SnapshotInfo {
+                id: name.clone(),
+                name,
+                created: None,
+                parent: None,
+                is_current: false,
+            })
+            .collect())
     }
     async fn revert(&self, vm: &str, snapshot: &str) -> R<()> {
         let memory = self
@@ -396,7 +415,11 @@ impl Hypervisor for MemoryHv {
     async fn create_snapshot(&self, _vm: &str, _n: &str, _d: &str) -> R<()> {
         Ok(())
     }
-    async fn remove_snapshot(&self, _vm: &str, _n: &str) -> R<()> {
+    async fn remove_snapshot(&self, vm: &str, n: &str) -> R<()> {
+        self.memory_snapshots
+            .lock()
+            .unwrap()
+            .remove(&(vm.to_owned(), n.to_owned()));
         Ok(())
     }
     async fn power_on(&self, vm: &str) -> R<()> {
