@@ -14,7 +14,8 @@ use sdci_host::server::Parts;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-const POOL: &str = "[pools.\"4.2\"]\nprefix = \"Qubes_4.2_\"\ngolden_snapshot = \"golden\"\n\
+// Jobs without a version run on 4.2, where the VMs are (the default would be the newest pool).
+const POOL: &str = "default_version = \"4.2\"\n[pools.\"4.2\"]\nprefix = \"Qubes_4.2_\"\ngolden_snapshot = \"golden\"\n\
                     [pools.\"4.3\"]\nprefix = \"Qubes_4.3_\"\ngolden_snapshot = \"golden\"\n\
                     [jobs]\npoll_interval_ms = 20\n";
 

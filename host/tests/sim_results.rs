@@ -251,9 +251,9 @@ async fn a_failed_jobs_tests_and_evidence_are_on_its_page_and_a_retried_commit_s
     let sha = sha(1);
     assert!(
         failed.contains(&format!(
-            "/securedrop-workstation/blob/{sha}/tests/test_vms.py#L42\""
+            "/securedrop-workstation/blob/{sha}/tests/test_vms.py#L43\""
         )),
-        "source link at the commit: {failed}"
+        "source link at the commit, pytest's 0-based line 42 as GitHub's 43: {failed}"
     );
     assert!(failed.contains("1 passed · 1 failed · 1 error · 1 skipped — 4 tests"));
     assert!(failed.contains("quarantined (test_setup)"));

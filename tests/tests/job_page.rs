@@ -601,7 +601,7 @@ fn a_failed_jobs_tests_and_evidence_are_on_its_page_and_a_test_opens_its_history
         failed[0][3]
             .as_str()
             .unwrap()
-            .ends_with(&format!("/blob/{sha}/tests/test_vms_platform.py#L41")),
+            .ends_with(&format!("/blob/{sha}/tests/test_vms_platform.py#L42")),
         "{v}"
     );
     assert!(

@@ -97,6 +97,7 @@ pub struct TestCase {
     pub name: String,
     /// `file` when the producer wrote it (pytest's `xunit1` family does), relative as given.
     pub file: Option<String>,
+    /// `line` as written: pytest writes its 0-based `location` line (see [`source_line`]).
     pub line: Option<u32>,
     pub outcome: CaseOutcome,
     pub duration_ms: Option<i64>,
@@ -126,6 +127,14 @@ pub struct Parsed {
     pub cases: Vec<TestCase>,
     /// What was refused, cut or replaced, one sentence each, naming the file.
     pub notes: Vec<String>,
+}
+
+/// The 1-based line of the source file that a JUnit `line` attribute names. pytest's
+/// `junitxml` writes the test item's `location`, whose line is 0-based (the `def` of
+/// `test_x` on line 42 is written `line="41"`), so GitHub's `#L` anchors and check-run
+/// annotations add one. The job page and the check run both use this one rule.
+pub fn source_line(junit_line: u32) -> u32 {
+    junit_line.saturating_add(1)
 }
 
 /// Replaces control characters (but tab and newline) with U+FFFD and cuts at `max` characters

@@ -115,7 +115,8 @@ pub struct TestsView {
     pub only_quarantined_failed: bool,
 }
 
-/// The source line's address on GitHub: `{web}/{repo}/blob/{sha}/{file}#L{line}`, only for a
+/// The source line's address on GitHub: `{web}/{repo}/blob/{sha}/{file}#L{n}` where `n` is
+/// the 1-based line of JUnit's `line` ([`crate::domain::junit::source_line`]), only for a
 /// relative path without `.`/`..` components or control characters.
 pub fn source_url(
     web: &str,
@@ -134,7 +135,9 @@ pub fn source_url(
     if !ok {
         return None;
     }
-    let anchor = line.map(|l| format!("#L{l}")).unwrap_or_default();
+    let anchor = line
+        .map(|l| format!("#L{}", crate::domain::junit::source_line(l)))
+        .unwrap_or_default();
     Some(format!(
         "{web}/{repo}/blob/{sha}/{}{anchor}",
         url_part(file)
@@ -615,7 +618,8 @@ mod tests {
         );
         assert_eq!(
             u.as_deref(),
-            Some("https://github.com/o/r/blob/abc/tests/test%20vms.py#L7")
+            Some("https://github.com/o/r/blob/abc/tests/test%20vms.py#L8"),
+            "pytest's 0-based line 7 is GitHub's line 8"
         );
         for bad in ["/home/u/x.py", "../x.py", "a/./b.py", "a\\b.py", "", "a//b"] {
             assert_eq!(source_url("w", "o/r", "abc", bad, None), None, "{bad}");
