@@ -332,8 +332,7 @@ fn store_families(e: &mut Exposition, hub: &Hub, v: &StoreView, now: i64) {
     e.out.push_str(&v.rotations);
     // Provisioned snapshots and held VMs (issue 18).
     let names: Vec<String> = hub.cfg.pools.keys().cloned().collect();
-    e.out
-        .push_str(&super::holds::stage_metrics(&hub.store, &names));
+    e.out.push_str(&stage_metrics(&hub.store, &names));
 }
 
 /// `GET /metrics`.
@@ -343,4 +342,41 @@ pub async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
         .await
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+}
+
+/// Prometheus lines for `/metrics`: provisioned snapshots per pool (count, and bytes where
+/// the hypervisor reports sizes: `sdci_stage_snapshot_bytes` counts only those) and held VMs.
+pub fn stage_metrics(store: &Store, pools: &[String]) -> String {
+    let snaps = store.stage_snapshots().unwrap_or_default();
+    let holds = store.holds().unwrap_or_default();
+    let mut out = String::from(
+        "# HELP sdci_stage_snapshots Provisioned snapshots kept, by pool (issue 18).\n\
+         # TYPE sdci_stage_snapshots gauge\n",
+    );
+    for p in pools {
+        let n = snaps.iter().filter(|s| &s.version == p).count();
+        let _ = writeln!(out, "sdci_stage_snapshots{{pool=\"{}\"}} {n}", label(p));
+    }
+    out.push_str(
+        "# HELP sdci_stage_snapshot_bytes Datastore bytes of the provisioned snapshots whose size \
+         the hypervisor reports, by pool.\n# TYPE sdci_stage_snapshot_bytes gauge\n",
+    );
+    for p in pools {
+        let b: i64 = snaps
+            .iter()
+            .filter(|s| &s.version == p)
+            .filter_map(|s| s.bytes)
+            .sum();
+        let _ = writeln!(
+            out,
+            "sdci_stage_snapshot_bytes{{pool=\"{}\"}} {b}",
+            label(p)
+        );
+    }
+    out.push_str(
+        "# HELP sdci_held_vms VMs kept on after their job for debugging.\n\
+         # TYPE sdci_held_vms gauge\n",
+    );
+    let _ = writeln!(out, "sdci_held_vms {}", holds.len());
+    out
 }
