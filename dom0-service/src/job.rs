@@ -49,6 +49,32 @@ impl JobPaths {
     }
 }
 
+/// Reads the job file a command (`launch`, `rerun`) was given, which must be the one at
+/// `<jobs_dir>/<id>/job.json` for the id inside it — where `sdci.Run` reads it — so no other
+/// file can stand in for the host's upload. Returns it with its job's paths.
+pub fn read_own_job_file(jobs_dir: &Path, jobfile: &Path) -> Result<(JobFile, JobPaths)> {
+    let job = read_job_file(jobfile)?;
+    let paths = JobPaths::new(jobs_dir, &job.spec.id);
+    let same = match (
+        std::fs::canonicalize(jobfile),
+        std::fs::canonicalize(paths.job_file()),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same {
+        return Err(Error::JobFile {
+            path: jobfile.to_owned(),
+            why: format!(
+                "the job file must be {} (where sdci.Run reads it), not {}",
+                paths.job_file().display(),
+                jobfile.display()
+            ),
+        });
+    }
+    Ok((job, paths))
+}
+
 /// Reads and validates a job file (size-capped, not through a symlink).
 pub fn read_job_file(path: &Path) -> Result<JobFile> {
     use std::os::unix::fs::OpenOptionsExt;

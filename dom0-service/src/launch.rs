@@ -16,7 +16,7 @@
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::job::{read_job_file, replace_job_file, JobPaths};
+use crate::job::{read_own_job_file, replace_job_file};
 use crate::log::JobLog;
 use crate::steps;
 use sdci_protocol::Outcome;
@@ -30,25 +30,10 @@ pub fn launch(jobfile: &Path) -> i32 {
         Ok(c) => c,
         Err(e) => return fail_early(&e.to_string()),
     };
-    let job = match read_job_file(jobfile) {
+    let (job, paths) = match read_own_job_file(&config.jobs_dir, jobfile) {
         Ok(j) => j,
         Err(e) => return fail_early(&e.to_string()),
     };
-    let paths = JobPaths::new(&config.jobs_dir, &job.spec.id);
-    let same = match (
-        std::fs::canonicalize(jobfile),
-        std::fs::canonicalize(paths.job_file()),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if !same {
-        return fail_early(&format!(
-            "the job file must be {} (where sdci.Run reads it), not {}",
-            paths.job_file().display(),
-            jobfile.display()
-        ));
-    }
     if !job.has_agent_secrets() {
         return fail_early(&format!(
             "{} was handed over to an agent already (its secrets are gone); the host uploads a \

@@ -20,7 +20,7 @@
 //! in the log; in a real dom0 they die with their parents' process groups.
 
 use crate::config::Config;
-use crate::job::{read_job_file, replace_job_file, JobPaths};
+use crate::job::{read_own_job_file, replace_job_file, JobPaths};
 use crate::log::JobLog;
 use crate::steps;
 use sdci_protocol::Outcome;
@@ -36,25 +36,10 @@ pub fn rerun(jobfile: &Path) -> i32 {
         Ok(c) => c,
         Err(e) => return fail_early(&e.to_string()),
     };
-    let job = match read_job_file(jobfile) {
+    let (job, paths) = match read_own_job_file(&config.jobs_dir, jobfile) {
         Ok(j) => j,
         Err(e) => return fail_early(&e.to_string()),
     };
-    let paths = JobPaths::new(&config.jobs_dir, &job.spec.id);
-    let same = match (
-        std::fs::canonicalize(jobfile),
-        std::fs::canonicalize(paths.job_file()),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if !same {
-        return fail_early(&format!(
-            "the job file must be {}, not {}",
-            paths.job_file().display(),
-            jobfile.display()
-        ));
-    }
     if job.has_agent_secrets() {
         if let Err(e) = replace_job_file(&paths.job_file(), &job.without_secrets()) {
             return fail_early(&format!("cannot remove the secrets from the job file: {e}"));
