@@ -42,27 +42,58 @@ pub const MAX_ANNOTATION_MESSAGE_BYTES: usize = 65_535;
 /// GitHub's limit on an annotation's title (characters).
 pub const MAX_ANNOTATION_TITLE: usize = 255;
 
-/// The command line of `check-run`, as given (every value unchecked).
-#[derive(Debug, Default, Clone)]
+/// The command line of `check-run`, as given (every value unchecked; checked by the rules
+/// above before any request). The binary parses it with clap.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct CheckRunArgs {
+    #[arg(long)]
     pub repo: String,
+    /// The commit to create the check run on.
+    #[arg(long, conflicts_with = "id")]
     pub sha: Option<String>,
+    /// At most 255 characters (branch protection requires it by name).
+    #[arg(long, conflicts_with = "id")]
     pub name: Option<String>,
+    /// The check run to update.
+    #[arg(long)]
     pub id: Option<String>,
+    /// queued, in_progress or completed
+    #[arg(long)]
     pub status: Option<String>,
+    /// With --status=completed only: success, failure, neutral, cancelled, skipped,
+    /// timed_out or action_required
+    #[arg(long)]
     pub conclusion: Option<String>,
+    /// http(s):// URL of the job's page.
+    #[arg(long)]
     pub details_url: Option<String>,
+    /// At most 255 characters (the job id).
+    #[arg(long)]
     pub external_id: Option<String>,
+    /// RFC 3339 UTC, e.g. 2026-12-01T10:37:00Z
+    #[arg(long)]
     pub started_at: Option<String>,
+    /// RFC 3339 UTC, with --status=completed only.
+    #[arg(long)]
     pub completed_at: Option<String>,
+    /// The output's title (at most 255 characters; needs --summary).
+    #[arg(long)]
     pub title: Option<String>,
+    /// The output's Markdown summary (at most 65,535 bytes; needs --title).
+    #[arg(long)]
     pub summary: Option<String>,
+    /// The output's Markdown details (at most 65,535 bytes).
+    #[arg(long)]
     pub text: Option<String>,
-    /// `IDENTIFIER:LABEL:DESCRIPTION` each (the label holds no `:`; the description may).
+    /// A button, IDENTIFIER:LABEL:DESCRIPTION (at most 3; 20, 20, 40 characters).
+    #[arg(long = "action")]
     pub actions: Vec<String>,
+    /// Remove the buttons (sends "actions": []).
+    #[arg(long)]
     pub no_actions: bool,
-    /// One JSON object each (titles and messages hold any character, `:` included):
-    /// `{"path","start_line","end_line","annotation_level","message"[,"title"]}`.
+    /// An annotation, one JSON object: {"path","start_line","end_line","annotation_level"
+    /// (notice|warning|failure),"message"[,"title"]} (at most 50 per call; needs --title).
+    #[arg(long = "annotation")]
     pub annotations: Vec<String>,
 }
 

@@ -77,57 +77,7 @@ enum Command {
         sha: String,
     },
     /// Create (--sha, --name) or update (--id) a check run (GitHub App mode); prints {"id":N}.
-    CheckRun {
-        #[arg(long)]
-        repo: String,
-        /// The commit to create the check run on.
-        #[arg(long, conflicts_with = "id")]
-        sha: Option<String>,
-        /// At most 255 characters (branch protection requires it by name).
-        #[arg(long, conflicts_with = "id")]
-        name: Option<String>,
-        /// The check run to update.
-        #[arg(long)]
-        id: Option<String>,
-        /// queued, in_progress or completed
-        #[arg(long)]
-        status: Option<String>,
-        /// With --status=completed only: success, failure, neutral, cancelled, skipped,
-        /// timed_out or action_required
-        #[arg(long)]
-        conclusion: Option<String>,
-        /// http(s):// URL of the job's page.
-        #[arg(long)]
-        details_url: Option<String>,
-        /// At most 255 characters (the job id).
-        #[arg(long)]
-        external_id: Option<String>,
-        /// RFC 3339 UTC, e.g. 2026-12-01T10:37:00Z
-        #[arg(long)]
-        started_at: Option<String>,
-        /// RFC 3339 UTC, with --status=completed only.
-        #[arg(long)]
-        completed_at: Option<String>,
-        /// The output's title (at most 255 characters; needs --summary).
-        #[arg(long)]
-        title: Option<String>,
-        /// The output's Markdown summary (at most 65,535 bytes; needs --title).
-        #[arg(long)]
-        summary: Option<String>,
-        /// The output's Markdown details (at most 65,535 bytes).
-        #[arg(long)]
-        text: Option<String>,
-        /// A button, IDENTIFIER:LABEL:DESCRIPTION (at most 3; 20, 20, 40 characters).
-        #[arg(long = "action")]
-        actions: Vec<String>,
-        /// Remove the buttons (sends "actions": []).
-        #[arg(long)]
-        no_actions: bool,
-        /// An annotation, one JSON object: {"path","start_line","end_line","annotation_level"
-        /// (notice|warning|failure),"message"[,"title"]} (at most 50 per call; needs --title).
-        #[arg(long = "annotation")]
-        annotations: Vec<String>,
-    },
+    CheckRun(CheckRunArgs),
     /// React to an issue or pull-request comment (GitHub App or token); prints nothing.
     React {
         #[arg(long)]
@@ -227,44 +177,7 @@ async fn dispatch(cli: Cli) -> Result<i32, (i32, String)> {
         Command::CiConfig { repo, sha } => {
             gateway::ci_config(&cfg, &repo, &sha).await.map(Out::Line)
         }
-        Command::CheckRun {
-            repo,
-            sha,
-            name,
-            id,
-            status,
-            conclusion,
-            details_url,
-            external_id,
-            started_at,
-            completed_at,
-            title,
-            summary,
-            text,
-            actions,
-            no_actions,
-            annotations,
-        } => {
-            let args = CheckRunArgs {
-                repo,
-                sha,
-                name,
-                id,
-                status,
-                conclusion,
-                details_url,
-                external_id,
-                started_at,
-                completed_at,
-                title,
-                summary,
-                text,
-                actions,
-                no_actions,
-                annotations,
-            };
-            gateway::check_run(&cfg, &args).await.map(Out::Line)
-        }
+        Command::CheckRun(args) => gateway::check_run(&cfg, &args).await.map(Out::Line),
         Command::React {
             repo,
             comment_id,
