@@ -72,6 +72,8 @@ const GIVE_UP_KINDS: &[&str] = &[
     "VIR_ERR_INVALID_ARG",
     "VIR_ERR_XML_ERROR",
     "VIR_ERR_CONFIG_UNSUPPORTED",
+    // every backend: an operation this backend does not have (`Hypervisor::clone_from_snapshot`)
+    "NotSupported",
 ];
 
 /// Fault kinds that mean "the hypervisor, not this VM, is in trouble": try again later.

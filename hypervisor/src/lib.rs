@@ -76,6 +76,48 @@ pub trait Hypervisor: Send + Sync + 'static {
         let _ = vm;
         async { Ok(None) }
     }
+    /// Whether [`Hypervisor::clone_from_snapshot`] works on this backend (issue 18's stage
+    /// re-run on another VM of the pool). The default: no.
+    fn can_clone(&self) -> bool {
+        false
+    }
+    /// Creates VM `clone` as a *linked* clone of snapshot `snapshot` of VM `source` (a child
+    /// disk over the snapshot's disks, nothing copied), in the source's folder, resource pool
+    /// and datastore, powered off, with the snapshot's memory when it has one (vSphere:
+    /// `CloneVM_Task` with `snapshot`, `location.diskMoveType = createNewChildDiskBacking`,
+    /// `memory = true`, `powerOn = false`), so that [`Hypervisor::power_on`] resumes it where the
+    /// snapshot was taken. The source is not touched and may be running. A VM named `clone`
+    /// that already exists is an error. The default: unsupported (`VIR_ERR_NO_SUPPORT`-like
+    /// `Fault` of kind `NotSupported`), see [`Hypervisor::can_clone`].
+    fn clone_from_snapshot(
+        &self,
+        source: &str,
+        snapshot: &str,
+        clone: &str,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (source, snapshot);
+        let clone = clone.to_owned();
+        async move {
+            Err(HypervisorError::Fault {
+                method: "clone_from_snapshot".into(),
+                kind: "NotSupported".into(),
+                message: format!("this hypervisor backend cannot clone {clone} from a snapshot"),
+            })
+        }
+    }
+    /// Powers VM `vm` off if it is on and deletes it with its files (vSphere `Destroy_Task`).
+    /// Only ever called on VMs sdci created ([`Hypervisor::clone_from_snapshot`]); a VM that
+    /// does not exist is success. The default: unsupported, like `clone_from_snapshot`.
+    fn destroy_vm(&self, vm: &str) -> impl Future<Output = Result<()>> + Send {
+        let vm = vm.to_owned();
+        async move {
+            Err(HypervisorError::Fault {
+                method: "destroy_vm".into(),
+                kind: "NotSupported".into(),
+                message: format!("this hypervisor backend cannot destroy {vm}"),
+            })
+        }
+    }
     /// Removes the oldest snapshots whose name starts with `prefix` until only the newest `keep`
     /// of them remain, never one in `protected` ([`snapshots::to_prune`], sdci's one rule);
     /// other snapshots are not touched. Returns the removed names, oldest first.
