@@ -209,6 +209,9 @@ func (w *World) middleware(inner http.Handler) http.Handler {
 				return
 			}
 		}
+		if method.Name == "CloneVM_Task" && w.cloneVM(rw, r, method, body) {
+			return // clones.go
+		}
 		if method.Name == "CreateScreenshot_Task" {
 			if w.createScreenshot(rw, method) {
 				return

@@ -25,6 +25,7 @@ var wsdlTaskNames = map[string]string{
 	"reconfigure":        "ReconfigVM_Task",
 	"destroy":            "Destroy_Task",
 	"createVm":           "CreateVM_Task",
+	"cloneVm":            "CloneVM_Task",
 	"createScreenshot":   "CreateScreenshot_Task",
 }
 

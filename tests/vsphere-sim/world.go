@@ -63,6 +63,9 @@ type World struct {
 	nextRule  int64
 	// reconfigMu serialises ReconfigVM_Task's compare-and-set of config.changeVersion.
 	reconfigMu sync.Mutex
+	// cloneMu serialises CloneVM_Task; pendingClone (behind mu) is the one vcsim is running.
+	cloneMu      sync.Mutex
+	pendingClone *cloneRequest
 }
 
 func newWorld(cfg *Config) (*World, error) {
@@ -484,7 +487,8 @@ func replaceTree(src, dst string) error {
 }
 
 // hook is the registry handler: Tools follow power state, tasks get ESXi's names and
-// entities, snapshot create/revert/remove copy, restore and drop the guest directory.
+// entities, snapshot create/revert/remove copy, restore and drop the guest directory, clones
+// get a guest directory of their own and destroyed VMs lose theirs (clones.go).
 type hook struct{ w *World }
 
 func (h *hook) Reference() types.ManagedObjectReference {
@@ -523,6 +527,7 @@ func (h *hook) PutObject(obj mo.Reference) {
 				return nil, &types.SnapshotFault{}
 			}
 			recordSnapshotMemory(snap, memory)
+			recordSnapshotSizes(st.ref, snap, treeBytes(h.w.snapshotDir(st.name, snap)), memory) // clones.go
 			return res, nil
 		}
 	case "VirtualMachineSnapshot.revertToSnapshot":
@@ -547,6 +552,44 @@ func (h *hook) PutObject(obj mo.Reference) {
 			res, fault := orig(t)
 			if fault == nil && snapshotHasMemory(snap) {
 				h.w.powerOnNow(st.ref)
+			}
+			return res, fault
+		}
+	case "VirtualMachine.cloneVm": // clones.go
+		st := h.w.vmByRef(entity)
+		if st == nil {
+			return
+		}
+		pc := h.w.takeClone(st)
+		if pc == nil {
+			return
+		}
+		orig := task.Execute
+		task.Execute = func(t *simulator.Task) (types.AnyType, types.BaseMethodFault) {
+			res, fault := orig(t)
+			if fault != nil {
+				return res, fault
+			}
+			ref, ok := res.(types.ManagedObjectReference)
+			if !ok {
+				return res, fault
+			}
+			if err := h.w.adoptClone(pc, ref); err != nil {
+				log.Printf("clone %s of %s: %v", pc.name, st.name, err)
+				return nil, &types.FileFault{File: h.w.vmRoot(pc.name)}
+			}
+			return res, nil
+		}
+	case "VirtualMachine.destroy": // clones.go
+		st := h.w.vmByRef(entity)
+		if st == nil {
+			return
+		}
+		orig := task.Execute
+		task.Execute = func(t *simulator.Task) (types.AnyType, types.BaseMethodFault) {
+			res, fault := orig(t)
+			if fault == nil {
+				h.w.forgetVM(st)
 			}
 			return res, fault
 		}

@@ -1,5 +1,5 @@
 //! [`VsphereClient`]: the vim25 implementation of [`Hypervisor`], tying the session, the
-//! inventory, waits, tasks, snapshots, power and guest operations together.
+//! inventory, waits, tasks, snapshots, power, guest operations and clones together.
 //!
 //! Invariants:
 //! - VMs are addressed by inventory name; the name → managed object id map is cached and
@@ -9,6 +9,7 @@
 //! - A keep-alive task (a `CurrentTime` call every `keepalive_secs`) holds only a weak reference
 //!   to the session and stops with the client.
 
+use crate::clone;
 use crate::config::VsphereConfig;
 use crate::guest::{self, Managers};
 use crate::hypervisor::{
@@ -16,6 +17,7 @@ use crate::hypervisor::{
     VmNote, VsphereError,
 };
 use crate::inventory;
+use crate::layout;
 use crate::notes;
 use crate::power;
 use crate::session::{Idem, Session};
@@ -187,6 +189,16 @@ impl VsphereClient {
             })
     }
 
+    /// Whether a VM named `name` exists now (the name cache is refreshed first).
+    async fn exists(&self, name: &str) -> Result<bool> {
+        self.forget(name);
+        match self.resolve(name).await {
+            Ok(_) => Ok(true),
+            Err(VsphereError::VmNotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn remove_snapshot_moref(&self, vm: &Moref, name: &str, snap: &Moref) -> Result<()> {
         tasks::run(
             &self.session,
@@ -331,6 +343,78 @@ impl Hypervisor for VsphereClient {
                 removed.push(s.name);
             }
             Ok(removed)
+        })
+        .await
+    }
+
+    /// vCenter only: a standalone ESXi host answers `CloneVM_Task` with `NotSupported`.
+    fn can_clone(&self) -> bool {
+        clone::supported(self.api_type())
+    }
+
+    /// `CloneVM_Task` of the snapshot, linked, with its memory, where the source lives
+    /// (`clone`); a name already in the inventory is refused before asking.
+    async fn clone_from_snapshot(&self, source: &str, snapshot: &str, clone: &str) -> Result<()> {
+        if self.exists(clone).await? {
+            return Err(clone::duplicate_name(clone, ""));
+        }
+        let new = self
+            .with_vm(source, |m| async move {
+                let snap = self.find_snapshot(&m, source, snapshot).await?;
+                let o = inventory::retrieve_one(&self.session, &m, clone::PLACEMENT_PATHS).await?;
+                let at = clone::placement(source, &o)?;
+                clone::linked_clone(&self.session, &m, source, &at, &snap, clone).await
+            })
+            .await?;
+        if let Ok(mut m) = self.vms.lock() {
+            m.insert(clone.to_string(), new);
+        }
+        Ok(())
+    }
+
+    /// Power-off, then `Destroy_Task`; a VM that is not (or no longer) there is success.
+    async fn destroy_vm(&self, vm: &str) -> Result<()> {
+        let outcome = self
+            .with_vm(vm, |m| async move {
+                clone::destroy(&self.session, &m, vm).await
+            })
+            .await;
+        self.forget(vm);
+        match outcome {
+            Err(VsphereError::VmNotFound { .. }) => Ok(()),
+            Err(e) if is_gone(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// From `layoutEx` (`layout`): the snapshot's data and memory files and the disk deltas
+    /// its parent does not keep; `None` when the layout does not list it.
+    async fn snapshot_bytes(&self, vm: &str, name: &str) -> Result<Option<u64>> {
+        self.with_vm(vm, |m| async move {
+            let tree = self.snapshot_tree(&m).await?;
+            let snap =
+                snapshots::find(&tree, name).ok_or_else(|| VsphereError::SnapshotNotFound {
+                    vm: vm.to_string(),
+                    snapshot: name.to_string(),
+                })?;
+            let parent = snap
+                .parent
+                .as_deref()
+                .and_then(|p| tree.iter().find(|s| s.name == p))
+                .map(|p| p.id.clone());
+            let o = inventory::retrieve_one(&self.session, &m, layout::LAYOUT_PATHS).await?;
+            let (Some(files), Some(layouts)) = (
+                o.props.get("layoutEx.file"),
+                o.props.get("layoutEx.snapshot"),
+            ) else {
+                return Ok(None);
+            };
+            Ok(layout::snapshot_bytes(
+                files,
+                layouts,
+                &snap.id,
+                parent.as_deref(),
+            ))
         })
         .await
     }

@@ -8,13 +8,16 @@
 //! - Layers below, each owning one part of the protocol: [`xmltree`] (answers as element trees),
 //!   [`soap`] (envelopes, faults), [`tls`] (trust), [`session`] (cookie, login, retries),
 //!   [`inventory`] (property reads, container views), [`wait`] (WaitForUpdatesEx waiters),
-//!   [`tasks`], [`snapshots`], [`power`], [`guest`], [`screenshot`] (console screenshots).
+//!   [`tasks`], [`snapshots`], [`power`], [`guest`], [`screenshot`] (console screenshots),
+//!   [`clone`] (linked clones of a snapshot, deleting VMs) and [`layout`] (snapshot sizes).
 
 pub mod client;
+pub mod clone;
 pub mod config;
 pub mod guest;
 pub mod hypervisor;
 pub mod inventory;
+pub mod layout;
 pub mod notes;
 pub mod power;
 pub mod screenshot;

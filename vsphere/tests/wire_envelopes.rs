@@ -650,3 +650,67 @@ fn make_directory_request_follows_the_wsdl_and_an_existing_directory_is_a_typed_
         Answer::Response(r) if r.name == "MakeDirectoryInGuestResponse"
     ));
 }
+
+/// `CloneVM_Task` has no capture in `tests/wire/` either. The expected request is written from
+/// the vim25 WSDL (`CloneVMRequestType`: `_this`, `folder`, `name`, `spec`;
+/// `VirtualMachineCloneSpec`: `location`, `template`, `config`, `customization`, `powerOn`,
+/// `snapshot`, `memory`; `VirtualMachineRelocateSpec`: `service`, `folder`, `datastore`,
+/// `diskMoveType`, `pool`, … in those sequences): a linked clone of the snapshot with its memory,
+/// powered off, placed in the source's folder, pool and datastore.
+#[test]
+fn clone_request_is_a_linked_clone_of_the_snapshot_with_its_memory_in_wsdl_order() {
+    use sdci_vsphere::clone::{self, Placement};
+    let at = Placement {
+        folder: Moref::new("Folder", "group-v22"),
+        pool: Moref::new("ResourcePool", "resgroup-9"),
+        datastore: Some(Moref::new("Datastore", "datastore-11")),
+    };
+    let snap = Moref::new("VirtualMachineSnapshot", "snapshot-140");
+    let expected = r#"<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">
+<soapenv:Body><CloneVM_Task xmlns="urn:vim25"><_this type="VirtualMachine">vm-128</_this><folder type="Folder">group-v22</folder><name>Qubes_4.2_a-rerun &amp; 1</name><spec><location><datastore type="Datastore">datastore-11</datastore><diskMoveType>createNewChildDiskBacking</diskMoveType><pool type="ResourcePool">resgroup-9</pool></location><template>false</template><powerOn>false</powerOn><snapshot type="VirtualMachineSnapshot">snapshot-140</snapshot><memory>true</memory></spec></CloneVM_Task></soapenv:Body>
+</soapenv:Envelope>"#;
+    let ours = soap::envelope(
+        "CloneVM_Task",
+        &vm128(),
+        &clone::clone_args("Qubes_4.2_a-rerun & 1", &at, &snap),
+    );
+    assert_eq!(
+        normalized(&request_body(&ours)),
+        normalized(&request_body(expected))
+    );
+    let body = request_body(&ours);
+    assert_eq!(
+        body.text_at("spec/location/diskMoveType"),
+        Some("createNewChildDiskBacking")
+    );
+    assert_eq!(body.text_at("spec/memory"), Some("true"));
+    assert_eq!(
+        body.path("spec/snapshot").unwrap().mor_type.as_deref(),
+        Some("VirtualMachineSnapshot")
+    );
+    // Without a datastore the clone stays on the source's; the element is left out.
+    let no_ds = Placement {
+        datastore: None,
+        ..at
+    };
+    let body = request_body(&soap::envelope(
+        "CloneVM_Task",
+        &vm128(),
+        &clone::clone_args("c", &no_ds, &snap),
+    ));
+    assert!(body.path("spec/location/datastore").is_none());
+
+    // The task's result is the new VM.
+    let info = xmltree::parse(
+        r#"<info><state>success</state><result type="VirtualMachine">vm-141</result></info>"#,
+    )
+    .unwrap();
+    let Some(TaskEnd::Success(Some(r))) = tasks::task_end(&info) else {
+        panic!("a successful task with a result")
+    };
+    assert_eq!(
+        Moref::from_element(&r),
+        Some(Moref::new("VirtualMachine", "vm-141"))
+    );
+}
