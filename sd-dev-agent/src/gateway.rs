@@ -1,5 +1,5 @@
 //! The host-side subcommands (`status`, `token`, `revoke`, `head`, `ci-config`, `check-run`,
-//! `permission`, `file`, `react`): what `sdci-host` runs instead of calling GitHub itself (contracts §5;
+//! `permission`, `file`, `react`, `pull-head`): what `sdci-host` runs instead of calling GitHub itself (contracts §5;
 //! exit codes are `sdci_protocol::GatewayExit`, through `AgentError::exit_code`). Each parses
 //! its arguments into validated types first, so bad input is a usage error before any request
 //! is made; results go to stdout, logs to stderr.
@@ -216,6 +216,25 @@ pub async fn file(
     gh.file_at(&repo, &sha, path, max)
         .await?
         .ok_or_else(|| AgentError::NoSuchFile(format!("{repo} has no {path} at {}", sha.short())))
+}
+
+/// `pull-head`: pull request `number`'s head as GitHub has it now, one JSON line
+/// (`{"sha":…,"repo":"O/R"|null,"ref":…,"state":"open"|"closed","user":…,"title":…}`); exit 3
+/// when there is no such pull request.
+pub async fn pull_head(cfg: &Config, repo_arg: &str, number: &str) -> Result<String> {
+    let repo = repo(repo_arg)?;
+    let n: u64 = number.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+        AgentError::Usage(format!("--number={number:?} is not a pull request number"))
+    })?;
+    let gh = GitHub::from_config(cfg)?;
+    let head = gh
+        .pull_head(&repo, n)
+        .await?
+        .ok_or_else(|| AgentError::NoSuchFile(format!("{repo} has no pull request #{n}")))?;
+    serde_json::to_string(&head).map_err(|e| AgentError::BadAnswer {
+        what: format!("pull request #{n}"),
+        why: e.to_string(),
+    })
 }
 
 #[cfg(test)]

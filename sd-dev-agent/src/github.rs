@@ -6,7 +6,8 @@
 //! /repos/{o}/{r}/check-runs/{id}`, `GET /repos/{o}/{r}/collaborators/{user}/permission`, `POST
 //! /app/installations/{id}/access_tokens`, `DELETE /installation/token` (revoke the installation
 //! token the request carries), `POST /repos/{o}/{r}/issues/comments/{id}/reactions` (its own
-//! token, narrowed to `issues: write`, [`Permissions::reactions`]).
+//! token, narrowed to `issues: write`, [`Permissions::reactions`]), `GET
+//! /repos/{o}/{r}/pulls/{n}` (its own token too, `pull_requests: read`, [`Permissions::pulls`]).
 //!
 //! What octocrab does here: the HTTP stack (its default hyper client, rustls on ring, the
 //! system's roots; built once per process on first use, and not at all without a CA certificate
@@ -17,7 +18,7 @@
 //! request and marked sensitive), and the typed models: request bodies from
 //! `models::apps::CreateInstallationAccessToken`, `params::checks` and `models::StatusState`,
 //! answers decoded into `models::InstallationToken`, `models::Status`, `models::repos::{Content,
-//! Branch}` and `models::checks::CheckRun`. What it does not do, and why the calls go through
+//! Branch}`, `models::checks::CheckRun` and `models::pulls::PullRequest`. What it does not do, and why the calls go through
 //! its raw `_get`/`_post`/`_patch`/`_delete` instead of its typed `send()`s:
 //! - its typed calls hide the status and headers, which the rate-limit rule below needs; its
 //!   retry layer (feature `retry`, off here) retries a 5xx at once, without backoff, and sleeps
@@ -135,6 +136,13 @@ impl Permissions {
         Self::parse("issues:write,metadata:read").unwrap_or_else(|_| Self(Default::default()))
     }
 
+    /// What reading a pull request needs (`pull-head`, contracts §5): `pull_requests: read`,
+    /// which an App that receives `pull_request` events has; kept out of
+    /// [`Permissions::gateway`] like [`Permissions::reactions`].
+    pub fn pulls() -> Self {
+        Self::parse("metadata:read,pull_requests:read").unwrap_or_else(|_| Self(Default::default()))
+    }
+
     /// Parses `name:level[,name:level…]`: names of lower-case letters and `_`, levels `read`,
     /// `write` or `admin`, each name once.
     pub fn parse(text: &str) -> Result<Self> {
@@ -194,6 +202,23 @@ struct CreateStatus<'a> {
 struct CollaboratorPermission {
     permission: String,
     role_name: Option<String>,
+}
+
+/// A pull request's head as `pull-head` prints it (one JSON line, contracts §5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullHead {
+    /// The head commit.
+    pub sha: CommitSha,
+    /// The head repository's full name (`null` when the fork was deleted).
+    pub repo: Option<RepoName>,
+    /// The head branch.
+    #[serde(rename = "ref")]
+    pub head_ref: String,
+    /// `open` or `closed` (a merged pull request is closed).
+    pub state: String,
+    /// The author's login.
+    pub user: String,
+    pub title: Option<String>,
 }
 
 /// Cuts a description to [`MAX_DESCRIPTION`] characters (ending in `…` when cut) and turns
@@ -766,6 +791,59 @@ impl GitHub {
         tracing::info!(%repo, comment = id, reaction = r.id, content = %r.content,
             existed = answer.status == StatusCode::OK, "reacted to a comment");
         Ok(())
+    }
+
+    /// Pull request `number` of `repo`'s head as GitHub has it now (`GET
+    /// /repos/{o}/{r}/pulls/{n}`); `Ok(None)` when GitHub answers 404 (no such pull request).
+    pub async fn pull_head(&self, repo: &RepoName, number: u64) -> Result<Option<PullHead>> {
+        let token = match &self.auth {
+            Auth::Token(t) => t.clone(),
+            Auth::App { .. } => {
+                self.installation_token(repo, &Permissions::pulls())
+                    .await?
+                    .token
+            }
+        };
+        let what = format!("GET /repos/{repo}/pulls/{number}");
+        let route = format!("/repos/{repo}/pulls/{number}");
+        let answer = self
+            .send(&what, Verb::Get, &route, &token, None::<&()>)
+            .await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let pr: models::pulls::PullRequest = Self::decode(&what, &answer)?;
+        let bad = |why: String| AgentError::BadAnswer {
+            what: what.clone(),
+            why,
+        };
+        let sha: CommitSha = pr
+            .head
+            .sha
+            .parse()
+            .map_err(|e| bad(format!("head sha: {e}")))?;
+        let head_repo = match pr.head.repo.as_ref().and_then(|r| r.full_name.as_deref()) {
+            Some(n) => Some(n.parse().map_err(|e| bad(format!("head repo: {e}")))?),
+            None => None,
+        };
+        let state = match pr.state {
+            Some(models::IssueState::Open) => "open",
+            Some(models::IssueState::Closed) => "closed",
+            _ => return Err(bad("the pull request has no state open or closed".into())),
+        };
+        let user = pr
+            .user
+            .map(|u| u.login)
+            .ok_or_else(|| bad("the pull request has no user".into()))?;
+        tracing::info!(%repo, number, sha = sha.short(), state, "read a pull request's head");
+        Ok(Some(PullHead {
+            sha,
+            repo: head_repo,
+            head_ref: pr.head.ref_field,
+            state: state.to_owned(),
+            user,
+            title: pr.title,
+        }))
     }
 
     /// Creates (`POST /repos/{o}/{r}/check-runs`) or updates (`PATCH …/check-runs/{id}`) a

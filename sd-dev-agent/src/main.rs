@@ -14,7 +14,7 @@ use std::path::PathBuf;
     version,
     about = "sdci agent: GitHub gateway, checkout, tarball, relay",
     after_help = "Exit codes: 0 ok; run: 0/1/2 = success/failure/error; 2 GitHub unreachable; \
-                  3 ci-config file or key missing, or file missing; 64 usage; \
+                  3 ci-config file or key missing, file missing, or no such pull request; 64 usage; \
                   78 configuration, request refused, or file too large.\n\
                   Data may be given as --flag=value (the host always does) or --flag value."
 )]
@@ -108,6 +108,14 @@ enum Command {
         #[arg(long)]
         max_bytes: Option<String>,
     },
+    /// Print a pull request's head as GitHub has it now, one JSON line: sha, head repository,
+    /// ref, state (open or closed), author, title (exit 3: no such pull request).
+    PullHead {
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        number: String,
+    },
     /// Run a job in sd-dev (job JSON from FILE, or - for stdin); exit code = outcome.
     Run {
         #[arg(long)]
@@ -196,6 +204,9 @@ async fn dispatch(cli: Cli) -> Result<i32, (i32, String)> {
         } => gateway::file(&cfg, &repo, &sha, &path, max_bytes.as_deref())
             .await
             .map(Out::Bytes),
+        Command::PullHead { repo, number } => gateway::pull_head(&cfg, &repo, &number)
+            .await
+            .map(Out::Line),
         Command::Run { .. } => unreachable!("handled above"),
     }
     .map_err(fail)?;

@@ -1114,6 +1114,7 @@ fn help_lists_every_gateway_command_of_the_contract() {
         "permission",
         "file",
         "react",
+        "pull-head",
         "run",
     ] {
         assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
@@ -1544,4 +1545,100 @@ fn react_with_a_personal_access_token_and_bad_arguments_without_a_request() {
         );
     }
     assert_eq!(s.gh.requests().len(), before, "no request for bad input");
+}
+
+fn pull_head(s: &Setup, number: &str) -> Output {
+    s.agent(&[
+        "pull-head",
+        &format!("--repo={REPO}"),
+        &format!("--number={number}"),
+    ])
+}
+
+#[test]
+fn pull_head_prints_the_head_github_has_now_with_a_token_narrowed_to_reading_pull_requests() {
+    let s = setup(true, "");
+    let fork = "someone/securedrop-workstation";
+    s.gh.set_pull(
+        REPO,
+        7,
+        sdci_tests::github::PullRequest::open(fork, "fix-x", SHA, "someone"),
+    );
+    let out = pull_head(&s, "7");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"sha": SHA, "repo": fork, "ref": "fix-x", "state": "open",
+                           "user": "someone", "title": "A change"})
+    );
+    let last = s.gh.requests().pop().unwrap();
+    assert_eq!(
+        (last.method.as_str(), last.path.as_str(), last.status),
+        ("GET", format!("/repos/{REPO}/pulls/7").as_str(), 200)
+    );
+    let minted = s.gh.minted();
+    assert_eq!(minted.len(), 1);
+    let perms = minted[0].permissions.clone().unwrap();
+    assert_eq!(
+        perms.into_iter().collect::<Vec<_>>(),
+        [
+            ("metadata".to_owned(), "read".to_owned()),
+            ("pull_requests".to_owned(), "read".to_owned())
+        ],
+        "its own token, nothing that writes"
+    );
+    assert_eq!(s.gh.violations(), Vec::<String>::new());
+
+    // A push to the pull request and then its close: the answer follows GitHub.
+    let newer = "89abcdef0123456789abcdef0123456789abcdef";
+    let mut pr = sdci_tests::github::PullRequest::open(REPO, "feature", newer, "someone");
+    pr.state = "closed".into();
+    s.gh.set_pull(REPO, 7, pr);
+    let out = pull_head(&s, "7");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&v["sha"], &v["repo"], &v["state"]),
+        (
+            &serde_json::json!(newer),
+            &serde_json::json!(REPO),
+            &serde_json::json!("closed")
+        )
+    );
+}
+
+#[test]
+fn pull_head_of_no_such_pull_request_is_exit_3_a_bad_number_exit_64_and_github_down_exit_2() {
+    let s = setup(false, FAST_RETRY);
+    let out = pull_head(&s, "8");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("no pull request #8"),
+        "{}",
+        stderr(&out)
+    );
+
+    let before = s.gh.requests().len();
+    for bad in ["0", "-1", "seven", ""] {
+        let out = pull_head(&s, bad);
+        assert_eq!(out.status.code(), Some(64), "{bad:?}: {}", stderr(&out));
+    }
+    assert_eq!(s.gh.requests().len(), before, "no request for bad input");
+
+    s.gh.set_pull(
+        REPO,
+        8,
+        sdci_tests::github::PullRequest::open(REPO, "feature", SHA, "alice"),
+    );
+    s.gh.fail_next(10, 502);
+    let out = pull_head(&s, "8");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
 }

@@ -11,6 +11,7 @@
 //! | `POST /repos/{o}/{r}/check-runs`, `PATCH`/`GET /repos/{o}/{r}/check-runs/{id}`, `GET /repos/{o}/{r}/commits/{ref}/check-runs` | an installation token with `checks: write` to write (`checks: read` to read); a personal access token may read but not write (`403 You must authenticate via a GitHub App.`); GitHub's rules in [`checks`]; every create and update recorded ([`GitHub::check_run_history`]) |
 //! | `GET /repos/{o}/{r}/collaborators/{user}/permission` | any token of the repository (`metadata: read`, which every installation token has); the level set with [`GitHub::set_permission`]; an unknown user is `404` |
 //! | `POST /app/installations/{id}/access_tokens` | RS256 JWT (signature, `iss` = app id, `exp` in the future and at most 10 minutes after `iat`); body: `repositories` (names of registered repos), `repository_ids`, `permissions` (`read`/`write`/`admin`) |
+//! | `GET /repos/{o}/{r}/pulls/{n}` | a token with `pull_requests: read`; `200` `pull-request` as set with [`GitHub::set_pull`] (head sha, ref and repository, author, `open`/`closed`), `404` for a number never set ([`pulls`]) |
 //! | `POST /repos/{o}/{r}/issues/comments/{id}/reactions` | a token with `issues: write` or `pull_requests: write`; `content` one of GitHub's eight; `201` new, `200` the same reaction again; recorded ([`GitHub::reactions`], [`reactions`]) |
 //! | `DELETE /installation/token` | an installation token (not a PAT, not a JWT: `401`/`403` as GitHub); no body; `204`, after which the token answers `401 Bad credentials` everywhere |
 //! | `GET`/`POST /{o}/{r}.git/...` | git over smart HTTP ([`git_http`], the real `git http-backend`; dumb HTTP with [`GitHub::serve_git_dumb`]) from a registered repository, Basic auth with a token that may read contents |
@@ -33,11 +34,13 @@ mod checks;
 mod git_http;
 pub mod objects;
 pub mod openapi;
+mod pulls;
 mod reactions;
 pub mod webhooks;
 
 pub use checks::{ChangeKind, CheckRun, CheckRunAction, CheckRunChange, CheckRunOutput};
 pub use git_http::FetchRequest;
+pub use pulls::PullRequest;
 pub use reactions::Reaction;
 
 use axum::body::{Body, Bytes};
@@ -145,6 +148,8 @@ struct Repo {
     dumb: bool,
     /// Collaborator permission (role) per user login, as set by the test.
     roles: HashMap<String, String>,
+    /// Pull requests by number ([`GitHub::set_pull`]).
+    pulls: HashMap<u64, PullRequest>,
 }
 
 struct App {
@@ -313,6 +318,17 @@ impl GitHub {
             .or_default()
             .roles
             .insert(user.to_owned(), role.to_owned());
+    }
+
+    /// Sets pull request `number` of `repo` (registers the repository if needed); setting it
+    /// again is a push to it, a close or a reopen.
+    pub fn set_pull(&self, repo: &str, number: u64, pr: PullRequest) {
+        self.lock()
+            .repos
+            .entry(repo.to_owned())
+            .or_default()
+            .pulls
+            .insert(number, pr);
     }
 
     /// Serves the git repository at `path` (bare, or a work tree with `.git`) at
@@ -949,6 +965,10 @@ fn respond(
         ("GET", ["repos", o, r, "collaborators", user, "permission"]) => (
             "/repos/{owner}/{repo}/collaborators/{username}/permission",
             get_permission(inner, &repo_of(o, r), user, headers),
+        ),
+        ("GET", ["repos", o, r, "pulls", number]) => (
+            "/repos/{owner}/{repo}/pulls/{pull_number}",
+            pulls::get(inner, &repo_of(o, r), number, headers),
         ),
         ("POST", ["app", "installations", id, "access_tokens"]) => (
             "/app/installations/{installation_id}/access_tokens",

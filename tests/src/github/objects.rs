@@ -195,3 +195,58 @@ pub fn content_file(
         "_links": {"self": self_url, "git": git_url, "html": html_url}
     })
 }
+
+/// `pull-request` (`GET /repos/{o}/{r}/pulls/{n}`): head and base as the test set them, the
+/// rest fixed (no labels, nobody assigned, not merged). A fork's head repository says `fork`.
+pub fn pull_request(base: &str, repo: &str, number: u64, pr: &super::pulls::PullRequest) -> Value {
+    let a = format!("{base}/repos/{repo}");
+    let api = format!("{a}/pulls/{number}");
+    let html = format!("{base}/{repo}/pull/{number}");
+    let issue = format!("{a}/issues/{number}");
+    let statuses = format!("{a}/statuses/{}", pr.head_sha);
+    let side = |full_name: &str, r: &str, sha: &str| {
+        let owner = full_name.split_once('/').map_or(full_name, |(o, _)| o);
+        let mut repo_obj = repository(base, full_name);
+        repo_obj["fork"] = json!(full_name != repo);
+        json!({"label": format!("{owner}:{r}"), "ref": r, "sha": sha,
+               "user": simple_user(base, owner, "Organization"), "repo": repo_obj})
+    };
+    let link = |h: &str| json!({"href": h});
+    let id = id_of(&format!("{repo}#{number}"));
+    let closed = pr.state == "closed";
+    let mut v = json!({
+        "url": api, "id": id, "node_id": node_id("PR", id), "html_url": html,
+        "diff_url": format!("{html}.diff"), "patch_url": format!("{html}.patch"),
+        "issue_url": issue, "commits_url": format!("{api}/commits"),
+        "review_comments_url": format!("{api}/comments"),
+        "review_comment_url": format!("{a}/pulls/comments{{/number}}"),
+        "comments_url": format!("{issue}/comments"), "statuses_url": statuses,
+        "number": number, "state": pr.state, "locked": false, "title": pr.title,
+        "user": simple_user(base, &pr.user, "User"), "body": null, "labels": [],
+        "milestone": null, "active_lock_reason": null,
+        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+        "closed_at": if closed { json!("2026-01-02T00:00:00Z") } else { Value::Null },
+        "merged_at": null, "merge_commit_sha": null, "assignee": null, "assignees": [],
+        "requested_reviewers": [], "requested_teams": []
+    });
+    // In two parts: one `json!` of every field is deeper than the macro's recursion limit.
+    let rest = json!({
+        "head": side(&pr.head_repo, &pr.head_ref, &pr.head_sha),
+        "base": side(repo, "main", &"0".repeat(40)),
+        "_links": {
+            "self": link(&api), "html": link(&html), "issue": link(&issue),
+            "comments": link(&format!("{issue}/comments")),
+            "review_comments": link(&format!("{api}/comments")),
+            "review_comment": link(&format!("{a}/pulls/comments{{/number}}")),
+            "commits": link(&format!("{api}/commits")), "statuses": link(&statuses)
+        },
+        "author_association": "CONTRIBUTOR", "auto_merge": null, "draft": false,
+        "merged": false, "mergeable": null, "rebaseable": null, "mergeable_state": "unknown",
+        "merged_by": null, "comments": 0, "review_comments": 0, "maintainer_can_modify": false,
+        "commits": 1, "additions": 1, "deletions": 0, "changed_files": 1
+    });
+    if let (Some(o), Value::Object(r)) = (v.as_object_mut(), rest) {
+        o.extend(r);
+    }
+    v
+}

@@ -57,6 +57,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
         "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions",
         "post",
     ),
+    ("/repos/{owner}/{repo}/pulls/{pull_number}", "get"),
 ];
 
 /// One loaded description: its schemas compiled (boon's `Schemas`), found by JSON pointer.
