@@ -18,7 +18,8 @@ use std::time::Duration;
 const SAFETY: Duration = Duration::from_secs(60);
 const SOURCE: &str = "Qubes_4.2_a";
 const OTHER: &str = "Qubes_4.3_a";
-const CLONE: &str = "Qubes_4.2_a-rerun-1";
+/// The clone's name as the host gives it (CONTRACTS §12: `sdci-clone-<job id>`).
+const CLONE: &str = "sdci-clone-1234567";
 const TREE: &str = "/home/user/securedrop-workstation/tree";
 
 fn config(sim: &VsphereSim, datacenters: Option<Vec<String>>) -> VsphereConfig {
@@ -122,13 +123,19 @@ async fn a_linked_clone_of_a_memory_snapshot_resumes_with_the_snapshots_tree_whi
         "what the clone writes stays in the clone"
     );
     let names: Vec<String> = c
-        .list_vms("Qubes_4.2_")
+        .list_vms("")
         .await
         .unwrap()
         .into_iter()
         .map(|v| v.name)
         .collect();
-    assert_eq!(names, [SOURCE, CLONE]);
+    assert_eq!(names, [SOURCE, OTHER, CLONE]);
+    let clones = c.list_vms("sdci-clone-").await.unwrap();
+    assert_eq!(
+        clones.len(),
+        1,
+        "the reconciler finds clones by their prefix"
+    );
     assert!(c.snapshots(CLONE).await.unwrap().is_empty());
 }
 
