@@ -256,7 +256,13 @@ pub fn show_json(cfg: &Config, id: &str) -> Result<String> {
 
 /// `sdci-host jobs cancel ID`: `true` if it ended at once (it was queued).
 pub fn cancel(cfg: &Config, id: &str) -> Result<bool> {
-    let store = open(cfg)?;
+    cancel_job(&open(cfg)?, id, "canceled by an operator")
+}
+
+/// Cancels job `id` (the CLI's and the job page's one rule): a queued job ends at once
+/// (`true`), an active one is asked to stop (`false`, the service stops it when woken), an
+/// ended one is an error.
+pub fn cancel_job(store: &Store, id: &str, why: &str) -> Result<bool> {
     let job = store
         .job(id)?
         .ok_or_else(|| HostError::NoSuchJob(id.to_owned()))?;
@@ -266,7 +272,7 @@ pub fn cancel(cfg: &Config, id: &str) -> Result<bool> {
             job.state.as_str()
         )));
     }
-    match store.request_cancel(id, "canceled by an operator")? {
+    match store.request_cancel(id, why)? {
         None => Err(HostError::NoSuchJob(id.to_owned())),
         Some(now) => Ok(now),
     }
@@ -279,10 +285,8 @@ pub fn rerun(cfg: &Config, id: &str) -> Result<JobId> {
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "an operator".into());
     let why = format!("sdci-host jobs rerun by {}", term_safe(&who));
-    match open(cfg)?.rerun_job(None, "cli", id, &why)? {
-        crate::store::Rerun::Created(mut ids) if !ids.is_empty() => Ok(ids.remove(0)),
-        _ => Err(HostError::NoSuchJob(id.to_owned())),
-    }
+    super::reruns::rerun(&open(cfg)?, "cli", id, &why)?
+        .ok_or_else(|| HostError::NoSuchJob(id.to_owned()))
 }
 
 /// `sdci-host jobs rerun ID --from STAGE` (issue 18): a new job that reverts the VM holding

@@ -3,9 +3,10 @@
 //! page. The job must have stages with `STAGE` right after `provision`, and its provisioned
 //! snapshot (or its origin's, for a re-run of a re-run) must still exist; otherwise the answer
 //! is a refusal that says why and offers the full run (`jobs rerun ID`, the "Re-run" button).
+//! The full run ([`rerun`]) is here too, so the CLI and the job page call one rule.
 
 use crate::domain::stages;
-use crate::store::{RerunFrom, Store};
+use crate::store::{Rerun, RerunFrom, Store};
 use crate::Result;
 use sdci_protocol::JobId;
 
@@ -54,5 +55,14 @@ pub fn rerun_from(
         RerunFrom::NoSnapshot(w) => refuse(w),
         RerunFrom::NoSuchJob => Answer::NoSuchJob,
         RerunFrom::DuplicateDelivery => Answer::DuplicateDelivery,
+    })
+}
+
+/// Queues a full re-run of job `id` (a new job like it, `store::checks::rerun_job`): `None` when
+/// there is no such job.
+pub fn rerun(store: &Store, event: &str, id: &str, why: &str) -> Result<Option<JobId>> {
+    Ok(match store.rerun_job(None, event, id, why)? {
+        Rerun::Created(mut ids) if !ids.is_empty() => Some(ids.remove(0)),
+        _ => None,
     })
 }

@@ -15,6 +15,10 @@
 //!   its evidence files served from the stored archive (never as HTML), a test's history.
 //! - `POST /api/v1/wake` ([`wake`]): makes the service look at its store again (the CLI calls it
 //!   after queueing or canceling a job).
+//! - `GET/POST /login`, `POST /logout`, `POST /jobs/{id}/{rerun,hold,release,cancel}` and
+//!   `POST /api/v1/jobs/{id}/{rerun,hold,release,cancel}` ([`actions`]): the job page's buttons
+//!   and their JSON equivalents, for a signed-in operator or the admin bearer only
+//!   ([`session`] says who may and how it is checked).
 //!
 //! Invariants: everything shown is escaped by the template library, and script builds lines
 //! with `textContent`, never markup from data; pages carry a Content-Security-Policy that allows
@@ -22,12 +26,14 @@
 //! hash of event secrets). No handler reads a log or the store on an async worker thread: they
 //! go through `spawn_blocking`, and logs are read by line ranges with bounded buffers (`joblog`).
 
+pub mod actions;
 pub mod ansi;
 pub mod api;
 pub mod assets;
 pub mod model;
 pub mod pages;
 pub mod results;
+pub mod session;
 pub mod sse;
 
 use crate::hub::Hub;
@@ -36,8 +42,8 @@ use crate::store::JobFilter;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
 use std::sync::Arc;
 
 /// What a page may load: only the host's own script and style, no frames, no plugins.
@@ -70,6 +76,12 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/tests", get(results::test_page))
         .route("/api/v1/tests", get(results::test_api))
         .route("/assets/{name}", get(assets::serve))
+        .route("/login", get(actions::login_page).post(actions::login))
+        .route("/logout", post(actions::logout))
+        .route("/jobs/{id}/{action}", post(actions::form))
+        .route("/api/v1/jobs/{id}/{action}", post(actions::api))
+        // One process's browser sessions (in memory: a restart signs everyone out).
+        .layer(Extension(Arc::new(session::Sessions::default())))
 }
 
 /// An HTML answer with the page headers.
@@ -210,16 +222,29 @@ fn job_view(hub: &Hub, id: &str) -> crate::Result<Option<JobView>> {
     Ok(Some((d, tail, step_tail)))
 }
 
-/// `GET /jobs/{id}`.
-pub async fn job(State(hub): State<Arc<Hub>>, UrlPath(id): UrlPath<String>) -> Response {
+/// `GET /jobs/{id}`: the buttons for a signed-in operator (with the last action's notice).
+pub async fn job(
+    State(hub): State<Arc<Hub>>,
+    Extension(sessions): Extension<Arc<session::Sessions>>,
+    UrlPath(id): UrlPath<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     if id.parse::<sdci_protocol::JobId>().is_err() {
         return fail(StatusCode::NOT_FOUND, "no such job");
     }
+    let viewer = pages::Viewer {
+        sign_in: sessions.enabled(&hub.cfg),
+        csrf: sessions.signed(&hub.cfg, &headers).map(|s| s.csrf),
+        notice: sessions.take_notice(&hub.cfg, &headers, &id),
+    };
     let h = hub.clone();
     match blocking(move || job_view(&h, &id)).await {
-        Ok(Some((d, tail, step_tail))) => {
-            html_page(pages::job_page(&d, tail.as_ref(), step_tail.as_ref()))
-        }
+        Ok(Some((d, tail, step_tail))) => html_page(pages::job_page(
+            &d,
+            tail.as_ref(),
+            step_tail.as_ref(),
+            &viewer,
+        )),
         Ok(None) => fail(StatusCode::NOT_FOUND, "no such job"),
         Err(r) => r,
     }
@@ -227,13 +252,6 @@ pub async fn job(State(hub): State<Arc<Hub>>, UrlPath(id): UrlPath<String>) -> R
 
 /// `POST /api/v1/wake`: stops live jobs whose cancel was requested, wakes every loop.
 pub async fn wake(State(hub): State<Arc<Hub>>) -> StatusCode {
-    for id in hub.live_ids() {
-        if let Ok(Some(j)) = hub.store.job(&id) {
-            if j.cancel_requested.is_some() {
-                hub.cancel_live(&id);
-            }
-        }
-    }
-    hub.wake_all();
+    actions::wake(&hub);
     StatusCode::NO_CONTENT
 }

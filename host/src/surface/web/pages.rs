@@ -279,14 +279,127 @@ fn facts(d: &JobDetail) -> Markup {
     }
 }
 
+/// Who is looking at a job page, for its buttons (`session`'s rule decides; this only shows).
+#[derive(Debug, Clone, Default)]
+pub struct Viewer {
+    /// Sign-in exists (`http.admin_token_file` is set).
+    pub sign_in: bool,
+    /// Signed in: the session's CSRF token, carried by every form.
+    pub csrf: Option<String>,
+    /// The last action's outcome, shown once.
+    pub notice: Option<super::session::Notice>,
+}
+
+/// One button: a plain form posting to `/jobs/{id}/{action}` with the CSRF token and `extra`
+/// hidden fields (it works without script).
+fn action_form(
+    id: &str,
+    action: &str,
+    class: &str,
+    label: &str,
+    csrf: &str,
+    extra: &[(&str, &str)],
+) -> Markup {
+    html! {
+        form.act method="post" action={ "/jobs/" (id) "/" (action) } {
+            input type="hidden" name="csrf" value=(csrf);
+            @for (k, v) in extra { input type="hidden" name=(k) value=(v); }
+            button type="submit" class=(class) { (label) }
+        }
+    }
+}
+
+/// The job's buttons (issue 18), each shown only when it applies: Re-run (an ended job),
+/// Re-run tests (its provisioned snapshot exists), Hold VM (it holds a VM and runs) or Extend
+/// hold (held), Release (held), Cancel (not ended). Signed out: a link to sign in; no sign-in
+/// configured: nothing (the facts show the commands).
+fn actions_panel(d: &JobDetail, v: &Viewer) -> Markup {
+    use crate::domain::JobState;
+    let id = d.job.id.as_str();
+    let state = JobState::parse(&d.job.state);
+    let ended = state.is_some_and(JobState::is_terminal);
+    let running = state.is_some_and(JobState::is_active);
+    let st = d.stages.as_ref();
+    let held = st.is_some_and(|s| s.hold.is_some());
+    let snapshot = st.is_some_and(|s| s.snapshot);
+    // The stage a snapshot re-run starts from: the one after `provision` (`test` by default).
+    let test = st
+        .and_then(|s| crate::domain::stages::after_provision(&s.of_steps))
+        .unwrap_or(crate::domain::stages::TEST);
+    html! {
+        @if let Some(n) = &v.notice {
+            @if n.refused { p.refusal role="alert" { (n.text) } } @else { p.notice role="status" { (n.text) } }
+        }
+        @if let Some(csrf) = &v.csrf {
+            div.actions {
+                @if ended { (action_form(id, "rerun", "rerun", "Re-run", csrf, &[])) }
+                @if snapshot { (action_form(id, "rerun", "rerun-tests", "Re-run tests", csrf, &[("from", test)])) }
+                @if held {
+                    (action_form(id, "hold", "extend", "Extend hold 4 h", csrf, &[("for", "4h")]))
+                    (action_form(id, "release", "release", "Release VM", csrf, &[]))
+                } @else if running {
+                    (action_form(id, "hold", "hold", "Hold VM", csrf, &[("for", "4h")]))
+                }
+                @if !ended { (action_form(id, "cancel", "cancel", "Cancel", csrf, &[])) }
+                form.act.signout method="post" action="/logout" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" class="signout" { "Sign out" }
+                }
+            }
+        } @else if v.sign_in {
+            p.signin { a href={ "/login?next=/jobs/" (id) } { "Sign in" } " to re-run, hold or cancel this job from here." }
+        }
+    }
+}
+
+/// `GET /login`: the admin token's form, or (signed in) a sign-out button; `error` after a
+/// wrong token (the token itself is never shown back).
+pub fn login_page(csrf: Option<&str>, next: &str, error: Option<&str>) -> Markup {
+    let body = html! {
+        h1 { "Sign in" }
+        @if let Some(e) = error { p.refusal role="alert" { (e) } }
+        @if let Some(c) = csrf {
+            p.signedin { "You are signed in. " a href=(next) { "Back" } }
+            form.act.signout method="post" action="/logout" {
+                input type="hidden" name="csrf" value=(c);
+                button type="submit" class="signout" { "Sign out" }
+            }
+        } @else {
+            p { "Paste this host's admin token (the file " code { "http.admin_token_file" } " names) once; the browser then keeps a session for 12 hours." }
+            form.login method="post" action="/login" {
+                input type="hidden" name="next" value=(next);
+                label { "Admin token " input type="password" name="token" autocomplete="off" required; }
+                " " button type="submit" { "Sign in" }
+            }
+        }
+    };
+    layout("sdci sign in", body)
+}
+
+/// A page with one message (a refusal, or sign-in being off).
+pub fn message_page(title: &str, text: &str) -> Markup {
+    let body = html! {
+        h1 { (title) }
+        p.refusal role="alert" { (text) }
+        p { a href="/jobs" { "Jobs" } }
+    };
+    layout(title, body)
+}
+
 /// `GET /jobs/{id}`: `tail` is the current attempt's last lines, `step_tail` the failing step's.
-pub fn job_page(d: &JobDetail, tail: Option<&LogLines>, step_tail: Option<&LogLines>) -> Markup {
+pub fn job_page(
+    d: &JobDetail,
+    tail: Option<&LogLines>,
+    step_tail: Option<&LogLines>,
+    viewer: &Viewer,
+) -> Markup {
     let j = &d.job;
     let body = html! {
         div.jobhead data-job=(j.id) data-state=(j.state) data-attempts=(j.attempts) {
             h1 { (badge(&j.state)) " " span.title { "Job " code { (j.id) } } }
             @if let Some(s) = &j.subject { p.lead { (s) } }
         }
+        (actions_panel(d, viewer))
         (facts(d))
         @if let Some(t) = &d.tests { (tests_section(t)) }
         section.attempts {
