@@ -402,7 +402,9 @@ impl VsphereSim {
     pub fn control_url(&self) -> String {
         self.control_url.clone()
     }
-    /// The guest root R of a VM: guest path `/x/y` is `R/x/y` (contracts §2).
+    /// The guest root R of a VM: guest path `/x/y` is `R/x/y` (contracts §2). Also of a VM
+    /// created at run time: a clone's R (`CloneVM_Task`, contracts §12) is here too, from the
+    /// clone task's end until its `Destroy_Task` removes it.
     pub fn guest_root(&self, vm: &str) -> PathBuf {
         self.state.path().join("vms").join(vm)
     }

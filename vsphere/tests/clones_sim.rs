@@ -230,9 +230,32 @@ async fn destroy_vm_ends_the_clones_guest_and_removes_it_and_a_second_destroy_is
     assert_eq!(c.vm(SOURCE).await.unwrap().power, PowerState::Off);
     c.destroy_vm(CLONE).await.unwrap();
 
-    // The name is free again: the next re-run can use it.
-    c.clone_from_snapshot(SOURCE, "clean", CLONE).await.unwrap();
-    assert_eq!(c.vm(CLONE).await.unwrap().power, PowerState::Off);
+    // The name is free again: the next re-run can use it. A suspended clone (of a memory
+    // snapshot, never resumed) is destroyed as well.
+    provision(&c, &sim, "sdci-job-x-provisioned", "provisioned").await;
+    c.clone_from_snapshot(SOURCE, "sdci-job-x-provisioned", CLONE)
+        .await
+        .unwrap();
+    assert_eq!(c.vm(CLONE).await.unwrap().power, PowerState::Suspended);
+    c.destroy_vm(CLONE).await.unwrap();
+    assert!(matches!(
+        c.vm(CLONE).await,
+        Err(VsphereError::VmNotFound { .. })
+    ));
+    assert!(!sim.guest_root(CLONE).exists());
+    assert_eq!(
+        c.vm(SOURCE).await.unwrap().power,
+        PowerState::On,
+        "destroying a clone leaves its source alone"
+    );
+    assert!(
+        c.snapshots(SOURCE)
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.name == "sdci-job-x-provisioned"),
+        "and the snapshot it was cloned from"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
