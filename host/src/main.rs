@@ -102,17 +102,22 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
-    /// Rotate a pool's golden snapshot: update, snapshot, smoke-test, then switch to it.
+    /// Rotate a pool's golden snapshot: update, snapshot, smoke-test, then switch to it. With
+    /// `--scenario S`: build the matrix scenario S of `[pools.V] scenarios` instead (its base,
+    /// its provisioning command), smoke-test it and switch the scenario to it.
     Save {
         /// Qubes version pool, e.g. 4.2.
         #[arg(long)]
         version: String,
         /// Apply dom0 and template updates before taking the snapshot.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "scenario")]
         update: bool,
         /// Start from this snapshot instead of the pool's current golden one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "scenario")]
         snapshot: Option<String>,
+        /// Build this scenario's snapshot (a table in `[pools.V] scenarios`).
+        #[arg(long)]
+        scenario: Option<String>,
     },
 }
 
@@ -321,18 +326,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 version,
                 update,
                 snapshot,
+                scenario,
             } => {
-                let req = sdci_host::orchestration::rotation::SaveRequest {
-                    version,
-                    update,
-                    base: snapshot,
+                use sdci_host::orchestration::rotation::{self, SaveRequest, ScenarioRequest};
+                let report = match scenario {
+                    Some(scenario) => {
+                        let req = ScenarioRequest { version, scenario };
+                        rotation::save_scenario_from_cli(&cfg, &req).await?
+                    }
+                    None => {
+                        let req = SaveRequest {
+                            version,
+                            update,
+                            base: snapshot,
+                        };
+                        rotation::save_from_cli(&cfg, &req).await?
+                    }
                 };
-                let report = sdci_host::orchestration::rotation::save_from_cli(&cfg, &req).await?;
                 cli::wake(&cfg).await;
                 print!("{}", report.to_text());
                 if !report.moved {
-                    let why = "the rotation failed and the golden snapshot is unchanged; see the \
-                               log above";
+                    let why = "the rotation failed and the pointer is unchanged; see the log \
+                               above";
                     return Err(Failure(why.into()).into());
                 }
                 Ok(())

@@ -33,7 +33,7 @@ pub use ingest::IngestConfig;
 pub use jobs::JobsConfig;
 pub use nightly::{NightlyConfig, NightlySchedule};
 pub use notify::NotifyConfig;
-pub use pools::{Backend, HoldOn, PoolConfig};
+pub use pools::{Backend, BuiltScenario, HoldOn, PoolConfig, Scenario, GOLDEN_BASE};
 pub use rotation::{RotationConfig, RotationSchedule};
 pub use test_results::TestsConfig;
 pub use updates::UpdatesConfig;

@@ -1,5 +1,11 @@
 //! `[pools."<version>"]`: one pool of VMs per Qubes version, each on one hypervisor backend,
 //! with the golden snapshots its matrix scenarios start from (`scenarios`, issue 20).
+//!
+//! A scenario is either a fixed snapshot an operator made by hand (`prod-installed =
+//! "sdw-prod-installed"`) or a table that says how `sdci-host save --version V --scenario S`
+//! builds it ([`BuiltScenario`]: a base, a provisioning command run in dom0, its timeout, how
+//! many to keep). The provisioning command is the operator's, from this file: never from the
+//! tested repository.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,11 +41,12 @@ pub struct PoolConfig {
     #[serde(default)]
     pub backend: Backend,
     /// The golden snapshots a matrix scenario may start from (its `snapshot:` in the commit's
-    /// `.github/sdci.yml`) → the snapshot's name on this pool's VMs, e.g.
-    /// `{ prod-installed = "sdw-prod-installed" }`. A scenario without `snapshot:` starts from
+    /// `.github/sdci.yml`) → a fixed snapshot name on this pool's VMs, e.g.
+    /// `{ prod-installed = "sdw-prod-installed" }`, or a table saying how `sdci-host save
+    /// --scenario` builds it ([`Scenario`]). A scenario without `snapshot:` starts from
     /// `golden_snapshot`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub scenarios: BTreeMap<String, String>,
+    pub scenarios: BTreeMap<String, Scenario>,
     /// Provisioned snapshots (issue 18) the reconciler keeps in this pool, newest first (the
     /// newest per branch and any a re-run uses are kept beyond this).
     #[serde(default = "default_stage_snapshots_max")]
@@ -58,6 +65,74 @@ pub struct PoolConfig {
     /// An automatic hold ends early once the pool has had queued jobs for this long, seconds.
     #[serde(default = "default_hold_grace_secs")]
     pub hold_grace_secs: u64,
+}
+
+/// One `[pools.V] scenarios` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Scenario {
+    /// A snapshot an operator made by hand; jobs revert to it by name.
+    Fixed(String),
+    /// A snapshot `sdci-host save --scenario` builds; jobs revert to the store's pointer.
+    Built(BuiltScenario),
+}
+
+/// `[pools."V".scenarios.S]`: how the scenario's snapshot is built.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltScenario {
+    /// `golden` (the pool's current golden snapshot, the default) or a snapshot name.
+    #[serde(default = "default_scenario_base")]
+    pub base: String,
+    /// The provisioning command run in dom0 (argv, not a shell line), e.g.
+    /// `["sudo", "-u", "user", "/usr/local/bin/sdw-install-prod"]`.
+    pub provision: Vec<String>,
+    /// Seconds the provisioning command may take before it is terminated (default 1 h).
+    #[serde(default = "default_scenario_timeout")]
+    pub timeout_secs: u64,
+    /// `scenario-<S>_*` snapshots kept per VM (the current and the previous one regardless).
+    #[serde(default = "default_scenario_keep")]
+    pub keep: usize,
+}
+
+/// The base of a [`BuiltScenario`] that means "the pool's current golden snapshot".
+pub const GOLDEN_BASE: &str = "golden";
+
+fn default_scenario_base() -> String {
+    GOLDEN_BASE.to_owned()
+}
+fn default_scenario_timeout() -> u64 {
+    3600
+}
+fn default_scenario_keep() -> usize {
+    2
+}
+
+impl Scenario {
+    /// The snapshot-name prefix of a built scenario `name`: `scenario-<name>_`.
+    pub fn snapshot_prefix(name: &str) -> String {
+        format!("scenario-{name}_")
+    }
+}
+
+impl<'de> Deserialize<'de> for Scenario {
+    /// A string or a table; anything else is refused saying what to write (serde's untagged
+    /// enums would only say that no variant matched).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => Ok(Scenario::Fixed(s)),
+            v @ toml::Value::Table(_) => v
+                .try_into::<BuiltScenario>()
+                .map(Scenario::Built)
+                .map_err(|e| D::Error::custom(e.message())),
+            other => Err(D::Error::custom(format!(
+                "a scenario is a snapshot name (prod-installed = \"sdw-prod-installed\") or a \
+                 table (base = \"golden\", provision = [\"...\"], timeout_secs, keep), not a {}",
+                other.type_str()
+            ))),
+        }
+    }
 }
 
 /// When a pool holds a job's VM after its end.
@@ -95,12 +170,7 @@ impl PoolConfig {
             return Err(format!("pools.{version:?}.prefix must not be empty"));
         }
         for (k, v) in &self.scenarios {
-            if k.is_empty() || v.trim().is_empty() {
-                return Err(format!(
-                    "pools.{version:?}.scenarios: map each scenario snapshot to a snapshot name, \
-                     e.g. scenarios = {{ prod-installed = \"sdw-prod-installed\" }}"
-                ));
-            }
+            validate_scenario(version, k, v)?;
         }
         if self.golden_snapshot.is_empty() {
             return Err(format!(
@@ -109,6 +179,63 @@ impl PoolConfig {
         }
         Ok(())
     }
+}
+
+fn validate_scenario(version: &str, name: &str, s: &Scenario) -> Result<(), String> {
+    let key = format!("pools.{version:?}.scenarios.{name}");
+    let b = match s {
+        Scenario::Fixed(v) => {
+            if name.is_empty() || v.trim().is_empty() {
+                return Err(format!(
+                    "pools.{version:?}.scenarios: map each scenario snapshot to a snapshot name, \
+                     e.g. scenarios = {{ prod-installed = \"sdw-prod-installed\" }}"
+                ));
+            }
+            return Ok(());
+        }
+        Scenario::Built(b) => b,
+    };
+    // `_` ends the name in `scenario-<S>_<stamp>`: pruning `scenario-a_*` must never touch the
+    // snapshots of a scenario `a_b`.
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+    {
+        return Err(format!(
+            "{key}: a built scenario's name is letters, digits, '-' and '.' (its snapshots are \
+             named scenario-<name>_<UTC time>), e.g. [pools.{version:?}.scenarios.prod-installed]"
+        ));
+    }
+    if b.provision.first().is_none_or(|p| p.trim().is_empty()) {
+        return Err(format!(
+            "{key}.provision: name the command run in dom0 as an argv, e.g. provision = \
+             [\"sudo\", \"-u\", \"user\", \"/usr/local/bin/sdw-install-prod\"]"
+        ));
+    }
+    if b.base.trim().is_empty() {
+        return Err(format!(
+            "{key}.base: write \"golden\" (the pool's current golden snapshot) or a snapshot name"
+        ));
+    }
+    if b.base.starts_with(&Scenario::snapshot_prefix(name)) {
+        return Err(format!(
+            "{key}.base: {:?} is one of this scenario's own snapshots, which pruning removes; \
+             start from \"golden\" or a snapshot kept by hand",
+            b.base
+        ));
+    }
+    if b.timeout_secs == 0 {
+        return Err(format!(
+            "{key}.timeout_secs must be at least 1 (seconds the provisioning command may take)"
+        ));
+    }
+    if b.keep == 0 {
+        return Err(format!(
+            "{key}.keep must be at least 1 (scenario-{name}_* snapshots kept per VM)"
+        ));
+    }
+    Ok(())
 }
 
 /// Pools on different backends must not claim the same VM name: a VM is routed to the backend

@@ -694,7 +694,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         );
         // A matrix scenario's golden snapshot (`[pools.V] scenarios`, issue 20).
         let scenario = match super::matrix::job_cell(hub, id) {
-            Some((_, cell)) => super::matrix::snapshot_for(cfg, &cell)
+            Some((_, cell)) => super::matrix::snapshot_for(cfg, &hub.store, &cell)
                 .map_err(|(key, message)| Fail::Config { key, message })?,
             None => None,
         };

@@ -2,8 +2,9 @@
 //! waits for its version is a *placeholder*; [`resolve`] reads the file through the gateway
 //! (`sdci-agent file`, contracts §5), chooses the cells its trigger runs, and turns the
 //! placeholder into one job per cell (`Store::expand_job`). Also what a cell changes in a job:
-//! its steps ([`steps_for`]), the snapshot it starts from ([`snapshot_for`]) and the name of its
-//! check run and status context ([`report_name`]).
+//! its steps ([`steps_for`]), the snapshot it starts from ([`snapshot_for`]: a fixed scenario
+//! snapshot, or a built scenario's pointer, `store::scenarios`) and the name of its check run
+//! and status context ([`report_name`]).
 //!
 //! Invariants:
 //! - Fallbacks, in order: the matrix file; `.github/workstation-ci.yml`'s `qubes:` (`ci-config`);
@@ -21,11 +22,12 @@
 //!   refuses unknown fields). A scenario's steps come from the commit like its `Makefile` does.
 
 use crate::config::Config;
+use crate::config::Scenario;
 use crate::domain::matrix::{self, Cell, Matrix, Selector, Trigger, MATRIX_PATH};
 use crate::domain::JobState;
 use crate::gateway::GatewayFailure;
 use crate::hub::Hub;
-use crate::store::{JobRow, NewCell};
+use crate::store::{JobRow, NewCell, Store};
 use sdci_protocol::job::Step;
 use sdci_protocol::Reason;
 use serde::{Deserialize, Serialize};
@@ -426,15 +428,35 @@ pub fn steps_for(mut steps: Vec<Step>, cell: &JobCell) -> Result<Vec<Step>, Stri
     Ok(steps)
 }
 
-/// The snapshot a cell's job reverts to: the pool's golden snapshot (`None`), or the one
-/// `[pools.V] scenarios` maps the scenario's snapshot to.
-pub fn snapshot_for(cfg: &Config, cell: &JobCell) -> Result<Option<String>, (String, String)> {
+/// The snapshot a cell's job reverts to: the pool's golden snapshot (`None`), the fixed one
+/// `[pools.V] scenarios` maps the scenario's snapshot to, or a built scenario's current pointer
+/// in the store. A built scenario with no snapshot yet is an error naming the command that
+/// builds it: never the golden snapshot in its place. The error is (the config key, the message).
+pub fn snapshot_for(
+    cfg: &Config,
+    store: &Store,
+    cell: &JobCell,
+) -> Result<Option<String>, (String, String)> {
     let Some(want) = &cell.snapshot else {
         return Ok(None);
     };
     let v = &cell.version;
     match cfg.pools.get(v).and_then(|p| p.scenarios.get(want)) {
-        Some(s) => Ok(Some(s.clone())),
+        Some(Scenario::Fixed(s)) => Ok(Some(s.clone())),
+        Some(Scenario::Built(_)) => match store.scenario_snapshot(v, want) {
+            Ok(Some(s)) => Ok(Some(s)),
+            Ok(None) => Err((
+                format!("[pools.\"{v}\".scenarios.{want}]"),
+                format!(
+                    "scenario {want} of Qubes {v} has no snapshot built yet: run `sdci-host save \
+                     --version {v} --scenario {want}`"
+                ),
+            )),
+            Err(e) => Err((
+                format!("[pools.\"{v}\".scenarios.{want}]"),
+                format!("reading scenario {want}'s snapshot from the store: {e}"),
+            )),
+        },
         None => Err((
             format!("[pools.\"{v}\"] scenarios"),
             format!(
@@ -507,16 +529,43 @@ mod tests {
             std::path::Path::new("t"),
         )
         .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
         assert_eq!(
-            snapshot_for(&cfg, &cell("dev")).unwrap().as_deref(),
+            snapshot_for(&cfg, &store, &cell("dev")).unwrap().as_deref(),
             Some("golden-prod-2026")
         );
         let mut c = cell("dev");
         c.snapshot = Some("other".into());
-        let (key, msg) = snapshot_for(&cfg, &c).unwrap_err();
+        let (key, msg) = snapshot_for(&cfg, &store, &c).unwrap_err();
         assert_eq!(key, "[pools.\"4.3\"] scenarios");
         assert!(msg.contains("other"), "{msg}");
         c.snapshot = None;
-        assert_eq!(snapshot_for(&cfg, &c).unwrap(), None);
+        assert_eq!(snapshot_for(&cfg, &store, &c).unwrap(), None);
+    }
+
+    #[test]
+    fn a_built_scenario_starts_from_its_pointer_and_unbuilt_names_the_command() {
+        let cfg = Config::parse(
+            "[pools.\"4.3\"]\nprefix = \"Q\"\ngolden_snapshot = \"g\"\n\
+             [pools.\"4.3\".scenarios.prod-installed]\nprovision = [\"install\"]\n",
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let (key, msg) = snapshot_for(&cfg, &store, &cell("dev")).unwrap_err();
+        assert_eq!(key, "[pools.\"4.3\".scenarios.prod-installed]");
+        assert!(
+            msg.contains("sdci-host save --version 4.3 --scenario prod-installed"),
+            "{msg}"
+        );
+        store
+            .set_scenario_snapshot("4.3", "prod-installed", "scenario-prod-installed_1")
+            .unwrap();
+        assert_eq!(
+            snapshot_for(&cfg, &store, &cell("dev")).unwrap().as_deref(),
+            Some("scenario-prod-installed_1")
+        );
     }
 }

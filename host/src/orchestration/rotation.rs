@@ -1,5 +1,13 @@
-//! Golden-snapshot rotation: `sdci-host save --version V [--update] [--snapshot NAME]` and the
-//! `[[rotation.schedule]]` entries of `serve`.
+//! Golden-snapshot rotation: `sdci-host save --version V [--update] [--snapshot NAME]`, the
+//! `[[rotation.schedule]]` entries of `serve`, and the scenario snapshots of the matrix
+//! (`sdci-host save --version V --scenario S`, issue 20).
+//!
+//! One rotation, two purposes ([`Purpose`]): the pool's golden snapshot (`update_*`, the `pools`
+//! pointer, `[rotation] keep`), or a built scenario of `[pools.V] scenarios` (`scenario-<S>_*`,
+//! the `scenario_snapshots` pointer, the scenario's own `keep`). They differ only in the base,
+//! what runs in dom0 before the snapshot (the updates, or the scenario's provisioning command
+//! bounded by its `timeout_secs`), the snapshot's name, the pointer and the pruning prefix; the
+//! leases, the smoke test, the failure handling and the reporting are the same code.
 //!
 //! For every VM of the pool, each as soon as it is free: lease it in the store (so no job can
 //! claim it), revert to the base (the pool's current golden snapshot, or `--snapshot`), boot,
@@ -33,7 +41,7 @@ use super::dom0_script::{self, GuestStep};
 use super::leases::{self, LeaseOwner, Take};
 use super::updates;
 use super::vm_power::{self, Phase};
-use crate::config::Config;
+use crate::config::{BuiltScenario, Config, PoolConfig, Scenario, GOLDEN_BASE};
 use crate::gateway::slack::{self, RotationNotice};
 use crate::hub::Hub;
 use crate::store::{RotationRun, Store};
@@ -50,13 +58,118 @@ pub const SNAPSHOT_PREFIX: &str = "update_";
 /// Store lease holders that are rotations, not jobs.
 pub const LEASE_PREFIX: &str = "rotation-";
 
-/// What to rotate.
+/// A golden snapshot to rotate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaveRequest {
     pub version: String,
     pub update: bool,
     /// Revert to this snapshot instead of the pool's current golden one.
     pub base: Option<String>,
+}
+
+/// A scenario snapshot to build: `sdci-host save --version V --scenario S`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioRequest {
+    pub version: String,
+    /// A key of `[pools.V] scenarios` whose entry is a table ([`BuiltScenario`]).
+    pub scenario: String,
+}
+
+/// What a rotation's snapshot is for.
+#[derive(Debug, Clone, Copy)]
+enum Purpose<'a> {
+    /// The pool's golden snapshot, with the Qubes updates applied first when `update`.
+    Golden { update: bool },
+    /// A matrix scenario's snapshot, provisioned by its command.
+    Scenario {
+        name: &'a str,
+        spec: &'a BuiltScenario,
+    },
+}
+
+impl Purpose<'_> {
+    /// The prefix of the snapshots this purpose takes and prunes.
+    fn prefix(&self) -> String {
+        match self {
+            Purpose::Golden { .. } => SNAPSHOT_PREFIX.to_owned(),
+            Purpose::Scenario { name, .. } => Scenario::snapshot_prefix(name),
+        }
+    }
+
+    /// What the pointer names, for people ("golden snapshot", "scenario S snapshot").
+    fn what(&self) -> String {
+        match self {
+            Purpose::Golden { .. } => "golden snapshot".to_owned(),
+            Purpose::Scenario { name, .. } => format!("scenario {name} snapshot"),
+        }
+    }
+
+    /// The snapshots kept per VM.
+    fn keep(&self, cfg: &Config) -> usize {
+        match self {
+            Purpose::Golden { .. } => cfg.rotation.keep,
+            Purpose::Scenario { spec, .. } => spec.keep,
+        }
+    }
+
+    /// The dom0 commands run on the booted base before the snapshot (what they are called in
+    /// the log), or `None`: the base is only reverted to.
+    fn prepare(&self, cfg: &Config) -> Option<(&'static str, Vec<GuestStep>)> {
+        match self {
+            Purpose::Golden { update: false } => None,
+            Purpose::Golden { update: true } => {
+                Some(("updates", updates::update_steps(&cfg.updates)))
+            }
+            Purpose::Scenario { name, spec } => Some((
+                "provisioning",
+                vec![GuestStep {
+                    name: format!("provision-{name}"),
+                    argv: spec.provision.clone(),
+                    timeout: Duration::from_secs(spec.timeout_secs),
+                    direct: false,
+                }],
+            )),
+        }
+    }
+
+    /// Seconds the dom0 commands may take at most.
+    fn prepare_secs(&self, cfg: &Config) -> u64 {
+        match self {
+            Purpose::Golden { update: false } => 0,
+            Purpose::Golden { update: true } => 2 * cfg.updates.step_timeout_secs,
+            Purpose::Scenario { spec, .. } => spec.timeout_secs,
+        }
+    }
+
+    fn describe(&self, id: &str, base: &str) -> String {
+        match self {
+            Purpose::Golden { update } => format!(
+                "sdci rotation {id}: {base}{}",
+                if *update { " + Qubes updates" } else { "" }
+            ),
+            Purpose::Scenario { name, spec } => format!(
+                "sdci rotation {id}: scenario {name} = {base} + {}",
+                spec.provision.join(" ")
+            ),
+        }
+    }
+
+    /// Moves the pointer to `snapshot`.
+    fn adopt(&self, store: &Store, version: &str, snapshot: &str) -> Result<()> {
+        match self {
+            Purpose::Golden { .. } => store.set_golden_snapshot(version, snapshot),
+            Purpose::Scenario { name, .. } => store.set_scenario_snapshot(version, name, snapshot),
+        }
+    }
+}
+
+/// One rotation, decided: what for, from which base, the pointer before it.
+struct Plan<'a> {
+    version: &'a str,
+    purpose: Purpose<'a>,
+    base: String,
+    /// The pointer before the rotation (a scenario not built yet has none).
+    current: Option<String>,
 }
 
 /// One VM's part of a rotation.
@@ -75,11 +188,13 @@ pub struct VmResult {
 pub struct RotationReport {
     pub id: String,
     pub version: String,
+    /// What the pointer names: `golden snapshot`, `scenario S snapshot`.
+    pub what: String,
     /// The snapshot taken.
     pub snapshot: String,
-    /// The golden snapshot before the rotation.
+    /// The pointer before the rotation (empty: a scenario built for the first time).
     pub previous: String,
-    /// Whether the pool's golden pointer now names `snapshot`.
+    /// Whether the pointer (the pool's golden one, or the scenario's) now names `snapshot`.
     pub moved: bool,
     pub vms: Vec<VmResult>,
     /// Host-side log of the rotation (guest step output included).
@@ -90,15 +205,20 @@ pub struct RotationReport {
 impl RotationReport {
     /// Plain text for the CLI: one line for the rotation, one per VM.
     pub fn to_text(&self) -> String {
+        let previous = if self.previous.is_empty() {
+            "none"
+        } else {
+            &self.previous
+        };
         let mut out = if self.moved {
             format!(
-                "Qubes {}: golden snapshot is now {} (was {})\n",
-                self.version, self.snapshot, self.previous
+                "Qubes {}: {} is now {} (was {previous})\n",
+                self.version, self.what, self.snapshot
             )
         } else {
             format!(
-                "Qubes {}: rotation FAILED, golden snapshot stays {}\n",
-                self.version, self.previous
+                "Qubes {}: rotation FAILED, {} stays {previous}\n",
+                self.version, self.what
             )
         };
         for v in &self.vms {
@@ -173,40 +293,107 @@ impl<H: Hypervisor> Rotator<'_, H> {
     }
 
     /// A budget long enough for the slowest honest rotation, after which the lease is stale.
-    fn budget(&self, update: bool) -> Duration {
+    fn budget(&self, purpose: &Purpose) -> Duration {
         let d = &self.cfg.deadlines;
         let r = &self.cfg.rotation;
         let boot = d.revert_secs + d.power_on_secs + d.guest_ready_secs + d.shutdown_secs;
-        let updates = if update {
-            2 * self.cfg.updates.step_timeout_secs
-        } else {
-            0
-        };
-        Duration::from_secs(r.wait_free_secs + 2 * boot + updates + 2 * r.smoke_step_secs + 600)
+        let prepare = purpose.prepare_secs(self.cfg);
+        Duration::from_secs(r.wait_free_secs + 2 * boot + prepare + 2 * r.smoke_step_secs + 600)
     }
 
-    /// Runs one rotation of the pool of `req.version`. `on_release` is called once the leases
-    /// are released (the service wakes its scheduler there).
+    fn pool(&self, version: &str) -> Result<&PoolConfig> {
+        self.cfg.pools.get(version).ok_or_else(|| {
+            HostError::Invalid(format!(
+                "no pool for Qubes {version}: the host config has {:?}",
+                self.cfg.pools.keys().collect::<Vec<_>>()
+            ))
+        })
+    }
+
+    /// Runs one rotation of the golden snapshot of the pool of `req.version`. `on_release` is
+    /// called once the leases are released (the service wakes its scheduler there).
     pub async fn save(
         &self,
         req: &SaveRequest,
         on_release: &(dyn Fn() + Sync),
     ) -> Result<RotationReport> {
-        let started = Instant::now();
-        let pool = self.cfg.pools.get(&req.version).ok_or_else(|| {
-            HostError::Invalid(format!(
-                "no pool for Qubes {}: the host config has {:?}",
-                req.version,
-                self.cfg.pools.keys().collect::<Vec<_>>()
-            ))
-        })?;
-        for (rotation, vms, why) in self.store.release_stale_rotations()? {
-            tracing::warn!(%rotation, ?vms, "released the leases of a rotation: {why}");
-        }
+        let pool = self.pool(&req.version)?;
+        self.release_stale()?;
         let current = self
             .store
             .golden_snapshot(&req.version, &pool.golden_snapshot)?;
         let base = req.base.clone().unwrap_or_else(|| current.clone());
+        let plan = Plan {
+            version: &req.version,
+            purpose: Purpose::Golden { update: req.update },
+            base,
+            current: Some(current),
+        };
+        self.run(&plan, pool, on_release).await
+    }
+
+    /// Builds scenario `req.scenario`'s snapshot on every VM of the pool of `req.version`: from
+    /// its base, provisioned by its command, smoke-tested; only when every VM passed does the
+    /// scenario's pointer move. `on_release` as for [`Rotator::save`].
+    pub async fn save_scenario(
+        &self,
+        req: &ScenarioRequest,
+        on_release: &(dyn Fn() + Sync),
+    ) -> Result<RotationReport> {
+        let (v, name) = (&req.version, &req.scenario);
+        let pool = self.pool(v)?;
+        let spec = match pool.scenarios.get(name) {
+            Some(Scenario::Built(b)) => b,
+            Some(Scenario::Fixed(snap)) => {
+                return Err(HostError::Invalid(format!(
+                    "scenario {name} of Qubes {v} is the fixed snapshot {snap:?}, made by hand: to \
+                     have sdci-host build it, write it as a table, [pools.\"{v}\".scenarios.{name}] \
+                     with base = \"golden\" and provision = [\"<command>\", ...]"
+                )))
+            }
+            None => {
+                return Err(HostError::Invalid(format!(
+                    "no scenario {name} in [pools.\"{v}\"] scenarios (it has {:?}): add \
+                     [pools.\"{v}\".scenarios.{name}] with base and provision",
+                    pool.scenarios.keys().collect::<Vec<_>>()
+                )))
+            }
+        };
+        self.release_stale()?;
+        let base = if spec.base == GOLDEN_BASE {
+            self.store.golden_snapshot(v, &pool.golden_snapshot)?
+        } else {
+            spec.base.clone()
+        };
+        let plan = Plan {
+            version: v,
+            purpose: Purpose::Scenario { name, spec },
+            base,
+            current: self.store.scenario_snapshot(v, name)?,
+        };
+        self.run(&plan, pool, on_release).await
+    }
+
+    fn release_stale(&self) -> Result<()> {
+        for (rotation, vms, why) in self.store.release_stale_rotations()? {
+            tracing::warn!(%rotation, ?vms, "released the leases of a rotation: {why}");
+        }
+        Ok(())
+    }
+
+    /// The rotation itself, whatever its purpose (see the module doc).
+    async fn run(
+        &self,
+        plan: &Plan<'_>,
+        pool: &PoolConfig,
+        on_release: &(dyn Fn() + Sync),
+    ) -> Result<RotationReport> {
+        let started = Instant::now();
+        let version = plan.version;
+        let what = plan.purpose.what();
+        let prefix = plan.purpose.prefix();
+        let base = plan.base.clone();
+        let current = plan.current.clone().unwrap_or_default();
         let now = now_ms();
         let mut stamp = now.div_euclid(1000);
         let id = format!("{LEASE_PREFIX}{}", crate::random_hex(6));
@@ -214,12 +401,12 @@ impl<H: Hypervisor> Rotator<'_, H> {
         let vms = self.hv.list_vms(&pool.prefix).await?;
         if vms.is_empty() {
             return Err(HostError::Invalid(format!(
-                "no VM named {}* in vSphere for Qubes {}",
-                pool.prefix, req.version
+                "no VM named {}* in vSphere for Qubes {version}",
+                pool.prefix
             )));
         }
         let names: Vec<String> = vms.iter().map(|v| v.name.clone()).collect();
-        self.store.register_vms(&req.version, &names)?;
+        self.store.register_vms(version, &names)?;
         // Two snapshots with one name would make reverts ambiguous (vSphere allows duplicates):
         // the timestamp moves on until the name is new on every VM of the pool.
         let mut taken = HashSet::new();
@@ -227,7 +414,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
             taken.extend(self.hv.snapshots(vm).await?.into_iter().map(|s| s.name));
         }
         let snapshot = loop {
-            let name = format!("{SNAPSHOT_PREFIX}{}", Utc::from_unix(stamp).compact());
+            let name = format!("{prefix}{}", Utc::from_unix(stamp).compact());
             if !taken.contains(&name) {
                 break name;
             }
@@ -235,37 +422,39 @@ impl<H: Hypervisor> Rotator<'_, H> {
         };
         self.store.rotation_begin(&RotationRun {
             id: id.clone(),
-            version: req.version.clone(),
+            version: version.to_owned(),
             snapshot: snapshot.clone(),
             from_snapshot: current.clone(),
             base: base.clone(),
             owner_pid: std::process::id(),
             started_ms: now,
-            deadline_ms: now + self.budget(req.update).as_millis() as i64,
+            deadline_ms: now + self.budget(&plan.purpose).as_millis() as i64,
         })?;
+        let with = match plan.purpose.prepare(self.cfg) {
+            Some((what, _)) => format!(" with {what}"),
+            None => String::new(),
+        };
         log_line(
             &log,
             &format!(
-                "=== rotation {id}: Qubes {} from {base}{} to {snapshot} on {}\n",
-                req.version,
-                if req.update { " with updates" } else { "" },
+                "=== rotation {id}: Qubes {version} {what} from {base}{with} to {snapshot} on {}\n",
                 names.join(", ")
             ),
         );
-        tracing::info!(rotation = %id, version = %req.version, %base, %snapshot, "rotation started");
+        tracing::info!(rotation = %id, %version, %what, %base, %snapshot, "rotation started");
 
         let per_vm = names
             .iter()
-            .map(|vm| self.rotate_vm(vm, &id, &base, &snapshot, req.update, &log));
+            .map(|vm| self.rotate_vm(vm, &id, plan, &snapshot, &log));
         let mut results = futures::future::join_all(per_vm).await;
 
         let all_ok = results.iter().all(|r| r.ok);
         let mut moved = false;
         let mut error = None;
         if all_ok {
-            match self.store.set_golden_snapshot(&req.version, &snapshot) {
+            match plan.purpose.adopt(self.store, version, &snapshot) {
                 Ok(()) => moved = true,
-                Err(e) => error = Some(format!("moving the golden pointer: {e}")),
+                Err(e) => error = Some(format!("moving the pointer of the {what}: {e}")),
             }
         } else {
             error = Some(
@@ -278,13 +467,16 @@ impl<H: Hypervisor> Rotator<'_, H> {
             );
         }
         if moved {
-            // Never the new golden, the previous one, nor the snapshot this rotation started from.
-            let protected = [snapshot.clone(), current.clone(), base.clone()];
+            // Never the new snapshot, the previous one, nor the snapshot this rotation started from.
+            let mut protected = vec![snapshot.clone(), base.clone()];
+            protected.extend(plan.current.clone());
+            let keep = plan.purpose.keep(self.cfg);
             for r in &mut results {
-                match self.prune(&r.vm, &protected).await {
+                match self.prune(&r.vm, &prefix, keep, &protected).await {
                     Ok(p) => r.pruned = p,
                     Err(e) => {
-                        tracing::warn!(vm = %r.vm, error = %e, "removing old update_* snapshots");
+                        tracing::warn!(vm = %r.vm, error = %e, %prefix,
+                            "removing old snapshots");
                         r.detail
                             .push_str(&format!("; removing old snapshots failed: {e}"));
                     }
@@ -307,23 +499,25 @@ impl<H: Hypervisor> Rotator<'_, H> {
             &format!(
                 "=== rotation {id}: {}\n",
                 if moved {
-                    format!("golden snapshot of Qubes {} is now {snapshot}", req.version)
+                    format!("{what} of Qubes {version} is now {snapshot}")
                 } else {
                     format!(
-                        "failed, golden snapshot stays {current}: {}",
+                        "failed, {what} stays {}: {}",
+                        plan.current.as_deref().unwrap_or("none"),
                         error.clone().unwrap_or_default()
                     )
                 }
             ),
         );
         if moved {
-            tracing::info!(rotation = %id, %snapshot, "rotation done: golden pointer moved");
+            tracing::info!(rotation = %id, %snapshot, %what, "rotation done: pointer moved");
         } else {
-            tracing::error!(rotation = %id, error = ?error, "rotation failed: golden pointer kept");
+            tracing::error!(rotation = %id, error = ?error, %what, "rotation failed: pointer kept");
         }
         let report = RotationReport {
             id,
-            version: req.version.clone(),
+            version: version.to_owned(),
+            what,
             snapshot,
             previous: current,
             moved,
@@ -334,10 +528,20 @@ impl<H: Hypervisor> Rotator<'_, H> {
         slack::rotation_result(
             self.cfg,
             &RotationNotice {
-                version: report.version.clone(),
+                // Slack's line reads "Qubes <version> golden snapshot is now …".
+                version: match plan.purpose {
+                    Purpose::Golden { .. } => report.version.clone(),
+                    Purpose::Scenario { name, .. } => {
+                        format!("{} scenario {name}", report.version)
+                    }
+                },
                 ok: report.moved,
                 snapshot: report.snapshot.clone(),
-                previous: report.previous.clone(),
+                previous: if report.previous.is_empty() {
+                    "none".into()
+                } else {
+                    report.previous.clone()
+                },
                 details: report
                     .vms
                     .iter()
@@ -425,9 +629,8 @@ impl<H: Hypervisor> Rotator<'_, H> {
         &self,
         vm: &str,
         id: &str,
-        base: &str,
+        plan: &Plan<'_>,
         snapshot: &str,
-        update: bool,
         log: &Path,
     ) -> VmResult {
         let fail = |detail: String| VmResult {
@@ -442,7 +645,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
         }
         let mut created = false;
         let r = self
-            .update_and_test(vm, id, base, snapshot, update, log, &mut created)
+            .prepare_and_test(vm, id, plan, snapshot, log, &mut created)
             .await;
         match r {
             Ok(()) => {
@@ -503,24 +706,25 @@ impl<H: Hypervisor> Rotator<'_, H> {
             .map_err(|e| e.to_string())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn update_and_test(
+    /// Reverts to the base, runs the purpose's dom0 commands (if any), shuts down, takes
+    /// `snapshot` and smoke-tests it. `created` tells the caller the snapshot exists.
+    async fn prepare_and_test(
         &self,
         vm: &str,
         id: &str,
-        base: &str,
+        plan: &Plan<'_>,
         snapshot: &str,
-        update: bool,
         log: &Path,
         created: &mut bool,
     ) -> std::result::Result<(), String> {
+        let base = plan.base.as_str();
         log_line(log, &format!("[{vm}] leased; reverting to {base}\n"));
-        if update {
+        if let Some((what, steps)) = plan.purpose.prepare(self.cfg) {
             self.boot(vm, base).await?;
-            log_line(log, &format!("[{vm}] booted; applying updates\n"));
-            self.steps(vm, id, &updates::update_steps(&self.cfg.updates), log)
+            log_line(log, &format!("[{vm}] booted; {what}\n"));
+            self.steps(vm, id, &steps, log)
                 .await
-                .map_err(|e| format!("updates: {e}"))?;
+                .map_err(|e| format!("{what}: {e}"))?;
         } else {
             vm_power::bounded(
                 Phase::Revert,
@@ -531,10 +735,7 @@ impl<H: Hypervisor> Rotator<'_, H> {
             .map_err(|e| format!("{e} (snapshot {base})"))?;
         }
         self.shutdown(vm).await?;
-        let description = format!(
-            "sdci rotation {id}: {base}{}",
-            if update { " + Qubes updates" } else { "" }
-        );
+        let description = plan.purpose.describe(id, base);
         match tokio::time::timeout(
             Duration::from_secs(self.cfg.deadlines.revert_secs),
             self.hv.create_snapshot(vm, snapshot, &description),
@@ -565,15 +766,17 @@ impl<H: Hypervisor> Rotator<'_, H> {
         self.shutdown(vm).await
     }
 
-    /// Removes the `update_*` snapshots beyond the newest `rotation.keep`, never the new or the
-    /// previous golden one (the hypervisor's one pruning rule).
+    /// Removes the `prefix` snapshots beyond the newest `keep`, never the `protected` ones (the
+    /// hypervisor's one pruning rule).
     async fn prune(
         &self,
         vm: &str,
+        prefix: &str,
+        keep: usize,
         protected: &[String],
     ) -> std::result::Result<Vec<String>, String> {
         self.hv
-            .prune_snapshots(vm, SNAPSHOT_PREFIX, self.cfg.rotation.keep, protected)
+            .prune_snapshots(vm, prefix, keep, protected)
             .await
             .map_err(|e| e.to_string())
     }
@@ -592,6 +795,20 @@ pub async fn save_from_cli(cfg: &Config, req: &SaveRequest) -> Result<RotationRe
         auth: &auth,
     };
     r.save(req, &|| {}).await
+}
+
+/// `sdci-host save --scenario`: as [`save_from_cli`], building a scenario's snapshot.
+pub async fn save_scenario_from_cli(cfg: &Config, req: &ScenarioRequest) -> Result<RotationReport> {
+    let auth = crate::gateway::backend::guest_auth(cfg)?;
+    let store = Store::open_existing(&cfg.db_path())?; // the CLI never creates or migrates
+    let hv = crate::gateway::backend::Backends::connect(cfg).await?;
+    let r = Rotator {
+        cfg,
+        store: &store,
+        hv: &hv,
+        auth: &auth,
+    };
+    r.save_scenario(req, &|| {}).await
 }
 
 /// The `serve` side: one task per `[[rotation.schedule]]`. Each run leases the pool's VMs like

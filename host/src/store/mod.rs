@@ -28,6 +28,8 @@
 //! - [`meta`]: `host_meta` (the instance id written into VM leases).
 //! - [`test_results`]: `test_results`, `result_sets`, `result_files` (a job's test cases, the
 //!   notes of reading them, its results archive's members; a test's history by its key).
+//! - [`scenarios`]: `scenario_snapshots` (each built matrix scenario's current snapshot per
+//!   pool, issue 20).
 //! - [`stages`]: `job_stages`, `stage_snapshots`, `stage_reruns`, `vm_holds`, `hold_requests`
 //!   (issue 18: stages, the provisioned snapshot, re-runs from it, held VMs).
 //!
@@ -53,6 +55,7 @@ mod jobs;
 mod meta;
 mod outbox;
 mod pages;
+mod scenarios;
 mod schema;
 mod stages;
 mod stats;

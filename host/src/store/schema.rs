@@ -306,6 +306,17 @@ CREATE TABLE hold_requests (
     requested_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- 12: built matrix scenarios (issue 20): each scenario's current snapshot per pool, moved by
+-- `sdci-host save --version V --scenario S` once every VM passed (`store/scenarios.rs`).
+CREATE TABLE scenario_snapshots (
+    version TEXT NOT NULL,
+    scenario TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (version, scenario)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Refuses a database whose schema is not exactly this binary's, without changing it (the CLI:
