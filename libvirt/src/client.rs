@@ -14,6 +14,7 @@
 
 use crate::agent;
 use crate::config::{DomainType, LibvirtConfig, Target};
+use crate::monitor;
 use crate::rpc::{proc, CallError, Conn, Dom, QEMU_PROGRAM, REMOTE_PROGRAM};
 use crate::xdr::{Dec, Enc};
 use crate::xml;
@@ -698,6 +699,95 @@ impl Hypervisor for LibvirtClient {
         let mut e = Enc::new();
         dom.encode(&mut e);
         e.string(&xml::snapshot_xml(name, description)).u32(0);
+        self.call(
+            i,
+            "DomainSnapshotCreateXML",
+            proc::DOMAIN_SNAPSHOT_CREATE_XML,
+            e.0,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The memory state the snapshot holds in the domain's qcow2 image (QEMU's `vm-state-size`,
+    /// `qemu-img info`'s `VM SIZE`, read with `query-block`: see [`crate::monitor`]), for a
+    /// snapshot taken of the running domain. Not counted: the disk clusters the snapshot comes
+    /// to hold alone as the guest overwrites them after it was taken (none at that moment;
+    /// neither libvirt nor QEMU reports them per snapshot). `None` for a snapshot without
+    /// memory (taken powered off, like a golden one: its cost is only such clusters) and while
+    /// the domain is off (no QEMU to ask; the host asks right after taking it).
+    async fn snapshot_bytes(&self, vm: &str, name: &str) -> Result<Option<u64>> {
+        self.read(|| async move {
+            let (i, dom) = self.locate(vm).await?;
+            let mut args = self.snapshot_ref(i, &dom, vm, name).await?;
+            args.extend_from_slice(&0u32.to_be_bytes());
+            let method = "DomainSnapshotGetXMLDesc";
+            let r = self
+                .call(i, method, proc::DOMAIN_SNAPSHOT_GET_XML_DESC, args)
+                .await?;
+            let text = Dec::new(&r)
+                .string()
+                .map_err(|e| self.hv_error(i, method, e.into()))?;
+            let snapshot =
+                xml::parse_snapshot(&text).map_err(|message| HypervisorError::Protocol {
+                    method: method.into(),
+                    message,
+                })?;
+            if !snapshot.has_memory()
+                || Self::power_of(self.state(i, &dom).await?) == PowerState::Off
+            {
+                return Ok(None);
+            }
+            let method = "query-block";
+            let mut e = Enc::new();
+            dom.encode(&mut e);
+            e.string(&monitor::query_block_cmd()).u32(0);
+            let r = match self
+                .raw(
+                    i,
+                    QEMU_PROGRAM,
+                    proc::QEMU_DOMAIN_MONITOR_COMMAND,
+                    e.0,
+                    self.cfg.timeouts.call(),
+                )
+                .await
+            {
+                Ok(r) => r,
+                // Powered off since the state was read.
+                Err(Failure::Call(CallError::Remote(r))) if r.code == ERR_OPERATION_INVALID => {
+                    return Ok(None)
+                }
+                Err(f) => return Err(self.failure(i, method, f)),
+            };
+            let text = Dec::new(&r)
+                .string()
+                .map_err(|e| self.hv_error(i, method, e.into()))?;
+            let reply: Value =
+                serde_json::from_str(&text).map_err(|e| HypervisorError::Protocol {
+                    method: method.into(),
+                    message: format!("the monitor's answer is not JSON: {e}"),
+                })?;
+            Ok(monitor::vm_state_size(&reply, name))
+        })
+        .await
+    }
+
+    /// libvirt's internal snapshot of a running domain (flags 0) is a full system checkpoint:
+    /// QEMU's `savevm` pauses the guest for the moment it writes the memory and device state
+    /// into the first qcow2 disk next to every disk's internal snapshot, then lets it go on
+    /// (about 0.3 s for the 256 MiB test guest under TCG). A revert with flags 0 returns the
+    /// domain to the state it was taken in, `running`: with the memory loaded into the running
+    /// QEMU, or into a new one when the domain is off, and the CPUs resumed; so
+    /// `VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING` is not needed (`real_libvirt.rs` checks both
+    /// cases). The trait's default would take that too; this one says
+    /// `<memory snapshot='internal'/>`, so that a domain which is not running is refused
+    /// (`VIR_ERR_…`) instead of getting a disk-only snapshot that reverts powered off.
+    async fn create_memory_snapshot(&self, vm: &str, name: &str, description: &str) -> Result<()> {
+        let (i, dom) = self.locate(vm).await?;
+        let mut e = Enc::new();
+        dom.encode(&mut e);
+        e.string(&xml::memory_snapshot_xml(name, description))
+            .u32(0);
         self.call(
             i,
             "DomainSnapshotCreateXML",

@@ -52,6 +52,8 @@ pub mod proc {
     pub const DOMAIN_EVENT_CALLBACK_LIFECYCLE: u32 = 318;
     pub const DOMAIN_EVENT_CALLBACK_AGENT_LIFECYCLE: u32 = 348;
     pub const DOMAIN_DEFINE_XML_FLAGS: u32 = 350;
+    /// Of the QEMU program: `virDomainQemuMonitorCommand` (see [`crate::monitor`]).
+    pub const QEMU_DOMAIN_MONITOR_COMMAND: u32 = 1;
     /// Of the QEMU program: `virDomainQemuAgentCommand`.
     pub const QEMU_DOMAIN_AGENT_COMMAND: u32 = 3;
 }

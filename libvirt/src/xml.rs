@@ -22,6 +22,18 @@ pub struct SnapshotXml {
     pub state: String,
 }
 
+impl SnapshotXml {
+    /// Whether the snapshot holds the domain's memory: taken of a live domain as a full system
+    /// checkpoint (an internal snapshot's state is then the domain's, `running` or `paused`),
+    /// not of a powered-off one (`shutoff`) nor disk-only (`disk-snapshot`).
+    pub fn has_memory(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "running" | "blocked" | "paused" | "shutdown" | "pmsuspended"
+        )
+    }
+}
+
 fn text_paths(xml: &str, wanted: &[&[&str]]) -> Result<Vec<Option<String>>, String> {
     let mut reader = Reader::from_str(xml);
     reader.config_mut().trim_text(true);
@@ -119,6 +131,17 @@ pub fn escape(s: &str) -> String {
 pub fn snapshot_xml(name: &str, description: &str) -> String {
     format!(
         "<domainsnapshot><name>{}</name><description>{}</description></domainsnapshot>",
+        escape(name),
+        escape(description)
+    )
+}
+
+/// A snapshot that must hold the running domain's memory: libvirt refuses it for a domain
+/// that is not running instead of taking one of its disks only.
+pub fn memory_snapshot_xml(name: &str, description: &str) -> String {
+    format!(
+        "<domainsnapshot><name>{}</name><description>{}</description>\
+         <memory snapshot='internal'/></domainsnapshot>",
         escape(name),
         escape(description)
     )
@@ -283,6 +306,17 @@ mod tests {
             Some(UNIX_EPOCH + Duration::from_secs(1_764_576_000))
         );
         assert!(parse_snapshot("<domainsnapshot/>").is_err());
+    }
+
+    #[test]
+    fn a_snapshot_of_a_live_domain_holds_memory_one_of_a_powered_off_or_disk_only_one_does_not() {
+        let of = |state: &str| SnapshotXml {
+            state: state.into(),
+            ..SnapshotXml::default()
+        };
+        assert!(of("running").has_memory() && of("paused").has_memory());
+        assert!(!of("shutoff").has_memory() && !of("disk-snapshot").has_memory());
+        assert!(!of("").has_memory());
     }
 
     #[test]

@@ -319,3 +319,107 @@ async fn a_libvirtd_restart_mid_job_is_ridden_out_and_the_exit_code_still_arrive
         .unwrap();
     assert_eq!(env.client.vm(A).await.unwrap().power, PowerState::Off);
 }
+
+/// Issue 18's provisioned snapshot on libvirt: a memory snapshot of the running guest, taken
+/// while a program of the job runs, and a re-run's revert to it — once from the running guest,
+/// once from a powered-off one (the re-run's usual case) — comes back running where it was (the
+/// same boot, the program still running, its agent answering within seconds), with what was
+/// written before the snapshot and without what was written or started after it. Its size is
+/// the memory state it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_snapshot_of_a_running_guest_reverts_running_where_it_was_and_reports_its_size() {
+    const SNAP: &str = "sdci-job-1-provisioned";
+    const BACK: Duration = Duration::from_secs(30);
+    let env = env("memory", &[(A, true)]).await;
+    let (c, auth) = (&env.client, user());
+    env.boot(A).await;
+    // File A holds this boot's id; a program of the job runs across the snapshot.
+    assert_eq!(
+        env.run(A, "cat /proc/sys/kernel/random/boot_id > /home/user/A")
+            .await,
+        ProcessState::Exited(0)
+    );
+    let before = c.start_program(A, &auth, &sh("sleep 900")).await.unwrap();
+    let t = Instant::now();
+    c.create_memory_snapshot(A, SNAP, "after the provision stage")
+        .await
+        .unwrap();
+    let took_snapshot = t.elapsed();
+    // The guest goes on after the snapshot: running, its agent answering.
+    assert_eq!(c.vm(A).await.unwrap().power, PowerState::On);
+    assert_eq!(
+        env.run(A, "echo after > /home/user/B").await,
+        ProcessState::Exited(0)
+    );
+    let after = c.start_program(A, &auth, &sh("sleep 600")).await.unwrap();
+    // The size: the memory state it holds, more than the guest's kernel and less than its RAM
+    // (256 MiB) plus a margin; a snapshot without memory has none to report.
+    let bytes = c.snapshot_bytes(A, SNAP).await.unwrap();
+    let b = bytes.expect("a memory snapshot of a running guest has a size");
+    assert!(
+        (8 << 20..300 << 20).contains(&b),
+        "{b} bytes for a 256 MiB guest's memory"
+    );
+    assert_eq!(c.snapshot_bytes(A, "golden").await.unwrap(), None);
+    let e = c.snapshot_bytes(A, "no-such-snapshot").await.unwrap_err();
+    assert!(matches!(e, HypervisorError::SnapshotNotFound { .. }), "{e}");
+
+    // Same boot (A's id is the running kernel's), A there, B not, the program started before
+    // the snapshot running and the one started after it gone.
+    let where_it_was =
+        "test \"$(cat /home/user/A)\" = \"$(cat /proc/sys/kernel/random/boot_id)\" || exit 1; \
+                        test -e /home/user/B && exit 2; \
+                        ps -o args | grep -qx \"sleep 900\" || exit 3; \
+                        ps -o args | grep -qx \"sleep 600\" && exit 4; exit 0";
+    let check = || async {
+        assert_eq!(env.run(A, where_it_was).await, ProcessState::Exited(0));
+        assert_eq!(
+            c.process_state(A, &auth, before).await.unwrap(),
+            ProcessState::Running,
+            "the job's program goes on"
+        );
+        assert_eq!(
+            c.process_state(A, &auth, after).await.unwrap(),
+            ProcessState::Lost,
+            "the program started after the snapshot is gone with it"
+        );
+    };
+
+    // From the running guest: running again at once (not paused, not off), where it was.
+    let t = Instant::now();
+    c.revert(A, SNAP).await.unwrap();
+    let revert_running = t.elapsed();
+    assert_eq!(c.vm(A).await.unwrap().power, PowerState::On);
+    c.wait_guest_ready(A, BACK).await.unwrap();
+    let running_to_ready = t.elapsed();
+    check().await;
+
+    // From a powered-off guest (the re-run's VM is off between jobs): the same.
+    c.power_off(A).await.unwrap();
+    let t = Instant::now();
+    c.revert(A, SNAP).await.unwrap();
+    let revert_off = t.elapsed();
+    assert_eq!(c.vm(A).await.unwrap().power, PowerState::On);
+    c.wait_guest_ready(A, BACK).await.unwrap();
+    let off_to_ready = t.elapsed();
+    check().await;
+    // A powered-off guest has no memory to keep: refused, not a snapshot of its disks only.
+    c.power_off(A).await.unwrap();
+    let e = c
+        .create_memory_snapshot(A, "sdci-job-2-provisioned", "off")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, HypervisorError::Fault { .. }), "{e}");
+    eprintln!("a memory snapshot of a powered-off guest: {e}");
+    assert!(!c
+        .snapshots(A)
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.name == "sdci-job-2-provisioned"));
+    eprintln!(
+        "memory snapshot: taken in {took_snapshot:.1?}, {b} bytes of memory state; revert of \
+         the running guest {revert_running:.1?}, to agent ready {running_to_ready:.1?}; of the \
+         powered-off guest {revert_off:.1?}, to agent ready {off_to_ready:.1?}"
+    );
+}
