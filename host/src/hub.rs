@@ -50,6 +50,9 @@ pub struct Hub {
     pub statuses: Arc<Notify>,
     /// Wakes the check-run outbox (`orchestration::checks`); notified wherever `statuses` is.
     pub checks: Arc<Notify>,
+    /// Wakes the holds' loop (`orchestration::holds`): a hold begun, extended or released —
+    /// `jobs hold`/`jobs release` in another process reach it through `/api/v1/wake`.
+    pub holds: Arc<Notify>,
     /// Who may re-run from GitHub: `permission` answers, kept a minute (contracts §10).
     pub permissions: crate::gateway::github::PermissionCache,
     /// Jobs being driven by this process, with the channel that asks them to stop.
@@ -84,6 +87,7 @@ impl Hub {
             intake: Arc::new(Notify::new()),
             statuses: Arc::new(Notify::new()),
             checks: Arc::new(Notify::new()),
+            holds: Arc::new(Notify::new()),
             permissions: Default::default(),
             live: Mutex::new(HashMap::new()),
             event_locks: Mutex::new(HashMap::new()),
@@ -137,6 +141,7 @@ impl Hub {
         self.statuses.notify_one();
         self.checks.notify_one();
         self.scheduler.notify_one();
+        self.holds.notify_one();
     }
 
     /// Registers a job as driven by this process; the receiver learns when it must stop.

@@ -7,18 +7,36 @@
 //! queued jobs and the grace passed; then the VM is powered off as any job's VM is (the next
 //! job's revert discards its disk).
 //!
+//! When: [`Orchestrator::hold_loop`] ends each hold as it falls due — it sleeps until the
+//! earliest hold's time (or an automatic hold's grace) and is woken by `Hub::holds` whenever a
+//! hold may have changed: `sdci-host jobs release ID`, `jobs hold ID --for …` (another process:
+//! it writes the store, then `POST /api/v1/wake`), a hold begun, a job queued, the reconciler's
+//! pass (the safety net). So a release takes effect within a second, not at the next pass.
+//!
+//! Leases (contracts §9): a held VM keeps its lease line, owned by the ended job, renewed with
+//! the other leases ([`Orchestrator::renew_hold_leases`]) and removed when the hold ends, so
+//! another `sdci-host` instance on the same vSphere never takes a held VM.
+//!
 //! Invariants:
 //! - Only a job that reached a verdict (success/failure) is held: an infrastructure error
 //!   (the VM's fault, retried elsewhere) or a stop never is.
 //! - The decision is one pure function of the job's end, the pool's setting and the request
 //!   ([`decide`]), made once in the verdict (the VM stays on) and once after the store ended the
 //!   job (the hold recorded); both see the same inputs.
-//! - A hold survives a host restart (it is a row in the store); expiry is the reconciler's.
+//! - A hold survives a host restart (it is a row in the store, its lease names the instance).
+//! - Only [`Orchestrator::hold_loop`] ends holds, one at a time: no two tasks power off and free
+//!   the same held VM.
 
+use super::leases;
 use super::Orchestrator;
 use crate::config::{HoldOn, PoolConfig};
 use crate::store::Hold;
 use sdci_vsphere::Hypervisor;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest the holds' loop sleeps without a wake-up (a clock step, a lost wake-up).
+const MAX_NAP: Duration = Duration::from_secs(60);
 
 /// Who asked, for how long, automatic or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,8 +142,10 @@ impl<H: Hypervisor> Orchestrator<H> {
             Err(e) => {
                 tracing::error!(%vm, error = %e, "recording the hold failed; powering off");
                 self.power_off_held(vm).await;
+                self.release_hold_lease(vm, job.id.as_str()).await;
             }
         }
+        hub.holds.notify_one();
     }
 
     async fn power_off_held(&self, vm: &str) {
@@ -133,19 +153,38 @@ impl<H: Hypervisor> Orchestrator<H> {
             .await
     }
 
+    /// Ends each hold as it falls due (see the module doc); runs beside the reconciler until the
+    /// process drains.
+    pub async fn hold_loop(self: Arc<Self>) {
+        let hub = self.hub.clone();
+        loop {
+            let next = self.expire_holds().await;
+            let nap = next.map_or(MAX_NAP, |at| {
+                Duration::from_millis((at - crate::now_ms()).clamp(0, i64::MAX) as u64).min(MAX_NAP)
+            });
+            tokio::select! {
+                _ = hub.holds.notified() => {}
+                _ = tokio::time::sleep(nap) => {}
+                _ = hub.drained() => return,
+            }
+        }
+    }
+
     /// Ends the holds that expired, were released, or (automatic ones) stand in the way of
-    /// queued jobs past the pool's grace: powered off, then free. Run by the reconciler.
-    pub async fn expire_holds(&self) {
+    /// queued jobs past the pool's grace: powered off, lease line removed, then free. Returns
+    /// when the next of the remaining holds falls due (Unix ms), if any does by time alone.
+    async fn expire_holds(&self) -> Option<i64> {
         let hub = &self.hub;
         let now = crate::now_ms();
         let holds = match hub.store.holds() {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the holds");
-                return;
+                return Some(now + 1000);
             }
         };
         let queued = hub.store.queue_depths().unwrap_or_default();
+        let mut next: Option<i64> = None;
         for h in holds {
             let version = hub
                 .store
@@ -163,6 +202,12 @@ impl<H: Hypervisor> Orchestrator<H> {
             } else if h.automatic && waiting && now - h.created_ms >= grace {
                 "the pool has queued jobs"
             } else {
+                let mut due = h.until_ms;
+                if h.automatic && now - h.created_ms < grace {
+                    // Once the grace passed, a queued job (its wake-up) ends the hold.
+                    due = due.min(h.created_ms + grace);
+                }
+                next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
             };
             tracing::info!(vm = %h.vm, job = %h.job_id, why, "ending a hold");
@@ -170,11 +215,63 @@ impl<H: Hypervisor> Orchestrator<H> {
             if let Err(e) = hub.store.end_hold(&h.vm) {
                 tracing::error!(vm = %h.vm, error = %e, "ending the hold");
             }
+            self.release_hold_lease(&h.vm, &h.job_id).await;
             let _ = crate::joblog::append_log(
                 &hub.cfg.log_dir(),
                 &h.job_id,
                 &format!("=== the hold of VM {} ended ({why}); powered off\n", h.vm),
             );
+            hub.scheduler.notify_one();
+        }
+        next
+    }
+
+    /// Renews the lease line of every held VM (owned by its ended job), with the other leases
+    /// every quarter of `jobs.lease_ttl_secs`. A lease another instance took over (the hold
+    /// outlived an outage longer than the ttl) ends the hold in the store without touching the
+    /// VM: it is that instance's now.
+    pub(super) async fn renew_hold_leases(&self) {
+        let hub = &self.hub;
+        for h in hub.store.holds().unwrap_or_default() {
+            if hub.is_live(&h.job_id) {
+                continue; // still the job's own lease, renewed with the job's
+            }
+            match leases::renew(&*self.hv, &self.owner, &h.vm, &h.job_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let by = leases::read(&*self.hv, &h.vm)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|l| l.describe())
+                        .unwrap_or_else(|| "someone else".into());
+                    tracing::error!(vm = %h.vm, job = %h.job_id, %by,
+                        "the held VM's lease was taken over; the hold ends, the VM is left alone");
+                    if let Err(e) = hub.store.end_hold(&h.vm) {
+                        tracing::error!(vm = %h.vm, error = %e, "ending the hold");
+                    }
+                    let _ = crate::joblog::append_log(
+                        &hub.cfg.log_dir(),
+                        &h.job_id,
+                        &format!(
+                            "=== the hold of VM {} ended: its lease was taken over by {by}\n",
+                            h.vm
+                        ),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %h.vm, error = %e, "renewing a held VM's lease; next tick")
+                }
+            }
+        }
+    }
+
+    async fn release_hold_lease(&self, vm: &str, job: &str) {
+        let call = Duration::from_secs(30);
+        match tokio::time::timeout(call, leases::release(&*self.hv, &self.owner, vm, job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%vm, error = %e, "removing the held VM's lease failed"),
+            Err(_) => tracing::warn!(%vm, "removing the held VM's lease timed out"),
         }
     }
 }

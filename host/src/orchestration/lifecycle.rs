@@ -305,8 +305,13 @@ impl<H: Hypervisor> Orchestrator<H> {
                     let deadline = launch.run_deadline_ms.unwrap_or_else(|| {
                         job.updated_ms + (self.hub.cfg.deadlines.run_secs * 1000) as i64
                     });
-                    self.run_launch(&job, &vm, pid, deadline, &mut stop, &end)
-                        .await
+                    let run = self.run_launch(&job, &vm, pid, deadline, &mut stop, &end);
+                    // Re-adopted before `provision` ended: its snapshot is still taken (issue 18).
+                    let taken = matches!(self.hub.store.stage_snapshot(&job.id), Ok(Some(_)));
+                    match taken {
+                        true => run.await,
+                        false => self.with_provision_snapshot(&job, &vm, run).await,
+                    }
                 }
                 (None, None) => Err(Fail::Vm("no launch to re-adopt".into())),
             };
@@ -359,15 +364,19 @@ impl<H: Hypervisor> Orchestrator<H> {
         match result {
             Ok((state, note)) => {
                 tracing::info!(state = state.as_str(), %note, "job ended");
-                self.release_vm_lease(vm, id).await;
+                // A VM kept on for debugging (issue 18): held, out of dispatch, with a TTL; it
+                // keeps its lease line until the hold ends (contracts §9).
+                let hold = self.hold_plan(job, state == JobState::Failure);
+                if hold.is_none() {
+                    self.release_vm_lease(vm, id).await;
+                }
                 if let Err(e) = hub.store.finish(id, state, &note, true) {
                     tracing::error!(error = %e, "recording the end of the job");
                 }
                 // A failed cell of a `fail_fast` matrix cancels its commit's other cells.
                 super::matrix::fail_fast(hub, job, state);
                 hub.metrics.count(&format!("jobs_{}", state.as_str()));
-                // A VM kept on for debugging (issue 18): held, out of dispatch, with a TTL.
-                if let Some(plan) = self.hold_plan(job, state == JobState::Failure) {
+                if let Some(plan) = hold {
                     self.begin_hold(job, vm, plan).await;
                 }
             }

@@ -153,6 +153,8 @@ impl<H: Hypervisor> Orchestrator<H> {
     }
 
     pub async fn reconcile_loop(self: Arc<Self>) {
+        // Holds end as they fall due, in their own loop (issue 18); this pass wakes it.
+        tokio::spawn(self.clone().hold_loop());
         let every = Duration::from_secs(self.hub.cfg.reconcile_interval_secs.max(1));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,6 +180,7 @@ impl<H: Hypervisor> Orchestrator<H> {
                 _ = self.hub.drained() => return,
             }
             self.renew_leases().await;
+            self.renew_hold_leases().await;
         }
     }
 
@@ -392,8 +395,8 @@ impl<H: Hypervisor> Orchestrator<H> {
         self.check_quarantine();
         // Provisioned snapshots past their pool's retention (issue 18).
         self.prune_stage_snapshots().await;
-        // Holds past their time, released, or in the way of queued jobs (issue 18).
-        self.expire_holds().await;
+        // Holds past their time, released, or in the way of queued jobs (issue 18): the holds'
+        // loop looks again, woken by the `wake_all` below.
         let keep_ms = (hub.cfg.log_retention_days * 86_400_000) as i64;
         if let Ok(old) = hub.store.ended_before(now - keep_ms) {
             for id in old {

@@ -1,7 +1,9 @@
 //! `sdci-host jobs hold ID [--for 4h]`, `jobs release ID` and what `sdci-host vms` shows of
 //! holds and provisioned snapshots (issue 18). A running job's hold is a request applied when it
 //! ends (`orchestration::holds`); an ended, held job's hold is extended (or, by `release`, ended:
-//! its TTL set to now, the reconciler powers the VM off at its next pass).
+//! its TTL set to now). Both write the store only: the caller then wakes the running service
+//! (`cli::wake`, i.e. `POST /api/v1/wake`; in-process, `Hub::wake_all`), whose holds' loop powers
+//! the VM off at once.
 
 use crate::orchestration::holds::left;
 use crate::store::Store;
@@ -68,13 +70,13 @@ pub fn hold(store: &Store, id: &str, secs: u64, who: &str) -> Result<String> {
     }
 }
 
-/// Ends job `id`'s hold now (the reconciler powers the VM off at its next pass).
+/// Ends job `id`'s hold now (the service's holds' loop powers the VM off once woken).
 pub fn release(store: &Store, id: &str) -> Result<String> {
     match store.hold_of_job(id)? {
         Some(h) => {
             store.set_hold_until(id, now_ms())?;
             Ok(format!(
-                "{id}: released; VM {} is powered off at the reconciler's next pass",
+                "{id}: released; the running service powers VM {} off at once",
                 h.vm
             ))
         }
