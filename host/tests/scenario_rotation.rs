@@ -570,3 +570,36 @@ fn scenario_config_errors_name_the_key_and_what_to_write() {
         "{offline}"
     );
 }
+
+/// The README's scenario table is the documentation of its keys: it parses, and the values it
+/// shows as defaults are the defaults.
+#[test]
+fn the_readmes_scenario_table_parses_and_shows_the_defaults() {
+    let readme = std::fs::read_to_string(sdci_tests::workspace_root().join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- scenario-table:")
+        .nth(1)
+        .and_then(|s| s.split("```toml\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("README's scenario table");
+    let pool = "[pools.\"4.3\"]\nprefix = \"Q\"\ngolden_snapshot = \"g\"\n";
+    let shown = Config::parse(&format!("{pool}{block}"), Path::new("README.md")).unwrap();
+    let minimal = Config::parse(
+        &format!("{pool}[pools.\"4.3\".scenarios.prod-installed]\nprovision = [\"x\"]\n"),
+        Path::new("t"),
+    )
+    .unwrap();
+    let built = |c: &Config| match &c.pools["4.3"].scenarios["prod-installed"] {
+        sdci_host::config::Scenario::Built(b) => b.clone(),
+        other => panic!("{other:?}"),
+    };
+    let (a, d) = (built(&shown), built(&minimal));
+    assert_eq!(
+        (&a.base, a.timeout_secs, a.keep),
+        (&d.base, d.timeout_secs, d.keep)
+    );
+    assert_eq!(
+        a.provision,
+        ["sudo", "-u", "user", "/usr/local/bin/sdw-install-prod"]
+    );
+}
