@@ -5,7 +5,7 @@
 //! - Browsers: `GET/POST /login`, `POST /logout`, and `POST /jobs/{id}/{rerun,hold,release,
 //!   cancel}` from the job page's plain HTML forms (they work without script). Each answers
 //!   `303 See Other`: to the new job's page for a re-run, else back to the job, with a one-line
-//!   notice (or the refusal's text) shown there once ([`super::session::Notice`]).
+//!   notice (or the refusal's text) shown there for a while ([`super::session::Notice`]).
 //! - API clients: `POST /api/v1/jobs/{id}/{rerun,hold,release,cancel}` with the bearer, query
 //!   `from=STAGE` (rerun) and `for=4h` (hold), answering JSON: `200 {"job": ID, "url": …}` for a
 //!   re-run, `200 {"message": …}` otherwise, `409 {"error": …}` for a refusal, `404` for no such

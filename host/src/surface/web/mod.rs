@@ -235,7 +235,7 @@ pub async fn job(
     let viewer = pages::Viewer {
         sign_in: sessions.enabled(&hub.cfg),
         csrf: sessions.signed(&hub.cfg, &headers).map(|s| s.csrf),
-        notice: sessions.take_notice(&hub.cfg, &headers, &id),
+        notice: sessions.notice(&hub.cfg, &headers, &id),
     };
     let h = hub.clone();
     match blocking(move || job_view(&h, &id)).await {

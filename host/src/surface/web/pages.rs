@@ -310,15 +310,14 @@ fn action_form(
 }
 
 /// The job's buttons (issue 18), each shown only when it applies: Re-run (an ended job),
-/// Re-run tests (its provisioned snapshot exists), Hold VM (it holds a VM and runs) or Extend
-/// hold (held), Release (held), Cancel (not ended). Signed out: a link to sign in; no sign-in
-/// configured: nothing (the facts show the commands).
+/// Re-run tests (its provisioned snapshot exists), Hold VM (not ended: the hold applies when it
+/// ends, as `jobs hold` does) or Extend hold (held), Release (held), Cancel (not ended).
+/// Signed out: a link to sign in; no sign-in configured: nothing (the facts show the commands).
 fn actions_panel(d: &JobDetail, v: &Viewer) -> Markup {
     use crate::domain::JobState;
     let id = d.job.id.as_str();
     let state = JobState::parse(&d.job.state);
     let ended = state.is_some_and(JobState::is_terminal);
-    let running = state.is_some_and(JobState::is_active);
     let st = d.stages.as_ref();
     let held = st.is_some_and(|s| s.hold.is_some());
     let snapshot = st.is_some_and(|s| s.snapshot);
@@ -337,7 +336,7 @@ fn actions_panel(d: &JobDetail, v: &Viewer) -> Markup {
                 @if held {
                     (action_form(id, "hold", "extend", "Extend hold 4 h", csrf, &[("for", "4h")]))
                     (action_form(id, "release", "release", "Release VM", csrf, &[]))
-                } @else if running {
+                } @else if !ended {
                     (action_form(id, "hold", "hold", "Hold VM", csrf, &[("for", "4h")]))
                 }
                 @if !ended { (action_form(id, "cancel", "cancel", "Cancel", csrf, &[])) }

@@ -38,6 +38,8 @@ pub const COOKIE: &str = "sdci_session";
 pub const SESSION_SECS: i64 = 12 * 3600;
 /// How long a wrong admin token waits for its refusal.
 pub const WRONG_TOKEN_DELAY: Duration = Duration::from_secs(1);
+/// How long the last action's notice stays on its job's page.
+pub const NOTICE_MS: i64 = 120_000;
 /// Sessions held at most; the oldest goes first (only the admin token makes one).
 const MAX_SESSIONS: usize = 1000;
 
@@ -56,8 +58,9 @@ enum Gate {
 struct Session {
     csrf: String,
     expires_ms: i64,
-    /// The one-line outcome of the last action, shown once on the job it was about.
-    notice: Option<Notice>,
+    /// The one-line outcome of the last action and when it was left: shown on the job it was
+    /// about for [`NOTICE_MS`] (the page reloads itself when an attempt starts).
+    notice: Option<(Notice, i64)>,
 }
 
 /// What the page says after an action.
@@ -339,21 +342,18 @@ impl Sessions {
     pub fn notify(&self, cfg: &Config, headers: &HeaderMap, notice: Notice) {
         if let Some(key) = self.key(cfg, headers) {
             if let Some(s) = lock(&self.map).get_mut(&key) {
-                s.notice = Some(notice);
+                s.notice = Some((notice, crate::now_ms()));
             }
         }
     }
 
-    /// The notice left for job `job`, taken (shown once).
-    pub fn take_notice(&self, cfg: &Config, headers: &HeaderMap, job: &str) -> Option<Notice> {
+    /// The notice left for job `job`, if it is recent (a GET only reads it).
+    pub fn notice(&self, cfg: &Config, headers: &HeaderMap, job: &str) -> Option<Notice> {
         let key = self.key(cfg, headers)?;
-        let mut map = lock(&self.map);
-        let s = map.get_mut(&key)?;
-        if s.notice.as_ref().is_some_and(|n| n.job == job) {
-            s.notice.take()
-        } else {
-            None
-        }
+        let now = crate::now_ms();
+        let map = lock(&self.map);
+        let (n, at) = map.get(&key)?.notice.as_ref()?;
+        (n.job == job && now - at < NOTICE_MS).then(|| n.clone())
     }
 }
 
