@@ -603,3 +603,54 @@ fn the_readmes_scenario_table_parses_and_shows_the_defaults() {
         ["sudo", "-u", "user", "/usr/local/bin/sdw-install-prod"]
     );
 }
+
+#[tokio::test]
+async fn a_rotation_schedule_entry_naming_a_scenario_builds_that_scenario() {
+    let rig = rig(&[(A, &["golden"])], 2, 30).await;
+    let schedule = "[[rotation.schedule]]\nversion = \"4.2\"\ncron = \"0 4 * * 0\"\n\
+                    time_zone = \"UTC\"\nscenario = \"prod-installed\"\n";
+    let host = start_host(
+        rig.dir.path(),
+        &rig.sim,
+        &format!("{HOST}{schedule}{}", scenario_toml(2, 30)),
+    )
+    .await;
+    let entry = host.hub.cfg.rotation.schedule[0].clone();
+
+    // What `serve` runs when the entry's cron expression fires.
+    sdci_host::orchestration::rotation::run_schedule(&host.hub, &rig.hv, &rig.auth, &entry).await;
+
+    let current = host.hub.store.scenario_snapshot("4.2", S).unwrap().unwrap();
+    assert!(current.starts_with("scenario-prod-installed_"), "{current}");
+    assert_eq!(rig.names(A).await, ["golden", current.as_str()]);
+    assert_eq!(
+        host.hub.store.golden_snapshot("4.2", "golden").unwrap(),
+        "golden"
+    );
+    assert_eq!(
+        host.hub.metrics.counters().get("rotations_ok"),
+        Some(&1),
+        "{:?}",
+        host.hub.metrics.counters()
+    );
+}
+
+#[test]
+fn a_rotation_schedule_naming_no_built_scenario_is_a_load_error_naming_the_key() {
+    for scenarios in ["", "[pools.\"4.2\".scenarios]\nprod = \"by-hand\"\n"] {
+        let text = format!(
+            "[[rotation.schedule]]\nversion = \"4.2\"\ncron = \"0 4 * * 0\"\ntime_zone = \"UTC\"\n\
+             scenario = \"prod\"\n[pools.\"4.2\"]\nprefix = \"Q\"\ngolden_snapshot = \"g\"\n\
+             {scenarios}"
+        );
+        let e = Config::parse(&text, Path::new("t.toml"))
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rotation.schedule[0].scenario \"prod\"")
+                && e.contains("[pools.\"4.2\".scenarios.prod]"),
+            "{scenarios}: {e}"
+        );
+    }
+}

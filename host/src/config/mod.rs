@@ -219,7 +219,7 @@ impl Config {
         libvirt::validate(&self.libvirt)?;
         self.notify.validate()?;
         self.nightly.validate()?;
-        self.rotation.validate()?;
+        self.rotation.validate(&self.pools)?;
         self.updates.validate()?;
         self.tests.validate()?;
         Ok(())

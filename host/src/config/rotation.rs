@@ -1,4 +1,5 @@
-//! `[rotation]` and `[[rotation.schedule]]`: golden-snapshot rotation.
+//! `[rotation]` and `[[rotation.schedule]]`: golden-snapshot rotation, and scheduled builds of a
+//! pool's matrix scenarios (`scenario = "S"`, a built scenario of `[pools.V] scenarios`).
 
 use crate::domain::Schedule;
 use serde::{Deserialize, Serialize};
@@ -33,9 +34,14 @@ pub struct RotationSchedule {
     pub cron: String,
     /// `UTC` or a fixed offset such as `+02:00`.
     pub time_zone: String,
-    /// Apply updates before the snapshot.
+    /// Apply updates before the snapshot (a golden rotation; a scenario's build runs its own
+    /// `provision` instead and ignores this).
     #[serde(default = "super::yes")]
     pub update: bool,
+    /// Build this scenario of `[pools.<version>] scenarios` (a table) instead of rotating the
+    /// golden snapshot: `sdci-host save --version V --scenario S` on the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
 }
 
 impl RotationSchedule {
@@ -65,7 +71,25 @@ impl Default for RotationConfig {
 }
 
 impl RotationConfig {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(
+        &self,
+        pools: &std::collections::BTreeMap<String, super::PoolConfig>,
+    ) -> Result<(), String> {
+        for (i, s) in self.schedule.iter().enumerate() {
+            let Some(name) = &s.scenario else { continue };
+            let built = pools
+                .get(&s.version)
+                .and_then(|p| p.scenarios.get(name))
+                .is_some_and(|x| matches!(x, super::Scenario::Built(_)));
+            if !built {
+                return Err(format!(
+                    "rotation.schedule[{i}].scenario {name:?}: [pools.{:?}] has no built scenario \
+                     of that name; add [pools.{:?}.scenarios.{name}] with base and provision, or \
+                     name one of its tables",
+                    s.version, s.version
+                ));
+            }
+        }
         for (i, s) in self.schedule.iter().enumerate() {
             s.schedule().map_err(|e| {
                 format!(

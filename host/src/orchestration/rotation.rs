@@ -41,7 +41,7 @@ use super::dom0_script::{self, GuestStep};
 use super::leases::{self, LeaseOwner, Take};
 use super::updates;
 use super::vm_power::{self, Phase};
-use crate::config::{BuiltScenario, Config, PoolConfig, Scenario, GOLDEN_BASE};
+use crate::config::{BuiltScenario, Config, PoolConfig, RotationSchedule, Scenario, GOLDEN_BASE};
 use crate::gateway::slack::{self, RotationNotice};
 use crate::hub::Hub;
 use crate::store::{RotationRun, Store};
@@ -811,9 +811,53 @@ pub async fn save_scenario_from_cli(cfg: &Config, req: &ScenarioRequest) -> Resu
     r.save_scenario(req, &|| {}).await
 }
 
-/// The `serve` side: one task per `[[rotation.schedule]]`. Each run leases the pool's VMs like
-/// `sdci-host save`, wakes the scheduler when it releases them, and counts its result in the
-/// service's metrics.
+/// One run of a `[[rotation.schedule]]` entry in `serve`: the golden rotation, or the build of
+/// its `scenario`. It leases the pool's VMs like `sdci-host save`, wakes the scheduler when it
+/// releases them, and counts its result in the service's metrics (`rotations_ok`,
+/// `rotations_failed`).
+pub async fn run_schedule<H: Hypervisor>(
+    hub: &Hub,
+    hv: &H,
+    auth: &GuestAuth,
+    s: &RotationSchedule,
+) {
+    let r = Rotator {
+        cfg: &hub.cfg,
+        store: &hub.store,
+        hv,
+        auth,
+    };
+    let wake = || hub.wake_all();
+    let run = match &s.scenario {
+        Some(scenario) => {
+            let req = ScenarioRequest {
+                version: s.version.clone(),
+                scenario: scenario.clone(),
+            };
+            r.save_scenario(&req, &wake).await
+        }
+        None => {
+            let req = SaveRequest {
+                version: s.version.clone(),
+                update: s.update,
+                base: None,
+            };
+            r.save(&req, &wake).await
+        }
+    };
+    match run {
+        Ok(rep) if rep.moved => hub.metrics.count("rotations_ok"),
+        Ok(_) => hub.metrics.count("rotations_failed"),
+        Err(e) => {
+            hub.metrics.count("rotations_failed");
+            tracing::error!(version = %s.version, scenario = ?s.scenario, error = %e,
+                "scheduled rotation");
+        }
+    }
+}
+
+/// The `serve` side: one task per `[[rotation.schedule]]`, each calling [`run_schedule`] when its
+/// cron expression fires.
 pub fn spawn_schedules<H: Hypervisor>(hub: Arc<Hub>, hv: Arc<H>, auth: GuestAuth) {
     for s in hub.cfg.rotation.schedule.clone() {
         let schedule = match s.schedule() {
@@ -824,31 +868,13 @@ pub fn spawn_schedules<H: Hypervisor>(hub: Arc<Hub>, hv: Arc<H>, auth: GuestAuth
             }
         };
         let (hub, hv, auth) = (hub.clone(), hv.clone(), auth.clone());
-        let what = format!("rotation {}", s.version);
+        let what = match &s.scenario {
+            Some(sc) => format!("rotation {} scenario {sc}", s.version),
+            None => format!("rotation {}", s.version),
+        };
         tokio::spawn(super::nightly::every(schedule, what, move || {
             let (hub, hv, auth, s) = (hub.clone(), hv.clone(), auth.clone(), s.clone());
-            async move {
-                let r = Rotator {
-                    cfg: &hub.cfg,
-                    store: &hub.store,
-                    hv: &*hv,
-                    auth: &auth,
-                };
-                let req = SaveRequest {
-                    version: s.version.clone(),
-                    update: s.update,
-                    base: None,
-                };
-                let wake = || hub.wake_all();
-                match r.save(&req, &wake).await {
-                    Ok(rep) if rep.moved => hub.metrics.count("rotations_ok"),
-                    Ok(_) => hub.metrics.count("rotations_failed"),
-                    Err(e) => {
-                        hub.metrics.count("rotations_failed");
-                        tracing::error!(version = %s.version, error = %e, "scheduled rotation");
-                    }
-                }
-            }
+            async move { run_schedule(&hub, &*hv, &auth, &s).await }
         }));
     }
 }
