@@ -28,6 +28,8 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// File holding a bearer token that `/metrics` and `POST /api/v1/wake` then require
     /// (`Authorization: Bearer <token>`); absent, they are open to whoever reaches the listener.
+    /// The same token signs operators in on the job pages (`/login`) and authorizes the job
+    /// actions (`surface::web::session`); absent, nothing on the web can change a job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
     /// With `admin_token_file`: the read API under `/api/` (jobs, logs, the live log stream)
