@@ -199,8 +199,15 @@ async fn a_post_without_a_session_or_bearer_is_refused_with_401_and_changes_noth
         if let Some(a) = auth {
             req = req.header("Authorization", a);
         }
+        let t = Instant::now();
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), 401, "{auth:?}");
+        if auth.is_some() {
+            assert!(
+                t.elapsed() >= Duration::from_millis(900),
+                "a wrong bearer costs a delay"
+            );
+        }
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
         let v: serde_json::Value = r.json().await.unwrap();
         assert!(v["error"].as_str().unwrap().contains("Bearer"), "{v}");

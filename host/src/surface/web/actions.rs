@@ -283,6 +283,10 @@ pub async fn api(
         (code, Json(serde_json::json!({ "error": text }))).into_response()
     };
     if let Err(r) = sessions.bearer(&hub.cfg, &headers) {
+        if r == Refusal::NotSignedIn && headers.contains_key(header::AUTHORIZATION) {
+            // A wrong bearer costs what a wrong sign-in costs.
+            tokio::time::sleep(super::session::WRONG_TOKEN_DELAY).await;
+        }
         let mut resp = error(r.status(), r.text());
         if r == Refusal::NotSignedIn {
             resp.headers_mut()

@@ -12,8 +12,8 @@
 //!   when `public_url` is `https://`), a 256-bit id from the OS's random source (`ring`'s
 //!   `SystemRandom`), held in memory only ([`SESSION_SECS`]; a restart signs everyone out) and
 //!   keyed by its SHA-256, so neither a lookup's timing nor a memory dump gives an id back.
-//!   A wrong token is refused with a plain message after [`WRONG_TOKEN_DELAY`]; the token is never
-//!   echoed, stored or logged.
+//!   A wrong token (at sign-in, or as a bearer on an action) is refused with a plain message
+//!   after [`WRONG_TOKEN_DELAY`]; the token is never echoed, stored or logged.
 //! - **Every state-changing request from a browser** carries the session's CSRF token (a hidden
 //!   form field, random per session, compared in constant time) **and** passes the same-origin
 //!   check ([`same_origin`]): `Sec-Fetch-Site` must be `same-origin` when sent, `Origin` must be
