@@ -22,7 +22,7 @@ use sdci_host::hub::Hub;
 use sdci_host::server::{self, Parts};
 use sdci_host::store::JobRow;
 use sdci_protocol::job::JobFile;
-use sdci_tests::github::{objects, webhooks, CheckRun, GitHub, TEST_APP_PRIVATE_KEY};
+use sdci_tests::github::{objects, webhooks, CheckRun, GitHub, PullRequest, TEST_APP_PRIVATE_KEY};
 use sdci_vsphere::{GuestAuth, GuestProgram, Hypervisor, ProcessState, SnapshotInfo, VmInfo};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -218,8 +218,26 @@ scenarios:
 ";
 
 impl World {
+    /// Sends a signed delivery; a `pull_request` delivery also sets the stand-in's pull request
+    /// to what it describes (its head, author and state), as GitHub's own would be.
     async fn send(&self, event: &str, delivery: &str, body: &Value) -> (u16, String) {
         webhooks::assert_valid(event, body);
+        if event == "pull_request" {
+            let pr = &body["pull_request"];
+            let text = |v: &Value| v.as_str().unwrap().to_owned();
+            self.gh.set_pull(
+                REPO,
+                body["number"].as_u64().unwrap(),
+                PullRequest {
+                    head_sha: text(&pr["head"]["sha"]),
+                    head_ref: text(&pr["head"]["ref"]),
+                    head_repo: text(&pr["head"]["repo"]["full_name"]),
+                    user: text(&pr["user"]["login"]),
+                    state: text(&pr["state"]),
+                    title: text(&pr["title"]),
+                },
+            );
+        }
         common::deliver(
             &reqwest::Client::new(),
             &self.url,
@@ -1035,4 +1053,252 @@ async fn a_writers_comment_command_is_acknowledged_with_a_reaction_and_a_strange
             .map(|r| r.status)
             .collect();
     assert_eq!(posted, [201, 201, 201]);
+}
+
+/// Pull request #7 opened at `sha(n)` with the two-by-two matrix; waits until its four cells run.
+async fn opened_with_four_cells(w: &World, n: u32) {
+    w.gh.add_file(REPO, &sha(n), ".github/sdci.yml", TWO_BY_TWO.as_bytes());
+    let (code, text) = w
+        .send(
+            "pull_request",
+            &format!("open-{n}"),
+            &pull_request("opened", n, &[], "sd-dev"),
+        )
+        .await;
+    assert_eq!(code, 202, "{text}");
+    w.until("four cells run", |w| {
+        w.jobs(n).len() == 4 && w.jobs(n).iter().all(|(j, _)| w.running(j.id.as_str()))
+    })
+    .await;
+}
+
+/// How many jobs cell `name` of `sha(n)` has had.
+fn cell_jobs(w: &World, n: u32, name: &str) -> usize {
+    w.jobs(n)
+        .iter()
+        .filter(|(_, c)| c.as_deref() == Some(name))
+        .count()
+}
+
+#[tokio::test]
+async fn a_comment_command_acts_on_the_head_github_has_now_not_on_the_newest_the_host_saw() {
+    let w = world("").await;
+    opened_with_four_cells(&w, 11).await;
+    // A push to the pull request whose `synchronize` never reached the host.
+    w.gh.add_file(REPO, &sha(12), ".github/sdci.yml", TWO_BY_TWO.as_bytes());
+    w.gh.set_pull(
+        REPO,
+        7,
+        PullRequest::open(REPO, "feature", &sha(12), "sd-dev"),
+    );
+    let (code, text) = w
+        .send(
+            "issue_comment",
+            "c1",
+            &numbered_comment("/sdci run 4.3 dev", "maint", 21),
+        )
+        .await;
+    assert_eq!(code, 202, "{text}");
+    w.until("4.3 / dev of the real head is queued", |w| {
+        w.try_cell(12, "4.3 / dev").is_some()
+    })
+    .await;
+    assert_eq!(w.jobs(12).len(), 1, "that one cell: {:?}", w.jobs(12));
+    assert_eq!(
+        cell_jobs(&w, 11, "4.3 / dev"),
+        1,
+        "nothing more on the old head"
+    );
+    let asked: Vec<_> =
+        w.gh.requests()
+            .into_iter()
+            .filter(|r| r.path == format!("/repos/{REPO}/pulls/7"))
+            .map(|r| (r.method, r.status))
+            .collect();
+    assert_eq!(asked, [("GET".to_owned(), 200)], "asked GitHub once");
+}
+
+#[tokio::test]
+async fn a_comment_command_on_a_closed_pull_request_gets_a_confused_reaction_and_queues_nothing() {
+    let w = world("").await;
+    opened_with_four_cells(&w, 13).await;
+    let mut closed = PullRequest::open(REPO, "feature", &sha(13), "sd-dev");
+    closed.state = "closed".into();
+    w.gh.set_pull(REPO, 7, closed);
+    let before = w.jobs(13).len();
+    let (code, text) = w
+        .send(
+            "issue_comment",
+            "c1",
+            &numbered_comment("/sdci run 4.3 dev", "maint", 22),
+        )
+        .await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("closed"), "{text}");
+    w.until("a confused reaction", |w| {
+        w.gh.reactions()
+            .iter()
+            .any(|r| r.comment_id == 22 && r.content == "confused")
+    })
+    .await;
+    assert_eq!(w.jobs(13).len(), before, "nothing queued");
+}
+
+#[tokio::test]
+async fn a_github_outage_while_reading_the_pull_request_answers_503_so_github_redelivers() {
+    let w = world("").await;
+    opened_with_four_cells(&w, 14).await;
+    // `maint`'s write access is known (and cached) from a first command.
+    let (code, text) = w
+        .send("issue_comment", "c1", &comment("/sdci retry", "maint"))
+        .await;
+    assert_eq!(code, 200, "nothing failed yet: {text}");
+    let before = w.jobs(14).len();
+    w.gh.outage_for(Duration::from_secs(30), 502);
+    let (code, text) = w
+        .send(
+            "issue_comment",
+            "c2",
+            &comment("/sdci run 4.3 dev", "maint"),
+        )
+        .await;
+    assert_eq!(code, 503, "{text}");
+    assert_eq!(w.jobs(14).len(), before, "nothing queued");
+}
+
+#[tokio::test]
+async fn the_same_comment_delivered_twice_after_its_cells_ended_queues_once() {
+    let w = world("").await;
+    opened_with_four_cells(&w, 15).await;
+    let end_all = || async {
+        for (j, _) in w.jobs(15) {
+            w.hv.inner.release(j.id.as_str(), 0);
+        }
+        w.until("every cell ended", |w| {
+            w.jobs(15).iter().all(|(j, _)| j.state.is_terminal())
+        })
+        .await;
+    };
+    end_all().await;
+    let command = numbered_comment("/sdci run 4.3 dev", "maint", 23);
+    let (code, text) = w.send("issue_comment", "c1", &command).await;
+    assert_eq!(code, 202, "{text}");
+    w.until("4.3 / dev runs again", |w| {
+        cell_jobs(w, 15, "4.3 / dev") == 2 && w.cell_running(15, "4.3 / dev")
+    })
+    .await;
+    end_all().await;
+    // GitHub redelivers the same delivery (its "Redeliver" button, or a lost answer).
+    let (code, text) = w.send("issue_comment", "c1", &command).await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("duplicate delivery"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cell_jobs(&w, 15, "4.3 / dev"), 2, "queued once");
+    // A new comment with the same words is a new command.
+    let (code, text) = w
+        .send(
+            "issue_comment",
+            "c2",
+            &numbered_comment("/sdci run 4.3 dev", "maint", 24),
+        )
+        .await;
+    assert_eq!(code, 202, "{text}");
+}
+
+#[tokio::test]
+async fn the_same_label_delivered_twice_after_its_cells_ended_queues_once() {
+    let w = world("").await;
+    w.gh.add_file(REPO, &sha(16), ".github/sdci.yml", TWO_BY_TWO.as_bytes());
+    let (code, text) = w
+        .send(
+            "pull_request",
+            "p1",
+            &pull_request("labeled", 16, &["sdci:4.3"], "maint"),
+        )
+        .await;
+    assert_eq!(code, 202, "{text}");
+    w.until("the 4.3 cells run", |w| {
+        w.cell_running(16, "4.3 / dev") && w.cell_running(16, "4.3 / staging")
+    })
+    .await;
+    for (j, _) in w.jobs(16) {
+        w.hv.inner.release(j.id.as_str(), 0);
+    }
+    w.until("both ended", |w| {
+        w.jobs(16).iter().all(|(j, _)| j.state.is_terminal())
+    })
+    .await;
+    let before = w.jobs(16).len();
+    let (code, text) = w
+        .send(
+            "pull_request",
+            "p1",
+            &pull_request("labeled", 16, &["sdci:4.3"], "maint"),
+        )
+        .await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("duplicate delivery"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.jobs(16).len(), before, "queued once: {:?}", w.jobs(16));
+}
+
+#[tokio::test]
+async fn a_writers_sdci_run_on_a_forks_unapproved_head_is_refused_and_an_approvers_approves_it() {
+    let w = world("fork_label = \"ok-to-test\"\nfork_approvers = [\"boss\"]\n").await;
+    w.gh.set_permission(REPO, "boss", "write");
+    let fork = "someone/securedrop-workstation";
+    w.gh.add_file(REPO, &sha(17), ".github/sdci.yml", TWO_BY_TWO.as_bytes());
+    w.gh.set_pull(REPO, 7, PullRequest::open(fork, "fix", &sha(17), "someone"));
+
+    let (code, text) = w
+        .send(
+            "issue_comment",
+            "c1",
+            &numbered_comment("/sdci run 4.3 dev", "maint", 31),
+        )
+        .await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("only boss may approve"), "{text}");
+    w.until("a confused reaction", |w| {
+        w.gh.reactions()
+            .iter()
+            .any(|r| r.comment_id == 31 && r.content == "confused")
+    })
+    .await;
+    assert!(w.jobs(17).is_empty(), "nothing queued: {:?}", w.jobs(17));
+    assert!(w.hub.store.fork_approvals(REPO, 7).unwrap().is_empty());
+
+    let (code, text) = w
+        .send(
+            "issue_comment",
+            "c2",
+            &numbered_comment("/sdci run 4.3 dev", "boss", 32),
+        )
+        .await;
+    assert_eq!(code, 202, "{text}");
+    w.until("4.3 / dev of the fork's head is queued", |w| {
+        w.try_cell(17, "4.3 / dev").is_some()
+    })
+    .await;
+    assert_eq!(
+        w.hub.store.fork_approvals(REPO, 7).unwrap(),
+        [(sha(17), "boss".to_owned())],
+        "the approver's command approved that one head"
+    );
+    let job = w.cell(17, "4.3 / dev");
+    assert_eq!(job.clone_url, format!("https://github.com/{fork}.git"));
+
+    // Approved now: any writer's command runs it.
+    let (code, text) = w
+        .send(
+            "issue_comment",
+            "c3",
+            &numbered_comment("/sdci run 4.3 staging", "maint", 33),
+        )
+        .await;
+    assert_eq!(code, 202, "{text}");
+    w.until("4.3 / staging is queued too", |w| {
+        w.try_cell(17, "4.3 / staging").is_some()
+    })
+    .await;
 }

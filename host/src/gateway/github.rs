@@ -1,6 +1,6 @@
 //! GitHub, through the `sdci-agent` binary: the host never calls the GitHub API itself
 //! (CONTRACTS.md §5). `status`, `token`, `revoke`, `head`, `ci-config`, `check-run`, `permission`,
-//! `file` and `react`, each a subprocess with a timeout, answered by exit code (protocol's
+//! `file`, `react` and `pull-head`, each a subprocess with a timeout, answered by exit code (protocol's
 //! [`GatewayExit`] table) and stdout. [`PermissionCache`] keeps `permission`'s answers for a
 //! minute (contracts §10).
 //!
@@ -25,6 +25,28 @@ use tokio::process::Command;
 /// The permissions of a job's token: what the checkout in sd-dev needs, nothing that writes
 /// (the host posts every status itself, contracts §5/§8).
 pub const JOB_TOKEN_PERMISSIONS: &str = "contents:read";
+
+/// A pull request's head as `sdci-agent pull-head` prints it (contracts §5).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct PullHead {
+    pub sha: sdci_protocol::CommitSha,
+    /// The head repository (`None`: the fork was deleted).
+    pub repo: Option<sdci_protocol::RepoName>,
+    #[serde(rename = "ref")]
+    pub head_ref: String,
+    /// `open` or `closed`.
+    pub state: String,
+    /// The pull request's author.
+    pub user: String,
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+impl PullHead {
+    pub fn is_open(&self) -> bool {
+        self.state == "open"
+    }
+}
 
 /// What kind of failure an `sdci-agent` invocation was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -516,6 +538,33 @@ impl GithubGateway {
         } else {
             Err(Self::fail("react", &out))
         }
+    }
+
+    /// `sdci-agent pull-head`: pull request `number`'s head as GitHub has it now; `Ok(None)`
+    /// when GitHub has no such pull request (exit 3).
+    pub async fn pull_head(&self, repo: &str, number: u64) -> Result<Option<PullHead>> {
+        let out = self
+            .run(&[
+                "pull-head".into(),
+                flag("repo", repo),
+                flag("number", &number.to_string()),
+            ])
+            .await?;
+        match GatewayExit::from_code(out.code) {
+            Some(GatewayExit::Ok) => {}
+            Some(GatewayExit::NoCiConfig) => return Ok(None),
+            _ => return Err(Self::fail("pull-head", &out)),
+        }
+        let line = out.stdout.trim();
+        serde_json::from_str(line).map(Some).map_err(|e| {
+            GatewayError::shape(
+                "pull-head",
+                format!(
+                    "printed {:?}, not a pull request's head: {e}",
+                    line.chars().take(200).collect::<String>()
+                ),
+            )
+        })
     }
 
     /// `sdci-agent file`: the bytes of `path` at `sha`; `Ok(None)` when there is no such file

@@ -82,6 +82,64 @@ impl Store {
         })
     }
 
+    /// As [`Store::insert_requested_job`], once per delivery: `Ok(None)` when `delivery`
+    /// (`X-GitHub-Delivery`, event) was stored before, else the placeholder, the delivery
+    /// and, for a fork's head, `approval` (pull request number, approver) in one transaction.
+    /// The rule of every other delivery (`deliveries`, contracts §10 re-runs): the same delivery
+    /// id never acts twice, whatever became of the jobs it queued.
+    pub fn insert_requested_job_once(
+        &self,
+        job: &NewJob,
+        request: &str,
+        why: &str,
+        delivery: Option<(&str, &str)>,
+        approval: Option<(u64, &str)>,
+    ) -> Result<Option<JobId>> {
+        let (id_of, event) = delivery.map_or((None, ""), |(d, e)| (Some(d), e));
+        self.tx(|tx| {
+            if super::checks::delivery_seen(tx, id_of)? {
+                return Ok(None);
+            }
+            let now = now_ms();
+            let id = new_job_id(tx, &job.sha)?;
+            let mut job = job.clone();
+            job.version = None;
+            insert_job(tx, &id, &job, now)?;
+            exec(
+                tx,
+                "INSERT INTO job_requests (job_id, request) VALUES (?1, ?2)",
+                params![id.as_str(), request],
+            )?;
+            exec(
+                tx,
+                "UPDATE transitions SET note = ?1 WHERE job_id = ?2",
+                params![why, id.as_str()],
+            )?;
+            if let Some((number, approver)) = approval {
+                super::ingest::record_fork_approval(tx, &job, number, approver, now)?;
+            }
+            super::checks::record_delivery(tx, id_of, event, Some(&id), now)?;
+            Ok(Some(id))
+        })
+    }
+
+    /// Records delivery `delivery` (id, event) that queues no job (a cancel, a label removed):
+    /// `false` when it was stored before, so the caller does nothing again.
+    pub fn claim_delivery(&self, delivery: &str, event: &str) -> Result<bool> {
+        self.tx(|tx| {
+            if super::checks::delivery_seen(tx, Some(delivery))? {
+                return Ok(false);
+            }
+            super::checks::record_delivery(tx, Some(delivery), event, None, now_ms())?;
+            Ok(true)
+        })
+    }
+
+    /// Whether delivery `delivery` was stored before.
+    pub fn delivery_seen(&self, delivery: &str) -> Result<bool> {
+        self.with(|c| super::checks::delivery_seen(c, Some(delivery)))
+    }
+
     /// What placeholder `id` asks for, if it was created with a request.
     pub fn job_request(&self, id: &str) -> Result<Option<String>> {
         self.with(|c| {
@@ -140,8 +198,8 @@ impl Store {
         })
     }
 
-    /// The newest job of a pull request (`<repo>#<number>` keys), cell or not: the head the
-    /// host last saw, for comment commands (an `issue_comment` names no commit).
+    /// The newest job of a pull request (`<repo>#<number>` keys), cell or not (`/sdci cancel`
+    /// cancels it when it is a plain job of the head GitHub names).
     pub fn newest_pr_job(&self, repo: &str, number: u64) -> Result<Option<JobRow>> {
         let key = format!("{repo}#{number}");
         self.with(|c| {

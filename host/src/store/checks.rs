@@ -168,7 +168,7 @@ fn rerun_one(
 }
 
 /// Whether delivery `d` (if any) was stored before.
-fn delivery_seen(tx: &Connection, delivery: Option<&str>) -> rusqlite::Result<bool> {
+pub(super) fn delivery_seen(tx: &Connection, delivery: Option<&str>) -> rusqlite::Result<bool> {
     let Some(d) = delivery else {
         return Ok(false);
     };
@@ -183,7 +183,7 @@ fn delivery_seen(tx: &Connection, delivery: Option<&str>) -> rusqlite::Result<bo
 }
 
 /// Records delivery `d` (if any) with the job it created (the first of a suite's).
-fn record_delivery(
+pub(super) fn record_delivery(
     tx: &Connection,
     delivery: Option<&str>,
     event: &str,

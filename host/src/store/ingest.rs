@@ -230,6 +230,30 @@ impl Store {
     }
 }
 
+/// Records `approver`'s approval of `job`'s head sha of pull request `number` (the first
+/// approval of a sha stays).
+pub(super) fn record_fork_approval(
+    tx: &Connection,
+    job: &NewJob,
+    number: u64,
+    approver: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    exec(
+        tx,
+        "INSERT INTO fork_approvals (repo, pr, sha, approver, approved_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(repo, pr, sha) DO NOTHING",
+        params![
+            job.repo.as_str(),
+            number as i64,
+            job.sha.as_str(),
+            approver,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
 fn ingest_one(
     tx: &Connection,
     delivery_id: Option<&str>,
@@ -254,18 +278,7 @@ fn ingest_one(
     match approval {
         None => {}
         Some(ForkApproval::Record { number, approver }) => {
-            exec(
-                tx,
-                "INSERT INTO fork_approvals (repo, pr, sha, approver, approved_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(repo, pr, sha) DO NOTHING",
-                params![
-                    job.repo.as_str(),
-                    *number as i64,
-                    job.sha.as_str(),
-                    approver,
-                    now
-                ],
-            )?;
+            record_fork_approval(tx, job, *number, approver, now)?;
         }
         Some(ForkApproval::Require { number }) => {
             let approved: Option<i64> = qrow(

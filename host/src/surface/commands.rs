@@ -15,6 +15,22 @@
 //!   was approved. Removing it cancels the live cells that label queued, and nothing else.
 //! - Comment commands act only for users with write access (`permission` through the gateway,
 //!   cached a minute); anyone else's command is logged and does nothing, and gets no reaction.
+//! - A comment command acts on the pull request's head as GitHub has it when the command
+//!   arrives (`sdci-agent pull-head`, contracts §5), never on the newest head the host happened
+//!   to see (an `issue_comment` names no commit, and a `synchronize` may be lost or late). On a
+//!   closed pull request `/sdci run` and `/sdci retry` get [`REFUSED`] and queue nothing (a
+//!   cancel still cancels); a gateway outage answers 503 (GitHub redelivers), as the permission
+//!   lookup does.
+//! - A fork's head (head repository other than the base, author not in `fork_allow_users`)
+//!   runs by a command only when that sha was approved, or when the sender is in
+//!   `webhook.fork_approvers`: then the command is the approval, stored for that one sha with
+//!   the job (as a label by an approver is). Any other writer's `/sdci run` or `/sdci retry`
+//!   there gets [`REFUSED`] and a log line naming who may approve. `/sdci cancel` needs no
+//!   approval.
+//! - One `X-GitHub-Delivery` acts at most once (`labeled`, `unlabeled`, `issue_comment`), by the
+//!   rule of every delivery (`deliveries`): the delivery is stored in the transaction of the
+//!   placeholder it queues, or before a cancel; a redelivery answers 200 and does nothing, even
+//!   after the cells it queued ended.
 //! - A writer's command is acknowledged on its comment with a reaction through the gateway
 //!   (`sdci-agent react`, contracts §5): [`ACCEPTED`] (`+1`) when it queued or canceled jobs,
 //!   [`REFUSED`] (`confused`) when it was not understood or had nothing to act on (an unknown
@@ -25,6 +41,8 @@
 //!   `[agent] timeout_secs` like every gateway call, and not retried (a lost reaction loses
 //!   nothing but the acknowledgement, which the job's log keeps).
 
+use crate::gateway::github::PullHead;
+use crate::gateway::GatewayFailure;
 use crate::hub::Hub;
 use crate::orchestration::matrix::Request;
 use crate::store::NewJob;
@@ -99,12 +117,23 @@ fn ok(text: String) -> Option<Answer> {
 
 /// A `pull_request` delivery's matrix part: labels stored; `labeled`/`unlabeled` of a run label
 /// answered here (`Some`); everything else goes on to the webhook's own rules (`None`).
-pub async fn pull_request(hub: &Hub, body: &[u8]) -> Option<Answer> {
+/// `delivery` is the delivery's `X-GitHub-Delivery`: a run label's delivery acts once.
+pub async fn pull_request(hub: &Hub, body: &[u8], delivery: Option<&str>) -> Option<Answer> {
     let e: PullRequestEvent = serde_json::from_slice(body).ok()?;
     let cfg = &hub.cfg;
     let base = e.repository.full_name.as_str();
     if !cfg.webhook.allows_repo(base) {
         return None;
+    }
+    // A redelivery changes nothing (an old delivery's labels are not the pull request's now);
+    // the webhook's own rules answer it as a duplicate.
+    match delivery.map(|d| hub.store.delivery_seen(d)) {
+        Some(Ok(true)) => return Some(duplicate()),
+        Some(Err(err)) => {
+            tracing::error!(error = %err, "reading the deliveries");
+            return Some(store_down());
+        }
+        _ => {}
     }
     let labels: Vec<String> = e
         .pull_request
@@ -128,6 +157,16 @@ pub async fn pull_request(hub: &Hub, body: &[u8]) -> Option<Answer> {
         return Some((StatusCode::BAD_REQUEST, "bad head sha".into()));
     };
     if e.action == "unlabeled" {
+        if let Some(d) = delivery {
+            match hub.store.claim_delivery(d, "pull_request") {
+                Ok(true) => {}
+                Ok(false) => return Some(duplicate()),
+                Err(err) => {
+                    tracing::error!(error = %err, "storing the delivery");
+                    return Some(store_down());
+                }
+            }
+        }
         let by = format!("label:{label}");
         let why = format!("label {label} removed by {sender}");
         let n = cancel_cells(hub, &repo, sha.as_str(), |queued_by| queued_by == by, &why);
@@ -175,7 +214,20 @@ pub async fn pull_request(hub: &Hub, body: &[u8]) -> Option<Answer> {
         &job,
         &Request::Label(label.clone()),
         &format!("label {label} added by {sender}"),
+        delivery.map(|d| (d, "pull_request")),
+        None,
     ))
+}
+
+fn duplicate() -> Answer {
+    (StatusCode::OK, "duplicate delivery: nothing new".into())
+}
+
+fn store_down() -> Answer {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "could not read the store; redeliver".into(),
+    )
 }
 
 fn clone_url(hub: &Hub, from_payload: Option<&str>, repo: &str) -> String {
@@ -188,10 +240,22 @@ fn clone_url(hub: &Hub, from_payload: Option<&str>, repo: &str) -> String {
     }
 }
 
-/// Stores a placeholder asking for `request`, notes `why` in its log, wakes the intake.
-fn queue(hub: &Hub, job: &NewJob, request: &Request, why: &str) -> Answer {
-    match hub.store.insert_requested_job(job, &request.to_text(), why) {
-        Ok(id) => {
+/// Stores a placeholder asking for `request` (once per `delivery`: id, event; with a fork's
+/// `approval`: pull request number, approver), notes `why` in its log, wakes the intake.
+fn queue(
+    hub: &Hub,
+    job: &NewJob,
+    request: &Request,
+    why: &str,
+    delivery: Option<(&str, &str)>,
+    approval: Option<(u64, &str)>,
+) -> Answer {
+    let stored =
+        hub.store
+            .insert_requested_job_once(job, &request.to_text(), why, delivery, approval);
+    match stored {
+        Ok(None) => duplicate(),
+        Ok(Some(id)) => {
             let _ = crate::joblog::append_log(
                 &hub.cfg.log_dir(),
                 id.as_str(),
@@ -326,9 +390,10 @@ pub fn parse_command(body: &str) -> Option<Result<Command, String>> {
     })
 }
 
-/// An `issue_comment` delivery: a `/sdci` command on a pull request, from a user with write
-/// access, acts on the pull request's head as the host last saw it.
-pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
+/// An `issue_comment` delivery (`delivery`: its `X-GitHub-Delivery`): a `/sdci` command on a
+/// pull request, from a user with write access, acts on the pull request's head as GitHub has
+/// it now (see the module doc).
+pub async fn comment(hub: &Hub, body: &[u8], delivery: Option<&str>) -> Answer {
     let e: CommentEvent = match serde_json::from_slice(body) {
         Ok(e) => e,
         Err(err) => {
@@ -359,9 +424,17 @@ pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
         None => return (StatusCode::OK, "ignored: no /sdci command".into()),
         Some(p) => p,
     };
+    match delivery.map(|d| hub.store.delivery_seen(d)) {
+        Some(Ok(true)) => return duplicate(),
+        Some(Err(err)) => {
+            tracing::error!(error = %err, "reading the deliveries");
+            return store_down();
+        }
+        _ => {}
+    }
     let login = e.comment.user.login.as_str();
     let permission = tokio::time::timeout(
-        std::time::Duration::from_secs(8),
+        GATEWAY_WAIT,
         hub.permissions.get(&hub.github, repo_name, login),
     )
     .await;
@@ -402,22 +475,16 @@ pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
         }
     };
     let number = e.issue.number;
-    let head = match hub.store.newest_pr_job(repo_name, number) {
-        Ok(Some(j)) => j,
-        Ok(None) => {
+    let head = match pull_head(hub, repo_name, number).await {
+        Ok(h) => h,
+        Err(Refusal::Redeliver(answer)) => return answer,
+        Err(Refusal::Refused(why)) => {
             ack(REFUSED);
-            return (
-                StatusCode::OK,
-                format!("ignored: no commit of pull request #{number} is known here yet"),
-            );
+            return (StatusCode::OK, format!("ignored: {why}"));
         }
-        Err(err) => {
-            tracing::error!(error = %err, "reading the pull request's jobs");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "could not read the store; redeliver".into(),
-            );
-        }
+    };
+    let Ok(repo) = repo_name.parse::<RepoName>() else {
+        return (StatusCode::BAD_REQUEST, "bad repository name".into());
     };
     let why = match &command {
         Command::Run(w) if w.is_empty() => format!("/sdci run by {login}"),
@@ -425,82 +492,38 @@ pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
         Command::Retry => format!("/sdci retry by {login}"),
         Command::Cancel => format!("/sdci cancel by {login}"),
     };
+    // A closed pull request runs nothing more; what still runs of it may be canceled.
+    if !head.is_open() && command != Command::Cancel {
+        ack(REFUSED);
+        return (
+            StatusCode::OK,
+            format!(
+                "ignored: pull request #{number} is {} on GitHub",
+                head.state
+            ),
+        );
+    }
+    let head_repo = head.repo.as_ref().map_or(repo_name, RepoName::as_str);
     let placeholder = NewJob {
-        repo: head.repo.clone(),
+        repo: repo.clone(),
         sha: head.sha.clone(),
         reason: Reason::PullRequest,
-        branch: head.branch.clone(),
+        branch: Some(head.head_ref.clone()),
         supersede_key: Some(format!("{repo_name}#{number}")),
-        clone_url: head.clone_url.clone(),
+        clone_url: clone_url(hub, None, head_repo),
         version: None,
         snapshot: None,
         update_first: false,
-        commit_author: head.commit_author.clone(),
-        commit_subject: head.commit_subject.clone(),
+        commit_author: Some(head.user.clone()),
+        commit_subject: head.title.clone(),
     };
-    // A queued request is carried out (`+1`); a failure to store it is redelivered (no reaction).
-    let ack_queued = |answer: Answer| {
-        if answer.0 == StatusCode::ACCEPTED {
-            ack(ACCEPTED);
-        }
-        answer
-    };
-    match command {
-        Command::Run(words) => ack_queued(queue(
-            hub,
-            &placeholder,
-            &Request::Select {
-                login: login.to_owned(),
-                words,
-            },
-            &why,
-        )),
-        Command::Cancel => {
-            let n = cancel_cells(hub, &head.repo, head.sha.as_str(), |_| true, &why);
-            let plain = match (&head.state, hub.store.job_cell(head.id.as_str())) {
-                (s, Ok(None)) if *s == crate::domain::JobState::Queued || s.is_active() => {
-                    match hub.store.request_cancel(head.id.as_str(), &why) {
-                        Ok(Some(false)) => {
-                            hub.cancel_live(head.id.as_str());
-                            1
-                        }
-                        Ok(Some(true)) => 1,
-                        _ => 0,
-                    }
-                }
-                _ => 0,
-            };
-            hub.wake_all();
-            ack(if n + plain > 0 { ACCEPTED } else { REFUSED });
-            (
-                StatusCode::OK,
-                format!(
-                    "{why}: {} job(s) of {} canceled",
-                    n + plain,
-                    head.sha.short()
-                ),
-            )
-        }
+    let request = match command {
+        Command::Run(words) => Request::Select {
+            login: login.to_owned(),
+            words,
+        },
         Command::Retry => {
-            let jobs = hub
-                .store
-                .cell_jobs(repo_name, head.sha.as_str())
-                .unwrap_or_default();
-            // The newest job of each cell decides whether that cell failed.
-            let mut seen = Vec::new();
-            let mut failed = Vec::new();
-            for (j, c) in &jobs {
-                if seen.contains(&c.name) {
-                    continue;
-                }
-                seen.push(c.name.clone());
-                if matches!(
-                    j.state,
-                    crate::domain::JobState::Failure | crate::domain::JobState::Error
-                ) {
-                    failed.push(c.name.clone());
-                }
-            }
+            let failed = failed_cells(hub, repo_name, head.sha.as_str());
             if failed.is_empty() {
                 ack(REFUSED);
                 return (
@@ -508,8 +531,184 @@ pub async fn comment(hub: &Hub, body: &[u8]) -> Answer {
                     format!("ignored: no failed cell of {}", head.sha.short()),
                 );
             }
-            ack_queued(queue(hub, &placeholder, &Request::Cells(failed), &why))
+            Request::Cells(failed)
         }
+        Command::Cancel => {
+            return cancel(hub, &repo, number, &head, &why, delivery, ack);
+        }
+    };
+    let approval = match fork_approval(hub, repo_name, number, &head, login) {
+        Ok(a) => a,
+        Err(why) => {
+            ack(REFUSED);
+            return (StatusCode::OK, format!("ignored: {why}"));
+        }
+    };
+    let answer = queue(
+        hub,
+        &placeholder,
+        &request,
+        &why,
+        delivery.map(|d| (d, "issue_comment")),
+        approval.as_ref().map(|a| (number, a.as_str())),
+    );
+    // A queued request is carried out (`+1`); a failure to store it is redelivered (no
+    // reaction), and so is a duplicate (it was acknowledged the first time).
+    if answer.0 == StatusCode::ACCEPTED {
+        ack(ACCEPTED);
+    }
+    answer
+}
+
+/// How long a command waits for the gateway (GitHub gives a delivery 10 s in all).
+const GATEWAY_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Why a command does not go on: GitHub should redeliver (the answer), or it is refused (why).
+enum Refusal {
+    Redeliver(Answer),
+    Refused(String),
+}
+
+/// Pull request `number`'s head as GitHub has it now.
+async fn pull_head(hub: &Hub, repo: &str, number: u64) -> Result<PullHead, Refusal> {
+    let asked = tokio::time::timeout(GATEWAY_WAIT, hub.github.pull_head(repo, number)).await;
+    match asked {
+        Ok(Ok(Some(h))) => Ok(h),
+        Ok(Ok(None)) => Err(Refusal::Refused(format!(
+            "GitHub has no pull request #{number} in {repo}"
+        ))),
+        Ok(Err(err)) if err.kind() == GatewayFailure::Refused => {
+            tracing::error!(%repo, number, error = %err,
+                "reading the pull request was refused: the GitHub App needs the Pull requests \
+                 (read) permission; the command does nothing");
+            Err(Refusal::Refused(format!(
+                "could not read pull request #{number}: {err}"
+            )))
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(%repo, number, error = %err,
+                "comment command: the pull request's head is unknown; nothing done");
+            Err(Refusal::Redeliver((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "could not read the pull request's head; redeliver".into(),
+            )))
+        }
+        Err(_) => Err(Refusal::Redeliver((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "could not read the pull request's head in time; redeliver".into(),
+        ))),
+    }
+}
+
+/// Whether `login`'s command may run `head`: `Ok(None)` for a head of the repository itself,
+/// of a trusted author or already approved; `Ok(Some(login))` when this command approves it
+/// (`login` is in `fork_approvers`); else why not, naming who may approve.
+fn fork_approval(
+    hub: &Hub,
+    repo: &str,
+    number: u64,
+    head: &PullHead,
+    login: &str,
+) -> Result<Option<String>, String> {
+    let w = &hub.cfg.webhook;
+    let fork = head.repo.as_ref().map(RepoName::as_str) != Some(repo);
+    if !fork || w.fork_allow_users.contains(&head.user) {
+        return Ok(None);
+    }
+    let approved = hub
+        .store
+        .fork_approvals(repo, number)
+        .map_err(|e| format!("could not read the approvals: {e}"))?
+        .iter()
+        .any(|(s, _)| *s == head.sha.as_str());
+    if approved {
+        return Ok(None);
+    }
+    if w.fork_approvers.iter().any(|a| a == login) {
+        tracing::info!(%repo, number, sha = %head.sha, approver = %login,
+            "a fork's head approved by a comment command");
+        return Ok(Some(login.to_owned()));
+    }
+    let who = if w.fork_approvers.is_empty() {
+        "nobody (webhook.fork_approvers is empty)".to_owned()
+    } else {
+        w.fork_approvers.join(", ")
+    };
+    tracing::warn!(%repo, number, sha = %head.sha, %login, approvers = %who,
+        "comment command refused: a fork's head needs an approval, which only \
+         webhook.fork_approvers may give");
+    Err(format!(
+        "fork commit {} has no approval; only {who} may approve it",
+        head.sha.short()
+    ))
+}
+
+/// `/sdci cancel`: the delivery claimed first, then every live job of the head canceled.
+fn cancel(
+    hub: &Hub,
+    repo: &RepoName,
+    number: u64,
+    head: &PullHead,
+    why: &str,
+    delivery: Option<&str>,
+    ack: impl Fn(&'static str),
+) -> Answer {
+    if let Some(d) = delivery {
+        match hub.store.claim_delivery(d, "issue_comment") {
+            Ok(true) => {}
+            Ok(false) => return duplicate(),
+            Err(err) => {
+                tracing::error!(error = %err, "storing the delivery");
+                return store_down();
+            }
+        }
+    }
+    let n = cancel_cells(hub, repo, head.sha.as_str(), |_| true, why)
+        + cancel_plain(hub, repo.as_str(), number, head, why);
+    hub.wake_all();
+    ack(if n > 0 { ACCEPTED } else { REFUSED });
+    (
+        StatusCode::OK,
+        format!("{why}: {n} job(s) of {} canceled", head.sha.short()),
+    )
+}
+
+/// The cells of a commit whose newest job failed (`failure` or `error`).
+fn failed_cells(hub: &Hub, repo: &str, sha: &str) -> Vec<String> {
+    let jobs = hub.store.cell_jobs(repo, sha).unwrap_or_default();
+    let mut seen = Vec::new();
+    let mut failed = Vec::new();
+    for (j, c) in &jobs {
+        if seen.contains(&c.name) {
+            continue;
+        }
+        seen.push(c.name.clone());
+        if matches!(
+            j.state,
+            crate::domain::JobState::Failure | crate::domain::JobState::Error
+        ) {
+            failed.push(c.name.clone());
+        }
+    }
+    failed
+}
+
+/// Cancels the pull request's newest job when it is a live plain job (no cell) of `head`.
+fn cancel_plain(hub: &Hub, repo: &str, number: u64, head: &PullHead, why: &str) -> usize {
+    let Ok(Some(j)) = hub.store.newest_pr_job(repo, number) else {
+        return 0;
+    };
+    let live = j.state == crate::domain::JobState::Queued || j.state.is_active();
+    if j.sha != head.sha || !live || !matches!(hub.store.job_cell(j.id.as_str()), Ok(None)) {
+        return 0;
+    }
+    match hub.store.request_cancel(j.id.as_str(), why) {
+        Ok(Some(false)) => {
+            hub.cancel_live(j.id.as_str());
+            1
+        }
+        Ok(Some(true)) => 1,
+        _ => 0,
     }
 }
 

@@ -657,9 +657,13 @@ pub async fn receive(
     let delivery = header("x-github-delivery").map(str::to_owned);
     // Matrix triggers (issue 20): a pull request's labels, run labels, `/sdci` comments.
     match event.as_str() {
-        "issue_comment" => return super::commands::comment(&hub, &bytes).await,
+        "issue_comment" => {
+            return super::commands::comment(&hub, &bytes, delivery.as_deref()).await
+        }
         "pull_request" => {
-            if let Some(answer) = super::commands::pull_request(&hub, &bytes).await {
+            if let Some(answer) =
+                super::commands::pull_request(&hub, &bytes, delivery.as_deref()).await
+            {
                 return answer;
             }
         }
