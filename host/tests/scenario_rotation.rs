@@ -654,3 +654,71 @@ fn a_rotation_schedule_naming_no_built_scenario_is_a_load_error_naming_the_key()
         );
     }
 }
+
+/// `sdci-host save --version V --scenario S`, the real binary on the simulator: exit 0 and the
+/// new pointer printed; again with the provisioning failing: exit 1, the pointer kept.
+/// Needs the binaries built first (`cargo build --workspace --bins`).
+#[tokio::test]
+async fn the_save_command_builds_the_scenario_and_exits_1_when_it_fails() {
+    let rig = rig(&[(A, &["golden"])], 2, 30).await;
+    let text = config_text(
+        rig.dir.path(),
+        "127.0.0.1:9",
+        &sim_toml(
+            &rig.sim,
+            rig.dir.path(),
+            &format!("{HOST}{}", scenario_toml(2, 30)),
+        ),
+    );
+    // (`config_text` rewrites the guest password file.)
+    std::fs::write(
+        rig.dir.path().join("dom0-password"),
+        rig.sim.guest_password(),
+    )
+    .unwrap();
+    let file = rig.dir.path().join("host.toml");
+    std::fs::write(&file, text).unwrap();
+    let bin = sdci_tests::binary("sdci-host");
+    assert!(
+        bin.exists(),
+        "{} missing: run cargo build --workspace --bins",
+        bin.display()
+    );
+    let save = || {
+        let out = std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&file)
+            .args(["save", "--version", "4.2", "--scenario", S])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = save();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let current = rig.store.scenario_snapshot("4.2", S).unwrap().unwrap();
+    assert!(
+        out.starts_with(&format!(
+            "Qubes 4.2: scenario {S} snapshot is now {current} (was none)"
+        )),
+        "{out}"
+    );
+
+    std::fs::write(rig.ctl.join(format!("fail-{A}")), "").unwrap();
+    let (code, out, err) = save();
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "rotation FAILED, scenario {S} snapshot stays {current}"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        rig.store.scenario_snapshot("4.2", S).unwrap(),
+        Some(current)
+    );
+}
