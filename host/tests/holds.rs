@@ -474,3 +474,43 @@ async fn an_attempt_re_adopted_during_make_dev_still_takes_its_provisioned_snaps
     assert!(names.contains(&snap.name), "{names:?}");
     kill(host);
 }
+
+#[tokio::test]
+async fn a_held_vm_powered_off_behind_the_hosts_back_ends_its_hold_and_loses_its_lease_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let sim = start_sim(&[VM], &ctl);
+    std::fs::write(ctl.join("exit"), "1").unwrap();
+    let extra = "[deadlines]\ndownload_secs = 900\n[jobs]\npoll_interval_ms = 50\n\
+                 lease_ttl_secs = 4\n";
+    let i = Install::new(&sim, extra, HOLD_ON_FAILURE, 3600);
+    let store = i.store();
+    let host = i.serve(1);
+    healthy(&i.url).await;
+    let job = push_and_end(&i, &store, 1).await;
+    assert_eq!(job.state, JobState::Failure, "{:?}", job.note);
+    eventually("the hold recorded", || {
+        store.hold_of_job(job.id.as_str()).unwrap().is_some()
+    })
+    .await;
+    let hv = i.vsphere().await;
+    assert!(leases::read(&hv, VM).await.unwrap().is_some());
+
+    // A person (or an instance that took the lease over) powers it off: the hold is over.
+    hv.power_off(VM).await.unwrap();
+    within(
+        "the hold ends at the next lease tick (ttl/4 = 1 s)",
+        Duration::from_secs(5),
+        || store.holds().unwrap().is_empty(),
+    )
+    .await;
+    assert_eq!(leases::read(&hv, VM).await.unwrap(), None, "no lease left");
+    let vm = store
+        .vms()
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == VM)
+        .unwrap();
+    assert_eq!(vm.job_id, None, "the VM is free for the next job");
+    kill(host);
+}

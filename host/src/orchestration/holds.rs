@@ -15,7 +15,8 @@
 //!
 //! Leases (contracts §9): a held VM keeps its lease line, owned by the ended job, renewed with
 //! the other leases ([`Orchestrator::renew_hold_leases`]) and removed when the hold ends, so
-//! another `sdci-host` instance on the same vSphere never takes a held VM.
+//! another `sdci-host` instance on the same vSphere never takes a held VM. A held VM found off
+//! or gone (at that renewal) ends its hold.
 //!
 //! Invariants:
 //! - Only a job that reached a verdict (success/failure) is held: an infrastructure error
@@ -31,7 +32,7 @@ use super::leases;
 use super::Orchestrator;
 use crate::config::{HoldOn, PoolConfig};
 use crate::store::Hold;
-use sdci_vsphere::Hypervisor;
+use sdci_vsphere::{Hypervisor, PowerState, VsphereError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -227,14 +228,35 @@ impl<H: Hypervisor> Orchestrator<H> {
     }
 
     /// Renews the lease line of every held VM (owned by its ended job), with the other leases
-    /// every quarter of `jobs.lease_ttl_secs`. A lease another instance took over (the hold
-    /// outlived an outage longer than the ttl) ends the hold in the store without touching the
-    /// VM: it is that instance's now.
+    /// every quarter of `jobs.lease_ttl_secs`. A held VM found off or gone (a person, or another
+    /// instance that took over the lease of this one while it was away longer than the ttl,
+    /// powered it off) ends its hold: there is nothing left to look at. A lease another
+    /// instance took over ends the hold in the store without touching the VM: it is that
+    /// instance's now.
     pub(super) async fn renew_hold_leases(&self) {
         let hub = &self.hub;
         for h in hub.store.holds().unwrap_or_default() {
             if hub.is_live(&h.job_id) {
                 continue; // still the job's own lease, renewed with the job's
+            }
+            let gone = match self.hv.vm(&h.vm).await {
+                Ok(info) if info.power == PowerState::Off => Some("the VM was found powered off"),
+                Err(VsphereError::VmNotFound { .. }) => Some("the VM no longer exists"),
+                _ => None,
+            };
+            if let Some(why) = gone {
+                tracing::warn!(vm = %h.vm, job = %h.job_id, why, "ending a hold");
+                if let Err(e) = hub.store.end_hold(&h.vm) {
+                    tracing::error!(vm = %h.vm, error = %e, "ending the hold");
+                }
+                self.release_hold_lease(&h.vm, &h.job_id).await;
+                let _ = crate::joblog::append_log(
+                    &hub.cfg.log_dir(),
+                    &h.job_id,
+                    &format!("=== the hold of VM {} ended ({why})\n", h.vm),
+                );
+                hub.scheduler.notify_one();
+                continue;
             }
             match leases::renew(&*self.hv, &self.owner, &h.vm, &h.job_id).await {
                 Ok(true) => {}
