@@ -1302,3 +1302,41 @@ async fn a_writers_sdci_run_on_a_forks_unapproved_head_is_refused_and_an_approve
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_label_removal_delivered_again_later_cancels_nothing_the_label_queued_since() {
+    let w = world("").await;
+    w.gh.add_file(REPO, &sha(18), ".github/sdci.yml", TWO_BY_TWO.as_bytes());
+    let added = pull_request("labeled", 18, &["sdci:4.3"], "maint");
+    let removed = pull_request("unlabeled", 18, &["sdci:4.3"], "maint");
+    let (code, text) = w.send("pull_request", "l1", &added).await;
+    assert_eq!(code, 202, "{text}");
+    w.until("the 4.3 cells run", |w| {
+        w.cell_running(18, "4.3 / dev") && w.cell_running(18, "4.3 / staging")
+    })
+    .await;
+    let (code, text) = w.send("pull_request", "u1", &removed).await;
+    assert_eq!(code, 200, "{text}");
+    w.until("both canceled", |w| {
+        w.jobs(18)
+            .iter()
+            .all(|(j, _)| j.state == JobState::Canceled)
+    })
+    .await;
+    let (code, text) = w.send("pull_request", "l2", &added).await;
+    assert_eq!(code, 202, "{text}");
+    w.until("the 4.3 cells run again", |w| {
+        w.cell_running(18, "4.3 / dev") && w.cell_running(18, "4.3 / staging")
+    })
+    .await;
+    // The first removal, redelivered: it was carried out once already.
+    let (code, text) = w.send("pull_request", "u1", &removed).await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("duplicate delivery"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        w.cell_running(18, "4.3 / dev") && w.cell_running(18, "4.3 / staging"),
+        "the cells queued since still run: {:?}",
+        w.jobs(18)
+    );
+}

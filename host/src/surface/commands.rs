@@ -433,11 +433,10 @@ pub async fn comment(hub: &Hub, body: &[u8], delivery: Option<&str>) -> Answer {
         _ => {}
     }
     let login = e.comment.user.login.as_str();
-    let permission = tokio::time::timeout(
-        GATEWAY_WAIT,
-        hub.permissions.get(&hub.github, repo_name, login),
-    )
-    .await;
+    // One budget for both gateway calls (permission, then the head): GitHub waits 10 s.
+    let deadline = tokio::time::Instant::now() + GATEWAY_WAIT;
+    let permission =
+        tokio::time::timeout_at(deadline, hub.permissions.get(&hub.github, repo_name, login)).await;
     match permission {
         Ok(Ok(p)) if p.can_write() => {}
         Ok(Ok(p)) => {
@@ -475,7 +474,7 @@ pub async fn comment(hub: &Hub, body: &[u8], delivery: Option<&str>) -> Answer {
         }
     };
     let number = e.issue.number;
-    let head = match pull_head(hub, repo_name, number).await {
+    let head = match pull_head(hub, repo_name, number, deadline).await {
         Ok(h) => h,
         Err(Refusal::Redeliver(answer)) => return answer,
         Err(Refusal::Refused(why)) => {
@@ -560,7 +559,8 @@ pub async fn comment(hub: &Hub, body: &[u8], delivery: Option<&str>) -> Answer {
     answer
 }
 
-/// How long a command waits for the gateway (GitHub gives a delivery 10 s in all).
+/// How long a command waits for the gateway, both calls together (GitHub gives a delivery
+/// 10 s in all).
 const GATEWAY_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Why a command does not go on: GitHub should redeliver (the answer), or it is refused (why).
@@ -570,8 +570,13 @@ enum Refusal {
 }
 
 /// Pull request `number`'s head as GitHub has it now.
-async fn pull_head(hub: &Hub, repo: &str, number: u64) -> Result<PullHead, Refusal> {
-    let asked = tokio::time::timeout(GATEWAY_WAIT, hub.github.pull_head(repo, number)).await;
+async fn pull_head(
+    hub: &Hub,
+    repo: &str,
+    number: u64,
+    deadline: tokio::time::Instant,
+) -> Result<PullHead, Refusal> {
+    let asked = tokio::time::timeout_at(deadline, hub.github.pull_head(repo, number)).await;
     match asked {
         Ok(Ok(Some(h))) => Ok(h),
         Ok(Ok(None)) => Err(Refusal::Refused(format!(
