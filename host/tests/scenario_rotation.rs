@@ -26,9 +26,11 @@ use sdci_host::domain::JobState;
 use sdci_host::orchestration::matrix::JobCell;
 use sdci_host::orchestration::rotation::{RotationReport, Rotator, ScenarioRequest};
 use sdci_host::store::{NewCell, NewJob, Store};
+use sdci_tests::slack::SlackStandIn;
 use sdci_tests::vsphere_sim::{SimOptions, SimVm, VsphereSim};
 use sdci_vsphere::{GuestAuth, Hypervisor, VsphereClient};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 const A: &str = "Qubes_4.2_a";
 const B: &str = "Qubes_4.2_b";
@@ -52,8 +54,8 @@ fn vm(name: &str, ctl: &Path, snapshots: &[&str]) -> SimVm {
     let c = ctl.display();
     SimVm::new(name)
         .snapshots(snapshots)
-        .tools_delay(Some(std::time::Duration::from_millis(100)))
-        .shutdown_delay(std::time::Duration::from_millis(100))
+        .tools_delay(Some(Duration::from_millis(100)))
+        .shutdown_delay(Duration::from_millis(100))
         .file(
             "/usr/bin/qvm-start",
             format!("#!/bin/sh\necho \"qvm-start $*\" >> '{c}/calls'\n"),
@@ -89,14 +91,28 @@ struct Rig {
 }
 
 async fn rig(vms: &[(&str, &[&str])], keep: usize, timeout: u64) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
+    rig_with(tempfile::tempdir().unwrap(), vms, keep, timeout, "").await
+}
+
+/// As [`rig`], in `dir`, with `extra` host config lines.
+async fn rig_with(
+    dir: tempfile::TempDir,
+    vms: &[(&str, &[&str])],
+    keep: usize,
+    timeout: u64,
+    extra: &str,
+) -> Rig {
     let ctl = dir.path().join("ctl");
     std::fs::create_dir_all(&ctl).unwrap();
     let sim = VsphereSim::start(
         SimOptions::vcenter().vms(vms.iter().map(|(n, s)| vm(n, &ctl, s)).collect()),
     )
     .unwrap();
-    let cfg = config(dir.path(), &sim, &scenario_toml(keep, timeout));
+    let cfg = config(
+        dir.path(),
+        &sim,
+        &format!("{}{extra}", scenario_toml(keep, timeout)),
+    );
     let hv = VsphereClient::connect(cfg.vsphere.client_config().unwrap())
         .await
         .unwrap();
@@ -720,5 +736,43 @@ async fn the_save_command_builds_the_scenario_and_exits_1_when_it_fails() {
     assert_eq!(
         rig.store.scenario_snapshot("4.2", S).unwrap(),
         Some(current)
+    );
+}
+
+#[tokio::test]
+async fn a_scenario_build_is_announced_on_slack_like_a_golden_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut slack = SlackStandIn::start(200).await.unwrap();
+    std::fs::write(dir.path().join("slack"), slack.url()).unwrap();
+    let notify = format!(
+        "[notify]\nslack_webhook_file = \"{}\"\n",
+        dir.path().join("slack").display()
+    );
+    let rig = rig_with(dir, &[(A, &["golden"])], 2, 30, &notify).await;
+    let ok = rig.save().await;
+    assert!(ok.moved, "{}", ok.to_text());
+    std::fs::write(rig.ctl.join(format!("fail-{A}")), "").unwrap();
+    let failed = rig.save().await;
+    assert!(!failed.moved, "{}", failed.to_text());
+
+    let m = slack.next(Duration::from_secs(60)).await.unwrap();
+    let t = m["text"].as_str().unwrap();
+    assert!(
+        t.contains("rotation ok")
+            && t.contains(&format!("Qubes 4.2 scenario {S}"))
+            && t.contains(&ok.snapshot)
+            && t.contains("(was none)"),
+        "{t}"
+    );
+    let m = slack.next(Duration::from_secs(60)).await.unwrap();
+    let t = m["text"].as_str().unwrap();
+    assert!(
+        t.contains("rotation failed")
+            && t.contains(&format!(
+                "Qubes 4.2 scenario {S} keeps golden snapshot {}",
+                ok.snapshot
+            ))
+            && t.contains("exited with status 7"),
+        "{t}"
     );
 }
