@@ -9,9 +9,11 @@
 //! bounded by its `timeout_secs`), the snapshot's name, the pointer and the pruning prefix; the
 //! leases, the smoke test, the failure handling and the reporting are the same code.
 //!
-//! For every VM of the pool, each as soon as it is free: lease it in the store (so no job can
-//! claim it), revert to the base (the pool's current golden snapshot, or `--snapshot`), boot,
-//! apply the updates (`--update`), shut down, take `update_<UTC timestamp>`, and smoke-test it
+//! For every VM of the pool, each as soon as it is free (told for the golden snapshot; a
+//! scenario replaces the base, the updates, the name, the pointer and `keep` as above): lease it
+//! in the store (so no job can claim it), revert to the base (the pool's current golden
+//! snapshot, or `--snapshot`), boot, apply the updates (`--update`), shut down, take
+//! `update_<UTC timestamp>`, and smoke-test it
 //! (revert to it, boot, dom0 answers guest operations, `sdci-dom0 --version` runs, the dev VM
 //! starts). Only when every VM passed does the pool's golden pointer in the store move to the new
 //! snapshot; then the `update_*` snapshots beyond the newest `rotation.keep` are removed (the
@@ -20,9 +22,13 @@
 //! then reverts to the new golden snapshot.
 //!
 //! Invariants:
-//! - A failure (update, snapshot, smoke test, a VM that stays busy or is quarantined) leaves the
-//!   pointer where it was, powers the VM off, removes the snapshot that failed, and is reported
-//!   in the log, in `rotation_runs` (read by `/metrics`) and to Slack.
+//! - A failure (update, provisioning or its timeout, snapshot, smoke test, a VM that stays busy
+//!   or is quarantined) leaves the pointer (golden or scenario) where it was, powers the VM off,
+//!   removes the snapshot that failed, and is reported in the log, in `rotation_runs` (read by
+//!   `/metrics`) and to Slack.
+//! - A scenario's pointer (`store::scenarios`) exists only once a build passed on every VM: a
+//!   cell of a scenario never built fails naming the command (`matrix::snapshot_for`), never
+//!   runs on the golden snapshot instead.
 //! - A lease is the VM row's `job_id` set to the rotation's id (`rotation-…`), taken in one
 //!   `BEGIN IMMEDIATE` transaction only while no job holds the VM (`store::vms`): the scheduler's
 //!   claim skips it. Leases are released on every path; a rotation whose process died (its pid
