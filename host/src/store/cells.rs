@@ -11,6 +11,10 @@
 //!   `4.3 / staging`). A cell that already has a live job for the same commit is not queued twice.
 //! - A placeholder that no cell runs for is ended `canceled` with its statuses and check-run
 //!   updates skipped (never posted): a trigger that selects nothing leaves nothing on GitHub.
+//! - A placeholder a delivery asks for ([`Store::insert_requested_job_once`]: a run label, a
+//!   `/sdci` comment) is stored in one transaction with that delivery (`deliveries`, the rule
+//!   of `ingest` and the re-runs) and with the fork approval it gives, if any: one
+//!   `X-GitHub-Delivery` queues at most once, whatever became of its jobs since.
 //! - The cell is stored as the orchestration's text (JSON); this module never reads it.
 
 use super::jobs::JOB_COLS;
@@ -59,27 +63,36 @@ pub struct Expansion {
 
 const LIVE: &str = "('queued','assigned','booting','running','finishing')";
 
+/// A placeholder asking for `request`, `why` its first transition's note.
+fn insert_request(
+    tx: &rusqlite::Connection,
+    job: &NewJob,
+    request: &str,
+    why: &str,
+    now: i64,
+) -> rusqlite::Result<JobId> {
+    let id = new_job_id(tx, &job.sha)?;
+    let mut job = job.clone();
+    job.version = None;
+    insert_job(tx, &id, &job, now)?;
+    exec(
+        tx,
+        "INSERT INTO job_requests (job_id, request) VALUES (?1, ?2)",
+        params![id.as_str(), request],
+    )?;
+    exec(
+        tx,
+        "UPDATE transitions SET note = ?1 WHERE job_id = ?2",
+        params![why, id.as_str()],
+    )?;
+    Ok(id)
+}
+
 impl Store {
     /// Creates a placeholder job that asks for `request` (see the module doc); `why` (who asked,
     /// how) is its first transition's note.
     pub fn insert_requested_job(&self, job: &NewJob, request: &str, why: &str) -> Result<JobId> {
-        self.tx(|tx| {
-            let id = new_job_id(tx, &job.sha)?;
-            let mut job = job.clone();
-            job.version = None;
-            insert_job(tx, &id, &job, now_ms())?;
-            exec(
-                tx,
-                "INSERT INTO job_requests (job_id, request) VALUES (?1, ?2)",
-                params![id.as_str(), request],
-            )?;
-            exec(
-                tx,
-                "UPDATE transitions SET note = ?1 WHERE job_id = ?2",
-                params![why, id.as_str()],
-            )?;
-            Ok(id)
-        })
+        self.tx(|tx| insert_request(tx, job, request, why, now_ms()))
     }
 
     /// As [`Store::insert_requested_job`], once per delivery: `Ok(None)` when `delivery`
@@ -101,22 +114,9 @@ impl Store {
                 return Ok(None);
             }
             let now = now_ms();
-            let id = new_job_id(tx, &job.sha)?;
-            let mut job = job.clone();
-            job.version = None;
-            insert_job(tx, &id, &job, now)?;
-            exec(
-                tx,
-                "INSERT INTO job_requests (job_id, request) VALUES (?1, ?2)",
-                params![id.as_str(), request],
-            )?;
-            exec(
-                tx,
-                "UPDATE transitions SET note = ?1 WHERE job_id = ?2",
-                params![why, id.as_str()],
-            )?;
+            let id = insert_request(tx, job, request, why, now)?;
             if let Some((number, approver)) = approval {
-                super::ingest::record_fork_approval(tx, &job, number, approver, now)?;
+                super::ingest::record_fork_approval(tx, job, number, approver, now)?;
             }
             super::checks::record_delivery(tx, id_of, event, Some(&id), now)?;
             Ok(Some(id))
@@ -450,6 +450,36 @@ mod tests {
             s.job(&e.jobs[1].0).unwrap().unwrap().state,
             JobState::Queued
         );
+    }
+
+    #[test]
+    fn a_request_acts_once_per_delivery_and_stores_a_forks_approval_with_its_job() {
+        let (_d, s) = test_store();
+        let mut j = test_job('c', "feature");
+        j.version = None;
+        let d = Some(("d-1", "issue_comment"));
+        let first = s
+            .insert_requested_job_once(&j, "select:boss:4.3", "w", d, Some((7, "boss")))
+            .unwrap();
+        assert!(first.is_some());
+        assert_eq!(
+            s.fork_approvals("o/r", 7).unwrap(),
+            [("c".repeat(40), "boss".to_owned())]
+        );
+        assert_eq!(
+            s.insert_requested_job_once(&j, "select:boss:4.3", "w", d, None)
+                .unwrap(),
+            None,
+            "the same delivery again"
+        );
+        assert!(s
+            .insert_requested_job_once(&j, "select:boss:4.3", "w", None, None)
+            .unwrap()
+            .is_some());
+        assert!(s.delivery_seen("d-1").unwrap());
+        assert!(s.claim_delivery("d-2", "pull_request").unwrap());
+        assert!(!s.claim_delivery("d-2", "pull_request").unwrap());
+        assert!(!s.claim_delivery("d-1", "issue_comment").unwrap());
     }
 
     #[test]
