@@ -1,6 +1,6 @@
 //! Matrix triggers from GitHub (issue 20): `skip-ci`, pull-request labels and the `/sdci`
 //! comment commands. The webhook handler calls in here after the signature and size checks;
-//! everything below queues placeholders (`Store::insert_requested_job`) whose cells the matrix
+//! everything below queues placeholders (`Store::insert_requested_job_once`) whose cells the matrix
 //! intake chooses from the commit's own `.github/sdci.yml`, or cancels cell jobs.
 //!
 //! Invariants:
@@ -34,7 +34,8 @@
 //! - A writer's command is acknowledged on its comment with a reaction through the gateway
 //!   (`sdci-agent react`, contracts §5): [`ACCEPTED`] (`+1`) when it queued or canceled jobs,
 //!   [`REFUSED`] (`confused`) when it was not understood or had nothing to act on (an unknown
-//!   verb, no known commit of the pull request, no failed cell to retry, nothing to cancel);
+//!   verb, a closed or unknown pull request, a fork's unapproved head, no failed cell to retry,
+//!   nothing to cancel);
 //!   also in the logs of the jobs it touched and in the delivery's answer. A failure of the host
 //!   itself (503, GitHub redelivers) gets no reaction yet. The reaction is queued on its own
 //!   task ([`acknowledge`]), so the webhook's answer never waits for it; that call is bounded by
