@@ -102,6 +102,10 @@ pub fn mkdir_script(parents: bool) -> String {
 
 /// The uploaded file belongs to the guest user, as a VMware upload made with that user's
 /// credentials would.
+/// Sets the guest's clock to `$1` seconds since the epoch: `date -s @N` means that to GNU
+/// coreutils and to busybox alike.
+pub const SET_CLOCK_SCRIPT: &str = r#"exec date -u -s "@$1" >/dev/null"#;
+
 pub const CHOWN_SCRIPT: &str = r#"exec chown "$1:$(id -g "$1")" -- "$2""#;
 
 pub fn exec_cmd(path: &str, argv: &[String]) -> Value {

@@ -488,6 +488,55 @@ impl LibvirtClient {
         }
     }
 
+    /// What snapshot `name` of `dom` says about itself; `args` is its [`Self::snapshot_ref`].
+    async fn snapshot_description(&self, i: usize, mut args: Vec<u8>) -> Result<xml::SnapshotXml> {
+        args.extend_from_slice(&0u32.to_be_bytes());
+        let method = "DomainSnapshotGetXMLDesc";
+        let r = self
+            .call(i, method, proc::DOMAIN_SNAPSHOT_GET_XML_DESC, args)
+            .await?;
+        let text = Dec::new(&r)
+            .string()
+            .map_err(|e| self.hv_error(i, method, e.into()))?;
+        xml::parse_snapshot(&text).map_err(|message| HypervisorError::Protocol {
+            method: method.into(),
+            message,
+        })
+    }
+
+    /// Sets the guest's clock to the host's after a revert to a memory snapshot, which leaves it
+    /// at the snapshot's time (hours or days behind, for a stage re-run): what VMware Tools'
+    /// `time.synchronize.restore` does on vSphere. Through a root helper (`date -s`), not
+    /// `virDomainSetTime`: qemu-ga's `guest-set-time` refuses to run in a guest without
+    /// `/sbin/hwclock`. Best effort: a guest that does not take it costs a warning, not the
+    /// revert.
+    async fn sync_clock(&self, vm: &str) {
+        // The agent reconnects after a revert (at once from a running domain, within seconds
+        // from a powered-off one): it must answer first.
+        if let Err(e) = self.wait_guest_ready(vm, self.cfg.timeouts.helper()).await {
+            tracing::warn!(vm, error = %e, "the guest's clock is not set after the revert");
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = (now + Duration::from_millis(500)).as_secs().to_string();
+        match self
+            .helper(vm, "root", agent::SET_CLOCK_SCRIPT, &[&secs])
+            .await
+        {
+            Ok(0) => tracing::debug!(vm, secs, "guest clock set after the revert"),
+            Ok(code) => tracing::warn!(
+                vm,
+                code,
+                "setting the guest's clock after the revert failed"
+            ),
+            Err(e) => {
+                tracing::warn!(vm, error = %e, "setting the guest's clock after the revert failed")
+            }
+        }
+    }
+
     /// Defines (or redefines) a domain on the first daemon, from `spec` with the configured
     /// domain type (`auto` asks the daemon's capabilities). For tests, the demo and developer
     /// boxes; production pools are defined by the operator.
@@ -679,9 +728,17 @@ impl Hypervisor for LibvirtClient {
         .await
     }
 
+    /// Flags 0: the domain returns to the state the snapshot was taken in — powered off for a
+    /// golden snapshot, running where it was for a memory snapshot (see
+    /// [`Hypervisor::create_memory_snapshot`]), whose guest then gets the host's time
+    /// ([`Self::sync_clock`]).
     async fn revert(&self, vm: &str, snapshot: &str) -> Result<()> {
         let (i, dom) = self.locate(vm).await?;
         let mut args = self.snapshot_ref(i, &dom, vm, snapshot).await?;
+        let memory = self
+            .snapshot_description(i, args.clone())
+            .await?
+            .has_memory();
         args.extend_from_slice(&0u32.to_be_bytes());
         self.forget_processes(vm);
         self.call(
@@ -691,6 +748,9 @@ impl Hypervisor for LibvirtClient {
             args,
         )
         .await?;
+        if memory {
+            self.sync_clock(vm).await;
+        }
         Ok(())
     }
 
@@ -719,20 +779,8 @@ impl Hypervisor for LibvirtClient {
     async fn snapshot_bytes(&self, vm: &str, name: &str) -> Result<Option<u64>> {
         self.read(|| async move {
             let (i, dom) = self.locate(vm).await?;
-            let mut args = self.snapshot_ref(i, &dom, vm, name).await?;
-            args.extend_from_slice(&0u32.to_be_bytes());
-            let method = "DomainSnapshotGetXMLDesc";
-            let r = self
-                .call(i, method, proc::DOMAIN_SNAPSHOT_GET_XML_DESC, args)
-                .await?;
-            let text = Dec::new(&r)
-                .string()
-                .map_err(|e| self.hv_error(i, method, e.into()))?;
-            let snapshot =
-                xml::parse_snapshot(&text).map_err(|message| HypervisorError::Protocol {
-                    method: method.into(),
-                    message,
-                })?;
+            let snapshot_ref = self.snapshot_ref(i, &dom, vm, name).await?;
+            let snapshot = self.snapshot_description(i, snapshot_ref).await?;
             if !snapshot.has_memory()
                 || Self::power_of(self.state(i, &dom).await?) == PowerState::Off
             {

@@ -19,8 +19,9 @@
 //! disk images. A golden snapshot is taken powered off (the disks only); issue 18's provisioned
 //! snapshot of a running domain is a full system checkpoint (disks, memory and device state,
 //! `<memory snapshot='internal'/>`), and a revert to it resumes the guest where it was, from a
-//! running or a powered-off domain (measured under TCG in `tests/real_libvirt.rs`). Its size is
-//! the memory state QEMU saved with it ([`monitor`]).
+//! running or a powered-off domain, then sets the guest's clock to the host's (measured under
+//! TCG in `tests/real_libvirt.rs`). Its size is the memory state QEMU saved with it
+//! ([`monitor`]).
 //!
 //! No linked clones (`can_clone` is the trait's `false`; a stage re-run waits for the VM that
 //! holds its snapshot). A linked clone is a new qcow2 overlay whose backing file holds the

@@ -323,9 +323,9 @@ async fn a_libvirtd_restart_mid_job_is_ridden_out_and_the_exit_code_still_arrive
 /// Issue 18's provisioned snapshot on libvirt: a memory snapshot of the running guest, taken
 /// while a program of the job runs, and a re-run's revert to it — once from the running guest,
 /// once from a powered-off one (the re-run's usual case) — comes back running where it was (the
-/// same boot, the program still running, its agent answering within seconds), with what was
-/// written before the snapshot and without what was written or started after it. Its size is
-/// the memory state it holds.
+/// same boot, the program still running, its agent answering within seconds, its clock the
+/// host's again), with what was written before the snapshot and without what was written or
+/// started after it. Its size is the memory state it holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_snapshot_of_a_running_guest_reverts_running_where_it_was_and_reports_its_size() {
     const SNAP: &str = "sdci-job-1-provisioned";
@@ -345,6 +345,7 @@ async fn a_memory_snapshot_of_a_running_guest_reverts_running_where_it_was_and_r
         .await
         .unwrap();
     let took_snapshot = t.elapsed();
+    let snapshot_taken = Instant::now();
     // The guest goes on after the snapshot: running, its agent answering.
     assert_eq!(c.vm(A).await.unwrap().power, PowerState::On);
     assert_eq!(
@@ -373,6 +374,23 @@ async fn a_memory_snapshot_of_a_running_guest_reverts_running_where_it_was_and_r
                         ps -o args | grep -qx \"sleep 600\" && exit 4; exit 0";
     let check = || async {
         assert_eq!(env.run(A, where_it_was).await, ProcessState::Exited(0));
+        // The guest's clock is the host's again, not the snapshot's.
+        assert_eq!(
+            env.run(A, "date +%s.%N > /home/user/now").await,
+            ProcessState::Exited(0)
+        );
+        let host = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let guest = c.download(A, &auth, "/home/user/now").await.unwrap();
+        let guest: f64 = String::from_utf8(guest).unwrap().trim().parse().unwrap();
+        eprintln!("guest clock {:.1} s behind the host's", host - guest);
+        assert!(
+            (host - guest).abs() < 2.0,
+            "guest clock {guest}, host {host}: {:.1} s apart",
+            host - guest
+        );
         assert_eq!(
             c.process_state(A, &auth, before).await.unwrap(),
             ProcessState::Running,
@@ -385,7 +403,10 @@ async fn a_memory_snapshot_of_a_running_guest_reverts_running_where_it_was_and_r
         );
     };
 
-    // From the running guest: running again at once (not paused, not off), where it was.
+    // From the running guest: running again at once (not paused, not off), where it was, once
+    // the snapshot's clock is well behind the host's.
+    let behind = Duration::from_secs(8);
+    tokio::time::sleep(behind.saturating_sub(snapshot_taken.elapsed())).await;
     let t = Instant::now();
     c.revert(A, SNAP).await.unwrap();
     let revert_running = t.elapsed();
