@@ -507,9 +507,10 @@ impl LibvirtClient {
     /// Sets the guest's clock to the host's after a revert to a memory snapshot, which leaves it
     /// at the snapshot's time (hours or days behind, for a stage re-run): what VMware Tools'
     /// `time.synchronize.restore` does on vSphere. Through a root helper (`date -s`), not
-    /// `virDomainSetTime`: qemu-ga's `guest-set-time` refuses to run in a guest without
-    /// `/sbin/hwclock`. Best effort: a guest that does not take it costs a warning, not the
-    /// revert.
+    /// `virDomainSetTime`: qemu-ga's `guest-set-time`, which that sends, also has
+    /// `/sbin/hwclock` write the RTC and fails in a guest without it (the test guest's busybox
+    /// has its applets in `/bin`). Best effort: a guest that does not take it costs a warning,
+    /// not the revert.
     async fn sync_clock(&self, vm: &str) {
         // The agent reconnects after a revert (at once from a running domain, within seconds
         // from a powered-off one): it must answer first.
