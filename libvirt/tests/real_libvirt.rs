@@ -361,6 +361,16 @@ async fn a_memory_snapshot_of_a_running_guest_reverts_running_where_it_was_and_r
         (8 << 20..300 << 20).contains(&b),
         "{b} bytes for a 256 MiB guest's memory"
     );
+    // What `qemu-img info` says of the disk (read-only, beside the running QEMU): the same.
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(env.daemon.dir.join(format!("disks/{A}.qcow2")))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let listed = info["snapshots"].as_array().unwrap();
+    let vm_size = listed.iter().find(|s| s["name"] == SNAP).unwrap()["vm-state-size"].as_u64();
+    assert_eq!(vm_size, Some(b), "qemu-img info: {info}");
     assert_eq!(c.snapshot_bytes(A, "golden").await.unwrap(), None);
     let e = c.snapshot_bytes(A, "no-such-snapshot").await.unwrap_err();
     assert!(matches!(e, HypervisorError::SnapshotNotFound { .. }), "{e}");
