@@ -350,11 +350,13 @@ impl QubesWorld {
         write_exec(
             &entry,
             &format!(
-                "#!/bin/sh\n# qubes-sim world (contracts §6): sdci-dom0 in dom0's view\n\
-                 exec {} {} in-qube {} dom0 {} \"$@\"\n",
+                "#!/bin/sh\n# qubes-sim world (contracts §6): sdci-dom0 in dom0's view, of the\n\
+                 # VM it runs in (a clone's R is a copy of this one, contracts §2)\n\
+                 R={}\n[ -z \"$SDCI_GUEST_ROOT\" ] || R=$SDCI_GUEST_ROOT\n\
+                 exec {} {} in-qube \"$R\" dom0 {} \"$@\"\n",
+                sh_quote(&r.to_string_lossy()),
                 sh_quote(&python.to_string_lossy()),
                 sh_quote(&script.to_string_lossy()),
-                sh_quote(&r.to_string_lossy()),
                 sh_quote(&spec.dom0_binary.to_string_lossy()),
             ),
         )?;

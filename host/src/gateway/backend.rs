@@ -22,6 +22,9 @@ use sdci_vsphere::{
 use std::path::Path;
 use std::time::Duration;
 
+/// What the names of stage re-runs' clones start with (`store::RerunClone::PREFIX`).
+const CLONE_PREFIX: &str = "sdci-clone-";
+
 /// Every configured backend the pools use, routed by VM name.
 pub struct Backends {
     /// `(prefix, backend)` of every pool, longest prefix first.
@@ -99,8 +102,12 @@ impl Backends {
     }
 
     /// The backend `name` (a VM name or a pool prefix) belongs to: the pool with the longest
-    /// prefix it starts with; else the only connected backend; else none.
+    /// prefix it starts with; a stage re-run's clone (`sdci-clone-`, contracts §12) the one
+    /// backend that makes clones (vSphere); else the only connected backend; else none.
     pub fn backend_of(&self, name: &str) -> Option<Backend> {
+        if name.starts_with(CLONE_PREFIX) && self.vsphere.is_some() {
+            return Some(Backend::Vsphere);
+        }
         if let Some((_, b)) = self
             .routes
             .iter()
@@ -212,6 +219,25 @@ impl Hypervisor for Backends {
 
     async fn console(&self, vm: &str) -> HvResult<Option<String>> {
         routed!(self, vm, |c| c.console(vm))
+    }
+
+    /// Only with one backend connected, and as that one says: the claim asks once for every
+    /// pool, so with both connected a libvirt pool's re-run must not count on a clone.
+    fn can_clone(&self) -> bool {
+        match (&self.vsphere, &self.libvirt) {
+            (Some(v), None) => v.can_clone(),
+            (None, Some(l)) => l.can_clone(),
+            _ => false,
+        }
+    }
+
+    async fn clone_from_snapshot(&self, source: &str, snapshot: &str, clone: &str) -> HvResult<()> {
+        routed!(self, source, |c| c
+            .clone_from_snapshot(source, snapshot, clone))
+    }
+
+    async fn destroy_vm(&self, vm: &str) -> HvResult<()> {
+        routed!(self, vm, |c| c.destroy_vm(vm))
     }
 
     async fn prune_snapshots(

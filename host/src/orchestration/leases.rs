@@ -216,6 +216,25 @@ pub async fn renew<H: Hypervisor>(
     Ok(true)
 }
 
+/// Writes `holder`'s lease on `vm` over whatever lease line its note has: only for a VM this
+/// instance has just created for `holder` (a linked clone copies its source's note, whose lease
+/// names the source's job, contracts §12). `Ok(false)`: others kept writing the note.
+pub async fn rewrite<H: Hypervisor>(
+    hv: &H,
+    me: &LeaseOwner,
+    vm: &str,
+    holder: &str,
+) -> Result<bool, VsphereError> {
+    for _ in 0..CAS_TRIES {
+        let note = hv.note(vm).await?;
+        let text = with_lease(&note.text, Some(&me.lease(holder)));
+        if hv.set_note(vm, &text, &note.version).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Removes `holder`'s lease from `vm` (a lease of another holder or instance is left alone).
 pub async fn release<H: Hypervisor>(
     hv: &H,

@@ -44,7 +44,7 @@ use crate::domain::JobState;
 use crate::gateway::GatewayFailure;
 use crate::hub::Stop;
 use crate::joblog::{self, append_log};
-use crate::store::{AfterFailure, Claim, JobRow, LaunchState};
+use crate::store::{AfterFailure, Claim, JobRow, LaunchState, RerunClone};
 use sdci_protocol::job::{AgentJob, JobFile, JobSpec, JOB_FILE_VERSION};
 use sdci_protocol::{Outcome, Secret};
 use sdci_vsphere::{ErrorClass, GuestProgram, Hypervisor, ProcessState, VsphereError};
@@ -263,7 +263,8 @@ impl<H: Hypervisor> Orchestrator<H> {
                 }
                 Err(f) => Err(f),
             };
-            self.conclude(&claim.job, &claim.vm, result).await;
+            self.conclude(&claim.job, &claim.vm, claim.clone.as_ref(), result)
+                .await;
             if let Some(t) = token {
                 self.revoke_later(t);
             }
@@ -281,7 +282,16 @@ impl<H: Hypervisor> Orchestrator<H> {
         launch: LaunchState,
         mut stop: watch::Receiver<Option<Stop>>,
     ) {
-        let vm = job.vm.clone().unwrap_or_default();
+        let slot = job.vm.clone().unwrap_or_default();
+        // The attempt may run on a clone in the slot's stead (contracts §12): that is the VM
+        // to watch, read from the store as the claim recorded it.
+        let clone = self.hub.store.attempt_clone(&job.id).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the attempt's clone");
+            None
+        });
+        let vm = clone
+            .as_ref()
+            .map_or_else(|| slot.clone(), |c| c.name.clone());
         let span = tracing::info_span!("job", job = %job.id, vm = %vm);
         async {
             let end = self.hub.end_signal(&job.id);
@@ -315,7 +325,7 @@ impl<H: Hypervisor> Orchestrator<H> {
                 }
                 (None, None) => Err(Fail::Vm("no launch to re-adopt".into())),
             };
-            self.conclude(&job, &vm, result).await;
+            self.conclude(&job, &slot, clone.as_ref(), result).await;
         }
         .instrument(span)
         .await
@@ -356,17 +366,28 @@ impl<H: Hypervisor> Orchestrator<H> {
         }
     }
 
-    /// Records how the attempt ended, frees the VM and wakes whoever waits.
-    async fn conclude(&self, job: &JobRow, vm: &str, result: Result<(JobState, String), Fail>) {
+    /// Records how the attempt ended, frees the VM and wakes whoever waits. `vm` is the claimed
+    /// VM; an attempt on `clone` has the clone powered off and destroyed first, then `vm` (whose
+    /// slot it took, never powered on) is released as any VM is.
+    async fn conclude(
+        &self,
+        job: &JobRow,
+        vm: &str,
+        clone: Option<&RerunClone>,
+        result: Result<(JobState, String), Fail>,
+    ) {
         let hub = &self.hub;
         let id = job.id.as_str();
+        if let Some(c) = clone {
+            self.discard_clone(job, vm, c).await;
+        }
         let lost = self.lease_lost(id);
         match result {
             Ok((state, note)) => {
                 tracing::info!(state = state.as_str(), %note, "job ended");
                 // A VM kept on for debugging (issue 18): held, out of dispatch, with a TTL; it
                 // keeps its lease line until the hold ends (contracts §9).
-                let hold = self.hold_plan(job, state == JobState::Failure);
+                let hold = self.hold_for(job, state == JobState::Failure);
                 if hold.is_none() {
                     self.release_vm_lease(vm, id).await;
                 }
@@ -690,16 +711,21 @@ impl<H: Hypervisor> Orchestrator<H> {
         let hub = &self.hub;
         let cfg = &hub.cfg;
         let d = &cfg.deadlines;
-        let (vm, id) = (claim.vm.as_str(), claim.job.id.as_str());
+        // The one place the attempt's VM is decided: every guest call below goes to it.
+        let (vm, id) = (claim.runs_on(), claim.job.id.as_str());
         let version = claim.job.version.clone().unwrap_or_default();
         let log_dir = cfg.log_dir();
         if let Err(e) = joblog::begin_attempt(&log_dir, id, claim.attempt) {
             tracing::warn!(error = %e, "keeping the previous attempt's log aside");
         }
+        let on = claim
+            .clone
+            .as_ref()
+            .map_or_else(|| vm.to_owned(), |c| c.describe(&claim.vm));
         let _ = append_log(
             &log_dir,
             id,
-            &format!("=== attempt {} on {vm}\n", claim.attempt),
+            &format!("=== attempt {} on {on}\n", claim.attempt),
         );
         // A matrix scenario's golden snapshot (`[pools.V] scenarios`, issue 20).
         let scenario = match super::matrix::job_cell(hub, id) {
@@ -718,7 +744,11 @@ impl<H: Hypervisor> Orchestrator<H> {
                     .map_err(|e| Fail::Vm(format!("store: {e}")))?
             }
         };
-        self.advance(id, JobState::Booting, &format!("revert {vm} to {snapshot}"))?;
+        let booting = match &claim.clone {
+            None => format!("revert {vm} to {snapshot}"),
+            Some(c) => format!("clone {} of {} to {vm}", c.snapshot, c.source),
+        };
+        self.advance(id, JobState::Booting, &booting)?;
         // The job's token (App mode) is minted while the VM reverts, and before it is powered
         // on: a refused or unavailable gateway costs no boot.
         let mint = async {
@@ -728,7 +758,14 @@ impl<H: Hypervisor> Orchestrator<H> {
             }
         };
         let started = Instant::now();
-        let revert = vm_power::bounded(Phase::Revert, d.revert_secs, self.hv.revert(vm, &snapshot));
+        // On a clone, making it takes the revert's place (and its deadline); it boots the same way.
+        let prepare = async {
+            match &claim.clone {
+                None => self.hv.revert(vm, &snapshot).await,
+                Some(c) => self.make_clone(c, id).await,
+            }
+        };
+        let revert = vm_power::bounded(Phase::Revert, d.revert_secs, prepare);
         let (token, reverted) = tokio::select! {
             r = async { tokio::join!(mint, revert) } => r,
             s = stopped(stop) => return Err(Fail::Stop(s)),
@@ -869,7 +906,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         self.collect_results(vm, &job.id).await;
         // A held VM (issue 18) stays on; `conclude` records the hold once the job has ended.
         let verdict_reached = matches!(code, 0 | 1);
-        if !(verdict_reached && self.hold_plan(job, code == 1).is_some()) {
+        if !(verdict_reached && self.hold_for(job, code == 1).is_some()) {
             let started = Instant::now();
             self.power_off_quietly(vm).await;
             self.hub
@@ -888,6 +925,106 @@ impl<H: Hypervisor> Orchestrator<H> {
                     "sdci-dom0 launch exited {code} (infrastructure)"
                 ))),
             },
+        }
+    }
+
+    /// Creates `c`, a linked clone of the re-run's snapshot, and writes job `id`'s lease in its
+    /// note (copied from the snapshot's VM, it names the origin's job; contracts §9, §12). A
+    /// leftover of an earlier attempt of this job (a restart before the reconciler destroyed it)
+    /// is destroyed first, unless another live instance leased it.
+    async fn make_clone(&self, c: &RerunClone, id: &str) -> Result<(), VsphereError> {
+        match self.hv.vm(&c.name).await {
+            Ok(_) => {
+                if let Some(l) = leases::read(&*self.hv, &c.name).await? {
+                    if l.blocks(&self.owner, crate::now_ms()) {
+                        return Err(VsphereError::Fault {
+                            method: "clone_from_snapshot".into(),
+                            kind: "DuplicateName".into(),
+                            message: format!("{} exists, leased by {}", c.name, l.describe()),
+                        });
+                    }
+                }
+                tracing::warn!(clone = %c.name, "a leftover clone of this job: destroyed first");
+                self.hv.destroy_vm(&c.name).await?;
+            }
+            Err(VsphereError::VmNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let started = Instant::now();
+        self.hv
+            .clone_from_snapshot(&c.source, &c.snapshot, &c.name)
+            .await?;
+        tracing::info!(clone = %c.name, source = %c.source, snapshot = %c.snapshot,
+            ms = started.elapsed().as_millis() as u64, "linked clone made");
+        if !leases::rewrite(&*self.hv, &self.owner, &c.name, id).await? {
+            return Err(VsphereError::Fault {
+                method: "set_note".into(),
+                kind: "ConcurrentAccess".into(),
+                message: format!("the lease on {} could not be written", c.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// The attempt on clone `c` in `slot`'s slot ended: the clone is powered off and destroyed
+    /// (never held: the log says so when a hold was due). A failure leaves it to the
+    /// reconciler, which destroys clones no active job runs on.
+    async fn discard_clone(&self, job: &JobRow, slot: &str, c: &RerunClone) {
+        let hub = &self.hub;
+        let id = job.id.as_str();
+        if self.hold_plan(job, true).is_some() {
+            let _ = append_log(
+                &hub.cfg.log_dir(),
+                id,
+                &format!(
+                    "=== {} is a clone: it is destroyed, never held (a re-run on the \
+                     snapshot's own VM can be)\n",
+                    c.name
+                ),
+            );
+        }
+        self.power_off_quietly(&c.name).await;
+        let secs = hub.cfg.deadlines.shutdown_secs.max(60);
+        let destroyed =
+            tokio::time::timeout(Duration::from_secs(secs), self.hv.destroy_vm(&c.name)).await;
+        let line = match destroyed {
+            Ok(Ok(())) => {
+                tracing::info!(clone = %c.name, "clone destroyed");
+                format!(
+                    "=== {} powered off and destroyed; {slot}'s slot is free again\n",
+                    c.name
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(clone = %c.name, error = %e,
+                    "destroying the clone failed; the reconciler retries");
+                format!(
+                    "=== destroying {} failed ({e}); the reconciler retries\n",
+                    c.name
+                )
+            }
+            Err(_) => {
+                tracing::warn!(clone = %c.name,
+                    "destroying the clone timed out; the reconciler retries");
+                format!(
+                    "=== destroying {} timed out; the reconciler retries\n",
+                    c.name
+                )
+            }
+        };
+        let _ = append_log(&hub.cfg.log_dir(), id, &line);
+    }
+
+    /// The hold plan of job `job` ending (`failed`: a step failed): none for an attempt on a
+    /// clone, which is destroyed at the end (contracts §12).
+    fn hold_for(&self, job: &JobRow, failed: bool) -> Option<super::holds::HoldPlan> {
+        match self.hub.store.attempt_clone(job.id.as_str()) {
+            Ok(None) => self.hold_plan(job, failed),
+            Ok(Some(_)) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the attempt's clone; not held");
+                None
+            }
         }
     }
 

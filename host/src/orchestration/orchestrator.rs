@@ -218,12 +218,14 @@ impl<H: Hypervisor> Orchestrator<H> {
                 let secret = random_hex(32);
                 let (c, rx) = {
                     let _g = hub.vm_decisions.lock().await;
-                    match hub.store.claim(
+                    // A stage re-run may take another VM's slot on a clone (contracts §12).
+                    match hub.store.claim_with(
                         &version,
                         &off,
                         names.len(),
                         &secret,
                         now_ms() + self.job_budget_ms(),
+                        self.hv.can_clone(),
                     ) {
                         // Registered before the lock is released: the reconciler sees it live.
                         Ok(Some(c)) => {

@@ -20,6 +20,8 @@
 //!   one still unposted after many tries raises an alert.
 //! - A pool whose every VM is quarantined raises an alert (cleared when one is back).
 //! - Logs older than `log_retention_days` are deleted.
+//! - A VM named `sdci-clone-*` (a stage re-run's linked clone) that no active job of this store
+//!   runs on is destroyed, unless another live instance leased it (contracts §12).
 //! - The leases of the VMs this process holds are renewed every quarter of
 //!   `jobs.lease_ttl_secs` ([`Orchestrator::lease_loop`]); a lease found taken over stops its
 //!   job without touching the VM.
@@ -79,7 +81,12 @@ impl<H: Hypervisor> Orchestrator<H> {
                 self.restarted(&job, Some(&vm)).await;
                 continue;
             };
-            let vm_state = match self.hv.vm(&vm).await {
+            // A re-run on a clone runs on the clone, not in its slot's VM (contracts §12).
+            let on = match hub.store.attempt_clone(&job.id) {
+                Ok(c) => c.map_or_else(|| vm.clone(), |c| c.name),
+                Err(_) => continue,
+            };
+            let vm_state = match self.hv.vm(&on).await {
                 Ok(info) => Some(info.power),
                 Err(VsphereError::VmNotFound { .. }) => None,
                 Err(e) => {
@@ -90,9 +97,9 @@ impl<H: Hypervisor> Orchestrator<H> {
             };
             if launch.exit.is_none() && vm_state != Some(PowerState::On) {
                 let why = match vm_state {
-                    None => format!("VM {vm} no longer exists (found after a restart)"),
+                    None => format!("VM {on} no longer exists (found after a restart)"),
                     Some(_) => {
-                        format!("VM {vm} was powered off while sdci-dom0 launch ran (found after a restart)")
+                        format!("VM {on} was powered off while sdci-dom0 launch ran (found after a restart)")
                     }
                 };
                 tracing::warn!(job = %job.id, "{why}");
@@ -181,6 +188,7 @@ impl<H: Hypervisor> Orchestrator<H> {
             }
             self.renew_leases().await;
             self.renew_hold_leases().await;
+            self.renew_clone_leases().await;
         }
     }
 
@@ -395,6 +403,8 @@ impl<H: Hypervisor> Orchestrator<H> {
         self.check_quarantine();
         // Provisioned snapshots past their pool's retention (issue 18).
         self.prune_stage_snapshots().await;
+        // Clones of stage re-runs no active job runs on (issue 18, contracts §12).
+        self.destroy_orphan_clones().await;
         // Holds past their time, released, or in the way of queued jobs (issue 18): the holds'
         // loop looks again, woken by the `wake_all` below.
         let keep_ms = (hub.cfg.log_retention_days * 86_400_000) as i64;

@@ -25,14 +25,19 @@
 //! - At most one provisioned snapshot per attempt, only after the last `provision` step
 //!   succeeded, never for a stage re-run; a failure to take it is a line in the job's log and a
 //!   warning, never the job's outcome.
+//! - A re-run on a linked clone (contracts §12) keeps the clone's lease renewed while its job
+//!   lives; the reconciler destroys every `sdci-clone-*` VM no active job of this store runs on
+//!   (listing the VMs before reading the store, and deciding under `vm_decisions` as claims
+//!   do, so a clone being made is never taken for an orphan), unless another live instance
+//!   leased it.
 //! - The retention removes only snapshots named with `domain::stages::SNAPSHOT_PREFIX` (so
 //!   never a golden or rotation snapshot), through `sdci_hypervisor::snapshots::to_prune` with
 //!   every kept snapshot protected, and never one a live re-run uses.
 
-use super::Orchestrator;
+use super::{leases, Orchestrator};
 use crate::domain::stages;
 use crate::joblog::append_log;
-use crate::store::{JobRow, StageSnapshot};
+use crate::store::{JobRow, RerunClone, StageSnapshot};
 use sdci_protocol::job::Step;
 use sdci_protocol::{Event, EventKind};
 use sdci_vsphere::Hypervisor;
@@ -293,6 +298,75 @@ impl<H: Hypervisor> Orchestrator<H> {
         }
     }
 
+    /// Renews the lease in the note of every clone a live job of this process runs on (the
+    /// slot's VM is renewed with the other VMs).
+    pub(super) async fn renew_clone_leases(&self) {
+        let hub = &self.hub;
+        for (job, clone) in hub.store.live_clones().unwrap_or_default() {
+            if !hub.is_live(&job) {
+                continue;
+            }
+            match leases::renew(&*self.hv, &self.owner, &clone, &job).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(%clone, %job, "the clone's lease names someone else"),
+                // Not made yet, or being destroyed: nothing to renew.
+                Err(e) => tracing::debug!(%clone, error = %e, "renewing the clone's lease"),
+            }
+        }
+    }
+
+    /// Destroys every `sdci-clone-*` VM no active job of this store runs on (a host that died
+    /// mid-attempt, a destroy that failed), unless another live instance leased it.
+    pub async fn destroy_orphan_clones(&self) {
+        let hub = &self.hub;
+        if !self.hv.can_clone() {
+            return;
+        }
+        // Listed first: a clone exists only after the claim that names it is in the store.
+        let clones = match self.hv.list_vms(RerunClone::PREFIX).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing clones");
+                return;
+            }
+        };
+        for vm in clones {
+            let _g = hub.vm_decisions.lock().await;
+            let live = match hub.store.live_clones() {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the live clones");
+                    return;
+                }
+            };
+            if live.iter().any(|(_, c)| *c == vm.name) {
+                continue;
+            }
+            match leases::read(&*self.hv, &vm.name).await {
+                Ok(Some(l)) if l.blocks(&self.owner, crate::now_ms()) => {
+                    tracing::debug!(clone = %vm.name, lease = %l.describe(), "another instance's clone");
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(clone = %vm.name, error = %e, "cannot read the clone's lease; left this tick");
+                    continue;
+                }
+            }
+            tracing::warn!(clone = %vm.name, "a clone no active job runs on: destroying it");
+            let secs = hub.cfg.deadlines.shutdown_secs.max(60);
+            match tokio::time::timeout(Duration::from_secs(secs), self.hv.destroy_vm(&vm.name))
+                .await
+            {
+                Ok(Ok(())) => tracing::info!(clone = %vm.name, "orphan clone destroyed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(clone = %vm.name, error = %e, "destroying an orphan clone; next tick")
+                }
+                Err(_) => tracing::warn!(clone = %vm.name, "destroying an orphan clone timed out"),
+            }
+        }
+    }
+
     /// The retention of provisioned snapshots, per pool (`stage_snapshots_max`,
     /// `stage_snapshots_max_age_hours`): what `to_prune` removes on each VM, every kept one
     /// protected. Run by the reconciler; VMs another instance leased are left alone.
@@ -378,6 +452,9 @@ pub struct StagesReport {
     pub reruns: Vec<String>,
     /// Its VM, held after the job for debugging (`orchestration::holds`).
     pub hold: Option<crate::store::Hold>,
+    /// Its current attempt runs on a linked clone (contracts §12): the clone, described with the
+    /// snapshot, its VM and the slot it took.
+    pub on_clone: Option<String>,
 }
 
 impl StagesReport {
@@ -393,6 +470,8 @@ impl StagesReport {
         if of_steps.is_empty() && origin.is_none() && hold.is_none() {
             return Ok(None);
         }
+        let slot = store.job(id)?.and_then(|j| j.vm).unwrap_or_default();
+        let on_clone = store.attempt_clone(id)?.map(|c| c.describe(&slot));
         let snap_of = origin.as_ref().map_or(id, |(o, _)| o.as_str());
         Ok(Some(Self {
             of_steps,
@@ -400,6 +479,7 @@ impl StagesReport {
             origin,
             reruns: store.reruns_of(id)?,
             hold,
+            on_clone,
         }))
     }
 
@@ -415,6 +495,9 @@ impl StagesReport {
             parts.push(format!(
                 "Re-run of job `{o}` from stage **{from}**, on its provisioned snapshot."
             ));
+        }
+        if let Some(c) = &self.on_clone {
+            parts.push(format!("Runs on {c}."));
         }
         if !self.reruns.is_empty() {
             let list: Vec<String> = self.reruns.iter().map(|r| format!("`{r}`")).collect();

@@ -71,7 +71,7 @@ pub use ingest::{Delivery, ForkApproval, Ingest, IngestWriter};
 pub use jobs::{JobRow, NewJob, Transition};
 pub use outbox::{NotifyCounts, NotifyState, PendingStatus, PostState, StatusRow};
 pub use pages::{AttemptRow, JobFilter, JobPage, PoolVm, QueueSpot, StepRow, MAX_PAGE};
-pub use stages::{Hold, RerunFrom, RerunLink, StageSnapshot};
+pub use stages::{Hold, RerunClone, RerunFrom, RerunLink, StageSnapshot};
 pub use test_results::{HistoryRow, ResultFile, ResultSet, TestRow};
 pub use vms::{Claim, RotationRun, VmRow};
 

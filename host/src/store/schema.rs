@@ -317,6 +317,14 @@ CREATE TABLE scenario_snapshots (
     PRIMARY KEY (version, scenario)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- 13: a stage re-run's attempt on a linked clone of its snapshot (issue 18, contracts §12): the
+-- clone it runs on, the VM holding the snapshot and the snapshot; `attempts.vm` is the VM whose
+-- slot it takes (leased, kept off). NULL: the attempt ran on `attempts.vm` itself.
+ALTER TABLE attempts ADD COLUMN clone_vm TEXT;
+ALTER TABLE attempts ADD COLUMN clone_source TEXT;
+ALTER TABLE attempts ADD COLUMN clone_snapshot TEXT;
+"#,
 ];
 
 /// Refuses a database whose schema is not exactly this binary's, without changing it (the CLI:

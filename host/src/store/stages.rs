@@ -9,8 +9,12 @@
 //!   otherwise [`RerunFrom::NoSnapshot`] says why (the caller offers a full run).
 //! - A snapshot is *in use* while a job re-running from it is not terminal; the retention
 //!   ([`Store::stage_snapshots_to_keep`]) always keeps those, and the newest per branch.
-//! - A stage re-run is claimed only on the VM that holds its snapshot (vSphere and libvirt
-//!   snapshots belong to one VM): `pinned_vm`, read by the claim in `vms`.
+//! - A stage re-run is claimed on the VM that holds its snapshot (vSphere and libvirt
+//!   snapshots belong to one VM) when that VM is free: `pinned_rerun`, read by the claim in
+//!   `vms`. When it is not and the hypervisor can clone, the claim takes another free VM's
+//!   slot and records the attempt's [`RerunClone`] (`attempts.clone_*`, contracts §12).
+//! - An attempt's clone is named [`RerunClone::name_for`] its job: a VM with that prefix that
+//!   no active job's current attempt runs on is an orphan ([`Store::live_clones`]).
 //! - A held VM has `vms.job_id` = its ended job, so no claim takes it and the reconciler
 //!   (which treats a VM with a job as leased) never powers it off as a stray; the hold's row
 //!   survives a restart with the rest of the store.
@@ -56,6 +60,37 @@ pub struct RerunLink {
     pub vm: String,
 }
 
+/// The linked clone a stage re-run's attempt runs on, in the slot of the VM it claimed
+/// (contracts §12).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RerunClone {
+    /// The clone, `sdci-clone-<job id>`.
+    pub name: String,
+    /// The VM holding the snapshot (busy or held when the attempt was claimed).
+    pub source: String,
+    /// The provisioned snapshot it is a linked clone of.
+    pub snapshot: String,
+}
+
+impl RerunClone {
+    /// What every clone's name starts with.
+    pub const PREFIX: &'static str = "sdci-clone-";
+
+    /// The clone's name for job `job_id`.
+    pub fn name_for(job_id: &str) -> String {
+        format!("{}{job_id}", Self::PREFIX)
+    }
+
+    /// For people: `sdci-clone-<id> (a linked clone of <snapshot> of <source>, in <slot>'s
+    /// slot)`.
+    pub fn describe(&self, slot: &str) -> String {
+        format!(
+            "{} (a linked clone of {} of {}, in {slot}'s slot)",
+            self.name, self.snapshot, self.source
+        )
+    }
+}
+
 /// A held VM.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Hold {
@@ -97,15 +132,34 @@ fn hold_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Hold> {
 
 const HOLD_COLS: &str = "vm, job_id, who, automatic, until_ms, created_ms, console";
 
-/// The VM a queued job must run on (a stage re-run), if any.
-pub(super) fn pinned_vm(tx: &Connection, job_id: &str) -> rusqlite::Result<Option<String>> {
+/// A stage re-run's (VM holding its snapshot, snapshot), if job `job_id` is one.
+pub(super) fn pinned_rerun(
+    tx: &Connection,
+    job_id: &str,
+) -> rusqlite::Result<Option<(String, String)>> {
     qrow(
         tx,
-        "SELECT vm FROM stage_reruns WHERE job_id = ?1",
+        "SELECT vm, snapshot FROM stage_reruns WHERE job_id = ?1",
         params![job_id],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )
     .optional()
+}
+
+/// Records that attempt `attempt` of job `job_id` runs on `clone` (its row exists).
+pub(super) fn record_clone(
+    tx: &Connection,
+    job_id: &str,
+    attempt: u32,
+    clone: &RerunClone,
+) -> rusqlite::Result<()> {
+    exec(
+        tx,
+        "UPDATE attempts SET clone_vm = ?1, clone_source = ?2, clone_snapshot = ?3 \
+         WHERE job_id = ?4 AND attempt = ?5",
+        params![clone.name, clone.source, clone.snapshot, job_id, attempt],
+    )
+    .map(drop)
 }
 
 impl Store {
@@ -343,6 +397,43 @@ impl Store {
                 },
             )
             .optional()
+        })
+    }
+
+    /// The clone job `id`'s current attempt runs on, if it runs on one (contracts §12).
+    pub fn attempt_clone(&self, id: &str) -> Result<Option<RerunClone>> {
+        self.with(|c| {
+            qrow(
+                c,
+                "SELECT a.clone_vm, a.clone_source, a.clone_snapshot FROM attempts a \
+                 JOIN jobs j ON j.id = a.job_id AND a.attempt = j.attempts \
+                 WHERE a.job_id = ?1 AND a.clone_vm IS NOT NULL",
+                params![id],
+                |r| {
+                    Ok(RerunClone {
+                        name: r.get(0)?,
+                        source: r.get(1)?,
+                        snapshot: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// (job, clone) of every active job whose current attempt runs on a clone: the clones the
+    /// reconciler keeps (any other `sdci-clone-*` VM of this instance is an orphan).
+    pub fn live_clones(&self) -> Result<Vec<(String, String)>> {
+        self.with(|c| {
+            qrows(
+                c,
+                "SELECT j.id, a.clone_vm FROM jobs j JOIN attempts a \
+                 ON a.job_id = j.id AND a.attempt = j.attempts \
+                 WHERE a.clone_vm IS NOT NULL \
+                 AND j.state IN ('assigned','booting','running','finishing') ORDER BY j.seq",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
     }
 

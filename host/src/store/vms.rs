@@ -8,11 +8,15 @@
 //! - A job claims a VM only if the hypervisor just reported it off, no lease holds it, it is not
 //!   quarantined and no running rotation has reserved it (`vms.reserved_by`); FIFO by `jobs.seq`;
 //!   never a VM the job already failed on while the pool has untried VMs left.
+//! - A stage re-run takes the VM holding its snapshot when it is free; else, only when the caller
+//!   says the hypervisor can clone, another free VM's *slot* (leased to it like any claim, kept
+//!   off) with the clone it runs on recorded on the attempt; else it waits (contracts §12).
 //! - A rotation's reservation counts only while the rotation runs (not ended, within its
 //!   deadline); the leases of a rotation whose process died or whose deadline passed are
 //!   released by [`Store::release_stale_rotations`].
 
 use super::jobs::{job_from_row, transition, JobRow, JOB_COLS};
+use super::stages::{pinned_rerun, record_clone, RerunClone};
 use super::{exec, qrow, qrows, sha256_hex, Store};
 use crate::{now_ms, HostError, Result};
 use rusqlite::{params, OptionalExtension};
@@ -22,8 +26,18 @@ use std::path::Path;
 #[derive(Debug, Clone)]
 pub struct Claim {
     pub job: JobRow,
+    /// The VM leased to the job (on a clone: the VM whose slot it takes, kept off).
     pub vm: String,
     pub attempt: u32,
+    /// A stage re-run whose snapshot's VM was busy: the linked clone it runs on instead.
+    pub clone: Option<RerunClone>,
+}
+
+impl Claim {
+    /// The VM the attempt runs on: the clone, if it has one, else the claimed VM.
+    pub fn runs_on(&self) -> &str {
+        self.clone.as_ref().map_or(&self.vm, |c| &c.name)
+    }
 }
 
 /// A VM as the store knows it.
@@ -151,7 +165,8 @@ impl Store {
     /// is taken only from that list, and only if no job holds it, it is not quarantined and no
     /// running rotation has reserved it (`vms.reserved_by`, see `rotation`). A job
     /// is not given a VM it already failed on while it has untried VMs left in the pool.
-    /// `event_secret` is stored hashed for the attempt's event stream.
+    /// `event_secret` is stored hashed for the attempt's event stream. No clones: see
+    /// [`Store::claim_with`].
     pub fn claim(
         &self,
         version: &str,
@@ -159,6 +174,30 @@ impl Store {
         pool_size: usize,
         event_secret: &str,
         job_deadline_ms: i64,
+    ) -> Result<Option<Claim>> {
+        self.claim_with(
+            version,
+            powered_off,
+            pool_size,
+            event_secret,
+            job_deadline_ms,
+            false,
+        )
+    }
+
+    /// [`Store::claim`], where `clones` says whether the hypervisor can run a stage re-run on a
+    /// linked clone of its snapshot (`Hypervisor::can_clone`; the store knows no hypervisor). A
+    /// re-run whose snapshot's VM is free takes that VM; otherwise, with `clones`, it takes the
+    /// slot of any other free VM (the claim records the clone, contracts §12), and without, it
+    /// waits for the snapshot's VM.
+    pub fn claim_with(
+        &self,
+        version: &str,
+        powered_off: &[String],
+        pool_size: usize,
+        event_secret: &str,
+        job_deadline_ms: i64,
+        clones: bool,
     ) -> Result<Option<Claim>> {
         self.tx(|tx| {
             let mut free: Vec<String> = Vec::new();
@@ -198,15 +237,26 @@ impl Store {
                     params![job.id.as_str()],
                     |r| r.get(0),
                 )?;
-                let untried = free.iter().find(|v| !failed.contains(v));
-                // A stage re-run runs only on the VM holding its snapshot (issue 18).
-                let pinned = super::stages::pinned_vm(tx, job.id.as_str())?;
-                let vm = match (untried, pinned) {
-                    (_, Some(p)) if free.contains(&p) => p,
-                    (_, Some(_)) => continue,
-                    (Some(v), None) => v.clone(),
+                let slot = match free.iter().find(|v| !failed.contains(v)) {
+                    Some(v) => Some(v.clone()),
                     // Every pool VM was tried: any free one will do.
-                    (None, None) if failed.len() >= pool_size => free[0].clone(),
+                    None if failed.len() >= pool_size => Some(free[0].clone()),
+                    None => None,
+                };
+                // A stage re-run runs on the VM holding its snapshot, or in another VM's slot
+                // on a linked clone of it (issue 18, contracts §12).
+                let (vm, clone) = match (pinned_rerun(tx, job.id.as_str())?, slot) {
+                    (Some((p, _)), _) if free.contains(&p) => (p, None),
+                    (Some((source, snapshot)), Some(v)) if clones => (
+                        v,
+                        Some(RerunClone {
+                            name: RerunClone::name_for(job.id.as_str()),
+                            source,
+                            snapshot,
+                        }),
+                    ),
+                    (Some(_), _) => continue,
+                    (None, Some(v)) => (v, None),
                     (None, None) => continue,
                 };
                 let now = now_ms();
@@ -232,12 +282,16 @@ impl Store {
                     "INSERT INTO attempts (job_id, attempt, vm, started_ms) VALUES (?1, ?2, ?3, ?4)",
                     params![job.id.as_str(), attempt, vm, now],
                 )?;
+                if let Some(c) = &clone {
+                    record_clone(tx, job.id.as_str(), attempt, c)?;
+                }
+                let on = clone.as_ref().map_or_else(|| vm.clone(), |c| c.describe(&vm));
                 transition(
                     tx,
                     &job.id,
                     Some("queued"),
                     "assigned",
-                    Some(&format!("attempt {attempt} on {vm}")),
+                    Some(&format!("attempt {attempt} on {on}")),
                     now,
                 )?;
                 let job = qrow(tx,
@@ -245,7 +299,12 @@ impl Store {
                     params![job.id.as_str()],
                     job_from_row,
                 )?;
-                return Ok(Some(Claim { job, vm, attempt }));
+                return Ok(Some(Claim {
+                    job,
+                    vm,
+                    attempt,
+                    clone,
+                }));
             }
             Ok(None)
         })

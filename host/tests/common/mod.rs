@@ -289,6 +289,14 @@ pub struct MemoryHv {
     pub changed: Notify,
     /// (VM, snapshot) taken with memory: a revert to one comes back powered on (issue 18).
     pub memory_snapshots: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Whether it can make linked clones (`can_clone`; off unless a test turns it on).
+    pub clones: std::sync::atomic::AtomicBool,
+    /// Every VM `destroy_vm` removed, in order.
+    pub destroyed: Mutex<Vec<String>>,
+    /// job id → the VM its `sdci-dom0` program was started on.
+    pub started_on: Mutex<HashMap<String, String>>,
+    /// The most VMs (clones included) that were ever powered on at once.
+    pub max_on: Mutex<usize>,
 }
 
 impl MemoryHv {
@@ -328,6 +336,16 @@ impl MemoryHv {
         self.vms.lock().unwrap()[vm].power
     }
 
+    /// Whether VM `vm` exists (a clone until it is destroyed).
+    pub fn exists(&self, vm: &str) -> bool {
+        self.vms.lock().unwrap().contains_key(vm)
+    }
+
+    /// The VM job `job`'s `sdci-dom0` program was started on.
+    pub fn started_on(&self, job: &str) -> Option<String> {
+        self.started_on.lock().unwrap().get(job).cloned()
+    }
+
     fn info(name: &str, vm: &MemVm) -> VmInfo {
         VmInfo {
             name: name.to_owned(),
@@ -345,6 +363,9 @@ impl MemoryHv {
             .get_mut(vm)
             .ok_or(VsphereError::VmNotFound { name: vm.into() })?;
         v.power = p;
+        let on = vms.values().filter(|v| v.power == PowerState::On).count();
+        let mut max = self.max_on.lock().unwrap();
+        *max = (*max).max(on);
         Ok(())
     }
 }
@@ -434,8 +455,12 @@ impl Hypervisor for MemoryHv {
     async fn power_off(&self, vm: &str) -> R<()> {
         self.set_power(vm, PowerState::Off)
     }
-    async fn start_program(&self, _vm: &str, _a: &GuestAuth, p: &GuestProgram) -> R<i64> {
+    async fn start_program(&self, vm: &str, _a: &GuestAuth, p: &GuestProgram) -> R<i64> {
         let job = p.arguments.split('/').nth(2).unwrap_or_default().to_owned();
+        self.started_on
+            .lock()
+            .unwrap()
+            .insert(job.clone(), vm.to_owned());
         let mut next = self.next_pid.lock().unwrap();
         *next += 1;
         self.procs.lock().unwrap().insert(*next, (job, None));
@@ -488,6 +513,49 @@ impl Hypervisor for MemoryHv {
     }
     async fn download(&self, _vm: &str, _a: &GuestAuth, p: &str) -> R<Vec<u8>> {
         Ok(format!("dom0 log from {p}\n").into_bytes())
+    }
+    fn can_clone(&self) -> bool {
+        self.clones.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// A clone of a memory snapshot, powered off; `power_on` resumes it. Refused like the
+    /// default when clones are off.
+    async fn clone_from_snapshot(&self, source: &str, snapshot: &str, clone: &str) -> R<()> {
+        if !self.can_clone() {
+            return Err(VsphereError::Fault {
+                method: "clone_from_snapshot".into(),
+                kind: "NotSupported".into(),
+                message: clone.into(),
+            });
+        }
+        let memory = (source.to_owned(), snapshot.to_owned());
+        if !self.memory_snapshots.lock().unwrap().contains(&memory) {
+            return Err(VsphereError::SnapshotNotFound {
+                vm: source.into(),
+                snapshot: snapshot.into(),
+            });
+        }
+        let mut vms = self.vms.lock().unwrap();
+        if vms.contains_key(clone) {
+            return Err(VsphereError::Fault {
+                method: "CloneVM_Task".into(),
+                kind: "DuplicateName".into(),
+                message: clone.into(),
+            });
+        }
+        vms.insert(
+            clone.to_owned(),
+            MemVm {
+                power: PowerState::Off,
+                pids: vec![],
+            },
+        );
+        Ok(())
+    }
+    async fn destroy_vm(&self, vm: &str) -> R<()> {
+        if self.vms.lock().unwrap().remove(vm).is_some() {
+            self.destroyed.lock().unwrap().push(vm.to_owned());
+        }
+        Ok(())
     }
 }
 

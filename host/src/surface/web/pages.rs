@@ -225,6 +225,7 @@ fn stage_facts(d: &JobDetail) -> Markup {
         @if let Some((o, from)) = &st.origin {
             dt { "Re-run of" } dd.rerunof { a href={ "/jobs/" (o) } { code { (o) } } " from stage " (from) " (its provisioned snapshot)" }
         }
+        @if let Some(c) = &st.on_clone { dt { "Runs on" } dd.clone { (c) } }
         @if !st.reruns.is_empty() {
             dt { "Re-runs" } dd.reruns { @for r in &st.reruns { a href={ "/jobs/" (r) } { code { (r) } } " " } }
         }
