@@ -566,6 +566,74 @@ mod tests {
         assert!(s.claim("4.2", &off, 1, "s", i64::MAX).unwrap().is_some());
     }
 
+    /// A finished job with its provisioned snapshot on VM `a`, and a queued re-run of it.
+    fn rerun_of_a_snapshot_on_a(s: &Store) -> (String, String) {
+        s.register_vms("4.2", &["a".into(), "b".into()]).unwrap();
+        let origin = s.insert_job(&job('1', "main")).unwrap().to_string();
+        s.finish(&origin, crate::domain::JobState::Success, "passed", true)
+            .unwrap();
+        let snapshot = crate::domain::stages::snapshot_name(&origin);
+        s.record_stage_snapshot(&crate::store::StageSnapshot {
+            job_id: origin.clone(),
+            vm: "a".into(),
+            version: "4.2".into(),
+            branch: Some("main".into()),
+            name: snapshot.clone(),
+            created_ms: 1,
+            bytes: None,
+        })
+        .unwrap();
+        let rerun = match s.rerun_from(None, &origin, "test", "test").unwrap() {
+            crate::store::RerunFrom::Created(id) => id.to_string(),
+            other => panic!("{other:?}"),
+        };
+        (rerun, snapshot)
+    }
+
+    #[test]
+    fn a_rerun_whose_snapshots_vm_is_busy_takes_another_vms_slot_on_a_clone_only_if_clones_are_allowed(
+    ) {
+        let (_d, s) = open();
+        let (rerun, snapshot) = rerun_of_a_snapshot_on_a(&s);
+        let only_b = ["b".to_string()];
+        assert!(
+            s.claim_with("4.2", &only_b, 2, "s", i64::MAX, false)
+                .unwrap()
+                .is_none(),
+            "without clones the re-run waits for a"
+        );
+        let c = s
+            .claim_with("4.2", &only_b, 2, "s", i64::MAX, true)
+            .unwrap()
+            .unwrap();
+        let clone = RerunClone {
+            name: format!("sdci-clone-{rerun}"),
+            source: "a".into(),
+            snapshot,
+        };
+        assert_eq!((c.job.id.as_str(), c.vm.as_str()), (rerun.as_str(), "b"));
+        assert_eq!(c.clone.as_ref(), Some(&clone));
+        assert_eq!(c.runs_on(), clone.name);
+        assert_eq!(s.attempt_clone(&rerun).unwrap(), Some(clone.clone()));
+        assert_eq!(s.live_clones().unwrap(), vec![(rerun.clone(), clone.name)]);
+        assert_eq!(s.vms().unwrap()[1].job_id.as_deref(), Some(rerun.as_str()));
+    }
+
+    #[test]
+    fn a_rerun_whose_snapshots_vm_is_free_takes_that_vm_without_a_clone() {
+        let (_d, s) = open();
+        let (rerun, _) = rerun_of_a_snapshot_on_a(&s);
+        let both = ["b".to_string(), "a".to_string()];
+        let c = s
+            .claim_with("4.2", &both, 2, "s", i64::MAX, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.job.id.as_str(), c.vm.as_str()), (rerun.as_str(), "a"));
+        assert_eq!(c.clone, None);
+        assert_eq!(s.attempt_clone(&rerun).unwrap(), None);
+        assert!(s.live_clones().unwrap().is_empty());
+    }
+
     #[test]
     fn a_vm_is_claimed_by_one_job_only() {
         let (_d, s) = open();
