@@ -83,10 +83,12 @@ pub trait Hypervisor: Send + Sync + 'static {
     }
     /// Creates VM `clone` as a *linked* clone of snapshot `snapshot` of VM `source` (a child
     /// disk over the snapshot's disks, nothing copied), in the source's folder, resource pool
-    /// and datastore, powered off, with the snapshot's memory when it has one (vSphere:
+    /// and datastore, not running, with the snapshot's memory when it has one (vSphere:
     /// `CloneVM_Task` with `snapshot`, `location.diskMoveType = createNewChildDiskBacking`,
-    /// `memory = true`, `powerOn = false`), so that [`Hypervisor::power_on`] resumes it where the
-    /// snapshot was taken. The source is not touched and may be running. A VM named `clone`
+    /// `memory = true`, `powerOn = false`; a clone of a memory snapshot is *suspended*, one of a
+    /// snapshot without memory powered off), so that [`Hypervisor::power_on`] resumes it where
+    /// the snapshot was taken (or boots it). On vSphere a memory clone loses its network
+    /// adapters (other than ones with a manual MAC address). The source is not touched and may be running. A VM named `clone`
     /// that already exists is an error. The default: unsupported (`VIR_ERR_NO_SUPPORT`-like
     /// `Fault` of kind `NotSupported`), see [`Hypervisor::can_clone`].
     fn clone_from_snapshot(
