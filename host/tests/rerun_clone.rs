@@ -4,12 +4,15 @@
 //! `sdci-clone-<id>`, never powering on more VMs than the pool has, and the clone is destroyed
 //! whatever the end (success, failure, cancel); with the snapshot's VM free no clone is made; a
 //! backend without clones waits for the snapshot's VM; the reconciler destroys an orphan clone;
-//! a host restart mid-re-run re-adopts the attempt on its clone.
+//! a host restart mid-re-run re-adopts the attempt on its clone. On the govmomi simulator
+//! through the real client: the reconciler keeps a clone another live instance leased and
+//! destroys an abandoned one.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use common::sim;
 use common::*;
 use sdci_host::domain::JobState;
 use sdci_host::server::Parts;
@@ -290,4 +293,58 @@ async fn a_host_restart_mid_rerun_readopts_the_attempt_on_its_clone() {
     assert_eq!(ended.state, JobState::Success);
     eventually("B is free again", || b_is_free(&host)).await;
     assert!(!hv.exists(&clone), "destroyed at the end");
+}
+
+#[tokio::test]
+async fn on_vsphere_the_reconciler_keeps_a_clone_another_live_instance_leased_and_destroys_an_abandoned_one(
+) {
+    use sdci_host::orchestration::Orchestrator;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim::start_sim(&[A], &dir.path().join("ctl"));
+    let extra = sim::sim_toml(&sim, dir.path(), "");
+    let text = config_text(dir.path(), "127.0.0.1:0", &extra);
+    let cfg = sdci_host::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+    let hv = Arc::new(
+        sdci_vsphere::VsphereClient::connect(cfg.vsphere.client_config().unwrap())
+            .await
+            .unwrap(),
+    );
+    assert!(hv.can_clone(), "the simulator is a vCenter");
+    // Two clones of a memory snapshot of A, as two instances' re-runs left them.
+    hv.power_on(A).await.unwrap();
+    hv.wait_guest_ready(A, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let snapshot = "sdci-job-x-provisioned";
+    hv.create_memory_snapshot(A, snapshot, "").await.unwrap();
+    hv.power_off(A).await.unwrap();
+    let (fresh, abandoned) = ("sdci-clone-fresh-1", "sdci-clone-abandoned-1");
+    let now = sdci_host::now_ms();
+    for (clone, renewed) in [(fresh, now), (abandoned, now - 3_600_000)] {
+        hv.clone_from_snapshot(A, snapshot, clone).await.unwrap();
+        let note = hv.note(clone).await.unwrap();
+        let lease = format!(
+            "sdci-lease: instance=ffffffffffffffff job=other-1 renewed={renewed} ttl=900 host=elsewhere"
+        );
+        assert!(hv.set_note(clone, &lease, &note.version).await.unwrap());
+    }
+
+    // No reconciler of its own: one pass, by hand.
+    let host = start(dir.path(), &extra, hv.clone(), Parts::HTTP_ONLY).await;
+    let auth = sdci_host::server::guest_auth(&host.hub.cfg).unwrap();
+    let orch = Orchestrator::new(host.hub.clone(), hv.clone(), auth);
+    orch.destroy_orphan_clones().await;
+    let left: Vec<String> = hv
+        .list_vms(RerunClone::PREFIX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(
+        left,
+        vec![fresh.to_owned()],
+        "the other instance's live clone stays, the abandoned one is destroyed"
+    );
+    assert!(hv.vm(A).await.is_ok(), "the snapshot's VM is untouched");
 }
