@@ -2,7 +2,8 @@
 //! with the in-memory hypervisor (scheduler logic: which VM, which slot, what is made and
 //! destroyed when): with the snapshot's VM busy the re-run takes the other VM's slot and runs on
 //! `sdci-clone-<id>`, never powering on more VMs than the pool has, and the clone is destroyed
-//! whatever the end (success, failure, cancel); with the snapshot's VM free no clone is made; a
+//! whatever the end (success, failure, cancel) and never held; with the snapshot's VM free no
+//! clone is made; a
 //! backend without clones waits for the snapshot's VM; the reconciler destroys an orphan clone;
 //! a host restart mid-re-run re-adopts the attempt on its clone. On the govmomi simulator
 //! through the real client: the reconciler keeps a clone another live instance leased and
@@ -347,4 +348,32 @@ async fn on_vsphere_the_reconciler_keeps_a_clone_another_live_instance_leased_an
         "the other instance's live clone stays, the abandoned one is destroyed"
     );
     assert!(hv.vm(A).await.is_ok(), "the snapshot's VM is untouched");
+}
+
+#[tokio::test]
+async fn a_rerun_on_a_clone_is_never_held_the_clone_is_destroyed_and_the_log_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = pool(true);
+    let pool_toml = "[pools.\"4.2\"]\nprefix = \"Qubes_4.2_\"\ngolden_snapshot = \"golden\"\n\
+                     hold_on_failure = \"failure\"\nhold_secs = 600\n\
+                     [jobs]\npoll_interval_ms = 20\n";
+    let host = start(dir.path(), pool_toml, hv.clone(), Parts::ALL).await;
+    let (rerun, clone) = rerun_on_a_clone(&host, &hv).await;
+    hv.release(&rerun, 1);
+    let ended = job_ended(&host, "the re-run fails", &rerun).await;
+    assert_eq!(ended.state, JobState::Failure);
+    eventually("B is free again", || b_is_free(&host)).await;
+    assert!(
+        !hv.exists(&clone),
+        "a failed re-run's clone is destroyed, not held"
+    );
+    assert!(host.hub.store.hold_of_job(&rerun).unwrap().is_none());
+    assert_eq!(hv.power(B), PowerState::Off);
+    let log = log_of(&host, &rerun);
+    assert!(
+        log.contains(&format!(
+            "=== {clone} is a clone: it is destroyed, never held"
+        )),
+        "{log}"
+    );
 }

@@ -189,6 +189,15 @@ fn with_the_snapshots_vm_busy_rerun_tests_runs_on_a_linked_clone_in_the_other_vm
         page.contains(&clone) && page.contains("a linked clone of"),
         "{page}"
     );
+    let runs = w.github().check_runs(sdci_tests::world::REPO, &sha);
+    let said = format!("Runs on {shown}.");
+    assert!(
+        runs.iter().any(|r| r.output.as_ref().is_some_and(|o| {
+            o.text.as_deref().unwrap_or("").contains(&said)
+                || o.summary.as_deref().unwrap_or("").contains(&said)
+        })),
+        "no check run says {said:?}: {runs:#?}"
+    );
     let on_clone = line_ms(&log2, "make-test: ").unwrap() - r2_asked;
     // Its own status, beside the origin's and the first re-run's.
     let statuses = w.statuses(&sha);
