@@ -3,11 +3,10 @@
 //! destroyed when): with the snapshot's VM busy the re-run takes the other VM's slot and runs on
 //! `sdci-clone-<id>`, never powering on more VMs than the pool has, and the clone is destroyed
 //! whatever the end (success, failure, cancel) and never held; with the snapshot's VM free no
-//! clone is made; a
-//! backend without clones waits for the snapshot's VM; the reconciler destroys an orphan clone;
-//! a host restart mid-re-run re-adopts the attempt on its clone. On the govmomi simulator
-//! through the real client: the reconciler keeps a clone another live instance leased and
-//! destroys an abandoned one.
+//! clone is made; a backend without clones waits for the snapshot's VM; the reconciler destroys
+//! an orphan clone; a host restart mid-re-run re-adopts the attempt on its clone. On the govmomi
+//! simulator through the real client: the reconciler keeps a clone another live instance
+//! leased and destroys an abandoned one.
 
 #![allow(clippy::unwrap_used)]
 
