@@ -379,7 +379,10 @@ impl<H: Hypervisor> Orchestrator<H> {
         let hub = &self.hub;
         let id = job.id.as_str();
         if let Some(c) = clone {
-            self.discard_clone(job, vm, c).await;
+            // A verdict that would hold a VM: the clone is not (the log says so).
+            let hold_due = matches!(&result,
+                Ok((s, _)) if self.hold_plan(job, *s == JobState::Failure).is_some());
+            self.discard_clone(job, vm, c, hold_due).await;
         }
         let lost = self.lease_lost(id);
         match result {
@@ -967,12 +970,12 @@ impl<H: Hypervisor> Orchestrator<H> {
     }
 
     /// The attempt on clone `c` in `slot`'s slot ended: the clone is powered off and destroyed
-    /// (never held: the log says so when a hold was due). A failure leaves it to the
-    /// reconciler, which destroys clones no active job runs on.
-    async fn discard_clone(&self, job: &JobRow, slot: &str, c: &RerunClone) {
+    /// (never held: the log says so when `hold_due`). A failure leaves it to the reconciler,
+    /// which destroys clones no active job runs on.
+    async fn discard_clone(&self, job: &JobRow, slot: &str, c: &RerunClone, hold_due: bool) {
         let hub = &self.hub;
         let id = job.id.as_str();
-        if self.hold_plan(job, true).is_some() {
+        if hold_due {
             let _ = append_log(
                 &hub.cfg.log_dir(),
                 id,
