@@ -415,7 +415,7 @@ async fn a_memory_snapshot_of_a_running_guest_reverts_running_where_it_was_and_r
 
     // From the running guest: running again at once (not paused, not off), where it was, once
     // the snapshot's clock is well behind the host's.
-    let behind = Duration::from_secs(8);
+    let behind = Duration::from_secs(5);
     tokio::time::sleep(behind.saturating_sub(snapshot_taken.elapsed())).await;
     let t = Instant::now();
     c.revert(A, SNAP).await.unwrap();
