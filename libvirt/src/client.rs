@@ -824,13 +824,14 @@ impl Hypervisor for LibvirtClient {
     /// libvirt's internal snapshot of a running domain (flags 0) is a full system checkpoint:
     /// QEMU's `savevm` pauses the guest for the moment it writes the memory and device state
     /// into the first qcow2 disk next to every disk's internal snapshot, then lets it go on
-    /// (about 0.3 s for the 256 MiB test guest under TCG). A revert with flags 0 returns the
+    /// (0.1–0.4 s for the 256 MiB test guest under TCG). A revert with flags 0 returns the
     /// domain to the state it was taken in, `running`: with the memory loaded into the running
     /// QEMU, or into a new one when the domain is off, and the CPUs resumed; so
     /// `VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING` is not needed (`real_libvirt.rs` checks both
     /// cases). The trait's default would take that too; this one says
     /// `<memory snapshot='internal'/>`, so that a domain which is not running is refused
-    /// (`VIR_ERR_…`) instead of getting a disk-only snapshot that reverts powered off.
+    /// (libvirt 9.0: `VIR_ERR_XML_ERROR`, "memory state cannot be saved with offline or
+    /// disk-only snapshot") instead of getting a disk-only snapshot that reverts powered off.
     async fn create_memory_snapshot(&self, vm: &str, name: &str, description: &str) -> Result<()> {
         let (i, dom) = self.locate(vm).await?;
         let mut e = Enc::new();
