@@ -325,7 +325,7 @@ async fn a_libvirtd_restart_mid_job_is_ridden_out_and_the_exit_code_still_arrive
 /// once from a powered-off one (the re-run's usual case) — comes back running where it was (the
 /// same boot, the program still running, its agent answering within seconds, its clock the
 /// host's again), with what was written before the snapshot and without what was written or
-/// started after it. Its size is the memory state it holds.
+/// started after it. Its size is the memory state it holds; removing it leaves the guest running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_snapshot_of_a_running_guest_reverts_running_where_it_was_and_reports_its_size() {
     const SNAP: &str = "sdci-job-1-provisioned";
@@ -362,12 +362,24 @@ async fn a_memory_snapshot_of_a_running_guest_reverts_running_where_it_was_and_r
         "{b} bytes for a 256 MiB guest's memory"
     );
     // What `qemu-img info` says of the disk (read-only, beside the running QEMU): the same.
-    let info = std::process::Command::new("qemu-img")
-        .args(["info", "-U", "--output=json"])
-        .arg(env.daemon.dir.join(format!("disks/{A}.qcow2")))
-        .output()
-        .unwrap();
-    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let disk = env.daemon.dir.join(format!("disks/{A}.qcow2"));
+    let qemu_img_info = || {
+        let out = std::process::Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let disk_snapshots = || -> Vec<String> {
+        qemu_img_info()["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let info = qemu_img_info();
     let listed = info["snapshots"].as_array().unwrap();
     let vm_size = listed.iter().find(|s| s["name"] == SNAP).unwrap()["vm-state-size"].as_u64();
     assert_eq!(vm_size, Some(b), "qemu-img info: {info}");
@@ -434,6 +446,19 @@ async fn a_memory_snapshot_of_a_running_guest_reverts_running_where_it_was_and_r
     c.wait_guest_ready(A, BACK).await.unwrap();
     let off_to_ready = t.elapsed();
     check().await;
+    // The retention removes it from the running guest, which goes on; its memory state leaves
+    // the disk's snapshot list with it.
+    c.remove_snapshot(A, SNAP).await.unwrap();
+    assert_eq!(c.vm(A).await.unwrap().power, PowerState::On);
+    let names: Vec<String> = c
+        .snapshots(A)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["golden"]);
+    assert_eq!(disk_snapshots(), ["golden"]);
     // A powered-off guest has no memory to keep: refused, not a snapshot of its disks only.
     c.power_off(A).await.unwrap();
     let e = c
