@@ -732,7 +732,7 @@ impl Hypervisor for LibvirtClient {
     /// Flags 0: the domain returns to the state the snapshot was taken in — powered off for a
     /// golden snapshot, running where it was for a memory snapshot (see
     /// [`Hypervisor::create_memory_snapshot`]), whose guest then gets the host's time
-    /// ([`Self::sync_clock`]).
+    /// (`sync_clock`).
     async fn revert(&self, vm: &str, snapshot: &str) -> Result<()> {
         let (i, dom) = self.locate(vm).await?;
         let mut args = self.snapshot_ref(i, &dom, vm, snapshot).await?;
