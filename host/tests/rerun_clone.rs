@@ -1,12 +1,12 @@
 //! A stage re-run on another VM of the pool through a linked clone (issue 18, contracts §12),
 //! with the in-memory hypervisor (scheduler logic: which VM, which slot, what is made and
-//! destroyed when): with the snapshot's VM busy the re-run takes the other VM's slot and runs on
-//! `sdci-clone-<id>`, never powering on more VMs than the pool has, and the clone is destroyed
-//! whatever the end (success, failure, cancel) and never held; with the snapshot's VM free no
-//! clone is made; a backend without clones waits for the snapshot's VM; the reconciler destroys
-//! an orphan clone; a host restart mid-re-run re-adopts the attempt on its clone. On the govmomi
-//! simulator through the real client: the reconciler keeps a clone another live instance
-//! leased and destroys an abandoned one.
+//! destroyed when): with the snapshot's VM busy (or held) the re-run takes the other VM's slot
+//! and runs on `sdci-clone-<id>`, never powering on more VMs than the pool has, and the clone is
+//! destroyed whatever the end (success, failure, cancel) and never held; with the snapshot's VM
+//! free no clone is made; a backend without clones waits for the snapshot's VM; the reconciler
+//! destroys an orphan clone; a host restart mid-re-run re-adopts the attempt on its clone. On
+//! the govmomi simulator through the real client: the reconciler keeps a clone another live
+//! instance leased and destroys an abandoned one.
 
 #![allow(clippy::unwrap_used)]
 
@@ -375,4 +375,42 @@ async fn a_rerun_on_a_clone_is_never_held_the_clone_is_destroyed_and_the_log_say
         )),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn with_the_snapshots_vm_held_the_rerun_runs_on_a_clone_and_the_hold_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = pool(true);
+    let pool_toml = "[pools.\"4.2\"]\nprefix = \"Qubes_4.2_\"\ngolden_snapshot = \"golden\"\n\
+                     hold_on_failure = \"always\"\nhold_secs = 600\n\
+                     [jobs]\npoll_interval_ms = 20\n";
+    let host = start(dir.path(), pool_toml, hv.clone(), Parts::ALL).await;
+    let origin = origin_with_snapshot(&host, &hv, 1).await;
+    eventually("A is held after the origin", || {
+        host.hub.store.hold_of_job(&origin).unwrap().is_some()
+    })
+    .await;
+    assert_eq!(hv.power(A), PowerState::On);
+    let rerun = rerun_tests(&host, &origin);
+    eventually("the re-run launched", || hv.started().contains(&rerun)).await;
+    let clone = RerunClone::name_for(&rerun);
+    assert_eq!(hv.started_on(&rerun), Some(clone.clone()));
+    assert_eq!(
+        host.hub.store.job(&rerun).unwrap().unwrap().vm.as_deref(),
+        Some(B)
+    );
+    hv.release(&rerun, 0);
+    assert_eq!(
+        job_ended(&host, "the re-run succeeds", &rerun).await.state,
+        JobState::Success
+    );
+    eventually("B is free again", || b_is_free(&host)).await;
+    assert!(!hv.exists(&clone), "the clone is destroyed, not held");
+    assert!(host.hub.store.hold_of_job(&rerun).unwrap().is_none());
+    assert!(
+        host.hub.store.hold_of_job(&origin).unwrap().is_some(),
+        "A's hold is untouched"
+    );
+    assert_eq!(hv.power(A), PowerState::On);
+    assert!(*hv.max_on.lock().unwrap() <= 2);
 }
