@@ -50,8 +50,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn remove_snapshot(&self, vm: &str, name: &str) -> impl Future<Output = Result<()>> + Send;
     /// Snapshots the *running* VM with its memory (issue 18's provisioned snapshot): a revert
     /// to it comes back powered on where it was, in seconds (vSphere: `memory = true`, the VM
-    /// is stunned briefly and its guest programs go on). The default takes an ordinary
-    /// snapshot (libvirt's internal snapshot of a running domain holds its memory anyway).
+    /// is stunned briefly and its guest programs go on; libvirt: an internal snapshot with
+    /// `<memory snapshot='internal'/>`). Both backends implement it; the default takes an
+    /// ordinary snapshot, for a backend whose snapshots of a running VM hold its memory anyway.
     fn create_memory_snapshot(
         &self,
         vm: &str,
