@@ -328,21 +328,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 snapshot,
                 scenario,
             } => {
-                use sdci_host::orchestration::rotation::{self, SaveRequest, ScenarioRequest};
-                let report = match scenario {
-                    Some(scenario) => {
-                        let req = ScenarioRequest { version, scenario };
-                        rotation::save_scenario_from_cli(&cfg, &req).await?
-                    }
-                    None => {
-                        let req = SaveRequest {
-                            version,
-                            update,
-                            base: snapshot,
-                        };
-                        rotation::save_from_cli(&cfg, &req).await?
-                    }
+                use sdci_host::orchestration::rotation::{
+                    self, CliSave, SaveRequest, ScenarioRequest,
                 };
+                let what = match scenario {
+                    Some(scenario) => CliSave::Scenario(ScenarioRequest { version, scenario }),
+                    None => CliSave::Golden(SaveRequest {
+                        version,
+                        update,
+                        base: snapshot,
+                    }),
+                };
+                let report = rotation::save_from_cli(&cfg, &what).await?;
                 cli::wake(&cfg).await;
                 print!("{}", report.to_text());
                 if !report.moved {

@@ -213,16 +213,7 @@ impl<H: Hypervisor> Orchestrator<H> {
             };
             tracing::info!(vm = %h.vm, job = %h.job_id, why, "ending a hold");
             self.power_off_held(&h.vm).await;
-            if let Err(e) = hub.store.end_hold(&h.vm) {
-                tracing::error!(vm = %h.vm, error = %e, "ending the hold");
-            }
-            self.release_hold_lease(&h.vm, &h.job_id).await;
-            let _ = crate::joblog::append_log(
-                &hub.cfg.log_dir(),
-                &h.job_id,
-                &format!("=== the hold of VM {} ended ({why}); powered off\n", h.vm),
-            );
-            hub.scheduler.notify_one();
+            self.end_hold(&h, &format!("{why}; powered off")).await;
         }
         next
     }
@@ -246,16 +237,7 @@ impl<H: Hypervisor> Orchestrator<H> {
             };
             if let Some(why) = gone {
                 tracing::warn!(vm = %h.vm, job = %h.job_id, why, "ending a hold");
-                if let Err(e) = hub.store.end_hold(&h.vm) {
-                    tracing::error!(vm = %h.vm, error = %e, "ending the hold");
-                }
-                self.release_hold_lease(&h.vm, &h.job_id).await;
-                let _ = crate::joblog::append_log(
-                    &hub.cfg.log_dir(),
-                    &h.job_id,
-                    &format!("=== the hold of VM {} ended ({why})\n", h.vm),
-                );
-                hub.scheduler.notify_one();
+                self.end_hold(&h, why).await;
                 continue;
             }
             match leases::renew(&*self.hv, &self.owner, &h.vm, &h.job_id).await {
@@ -286,6 +268,22 @@ impl<H: Hypervisor> Orchestrator<H> {
                 }
             }
         }
+    }
+
+    /// The end of hold `h` (its VM already off, or found off or gone): the store's row, the
+    /// lease line, the job's log (`why`), and the scheduler woken for the freed VM.
+    async fn end_hold(&self, h: &Hold, why: &str) {
+        let hub = &self.hub;
+        if let Err(e) = hub.store.end_hold(&h.vm) {
+            tracing::error!(vm = %h.vm, error = %e, "ending the hold");
+        }
+        self.release_hold_lease(&h.vm, &h.job_id).await;
+        let _ = crate::joblog::append_log(
+            &hub.cfg.log_dir(),
+            &h.job_id,
+            &format!("=== the hold of VM {} ended ({why})\n", h.vm),
+        );
+        hub.scheduler.notify_one();
     }
 
     async fn release_hold_lease(&self, vm: &str, job: &str) {

@@ -200,20 +200,12 @@ pub async fn renew<H: Hypervisor>(
     vm: &str,
     holder: &str,
 ) -> Result<bool, VsphereError> {
-    for _ in 0..CAS_TRIES {
-        let note = hv.note(vm).await?;
-        match parse(&note.text) {
-            Some(l) if l.instance == me.instance && l.holder == holder => {}
-            // Never written (a backend without notes) or removed by a person: write it again.
-            None => {}
-            Some(_) => return Ok(false),
-        }
-        let text = with_lease(&note.text, Some(&me.lease(holder)));
-        if hv.set_note(vm, &text, &note.version).await? {
-            return Ok(true);
-        }
-    }
-    Ok(true)
+    let ours = |note: &str| match parse(note) {
+        Some(l) => l.instance == me.instance && l.holder == holder,
+        // Never written (a backend without notes) or removed by a person: write it again.
+        None => true,
+    };
+    Ok(write_lease(hv, me, vm, holder, ours).await?.unwrap_or(true))
 }
 
 /// Writes `holder`'s lease on `vm` over whatever lease line its note has: only for a VM this
@@ -225,14 +217,32 @@ pub async fn rewrite<H: Hypervisor>(
     vm: &str,
     holder: &str,
 ) -> Result<bool, VsphereError> {
+    Ok(write_lease(hv, me, vm, holder, |_| true)
+        .await?
+        .unwrap_or(false))
+}
+
+/// The one compare-and-set loop of a lease write (contracts §9): `Some(true)` written,
+/// `Some(false)` the note is not `may_write`'s to overwrite, `None` the note kept changing
+/// under us for [`CAS_TRIES`] rounds.
+async fn write_lease<H: Hypervisor>(
+    hv: &H,
+    me: &LeaseOwner,
+    vm: &str,
+    holder: &str,
+    may_write: impl Fn(&str) -> bool,
+) -> Result<Option<bool>, VsphereError> {
     for _ in 0..CAS_TRIES {
         let note = hv.note(vm).await?;
+        if !may_write(&note.text) {
+            return Ok(Some(false));
+        }
         let text = with_lease(&note.text, Some(&me.lease(holder)));
         if hv.set_note(vm, &text, &note.version).await? {
-            return Ok(true);
+            return Ok(Some(true));
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Removes `holder`'s lease from `vm` (a lease of another holder or instance is left alone).

@@ -788,23 +788,16 @@ impl<H: Hypervisor> Rotator<'_, H> {
     }
 }
 
-/// `sdci-host save`: connects the hypervisors the pools use (vSphere, libvirt) with the host's
-/// configuration and runs one rotation.
-pub async fn save_from_cli(cfg: &Config, req: &SaveRequest) -> Result<RotationReport> {
-    let auth = crate::gateway::backend::guest_auth(cfg)?;
-    let store = Store::open_existing(&cfg.db_path())?; // the CLI never creates or migrates
-    let hv = crate::gateway::backend::Backends::connect(cfg).await?;
-    let r = Rotator {
-        cfg,
-        store: &store,
-        hv: &hv,
-        auth: &auth,
-    };
-    r.save(req, &|| {}).await
+/// What `sdci-host save` builds: the pool's next golden snapshot, or a scenario's (`--scenario`).
+#[derive(Debug, Clone)]
+pub enum CliSave {
+    Golden(SaveRequest),
+    Scenario(ScenarioRequest),
 }
 
-/// `sdci-host save --scenario`: as [`save_from_cli`], building a scenario's snapshot.
-pub async fn save_scenario_from_cli(cfg: &Config, req: &ScenarioRequest) -> Result<RotationReport> {
+/// `sdci-host save`: connects the hypervisors the pools use (vSphere, libvirt) with the host's
+/// configuration and runs one rotation.
+pub async fn save_from_cli(cfg: &Config, what: &CliSave) -> Result<RotationReport> {
     let auth = crate::gateway::backend::guest_auth(cfg)?;
     let store = Store::open_existing(&cfg.db_path())?; // the CLI never creates or migrates
     let hv = crate::gateway::backend::Backends::connect(cfg).await?;
@@ -814,7 +807,10 @@ pub async fn save_scenario_from_cli(cfg: &Config, req: &ScenarioRequest) -> Resu
         hv: &hv,
         auth: &auth,
     };
-    r.save_scenario(req, &|| {}).await
+    match what {
+        CliSave::Golden(req) => r.save(req, &|| {}).await,
+        CliSave::Scenario(req) => r.save_scenario(req, &|| {}).await,
+    }
 }
 
 /// One run of a `[[rotation.schedule]]` entry in `serve`: the golden rotation, or the build of
