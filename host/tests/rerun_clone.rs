@@ -224,9 +224,24 @@ async fn with_the_snapshots_vm_free_the_rerun_reverts_it_and_no_clone_is_made() 
 
 #[tokio::test]
 async fn a_backend_without_clones_waits_for_the_snapshots_vm() {
+    the_rerun_waits_for_the_snapshots_vm(pool(false), POOL).await;
+}
+
+#[tokio::test]
+async fn a_pool_with_rerun_on_clones_off_waits_for_the_snapshots_vm_though_the_backend_can_clone() {
+    let config = POOL.replace(
+        "golden_snapshot = \"golden\"\n",
+        "golden_snapshot = \"golden\"\nrerun_on_clones = false\n",
+    );
+    assert!(config.contains("rerun_on_clones = false"));
+    the_rerun_waits_for_the_snapshots_vm(pool(true), &config).await;
+}
+
+/// With A (the snapshot's VM) busy and B free, the re-run stays queued; once A is free it runs
+/// there, and no clone is ever made.
+async fn the_rerun_waits_for_the_snapshots_vm(hv: Arc<MemoryHv>, config: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let hv = pool(false);
-    let host = start(dir.path(), POOL, hv.clone(), Parts::ALL).await;
+    let host = start(dir.path(), config, hv.clone(), Parts::ALL).await;
     let origin = origin_with_snapshot(&host, &hv, 1).await;
     let busy = keep_a_busy(&host, &hv, 2).await;
     let rerun = rerun_tests(&host, &origin);

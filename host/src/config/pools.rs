@@ -65,6 +65,16 @@ pub struct PoolConfig {
     /// An automatic hold ends early once the pool has had queued jobs for this long, seconds.
     #[serde(default = "default_hold_grace_secs")]
     pub hold_grace_secs: u64,
+    /// A stage re-run whose snapshot's VM is busy runs on a linked clone of the snapshot in
+    /// another free VM's slot (contracts §12; vCenter only), default `true`. `false`: it waits
+    /// for the snapshot's VM. vSphere drops a memory clone's network adapters (those without a
+    /// manual MAC address), so a pool whose `test` stage needs the VM's network sets `false`.
+    #[serde(default = "default_true")]
+    pub rerun_on_clones: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One `[pools.V] scenarios` entry.

@@ -225,7 +225,12 @@ impl<H: Hypervisor> Orchestrator<H> {
                         names.len(),
                         &secret,
                         now_ms() + self.job_budget_ms(),
-                        self.hv.can_clone(),
+                        self.hv.can_clone()
+                            && hub
+                                .cfg
+                                .pools
+                                .get(&version)
+                                .is_some_and(|p| p.rerun_on_clones),
                     ) {
                         // Registered before the lock is released: the reconciler sees it live.
                         Ok(Some(c)) => {
