@@ -759,7 +759,7 @@ async fn a_scenario_build_is_announced_on_slack_like_a_golden_rotation() {
     let t = m["text"].as_str().unwrap();
     assert!(
         t.contains("rotation ok")
-            && t.contains(&format!("Qubes 4.2 scenario {S}"))
+            && t.contains(&format!("Qubes 4.2 scenario {S} snapshot is now"))
             && t.contains(&ok.snapshot)
             && t.contains("(was none)"),
         "{t}"
@@ -769,7 +769,7 @@ async fn a_scenario_build_is_announced_on_slack_like_a_golden_rotation() {
     assert!(
         t.contains("rotation failed")
             && t.contains(&format!(
-                "Qubes 4.2 scenario {S} keeps golden snapshot {}",
+                "Qubes 4.2 keeps scenario {S} snapshot {}",
                 ok.snapshot
             ))
             && t.contains("exited with status 7"),

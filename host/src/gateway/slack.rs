@@ -32,6 +32,8 @@ pub struct JobNotice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotationNotice {
     pub version: String,
+    /// What the pointer names: `golden snapshot`, or `scenario S snapshot` (issue 20).
+    pub what: String,
     pub ok: bool,
     /// The snapshot taken (`update_<timestamp>`).
     pub snapshot: String,
@@ -115,16 +117,18 @@ pub fn job_message(n: &JobNotice) -> serde_json::Value {
 pub fn rotation_message(n: &RotationNotice) -> serde_json::Value {
     let mut text = if n.ok {
         format!(
-            ":camera_with_flash: *rotation ok*: Qubes {} golden snapshot is now {} (was {}), after {}",
+            ":camera_with_flash: *rotation ok*: Qubes {} {} is now {} (was {}), after {}",
             slack_escape(&n.version),
+            slack_escape(&n.what),
             slack_escape(&n.snapshot),
             slack_escape(&n.previous),
             human_duration(n.duration)
         )
     } else {
         format!(
-            ":warning: *rotation failed*: Qubes {} keeps golden snapshot {}; {} was not adopted",
+            ":warning: *rotation failed*: Qubes {} keeps {} {}; {} was not adopted",
             slack_escape(&n.version),
+            slack_escape(&n.what),
             slack_escape(&n.previous),
             slack_escape(&n.snapshot)
         )

@@ -534,13 +534,9 @@ impl<H: Hypervisor> Rotator<'_, H> {
         slack::rotation_result(
             self.cfg,
             &RotationNotice {
-                // Slack's line reads "Qubes <version> golden snapshot is now …".
-                version: match plan.purpose {
-                    Purpose::Golden { .. } => report.version.clone(),
-                    Purpose::Scenario { name, .. } => {
-                        format!("{} scenario {name}", report.version)
-                    }
-                },
+                // "Qubes <version> <what> is now …" / "… keeps <what> …".
+                version: report.version.clone(),
+                what: plan.purpose.what(),
                 ok: report.moved,
                 snapshot: report.snapshot.clone(),
                 previous: if report.previous.is_empty() {
