@@ -81,7 +81,8 @@ pub type StepTiming = (u32, String, Option<i64>, Option<i32>);
 
 impl Store {
     /// Records an infrastructure failure of the job's current attempt: the VM's failure count
-    /// grows (quarantine after `quarantine_after` in a row), the lease is released, and the job is
+    /// grows (quarantine after `quarantine_after` in a row; not for an attempt on a linked clone,
+    /// whose slot's VM was never touched), the lease is released, and the job is
     /// queued again if it has tries left, else ended as `error`. Only attempts that ended this way
     /// count against `max_attempts` (not those a vSphere outage cut short, see
     /// [`Store::outage`]).
@@ -107,7 +108,17 @@ impl Store {
             if !state.is_active() {
                 return Ok(AfterFailure::GaveUp);
             }
-            if let Some(vm) = &vm {
+            // An attempt on a linked clone (contracts §12) never touched its slot's VM: the
+            // failure is the clone's (destroyed at the end), not counted against the slot.
+            let on_clone: bool = tx
+                .query_row(
+                    "SELECT clone_vm IS NOT NULL FROM attempts WHERE job_id = ?1 AND attempt = ?2",
+                    params![id, attempts],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(false);
+            if let Some(vm) = vm.as_ref().filter(|_| !on_clone) {
                 exec(
                     tx,
                     "UPDATE vms SET consecutive_failures = consecutive_failures + 1, \

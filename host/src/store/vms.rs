@@ -620,6 +620,50 @@ mod tests {
     }
 
     #[test]
+    fn an_infrastructure_failure_on_a_clone_is_not_counted_against_the_vm_whose_slot_it_took() {
+        let (_d, s) = open();
+        let (rerun, _) = rerun_of_a_snapshot_on_a(&s);
+        let only_b = ["b".to_string()];
+        let c = s
+            .claim_with("4.2", &only_b, 2, "s", i64::MAX, true)
+            .unwrap()
+            .unwrap();
+        assert!(c.clone.is_some());
+        s.infra_failure(&rerun, "the clone would not power on", 3, 1)
+            .unwrap();
+        let b = s
+            .vms()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "b")
+            .unwrap();
+        assert_eq!(
+            (b.consecutive_failures, b.quarantined, b.job_id),
+            (0, false, None),
+            "b lent its slot and was never touched"
+        );
+        // The same failure of a job that ran on b itself counts (and, at 1, quarantines).
+        let other = s.insert_job(&job('2', "main")).unwrap().to_string();
+        let c = s
+            .claim_with("4.2", &only_b, 2, "s", i64::MAX, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.job.id.as_str(), c.clone.is_none()),
+            (other.as_str(), true)
+        );
+        s.infra_failure(&other, "b would not power on", 3, 1)
+            .unwrap();
+        let b = s
+            .vms()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "b")
+            .unwrap();
+        assert_eq!((b.consecutive_failures, b.quarantined), (1, true));
+    }
+
+    #[test]
     fn a_rerun_whose_snapshots_vm_is_free_takes_that_vm_without_a_clone() {
         let (_d, s) = open();
         let (rerun, _) = rerun_of_a_snapshot_on_a(&s);
