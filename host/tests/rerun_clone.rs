@@ -324,7 +324,7 @@ async fn on_vsphere_the_reconciler_keeps_a_clone_another_live_instance_leased_an
             .await
             .unwrap(),
     );
-    assert!(hv.can_clone(), "the simulator is a vCenter");
+    assert!(hv.can_clone(A), "the simulator is a vCenter");
     // Two clones of a memory snapshot of A, as two instances' re-runs left them.
     hv.power_on(A).await.unwrap();
     hv.wait_guest_ready(A, Duration::from_secs(30))

@@ -77,9 +77,11 @@ pub trait Hypervisor: Send + Sync + 'static {
         let _ = vm;
         async { Ok(None) }
     }
-    /// Whether [`Hypervisor::clone_from_snapshot`] works on this backend (issue 18's stage
-    /// re-run on another VM of the pool). The default: no.
-    fn can_clone(&self) -> bool {
+    /// Whether [`Hypervisor::clone_from_snapshot`] works for VM `vm`'s snapshots (issue 18's
+    /// stage re-run on another VM of the pool); a name is enough, the VM need not exist (a
+    /// backend that routes by name, a pool's first VM, a clone's name). The default: no.
+    fn can_clone(&self, vm: &str) -> bool {
+        let _ = vm;
         false
     }
     /// Creates VM `clone` as a *linked* clone of snapshot `snapshot` of VM `source` (a child

@@ -348,7 +348,7 @@ impl Hypervisor for VsphereClient {
     }
 
     /// vCenter only: a standalone ESXi host answers `CloneVM_Task` with `NotSupported`.
-    fn can_clone(&self) -> bool {
+    fn can_clone(&self, _vm: &str) -> bool {
         clone::supported(self.api_type())
     }
 

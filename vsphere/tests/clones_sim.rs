@@ -78,7 +78,7 @@ async fn a_linked_clone_of_a_memory_snapshot_resumes_with_the_snapshots_tree_whi
 ) {
     let sim = vcenter();
     let c = connect(&sim).await;
-    assert!(c.can_clone(), "vCenter clones");
+    assert!(c.can_clone("any VM"), "vCenter clones");
     provision(&c, &sim, "sdci-job-x-provisioned", "provisioned").await;
     assert!(c.set_note(SOURCE, "sdci-lease: job x", "").await.unwrap());
     std::fs::write(sim.guest_path(SOURCE, TREE), "changed later by the source").unwrap();
@@ -289,7 +289,7 @@ async fn a_standalone_esxi_host_cannot_clone() {
     )
     .unwrap();
     let c = connect(&sim).await;
-    assert!(!c.can_clone());
+    assert!(!c.can_clone("any VM"));
     match c.clone_from_snapshot(SOURCE, "clean", CLONE).await {
         Err(VsphereError::Fault { kind, .. }) => assert_eq!(kind, "NotSupported"),
         other => panic!("CloneVM_Task on ESXi: {other:?}"),

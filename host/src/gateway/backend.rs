@@ -221,13 +221,12 @@ impl Hypervisor for Backends {
         routed!(self, vm, |c| c.console(vm))
     }
 
-    /// Only with one backend connected, and as that one says: the claim asks once for every
-    /// pool, so with both connected a libvirt pool's re-run must not count on a clone.
-    fn can_clone(&self) -> bool {
-        match (&self.vsphere, &self.libvirt) {
-            (Some(v), None) => v.can_clone(),
-            (None, Some(l)) => l.can_clone(),
-            _ => false,
+    /// As the backend `vm`'s name routes to says (a clone's name routes to vSphere).
+    fn can_clone(&self, vm: &str) -> bool {
+        match self.pick(vm) {
+            Ok(Picked::Vsphere(c)) => c.can_clone(vm),
+            Ok(Picked::Libvirt(c)) => c.can_clone(vm),
+            Err(_) => false,
         }
     }
 

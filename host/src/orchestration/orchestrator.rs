@@ -225,7 +225,7 @@ impl<H: Hypervisor> Orchestrator<H> {
                         names.len(),
                         &secret,
                         now_ms() + self.job_budget_ms(),
-                        self.hv.can_clone()
+                        names.first().is_some_and(|vm| self.hv.can_clone(vm))
                             && hub
                                 .cfg
                                 .pools

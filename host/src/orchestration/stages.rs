@@ -319,7 +319,7 @@ impl<H: Hypervisor> Orchestrator<H> {
     /// mid-attempt, a destroy that failed), unless another live instance leased it.
     pub async fn destroy_orphan_clones(&self) {
         let hub = &self.hub;
-        if !self.hv.can_clone() {
+        if !self.hv.can_clone(RerunClone::PREFIX) {
             return;
         }
         // Listed first: a clone exists only after the claim that names it is in the store.

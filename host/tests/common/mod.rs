@@ -514,13 +514,13 @@ impl Hypervisor for MemoryHv {
     async fn download(&self, _vm: &str, _a: &GuestAuth, p: &str) -> R<Vec<u8>> {
         Ok(format!("dom0 log from {p}\n").into_bytes())
     }
-    fn can_clone(&self) -> bool {
+    fn can_clone(&self, _vm: &str) -> bool {
         self.clones.load(std::sync::atomic::Ordering::SeqCst)
     }
     /// A clone of a memory snapshot, powered off; `power_on` resumes it. Refused like the
     /// default when clones are off.
     async fn clone_from_snapshot(&self, source: &str, snapshot: &str, clone: &str) -> R<()> {
-        if !self.can_clone() {
+        if !self.can_clone(clone) {
             return Err(VsphereError::Fault {
                 method: "clone_from_snapshot".into(),
                 kind: "NotSupported".into(),
