@@ -337,7 +337,9 @@ fn the_hold_vm_button_on_a_running_job_keeps_its_vm_on_shown_as_held_and_the_nex
     let said = w.host_cli(&["jobs", "release", &id]).unwrap();
     assert!(said.contains("released"), "{said}");
     w.wait_all_off(Duration::from_secs(10)).unwrap();
-    assert!(!w.host_cli(&["vms"]).unwrap().contains("held VM"));
+    wait_for("the hold to end after its VM was powered off", || {
+        !w.host_cli(&["vms"]).unwrap().contains("held VM")
+    });
 }
 
 #[test]
@@ -446,10 +448,21 @@ fn hold_on_failure_keeps_a_failing_jobs_vm_on_across_a_host_restart_until_a_shor
         "powered off before the hold's time: {:?}",
         asked.elapsed()
     );
-    assert!(!shown(&w).contains("held VM"), "{}", shown(&w));
-    let log = w.job_log(&id);
-    assert!(
-        log.contains(&format!("the hold of VM {held} ended (its time is up)")),
-        "{log}"
-    );
+    // The hold's row, lease line and log line end right after the power-off.
+    wait_for("the hold to end, in `vms` and in the job's log", || {
+        !shown(&w).contains("held VM")
+            && w
+                .job_log(&id)
+                .contains(&format!("the hold of VM {held} ended (its time is up)"))
+    });
+}
+
+/// Polls `done` every 100 ms until it holds, failing after 10 s: what a hold's end writes after
+/// the VM is off (the store's row, the lease line, the log) lands a moment later.
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 10 s for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

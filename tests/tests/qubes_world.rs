@@ -124,15 +124,14 @@ fn world_installs_the_repository_qrexec_files_byte_identical_with_their_modes() 
 fn world_links_the_real_binaries_and_roots_dom0_config_inside_the_world() {
     let tmp = tempfile::tempdir().unwrap();
     let world = QubesWorld::create(&tmp.path().join("g")).unwrap();
-    // dom0's entry is a wrapper that enters dom0's view and execs the real binary.
+    // dom0's entry is a wrapper that enters dom0's view of the VM it runs in (this world, or
+    // a clone's copy of it: `SDCI_GUEST_ROOT`) and execs the real binary.
     let entry = std::fs::read_to_string(world.root().join("usr/local/bin/sdci-dom0")).unwrap();
     let bin = sdci_tests::binary("sdci-dom0");
     assert!(
-        entry.contains(&format!(
-            "in-qube '{}' dom0 '{}'",
-            world.root().display(),
-            bin.display()
-        )),
+        entry.contains(&format!("R='{}'\n", world.root().display()))
+            && entry.contains("[ -z \"$SDCI_GUEST_ROOT\" ] || R=$SDCI_GUEST_ROOT")
+            && entry.contains(&format!("in-qube \"$R\" dom0 '{}'", bin.display())),
         "{entry}"
     );
     let agent = world.qube_root("sd-dev").join("usr/local/bin/sdci-agent");

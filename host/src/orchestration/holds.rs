@@ -213,7 +213,7 @@ impl<H: Hypervisor> Orchestrator<H> {
             };
             tracing::info!(vm = %h.vm, job = %h.job_id, why, "ending a hold");
             self.power_off_held(&h.vm).await;
-            self.end_hold(&h, &format!("{why}; powered off")).await;
+            self.end_hold(&h, why, "; powered off").await;
         }
         next
     }
@@ -237,7 +237,7 @@ impl<H: Hypervisor> Orchestrator<H> {
             };
             if let Some(why) = gone {
                 tracing::warn!(vm = %h.vm, job = %h.job_id, why, "ending a hold");
-                self.end_hold(&h, why).await;
+                self.end_hold(&h, why, "").await;
                 continue;
             }
             match leases::renew(&*self.hv, &self.owner, &h.vm, &h.job_id).await {
@@ -271,8 +271,9 @@ impl<H: Hypervisor> Orchestrator<H> {
     }
 
     /// The end of hold `h` (its VM already off, or found off or gone): the store's row, the
-    /// lease line, the job's log (`why`), and the scheduler woken for the freed VM.
-    async fn end_hold(&self, h: &Hold, why: &str) {
+    /// lease line, the job's log ("ended (`why`)`then`"), and the scheduler woken for the freed
+    /// VM.
+    async fn end_hold(&self, h: &Hold, why: &str, then: &str) {
         let hub = &self.hub;
         if let Err(e) = hub.store.end_hold(&h.vm) {
             tracing::error!(vm = %h.vm, error = %e, "ending the hold");
@@ -281,7 +282,7 @@ impl<H: Hypervisor> Orchestrator<H> {
         let _ = crate::joblog::append_log(
             &hub.cfg.log_dir(),
             &h.job_id,
-            &format!("=== the hold of VM {} ended ({why})\n", h.vm),
+            &format!("=== the hold of VM {} ended ({why}){then}\n", h.vm),
         );
         hub.scheduler.notify_one();
     }
