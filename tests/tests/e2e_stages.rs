@@ -451,8 +451,7 @@ fn hold_on_failure_keeps_a_failing_jobs_vm_on_across_a_host_restart_until_a_shor
     // The hold's row, lease line and log line end right after the power-off.
     wait_for("the hold to end, in `vms` and in the job's log", || {
         !shown(&w).contains("held VM")
-            && w
-                .job_log(&id)
+            && w.job_log(&id)
                 .contains(&format!("the hold of VM {held} ended (its time is up)"))
     });
 }
