@@ -23,7 +23,7 @@ use sdci_host::domain::JobState;
 use sdci_host::orchestration::leases;
 use sdci_host::server::Parts;
 use sdci_host::store::Store;
-use sdci_protocol::{EventKind, EventWriter, JobFile};
+use sdci_protocol::JobFile;
 use sdci_tests::vsphere_sim::VsphereSim;
 use sdci_vsphere::{Hypervisor, PowerState, VsphereClient};
 use std::path::{Path, PathBuf};
@@ -385,40 +385,6 @@ async fn a_held_vm_keeps_its_lease_line_so_a_second_instance_leaves_it_on_until_
     assert_eq!(jb.vm.as_deref(), Some(VM));
     kill(host_a);
     kill(host_b);
-}
-
-/// The events the agent would relay for the steps up to and including `make-dev`, all passing.
-async fn relay_provision(url: &str, file: &JobFile) {
-    let mut buf = Vec::new();
-    let mut w = EventWriter::new(&mut buf);
-    for (i, s) in file.spec.steps.iter().enumerate() {
-        let step = i as u32;
-        w.emit(EventKind::StepStarted {
-            step,
-            name: s.name.clone(),
-            argv: s.argv.clone(),
-        })
-        .unwrap();
-        w.emit(EventKind::StepFinished {
-            step,
-            status: 0,
-            timed_out: false,
-            duration_ms: 10,
-        })
-        .unwrap();
-        if s.name == "make-dev" {
-            break;
-        }
-    }
-    let r = reqwest::Client::new()
-        .post(format!("{url}/api/v1/jobs/{}/events", file.spec.id))
-        .bearer_auth(file.agent.event_secret.expose())
-        .header("content-type", "application/x-ndjson")
-        .body(buf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
 #[tokio::test]

@@ -62,41 +62,6 @@ fn job_dir(host: &TestHost, sim: &VsphereSim, vm: &str, id: &str) -> std::path::
     sim.guest_path(vm, paths.dir())
 }
 
-/// The events the agent would relay for the default steps up to and including `make-dev`,
-/// all passing, posted to the host's ingest with the job's own secret.
-async fn relay_provision(host: &TestHost, file: &JobFile) {
-    let mut buf = Vec::new();
-    let mut w = EventWriter::new(&mut buf);
-    for (i, s) in file.spec.steps.iter().enumerate() {
-        let step = i as u32;
-        w.emit(EventKind::StepStarted {
-            step,
-            name: s.name.clone(),
-            argv: s.argv.clone(),
-        })
-        .unwrap();
-        w.emit(EventKind::StepFinished {
-            step,
-            status: 0,
-            timed_out: false,
-            duration_ms: 10,
-        })
-        .unwrap();
-        if s.name == "make-dev" {
-            break;
-        }
-    }
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/jobs/{}/events", host.url, file.spec.id))
-        .bearer_auth(file.agent.event_secret.expose())
-        .header("content-type", "application/x-ndjson")
-        .body(buf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-}
-
 #[tokio::test]
 async fn provision_is_snapshotted_with_memory_and_rerun_tests_runs_only_the_test_steps_on_that_tree(
 ) {
@@ -112,7 +77,7 @@ async fn provision_is_snapshotted_with_memory_and_rerun_tests_runs_only_the_test
     let vm = host.hub.store.job(&id).unwrap().unwrap().vm.unwrap();
     let jd = job_dir(&host, &sim, &vm, &id);
     let file = JobFile::from_json(&std::fs::read(jd.join("job.json")).unwrap()).unwrap();
-    relay_provision(&host, &file).await;
+    relay_provision(&host.url, &file).await;
 
     // Provision ended: the snapshot is taken while launch goes on.
     eventually("the provisioned snapshot", || {

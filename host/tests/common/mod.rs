@@ -688,3 +688,38 @@ pub fn claim_manual_job(host: &TestHost, repo: &str, bearer: &str) -> String {
         .unwrap();
     id.to_string()
 }
+
+/// The events the agent would relay for the steps up to and including `make-dev`, all passing,
+/// posted to the host's ingest at `url` with the job's own secret.
+pub async fn relay_provision(url: &str, file: &sdci_protocol::JobFile) {
+    let mut buf = Vec::new();
+    let mut w = sdci_protocol::EventWriter::new(&mut buf);
+    for (i, s) in file.spec.steps.iter().enumerate() {
+        let step = i as u32;
+        w.emit(sdci_protocol::EventKind::StepStarted {
+            step,
+            name: s.name.clone(),
+            argv: s.argv.clone(),
+        })
+        .unwrap();
+        w.emit(sdci_protocol::EventKind::StepFinished {
+            step,
+            status: 0,
+            timed_out: false,
+            duration_ms: 10,
+        })
+        .unwrap();
+        if s.name == "make-dev" {
+            break;
+        }
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{url}/api/v1/jobs/{}/events", file.spec.id))
+        .bearer_auth(file.agent.event_secret.expose())
+        .header("content-type", "application/x-ndjson")
+        .body(buf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
