@@ -47,6 +47,7 @@ use crate::gateway::GatewayFailure;
 use crate::hub::Hub;
 use crate::orchestration::matrix::Request;
 use crate::store::NewJob;
+use crate::surface::webhook::{Head, Label, Repo, User};
 use axum::http::StatusCode;
 use sdci_protocol::{Reason, RepoName};
 use serde::Deserialize;
@@ -61,31 +62,6 @@ pub fn skip_ci(branch: &str, message: Option<&str>) -> Option<String> {
         return Some("the commit message says [skip ci]".into());
     }
     None
-}
-
-#[derive(Deserialize)]
-struct Repo {
-    full_name: String,
-    #[serde(default)]
-    clone_url: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct User {
-    login: String,
-}
-
-#[derive(Deserialize)]
-struct Label {
-    name: String,
-}
-
-#[derive(Deserialize)]
-struct Head {
-    sha: String,
-    #[serde(rename = "ref")]
-    git_ref: String,
-    repo: Option<Repo>,
 }
 
 #[derive(Deserialize)]

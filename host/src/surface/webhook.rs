@@ -130,11 +130,12 @@ pub struct NewJobSpec {
     pub approval: Option<ForkApproval>,
 }
 
+/// The payload parts `surface::commands` reads too.
 #[derive(Deserialize)]
-struct Repo {
-    full_name: String,
+pub(super) struct Repo {
+    pub(super) full_name: String,
     #[serde(default)]
-    clone_url: Option<String>,
+    pub(super) clone_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -188,22 +189,22 @@ struct PullRequest {
 }
 
 #[derive(Deserialize)]
-struct Head {
-    sha: String,
+pub(super) struct Head {
+    pub(super) sha: String,
     #[serde(rename = "ref")]
-    git_ref: String,
+    pub(super) git_ref: String,
     /// `null` when the fork was deleted.
-    repo: Option<Repo>,
+    pub(super) repo: Option<Repo>,
 }
 
 #[derive(Deserialize)]
-struct User {
-    login: String,
+pub(super) struct User {
+    pub(super) login: String,
 }
 
 #[derive(Deserialize)]
-struct Label {
-    name: String,
+pub(super) struct Label {
+    pub(super) name: String,
 }
 
 /// Checks `sha256=<hex>` against the HMAC-SHA256 of `body` under `secret`, in constant time.
