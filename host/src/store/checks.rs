@@ -142,19 +142,7 @@ fn rerun_one(
     why: &str,
     now: i64,
 ) -> rusqlite::Result<JobId> {
-    let job = NewJob {
-        repo: source.repo.clone(),
-        sha: source.sha.clone(),
-        reason: source.reason,
-        branch: source.branch.clone(),
-        supersede_key: source.supersede_key.clone(),
-        clone_url: source.clone_url.clone(),
-        version: source.version.clone(),
-        snapshot: source.snapshot.clone(),
-        update_first: source.update_first,
-        commit_author: source.commit_author.clone(),
-        commit_subject: source.commit_subject.clone(),
-    };
+    let job = NewJob::again(source);
     let id = new_job_id(tx, &job.sha)?;
     insert_job(tx, &id, &job, now)?;
     super::cells::copy_cell(tx, source.id.as_str(), id.as_str(), "rerun")?;
@@ -449,14 +437,7 @@ impl Store {
     ) -> Result<Rerun> {
         self.tx(|tx| {
             let now = now_ms();
-            let src = qrow(
-                tx,
-                &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
-                params![source],
-                job_from_row,
-            )
-            .optional()?;
-            let Some(src) = src else {
+            let Some(src) = super::jobs::job_in(tx, source)? else {
                 return Ok(Rerun::NothingToRerun);
             };
             if delivery_seen(tx, delivery)? {

@@ -104,6 +104,37 @@ pub struct NewJob {
     pub commit_subject: Option<String>,
 }
 
+impl NewJob {
+    /// The same work as job `src` again (a re-run: repository, commit, branch, version, the
+    /// snapshot and the updates it asked for, its commit's author and subject).
+    pub fn again(src: &JobRow) -> Self {
+        Self {
+            repo: src.repo.clone(),
+            sha: src.sha.clone(),
+            reason: src.reason,
+            branch: src.branch.clone(),
+            supersede_key: src.supersede_key.clone(),
+            clone_url: src.clone_url.clone(),
+            version: src.version.clone(),
+            snapshot: src.snapshot.clone(),
+            update_first: src.update_first,
+            commit_author: src.commit_author.clone(),
+            commit_subject: src.commit_subject.clone(),
+        }
+    }
+}
+
+/// Job `id`'s row, inside a transaction.
+pub(super) fn job_in(tx: &Connection, id: &str) -> rusqlite::Result<Option<JobRow>> {
+    qrow(
+        tx,
+        &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
+        params![id],
+        job_from_row,
+    )
+    .optional()
+}
+
 impl Store {
     /// Creates a job without a delivery (manual `run`, nightly). Never deduplicated.
     pub fn insert_job(&self, job: &NewJob) -> Result<JobId> {
@@ -115,15 +146,7 @@ impl Store {
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>> {
-        self.with(|c| {
-            qrow(
-                c,
-                &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
-                params![id],
-                job_from_row,
-            )
-            .optional()
-        })
+        self.with(|c| job_in(c, id))
     }
 
     /// The most recent jobs, newest first.
