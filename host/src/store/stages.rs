@@ -19,6 +19,7 @@
 //!   (which treats a VM with a job as leased) never powers it off as a stray; the hold's row
 //!   survives a restart with the rest of the store.
 
+use super::checks::{delivery_seen, record_delivery};
 use super::jobs::{insert_job, job_from_row, new_job_id, NewJob, JOB_COLS};
 use super::{exec, qrow, qrows, Store};
 use crate::{now_ms, Result};
@@ -305,17 +306,8 @@ impl Store {
             let Some(src) = src else {
                 return Ok(RerunFrom::NoSuchJob);
             };
-            if let Some(d) = delivery {
-                let seen: Option<i64> = qrow(
-                    tx,
-                    "SELECT 1 FROM deliveries WHERE delivery_id = ?1",
-                    params![d],
-                    |r| r.get(0),
-                )
-                .optional()?;
-                if seen.is_some() {
-                    return Ok(RerunFrom::DuplicateDelivery);
-                }
+            if delivery_seen(tx, delivery)? {
+                return Ok(RerunFrom::DuplicateDelivery);
             }
             // A re-run of a re-run starts from the same snapshot (the one its origin took).
             let origin_snapshot: Option<(String, String, String, Option<i64>)> = qrow(
@@ -367,14 +359,7 @@ impl Store {
                 "UPDATE transitions SET note = ?1 WHERE job_id = ?2",
                 params![note, id.as_str()],
             )?;
-            if let Some(d) = delivery {
-                exec(
-                    tx,
-                    "INSERT INTO deliveries (delivery_id, event, received_ms, job_id) \
-                     VALUES (?1, 'check_run', ?2, ?3)",
-                    params![d, now, id.as_str()],
-                )?;
-            }
+            record_delivery(tx, delivery, "check_run", Some(&id), now)?;
             Ok(RerunFrom::Created(id))
         })
     }
