@@ -495,7 +495,11 @@ async fn rerun(
                         format!("ignored: job {id} already ended; its VM is not kept on"),
                     );
                 }
-                return match hub.store.request_hold(id, sender, 4 * 3600) {
+                return match hub.store.request_hold(
+                    id,
+                    sender,
+                    super::web::actions::DEFAULT_HOLD_SECS,
+                ) {
                     Ok(()) => {
                         tracing::info!(job = %id, %sender, "hold of the VM asked for");
                         (
