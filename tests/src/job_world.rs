@@ -580,3 +580,24 @@ pub mod check_events {
         c["check_suite"]["pull_requests"] = json!([]);
     }
 }
+
+/// Now, in Unix ms (to compare with the times dom0's log lines carry).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as i64
+}
+
+/// The Unix ms of the first log line that contains `text` (dom0's `<RFC 3339 ms> text`).
+pub fn line_ms(log: &str, text: &str) -> Option<i64> {
+    let line = log.lines().find(|l| l.contains(text))?;
+    let ts = line.split(' ').next()?;
+    // 2026-12-01T11:45:21.123Z
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let d: Vec<i64> = date.split('-').filter_map(|x| x.parse().ok()).collect();
+    let (hms, ms) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms.split(':').filter_map(|x| x.parse().ok()).collect();
+    let days = sdci_protocol::time::days_from_civil(d[0], d[1] as u32, d[2] as u32);
+    Some(((days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1000) + ms.parse::<i64>().ok()?)
+}

@@ -12,33 +12,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use sdci_tests::job_world::JobWorld;
+use sdci_tests::job_world::{line_ms, unix_ms, JobWorld};
 use sdci_tests::world::{Unsupported, World, WorldOptions};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long the fixture's `make dev` takes.
 const DEV_SECS: f64 = 20.0;
 /// How long the busy job's `make dev` keeps the snapshot's VM busy.
 const BUSY_SECS: f64 = 240.0;
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// The Unix ms of the first log line that contains `text` (dom0's `<RFC 3339 ms> text`).
-fn line_ms(log: &str, text: &str) -> Option<i64> {
-    let line = log.lines().find(|l| l.contains(text))?;
-    let ts = line.split(' ').next()?;
-    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
-    let d: Vec<i64> = date.split('-').filter_map(|x| x.parse().ok()).collect();
-    let (hms, ms) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms.split(':').filter_map(|x| x.parse().ok()).collect();
-    let days = sdci_protocol::time::days_from_civil(d[0], d[1] as u32, d[2] as u32);
-    Some(((days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1000) + ms.parse::<i64>().ok()?)
-}
 
 /// Asks for "Re-run tests" of `id`; (re-run id, request time).
 fn rerun_tests(w: &World, id: &str) -> (String, i64) {

@@ -23,33 +23,13 @@
 
 use sdci_tests::fixture::TestMode;
 use sdci_tests::github::CheckRun;
-use sdci_tests::job_world::{check_events, JobWorld};
+use sdci_tests::job_world::{check_events, line_ms, unix_ms, JobWorld};
 use sdci_tests::world::{Unsupported, World, WorldOptions, REPO};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long the fixture's `make dev` takes.
 const DEV_SECS: f64 = 20.0;
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// The Unix ms of the first log line that contains `text` (dom0's `<RFC 3339 ms> text`).
-fn line_ms(log: &str, text: &str) -> Option<i64> {
-    let line = log.lines().find(|l| l.contains(text))?;
-    let ts = line.split(' ').next()?;
-    // 2026-12-01T11:45:21.123Z
-    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
-    let d: Vec<i64> = date.split('-').filter_map(|x| x.parse().ok()).collect();
-    let (hms, ms) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms.split(':').filter_map(|x| x.parse().ok()).collect();
-    let days = sdci_protocol::time::days_from_civil(d[0], d[1] as u32, d[2] as u32);
-    Some(((days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1000) + ms.parse::<i64>().ok()?)
-}
 
 /// The world built but its host not started (`None`: no root, and skipping was asked for).
 fn prepared(opts: WorldOptions) -> Option<World> {
