@@ -63,6 +63,20 @@ fn wait_terminal(w: &World, id: &str) -> Value {
     .unwrap()
 }
 
+/// A one-VM world whose fixture fails, and its head pushed and ended in failure: (world, sha,
+/// job id, the job's JSON); `None` when the world is skipped.
+fn failed_job() -> Option<(World, String, String, Value)> {
+    let w = world(WorldOptions {
+        mode: TestMode::Fail,
+        ..WorldOptions::default().one_vm()
+    })?;
+    let sha = w.head().unwrap();
+    let id = w.push(&sha).unwrap();
+    let job = wait_terminal(&w, &id);
+    assert_eq!(job["state"], "failure", "{job}");
+    Some((w, sha, id, job))
+}
+
 fn js_bool(b: &Browser, script: &str) -> bool {
     b.exec(script, &[]).unwrap().as_bool() == Some(true)
 }
@@ -479,16 +493,9 @@ fn every_attempt_keeps_its_own_log_the_page_shows_them_newest_first_and_the_cli_
 
 #[test]
 fn a_failed_job_opens_with_its_failing_step_expanded_and_in_view() {
-    let Some(w) = world(WorldOptions {
-        mode: TestMode::Fail,
-        ..WorldOptions::default().one_vm()
-    }) else {
+    let Some((w, _, id, _)) = failed_job() else {
         return;
     };
-    let sha = w.head().unwrap();
-    let id = w.push(&sha).unwrap();
-    let job = wait_terminal(&w, &id);
-    assert_eq!(job["state"], "failure", "{job}");
     let b = Browser::start(1280, 900).unwrap();
     b.goto(&format!("{}/jobs/{id}", w.host_url())).unwrap();
     b.wait_for(
@@ -538,16 +545,9 @@ fn a_failed_job_opens_with_its_failing_step_expanded_and_in_view() {
 /// page), and a test's name opens its history. A hostile JUnit file stays text.
 #[test]
 fn a_failed_jobs_tests_and_evidence_are_on_its_page_and_a_test_opens_its_history() {
-    let Some(w) = world(WorldOptions {
-        mode: TestMode::Fail,
-        ..WorldOptions::default().one_vm()
-    }) else {
+    let Some((w, sha, id, job)) = failed_job() else {
         return;
     };
-    let sha = w.head().unwrap();
-    let id = w.push(&sha).unwrap();
-    let job = wait_terminal(&w, &id);
-    assert_eq!(job["state"], "failure", "{job}");
     assert!(
         !job["tests"].is_null(),
         "no test results stored: {}",
