@@ -20,7 +20,7 @@
 //!   survives a restart with the rest of the store.
 
 use super::checks::{delivery_seen, record_delivery};
-use super::jobs::{insert_job, job_from_row, new_job_id, NewJob, JOB_COLS};
+use super::jobs::{insert_job, job_in, new_job_id, NewJob};
 use super::{exec, qrow, qrows, Store};
 use crate::{now_ms, Result};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -296,14 +296,7 @@ impl Store {
     ) -> Result<RerunFrom> {
         self.tx(|tx| {
             let now = now_ms();
-            let src = qrow(
-                tx,
-                &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
-                params![source],
-                job_from_row,
-            )
-            .optional()?;
-            let Some(src) = src else {
+            let Some(src) = job_in(tx, source)? else {
                 return Ok(RerunFrom::NoSuchJob);
             };
             if delivery_seen(tx, delivery)? {
@@ -333,17 +326,9 @@ impl Store {
                 }
             };
             let job = NewJob {
-                repo: src.repo.clone(),
-                sha: src.sha.clone(),
-                reason: src.reason,
-                branch: src.branch.clone(),
-                supersede_key: src.supersede_key.clone(),
-                clone_url: src.clone_url.clone(),
-                version: src.version.clone(),
                 snapshot: Some(snapshot.clone()),
                 update_first: false,
-                commit_author: src.commit_author.clone(),
-                commit_subject: src.commit_subject.clone(),
+                ..NewJob::again(&src)
             };
             let id = new_job_id(tx, &job.sha)?;
             insert_job(tx, id.as_str(), &job, now)?;
