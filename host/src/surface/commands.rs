@@ -47,7 +47,7 @@ use crate::gateway::GatewayFailure;
 use crate::hub::Hub;
 use crate::orchestration::matrix::Request;
 use crate::store::NewJob;
-use crate::surface::webhook::{Head, Label, Repo, User};
+use crate::surface::webhook::{clone_url, Head, Label, Repo, User};
 use axum::http::StatusCode;
 use sdci_protocol::{Reason, RepoName};
 use serde::Deserialize;
@@ -179,7 +179,7 @@ pub async fn pull_request(hub: &Hub, body: &[u8], delivery: Option<&str>) -> Opt
         reason: Reason::PullRequest,
         branch: Some(pr.head.git_ref.clone()),
         supersede_key: Some(format!("{base}#{}", e.number)),
-        clone_url: clone_url(hub, clone_raw, clone_name),
+        clone_url: clone_url(&hub.cfg, clone_raw, clone_name),
         version: None,
         snapshot: None,
         update_first: false,
@@ -205,16 +205,6 @@ fn store_down() -> Answer {
         StatusCode::SERVICE_UNAVAILABLE,
         "could not read the store; redeliver".into(),
     )
-}
-
-fn clone_url(hub: &Hub, from_payload: Option<&str>, repo: &str) -> String {
-    if let Some(o) = &hub.cfg.agent.clone_url_override {
-        return o.clone();
-    }
-    match from_payload {
-        Some(u) if u.starts_with("https://") => u.to_owned(),
-        _ => format!("https://github.com/{repo}.git"),
-    }
 }
 
 /// Stores a placeholder asking for `request` (once per `delivery`: id, event; with a fork's
@@ -486,7 +476,7 @@ pub async fn comment(hub: &Hub, body: &[u8], delivery: Option<&str>) -> Answer {
         reason: Reason::PullRequest,
         branch: Some(head.head_ref.clone()),
         supersede_key: Some(format!("{repo_name}#{number}")),
-        clone_url: clone_url(hub, None, head_repo),
+        clone_url: clone_url(&hub.cfg, None, head_repo),
         version: None,
         snapshot: None,
         update_first: false,

@@ -591,7 +591,9 @@ async fn rerun(
     }
 }
 
-fn clone_url(cfg: &Config, from_payload: Option<&str>, repo: &str) -> String {
+/// The URL a job clones from: the configured override, else the payload's `https://` URL,
+/// else GitHub's for `repo` (`surface::commands` uses it too).
+pub(super) fn clone_url(cfg: &Config, from_payload: Option<&str>, repo: &str) -> String {
     if let Some(o) = &cfg.agent.clone_url_override {
         return o.clone();
     }
