@@ -333,17 +333,9 @@ impl Store {
                     job.id.clone()
                 } else {
                     let new = NewJob {
-                        repo: job.repo.clone(),
-                        sha: job.sha.clone(),
-                        reason: job.reason,
-                        branch: job.branch.clone(),
                         supersede_key: key.clone(),
-                        clone_url: job.clone_url.clone(),
                         version: Some(c.version.clone()),
-                        snapshot: job.snapshot.clone(),
-                        update_first: job.update_first,
-                        commit_author: job.commit_author.clone(),
-                        commit_subject: job.commit_subject.clone(),
+                        ..NewJob::again(&job)
                     };
                     let job_id = new_job_id(tx, &job.sha)?;
                     insert_job(tx, &job_id, &new, now)?;
