@@ -18,7 +18,9 @@
 //! - The cell is stored as the orchestration's text (JSON); this module never reads it.
 
 use super::jobs::JOB_COLS;
-use super::jobs::{finish_tx, insert_job, job_from_row, new_job_id, supersede, JobRow, NewJob};
+use super::jobs::{
+    finish_tx, insert_job, job_from_row, job_in, new_job_id, supersede, JobRow, NewJob,
+};
 use super::{exec, qrow, qrows, Store};
 use crate::domain::JobState;
 use crate::store::attempts::AttemptEnd;
@@ -259,14 +261,7 @@ impl Store {
     ) -> Result<Expansion> {
         self.tx(|tx| {
             let mut out = Expansion::default();
-            let job: Option<JobRow> = qrow(
-                tx,
-                &format!("SELECT {JOB_COLS} FROM jobs j WHERE j.id = ?1"),
-                params![id],
-                job_from_row,
-            )
-            .optional()?;
-            let Some(job) = job else {
+            let Some(job) = job_in(tx, id)? else {
                 out.dropped = true;
                 return Ok(out);
             };
